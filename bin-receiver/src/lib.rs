@@ -1,0 +1,1 @@
+//! The receiver's pieces, wired together by `main.rs`.

@@ -1,0 +1,1 @@
+//! The sender's pieces, wired together by `main.rs`.

@@ -1,0 +1,12 @@
+//! The Kubernetes record schema shared by `telemetry-sender` and
+//! `telemetry-receiver`, the [`RecordSink`] sources write to, and the
+//! sources that need no cluster (simulated and synthetic).
+//!
+//! The real Kubernetes source lives in the sender binary's crate, so the
+//! receiver (and its demo) never pull in the kube client.
+
+pub mod schema;
+pub mod sink;
+
+pub use schema::*;
+pub use sink::{RecordSink, SinkError, VecSink};

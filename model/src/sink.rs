@@ -1,0 +1,78 @@
+//! Where sources put their records: the link sender in production, a
+//! vector in tests.
+
+use std::{future::Future, sync::Mutex};
+
+use tokio::sync::watch;
+
+use crate::schema::ClusterRecord;
+
+/// A sink refused records (the spool failed, or it is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("record sink failed: {0}")]
+pub struct SinkError(pub String);
+
+/// The destination of a source's records.
+pub trait RecordSink: Send + Sync {
+    /// Hands over records in order. Returns once they are durably queued;
+    /// never waits for the network.
+    fn send_batch(&self, records: Vec<ClusterRecord>) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// A counter that increases every time the link to the receiver is
+    /// (re)established; sources send a full snapshot when it changes, so a
+    /// restarted receiver converges.
+    fn connections(&self) -> watch::Receiver<u64>;
+}
+
+/// An in-memory sink for tests: collects records, lets the test bump the
+/// connection counter.
+#[derive(Debug)]
+pub struct VecSink {
+    records: Mutex<Vec<ClusterRecord>>,
+    connections: watch::Sender<u64>,
+}
+
+impl Default for VecSink {
+    fn default() -> Self {
+        Self {
+            records: Mutex::new(Vec::new()),
+            connections: watch::channel(0).0,
+        }
+    }
+}
+
+impl VecSink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything received so far.
+    pub fn records(&self) -> Vec<ClusterRecord> {
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Takes and clears what was received.
+    pub fn take(&self) -> Vec<ClusterRecord> {
+        self.records.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    /// Simulates a (re)connection of the link.
+    pub fn reconnect(&self) {
+        self.connections.send_modify(|c| *c += 1);
+    }
+}
+
+impl RecordSink for VecSink {
+    async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
+        self.records
+            .lock()
+            .map_err(|_| SinkError("poisoned".into()))?
+            .extend(records);
+        Ok(())
+    }
+
+    fn connections(&self) -> watch::Receiver<u64> {
+        self.connections.subscribe()
+    }
+}

@@ -1,0 +1,493 @@
+//! The link's messages and their byte encoding (no IO).
+//!
+//! A frame body is one message: a one-byte [`MessageType`] followed by the
+//! message's postcard encoding. The type codes and the layouts of [`Hello`]'s
+//! leading `version` field and of [`Refusal`] are frozen across protocol
+//! versions, so that any two versions can at least tell each other that they
+//! do not match. Everything is decoded from borrowed bytes; nothing is
+//! allocated from a length read off the wire except bounded strings.
+//!
+//! See `PROTOCOL.md` at the crate root for the state machine these messages
+//! drive.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Oldest protocol version this crate accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN identifier negotiated in the TLS handshake. Unversioned on purpose:
+/// the version travels in [`Hello`] so a mismatch gets a readable refusal
+/// instead of a bare TLS alert.
+pub const ALPN: &[u8] = b"telemetry-link";
+
+/// Longest refusal reason we send or accept, in bytes.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// One-byte tag in front of every message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageType {
+    /// Sender → receiver, first message on the stream.
+    Hello = 1,
+    /// Receiver → sender, accepts the hello and says where to resume.
+    Welcome = 2,
+    /// Receiver → sender, refuses the hello; the connection closes.
+    Refuse = 3,
+    /// Sender → receiver, a run of consecutive records.
+    Batch = 4,
+    /// Sender → receiver, sequence numbers the sender no longer has.
+    Skip = 5,
+    /// Receiver → sender, everything up to a sequence number is applied.
+    Ack = 6,
+    /// Sender → receiver, the sender is closing after its last ack.
+    Bye = 7,
+}
+
+impl MessageType {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Hello,
+            2 => Self::Welcome,
+            3 => Self::Refuse,
+            4 => Self::Batch,
+            5 => Self::Skip,
+            6 => Self::Ack,
+            7 => Self::Bye,
+            _ => return None,
+        })
+    }
+}
+
+/// Error codes: used both in [`Refusal`] and as QUIC application close codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Clean close.
+    NoError = 0,
+    /// A malformed or unexpected message.
+    ProtocolViolation = 1,
+    /// A frame above the negotiated maximum.
+    FrameTooLarge = 2,
+    /// The hello carried a version this side does not speak.
+    UnsupportedVersion = 3,
+    /// The peer's certificate identity is not allowed here.
+    NotAllowed = 4,
+    /// A newer connection from the same sender identity replaced this one.
+    Superseded = 5,
+    /// The application handler refused a batch; the sender retries later.
+    HandlerFailed = 6,
+    /// The receiver is shutting down.
+    ShuttingDown = 7,
+    /// The receiver could not persist its state; the sender retries later.
+    StateError = 8,
+    /// No hello arrived in time.
+    HelloTimeout = 9,
+    /// A batch started after the next expected sequence without a skip.
+    SequenceGap = 10,
+    /// The sender defined more interned series than the receiver allows.
+    TooManySeries = 11,
+    /// The receiver has too many connections.
+    Busy = 12,
+    /// Any other internal failure.
+    Internal = 13,
+}
+
+impl ErrorCode {
+    /// The numeric value used on the wire.
+    pub fn as_u32(self) -> u32 {
+        self as u16 as u32
+    }
+
+    /// Parses a numeric code; unknown values map to `None`.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            0 => NoError,
+            1 => ProtocolViolation,
+            2 => FrameTooLarge,
+            3 => UnsupportedVersion,
+            4 => NotAllowed,
+            5 => Superseded,
+            6 => HandlerFailed,
+            7 => ShuttingDown,
+            8 => StateError,
+            9 => HelloTimeout,
+            10 => SequenceGap,
+            11 => TooManySeries,
+            12 => Busy,
+            13 => Internal,
+            _ => return None,
+        })
+    }
+
+    /// A stable lowercase name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            NoError => "no_error",
+            ProtocolViolation => "protocol_violation",
+            FrameTooLarge => "frame_too_large",
+            UnsupportedVersion => "unsupported_version",
+            NotAllowed => "not_allowed",
+            Superseded => "superseded",
+            HandlerFailed => "handler_failed",
+            ShuttingDown => "shutting_down",
+            StateError => "state_error",
+            HelloTimeout => "hello_timeout",
+            SequenceGap => "sequence_gap",
+            TooManySeries => "too_many_series",
+            Busy => "busy",
+            Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// First message of a connection, sender → receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version; always the first field, in every version.
+    pub version: u16,
+    /// Random id of the sender's spool. A new id means a new sequence space
+    /// (the spool was recreated), so the receiver starts the sender afresh.
+    pub stream_id: u128,
+    /// Highest sequence number the sender has assigned so far (0: none).
+    pub last_seq: u64,
+    /// Largest frame body the sender accepts.
+    pub max_frame: u32,
+}
+
+/// Positive answer to a [`Hello`], receiver → sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides will speak.
+    pub version: u16,
+    /// Highest sequence the receiver has applied (and persisted) for this
+    /// sender's stream; the sender resumes at `applied_seq + 1`.
+    pub applied_seq: u64,
+    /// Largest frame body the receiver accepts.
+    pub max_frame: u32,
+    /// Most interned series the receiver keeps for this connection.
+    pub max_series: u32,
+}
+
+/// Negative answer to a [`Hello`]; the connection closes right after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Human-readable explanation, at most [`MAX_REASON_LEN`] bytes.
+    pub reason: String,
+    /// Oldest version the refusing side speaks.
+    pub min_version: u16,
+    /// Newest version the refusing side speaks.
+    pub max_version: u16,
+}
+
+/// A run of `count` consecutive records starting at `first_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch<'a> {
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    /// Number of records in `body`.
+    pub count: u32,
+    /// The records, encoded by [`crate::proto::batch`].
+    #[serde(borrow)]
+    pub body: &'a [u8],
+}
+
+/// Sequence numbers `from..=to` will never be sent on this stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skip {
+    /// First skipped sequence.
+    pub from: u64,
+    /// Last skipped sequence.
+    pub to: u64,
+    /// How many of them the sender dropped without any receiver having
+    /// acknowledged them (spool full or corrupt): the receiver counts these
+    /// as lost. The others were acknowledged by another receiver.
+    pub lost: u64,
+}
+
+/// Everything up to and including `applied_seq` is applied and persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Highest applied sequence.
+    pub applied_seq: u64,
+}
+
+/// A decoded message borrowing from the frame it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Refusal`].
+    Refuse(Refusal),
+    /// See [`Batch`].
+    Batch(Batch<'a>),
+    /// See [`Skip`].
+    Skip(Skip),
+    /// See [`Ack`].
+    Ack(Ack),
+    /// The sender is done with this connection.
+    Bye,
+}
+
+/// Why a frame body is not a valid message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MessageError {
+    /// Zero-length frame.
+    #[error("empty frame")]
+    Empty,
+    /// Unknown type byte.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The body does not decode as the announced type.
+    #[error("malformed {kind:?} message: {detail}")]
+    Malformed {
+        /// The type byte's meaning.
+        kind: MessageType,
+        /// Decoder's explanation.
+        detail: String,
+    },
+    /// Bytes left after the message.
+    #[error("{0} trailing bytes after message")]
+    Trailing(usize),
+    /// A hello with a version we do not speak.
+    #[error("unsupported protocol version {0} (this side speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION})")]
+    UnsupportedVersion(u16),
+    /// A refusal reason longer than [`MAX_REASON_LEN`].
+    #[error("refusal reason longer than {MAX_REASON_LEN} bytes")]
+    ReasonTooLong,
+}
+
+impl Message<'_> {
+    /// The type tag of this message.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Message::Hello(_) => MessageType::Hello,
+            Message::Welcome(_) => MessageType::Welcome,
+            Message::Refuse(_) => MessageType::Refuse,
+            Message::Batch(_) => MessageType::Batch,
+            Message::Skip(_) => MessageType::Skip,
+            Message::Ack(_) => MessageType::Ack,
+            Message::Bye => MessageType::Bye,
+        }
+    }
+
+    /// Appends the message (type byte + postcard body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.message_type() as u8);
+        let res = match self {
+            Message::Hello(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Welcome(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Refuse(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Batch(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Skip(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Ack(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Bye => Ok(()),
+        };
+        // Writing into a Vec cannot fail, and every field type is serializable.
+        debug_assert!(res.is_ok());
+    }
+
+    /// Encodes into a fresh vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes one frame body.
+    pub fn decode(frame: &[u8]) -> Result<Message<'_>, MessageError> {
+        let (&tag, body) = frame.split_first().ok_or(MessageError::Empty)?;
+        let kind = MessageType::from_u8(tag).ok_or(MessageError::UnknownType(tag))?;
+        Ok(match kind {
+            MessageType::Hello => {
+                let (version, _) = postcard::take_from_bytes::<u16>(body)
+                    .map_err(|e| malformed(kind, e))?;
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                    return Err(MessageError::UnsupportedVersion(version));
+                }
+                Message::Hello(whole(kind, body)?)
+            }
+            MessageType::Welcome => Message::Welcome(whole(kind, body)?),
+            MessageType::Refuse => {
+                let r: Refusal = whole(kind, body)?;
+                if r.reason.len() > MAX_REASON_LEN {
+                    return Err(MessageError::ReasonTooLong);
+                }
+                Message::Refuse(r)
+            }
+            MessageType::Batch => Message::Batch(whole(kind, body)?),
+            MessageType::Skip => Message::Skip(whole(kind, body)?),
+            MessageType::Ack => Message::Ack(whole(kind, body)?),
+            MessageType::Bye => {
+                if !body.is_empty() {
+                    return Err(MessageError::Trailing(body.len()));
+                }
+                Message::Bye
+            }
+        })
+    }
+}
+
+impl Refusal {
+    /// A refusal with `reason` cut to [`MAX_REASON_LEN`] bytes.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_LEN {
+            let mut cut = MAX_REASON_LEN;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        Self {
+            code,
+            reason,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+fn malformed(kind: MessageType, e: postcard::Error) -> MessageError {
+    MessageError::Malformed {
+        kind,
+        detail: e.to_string(),
+    }
+}
+
+fn whole<'a, T: Deserialize<'a>>(kind: MessageType, body: &'a [u8]) -> Result<T, MessageError> {
+    let (v, rest) = postcard::take_from_bytes(body).map_err(|e| malformed(kind, e))?;
+    if !rest.is_empty() {
+        return Err(MessageError::Trailing(rest.len()));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Message<'static>> {
+        vec![
+            Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                stream_id: 0xdead_beef_u128 << 64 | 7,
+                last_seq: 42,
+                max_frame: 1 << 20,
+            }),
+            Message::Welcome(Welcome {
+                version: 1,
+                applied_seq: 41,
+                max_frame: 1 << 20,
+                max_series: 1000,
+            }),
+            Message::Refuse(Refusal::new(ErrorCode::NotAllowed, "no")),
+            Message::Batch(Batch {
+                first_seq: 9,
+                count: 2,
+                body: b"\x00\x01a\x00\x01b",
+            }),
+            Message::Skip(Skip {
+                from: 1,
+                to: 5,
+                lost: 3,
+            }),
+            Message::Ack(Ack { applied_seq: 5 }),
+            Message::Bye,
+        ]
+    }
+
+    #[test]
+    fn every_message_roundtrips() {
+        for m in samples() {
+            let bytes = m.to_vec();
+            assert_eq!(Message::decode(&bytes).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut bytes = Message::Hello(Hello {
+            version: 99,
+            stream_id: 1,
+            last_seq: 0,
+            max_frame: 10,
+        })
+        .to_vec();
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(MessageError::UnsupportedVersion(99))
+        );
+        // A future version may append fields the old one cannot parse: still
+        // reported as a version problem, not as garbage.
+        bytes.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(MessageError::UnsupportedVersion(99))
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        assert_eq!(Message::decode(&[]), Err(MessageError::Empty));
+        assert_eq!(Message::decode(&[200]), Err(MessageError::UnknownType(200)));
+        assert!(matches!(
+            Message::decode(&[MessageType::Ack as u8]),
+            Err(MessageError::Malformed { .. })
+        ));
+        assert_eq!(
+            Message::decode(&[MessageType::Ack as u8, 1, 0]),
+            Err(MessageError::Trailing(1))
+        );
+        // A batch whose body length runs past the frame.
+        assert!(Message::decode(&[MessageType::Batch as u8, 1, 1, 200, 1]).is_err());
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let r = Refusal::new(ErrorCode::Internal, "é".repeat(400));
+        assert!(r.reason.len() <= MAX_REASON_LEN);
+        assert!(Message::decode(&Message::Refuse(r).to_vec()).is_ok());
+    }
+
+    #[test]
+    fn error_codes_roundtrip() {
+        for v in 0..20 {
+            if let Some(c) = ErrorCode::from_u32(v) {
+                assert_eq!(c.as_u32(), v);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Message::decode(&data);
+        }
+
+        #[test]
+        fn truncated_messages_are_errors(idx in 0usize..7, cut in 0usize..64) {
+            let m = &samples()[idx];
+            let bytes = m.to_vec();
+            if cut < bytes.len() && !matches!(m, Message::Bye) {
+                prop_assert!(Message::decode(&bytes[..cut]).is_err());
+            }
+        }
+    }
+}
