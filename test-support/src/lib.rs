@@ -1,1 +1,13 @@
-//! placeholder
+//! Helpers shared by the workspace's tests (never used in production code).
+//!
+//! * [`pki`]: a CA and certificates in a temporary directory.
+//! * [`process`]: child processes that are killed on drop, with signals.
+//! * [`http`]: a tiny HTTP/1.1 GET client and a polling helper.
+//! * [`prom`]: a parser for the Prometheus text format, for assertions.
+//! * [`link`]: a collecting handler and receiver/sender starters for link tests.
+
+pub mod http;
+pub mod link;
+pub mod pki;
+pub mod process;
+pub mod prom;

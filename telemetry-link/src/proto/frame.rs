@@ -130,6 +130,14 @@ impl FrameDecoder {
         Ok(())
     }
 
+    /// Whether a complete frame is buffered (errors as [`FrameDecoder::next_frame`]).
+    pub fn has_frame(&self) -> Result<bool, FrameError> {
+        self.check_header()?;
+        Ok(self
+            .peek_len()
+            .is_some_and(|len| self.buffered() >= HEADER_LEN + len as usize))
+    }
+
     /// Returns the next complete frame body, if one is buffered.
     ///
     /// The returned slice is valid until the next call on the decoder.

@@ -1,0 +1,187 @@
+//! The link's own Prometheus metrics, registered in a registry the
+//! application owns and exposes.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(name, help))?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(Opts::new(name, help))?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// Receiver-side metrics.
+#[derive(Debug, Clone)]
+pub struct ReceiverMetrics {
+    /// Senders with an established session.
+    pub senders_connected: IntGauge,
+    /// Records applied (handed to the handler and acknowledged), per sender.
+    pub records_received: IntCounterVec,
+    /// Records that arrived again after being applied, dropped, per sender.
+    pub duplicates_dropped: IntCounterVec,
+    /// Records a sender announced as lost (dropped unacknowledged), per sender.
+    pub records_lost: IntCounterVec,
+    /// Records that did not decode as the payload type and were skipped.
+    pub records_rejected: IntCounterVec,
+    /// Highest applied sequence, as persisted, per sender.
+    pub applied_seq: IntGaugeVec,
+    /// Connections refused before or during the hello, by reason.
+    pub handshake_failures: IntCounterVec,
+    /// Established sessions closed for a protocol error, by reason.
+    pub protocol_errors: IntCounterVec,
+    /// Datagrams that cannot be QUIC for this endpoint, by reason.
+    pub invalid_datagrams: IntCounterVec,
+    /// Senders that started a new stream (their spool was recreated).
+    pub stream_resets: IntCounterVec,
+    /// Certificate reloads, by result.
+    pub tls_reloads: IntCounterVec,
+}
+
+impl ReceiverMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(reg: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            senders_connected: gauge(reg, "telemetry_link_senders_connected", "Senders with an established link session.")?,
+            records_received: counter_vec(
+                reg,
+                "telemetry_link_records_received_total",
+                "Records received and applied (handed to the handler, persisted and acknowledged); duplicates excluded.",
+                &["sender"],
+            )?,
+            duplicates_dropped: counter_vec(
+                reg,
+                "telemetry_link_duplicates_dropped_total",
+                "Records received again after they were applied; dropped without reaching the handler.",
+                &["sender"],
+            )?,
+            records_lost: counter_vec(
+                reg,
+                "telemetry_link_records_lost_total",
+                "Records the sender announced as lost (dropped from its spool before any receiver acknowledged them).",
+                &["sender"],
+            )?,
+            records_rejected: counter_vec(
+                reg,
+                "telemetry_link_records_rejected_total",
+                "Records that did not decode as the application's payload type and were skipped.",
+                &["sender"],
+            )?,
+            applied_seq: gauge_vec(
+                reg,
+                "telemetry_link_applied_seq",
+                "Highest sequence number applied and persisted for the sender's current stream.",
+                &["sender"],
+            )?,
+            handshake_failures: counter_vec(
+                reg,
+                "telemetry_link_handshake_failures_total",
+                "Connections refused during the TLS handshake or the link hello, by reason.",
+                &["reason"],
+            )?,
+            protocol_errors: counter_vec(
+                reg,
+                "telemetry_link_protocol_errors_total",
+                "Established sessions closed because the peer broke the protocol, by reason.",
+                &["reason"],
+            )?,
+            invalid_datagrams: counter_vec(
+                reg,
+                "telemetry_link_invalid_datagrams_total",
+                "UDP datagrams that cannot be QUIC packets for this endpoint, by reason.",
+                &["reason"],
+            )?,
+            stream_resets: counter_vec(
+                reg,
+                "telemetry_link_stream_resets_total",
+                "Times a sender arrived with a new stream id (its spool was recreated) and was restarted at sequence 0.",
+                &["sender"],
+            )?,
+            tls_reloads: counter_vec(
+                reg,
+                "telemetry_link_tls_reloads_total",
+                "Certificate/key/CA reloads, by result (ok or error).",
+                &["result"],
+            )?,
+        })
+    }
+}
+
+/// Sender-side metrics.
+#[derive(Debug, Clone)]
+pub struct SenderMetrics {
+    /// Records appended to the spool.
+    pub records_enqueued: IntCounter,
+    /// Records acknowledged by a receiver.
+    pub records_acked: IntCounter,
+    /// Records dropped unacknowledged (spool full or corrupt).
+    pub records_dropped: IntCounter,
+    /// Highest sequence assigned.
+    pub last_seq: IntGauge,
+    /// Highest sequence acknowledged.
+    pub acked_seq: IntGauge,
+    /// Records in the spool awaiting acknowledgement.
+    pub spool_records: IntGauge,
+    /// Bytes the spool uses on disk.
+    pub spool_bytes: IntGauge,
+    /// 1 while a session with a receiver is established.
+    pub connected: IntGauge,
+    /// Sessions established after the first one.
+    pub reconnects: IntCounter,
+    /// Failed connection attempts, by reason.
+    pub connect_failures: IntCounterVec,
+    /// Batch bytes written to the link (frames, before QUIC overhead).
+    pub bytes_sent: IntCounter,
+    /// Certificate reloads, by result.
+    pub tls_reloads: IntCounterVec,
+}
+
+impl SenderMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(reg: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            records_enqueued: counter(reg, "telemetry_sender_records_enqueued_total", "Records appended to the sender's spool.")?,
+            records_acked: counter(reg, "telemetry_sender_records_acked_total", "Records acknowledged by a receiver and removed from the spool.")?,
+            records_dropped: counter(
+                reg,
+                "telemetry_sender_records_dropped_total",
+                "Records dropped from the spool before any receiver acknowledged them (spool full, disk full or corruption); counted over the spool's lifetime.",
+            )?,
+            last_seq: gauge(reg, "telemetry_sender_last_seq", "Highest sequence number assigned (survives restarts).")?,
+            acked_seq: gauge(reg, "telemetry_sender_acked_seq", "Highest sequence number acknowledged by a receiver.")?,
+            spool_records: gauge(reg, "telemetry_sender_spool_records", "Records in the spool awaiting acknowledgement.")?,
+            spool_bytes: gauge(reg, "telemetry_sender_spool_bytes", "Bytes the spool occupies on disk.")?,
+            connected: gauge(reg, "telemetry_sender_connected", "1 while a link session with a receiver is established.")?,
+            reconnects: counter(reg, "telemetry_sender_reconnects_total", "Link sessions established after the first one.")?,
+            connect_failures: counter_vec(
+                reg,
+                "telemetry_sender_connect_failures_total",
+                "Failed attempts to establish a link session, by reason.",
+                &["reason"],
+            )?,
+            bytes_sent: counter(reg, "telemetry_sender_bytes_sent_total", "Bytes of link frames written (before QUIC and UDP overhead).")?,
+            tls_reloads: counter_vec(
+                reg,
+                "telemetry_sender_tls_reloads_total",
+                "Certificate/key/CA reloads, by result (ok or error).",
+                &["result"],
+            )?,
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! Harness for link tests: a [`Collector`] handler that records every
+//! delivery and notices order violations, and helpers that start a receiver
+//! and a sender on loopback with certificates from a [`TestPki`].
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use telemetry_link::{
+    net::{Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender, SenderConfig},
+    Payload,
+};
+
+use crate::pki::TestPki;
+
+/// What a [`Collector`] saw from one sender.
+#[derive(Debug, Clone)]
+pub struct SenderLog<T> {
+    /// Every delivered record with its sequence number, in delivery order.
+    pub records: Vec<(u64, T)>,
+    /// Deliveries whose first sequence was not the previous last + 1.
+    pub order_violations: u64,
+    /// Connect notifications.
+    pub connects: u64,
+}
+
+impl<T> Default for SenderLog<T> {
+    fn default() -> Self {
+        Self {
+            records: Vec::new(),
+            order_violations: 0,
+            connects: 0,
+        }
+    }
+}
+
+/// A handler that stores everything it is given.
+pub struct Collector<T> {
+    logs: Mutex<HashMap<String, SenderLog<T>>>,
+    fail_next: Mutex<u32>,
+}
+
+impl<T> Default for Collector<T> {
+    fn default() -> Self {
+        Self {
+            logs: Mutex::new(HashMap::new()),
+            fail_next: Mutex::new(0),
+        }
+    }
+}
+
+impl<T: Clone> Collector<T> {
+    /// A new, empty collector.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Makes the next `n` deliveries fail.
+    pub fn fail_next(&self, n: u32) {
+        if let Ok(mut f) = self.fail_next.lock() {
+            *f = n;
+        }
+    }
+
+    /// A copy of what `sender` delivered.
+    pub fn log(&self, sender: &str) -> SenderLog<T> {
+        self.logs
+            .lock()
+            .ok()
+            .and_then(|l| l.get(sender).cloned())
+            .unwrap_or_default()
+    }
+
+    /// How many records `sender` delivered.
+    pub fn count(&self, sender: &str) -> usize {
+        self.logs
+            .lock()
+            .ok()
+            .and_then(|l| l.get(sender).map(|s| s.records.len()))
+            .unwrap_or(0)
+    }
+
+    /// Waits until `sender` delivered at least `n` records.
+    pub async fn wait_for(&self, sender: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let start = tokio::time::Instant::now();
+        while self.count(sender) < n {
+            if start.elapsed() > limit {
+                anyhow::bail!("only {} of {n} records from {sender} after {limit:?}", self.count(sender));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Payload + Clone> Handler<T> for Collector<T> {
+    async fn handle(&self, d: Delivery<T>) -> Result<(), HandlerError> {
+        {
+            let mut f = self.fail_next.lock().map_err(|_| "poisoned")?;
+            if *f > 0 {
+                *f -= 1;
+                return Err("collector told to fail".into());
+            }
+        }
+        let mut logs = self.logs.lock().map_err(|_| "poisoned")?;
+        let log = logs.entry(d.sender.to_string()).or_default();
+        let expected = log.records.last().map_or(d.first_seq, |(s, _)| s + 1);
+        if d.first_seq != expected && !log.records.is_empty() {
+            log.order_violations += 1;
+        }
+        for (i, r) in d.records.into_iter().enumerate() {
+            log.records.push((d.first_seq + i as u64, r));
+        }
+        Ok(())
+    }
+
+    fn sender_connected(&self, sender: &str) {
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.entry(sender.to_owned()).or_default().connects += 1;
+        }
+    }
+}
+
+/// Asserts that `seqs` is exactly `1..=n` (nothing lost, nothing twice).
+pub fn assert_exactly_once(seqs: impl IntoIterator<Item = u64>, n: u64) {
+    let mut v: Vec<u64> = seqs.into_iter().collect();
+    let len = v.len();
+    v.sort_unstable();
+    v.dedup();
+    assert_eq!(len, v.len(), "{} duplicate deliveries", len - v.len());
+    assert_eq!(v.len() as u64, n, "expected {n} records, got {}", v.len());
+    assert_eq!(v.first().copied(), (n > 0).then_some(1));
+    assert_eq!(v.last().copied(), (n > 0).then_some(n));
+}
+
+/// Starts a receiver on 127.0.0.1 (port 0 = any) with `state_dir`.
+pub async fn start_receiver<T: Payload, H: Handler<T>>(
+    pki: &TestPki,
+    port: u16,
+    state_dir: &Path,
+    handler: Arc<H>,
+    tune: impl FnOnce(&mut ReceiverConfig),
+) -> anyhow::Result<(Receiver, prometheus::Registry)> {
+    let registry = prometheus::Registry::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut cfg = ReceiverConfig::new(listen, pki.receiver()?, state_dir);
+    tune(&mut cfg);
+    let r = Receiver::start::<T, H>(cfg, handler, &registry).await?;
+    Ok((r, registry))
+}
+
+/// Starts a sender with identity `id` towards `receivers`.
+pub async fn start_sender<T: Payload>(
+    pki: &TestPki,
+    id: &str,
+    receivers: &[SocketAddr],
+    spool_dir: &Path,
+    tune: impl FnOnce(&mut SenderConfig),
+) -> anyhow::Result<(Sender<T>, prometheus::Registry)> {
+    let registry = prometheus::Registry::new();
+    let mut cfg = SenderConfig::new(
+        receivers.iter().map(|a| a.to_string()).collect(),
+        pki.sender(id)?,
+        spool_dir,
+    );
+    tune(&mut cfg);
+    let (s, _report) = Sender::<T>::start(cfg, &registry).await?;
+    Ok((s, registry))
+}
+
+/// Value of an unlabelled or labelled metric in a registry (sum over
+/// matching series), for assertions.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for fam in registry.gather() {
+        if fam.name() != name {
+            continue;
+        }
+        for m in fam.get_metric() {
+            let ok = labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if !ok {
+                continue;
+            }
+            // A metric is either a counter or a gauge; the other reads 0.
+            total += m.get_counter().get_value() + m.get_gauge().get_value();
+        }
+    }
+    total
+}

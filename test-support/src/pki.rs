@@ -1,0 +1,84 @@
+//! A throwaway PKI: a CA plus receiver and sender certificates written to a
+//! temporary directory, including deliberately bad ones (expired, not yet
+//! valid, from another CA, self-signed).
+
+use std::path::{Path, PathBuf};
+
+use telemetry_certs::{files, self_signed_sender, Authority, Issued, Validity};
+use telemetry_link::tls::TlsFiles;
+use tempfile::TempDir;
+
+/// A CA in a temporary directory.
+pub struct TestPki {
+    dir: TempDir,
+    ca: Authority,
+}
+
+impl TestPki {
+    /// A fresh CA.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = Authority::generate("test CA", Validity::days(30))?;
+        files::write_file(&dir.path().join(files::CA_CERT), ca.cert_pem(), 0o644)?;
+        files::write_file(&dir.path().join(files::CA_KEY), ca.key_pem(), 0o600)?;
+        Ok(Self { dir, ca })
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join(files::CA_CERT)
+    }
+
+    fn write(&self, stem: &str, issued: &Issued) -> anyhow::Result<TlsFiles> {
+        let cert = self.dir.path().join(format!("{stem}.pem"));
+        let key = self.dir.path().join(format!("{stem}.key"));
+        files::write_pair(&cert, &key, issued)?;
+        Ok(TlsFiles {
+            ca: self.ca_path(),
+            cert,
+            key,
+        })
+    }
+
+    /// Receiver files valid for `localhost` and `127.0.0.1`.
+    pub fn receiver(&self) -> anyhow::Result<TlsFiles> {
+        self.receiver_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// Receiver files valid for `names`.
+    pub fn receiver_for(&self, names: &[&str]) -> anyhow::Result<TlsFiles> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let issued = self.ca.issue_receiver(&names, Validity::days(1))?;
+        self.write("receiver", &issued)
+    }
+
+    /// Sender files for identity `id`.
+    pub fn sender(&self, id: &str) -> anyhow::Result<TlsFiles> {
+        self.sender_valid(id, Validity::days(1))
+    }
+
+    /// Sender files for `id` with an explicit validity window.
+    pub fn sender_valid(&self, id: &str, validity: Validity) -> anyhow::Result<TlsFiles> {
+        let issued = self.ca.issue_sender(id, validity)?;
+        self.write(&format!("sender-{id}-{}", validity.not_after.unix_timestamp()), &issued)
+    }
+
+    /// Sender files for `id` issued by a different CA (the CA file still
+    /// points at this PKI's CA, as a misconfigured sender's would).
+    pub fn sender_from_other_ca(&self, id: &str) -> anyhow::Result<TlsFiles> {
+        let other = Authority::generate("other CA", Validity::days(30))?;
+        let issued = other.issue_sender(id, Validity::days(1))?;
+        self.write(&format!("foreign-{id}"), &issued)
+    }
+
+    /// A self-signed sender certificate for `id`.
+    pub fn self_signed(&self, id: &str) -> anyhow::Result<TlsFiles> {
+        let issued = self_signed_sender(id)?;
+        self.write(&format!("selfsigned-{id}"), &issued)
+    }
+}

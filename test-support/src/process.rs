@@ -1,0 +1,138 @@
+//! Child processes for black-box tests: located in the cargo target
+//! directory, stdout/stderr kept in files, killed on drop.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Path of a workspace binary in the target directory the tests run from.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not inside a target directory")?;
+    let p = profile_dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found; build it first (cargo build -p {} or cargo test --workspace)",
+            p.display(),
+            name
+        );
+    }
+    Ok(p)
+}
+
+/// A running child process, killed with SIGKILL when dropped.
+pub struct ChildProcess {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    _log_dir: Option<tempfile::TempDir>,
+}
+
+impl ChildProcess {
+    /// Spawns `cmd` with stdout and stderr appended to a log file.
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
+        let log_dir = tempfile::tempdir()?;
+        let log = log_dir.path().join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+            _log_dir: Some(log_dir),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What the process wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = self.pid().context("process already reaped")?;
+        let pid = i32::try_from(pid)?;
+        // SAFETY: kill(2) with a pid we spawned and own; no memory is shared.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc != 0 {
+            bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill_9(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already reaped")?;
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// Waits for the process to exit within `limit`.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        let child = self.child.as_mut().context("already reaped")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                bail!("{} did not exit within {limit:?}; output:\n{}", self.name, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        self.wait_timeout(limit)
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+pub fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}

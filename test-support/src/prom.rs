@@ -1,0 +1,151 @@
+//! A parser for the Prometheus text exposition format, enough to assert on
+//! what a `/metrics` endpoint serves.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+
+/// One sample line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromSample {
+    /// Metric name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Value.
+    pub value: f64,
+}
+
+/// A parsed exposition.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    /// All samples in order.
+    pub samples: Vec<PromSample>,
+}
+
+impl Exposition {
+    /// Parses text format 0.0.4 (comments ignored).
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut samples = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            samples.push(parse_line(line).with_context(|| format!("line {}: {line}", n + 1))?);
+        }
+        Ok(Self { samples })
+    }
+
+    /// Samples named `name` whose labels include every pair in `matching`.
+    pub fn find<'a>(&'a self, name: &'a str, matching: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a PromSample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name && matching.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The single value of `name` with `matching` labels, if exactly one.
+    pub fn value(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
+        let mut it = self.find(name, matching);
+        let first = it.next()?;
+        it.next().is_none().then_some(first.value)
+    }
+
+    /// Sum over every matching sample (0 if none).
+    pub fn sum(&self, name: &str, matching: &[(&str, &str)]) -> f64 {
+        self.find(name, matching).map(|s| s.value).sum()
+    }
+
+    /// Number of matching samples.
+    pub fn count(&self, name: &str, matching: &[(&str, &str)]) -> usize {
+        self.find(name, matching).count()
+    }
+}
+
+fn parse_line(line: &str) -> Result<PromSample> {
+    let (name, rest) = match line.find(['{', ' ']) {
+        Some(i) => line.split_at(i),
+        None => bail!("no value"),
+    };
+    let mut labels = BTreeMap::new();
+    let rest = if let Some(r) = rest.strip_prefix('{') {
+        let mut chars = r.char_indices().peekable();
+        let mut end = None;
+        loop {
+            // label name
+            let start = match chars.peek() {
+                Some(&(i, '}')) => {
+                    end = Some(i);
+                    break;
+                }
+                Some(&(i, _)) => i,
+                None => break,
+            };
+            let eq = r[start..].find('=').context("label without =")? + start;
+            let key = r[start..eq].trim_start_matches(',').trim().to_owned();
+            while let Some(&(i, _)) = chars.peek() {
+                if i > eq {
+                    break;
+                }
+                chars.next();
+            }
+            if chars.next().map(|c| c.1) != Some('"') {
+                bail!("label value not quoted");
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, c)) => value.push(c),
+                        None => bail!("dangling escape"),
+                    },
+                    Some((_, '"')) => break,
+                    Some((_, c)) => value.push(c),
+                    None => bail!("unterminated label value"),
+                }
+            }
+            labels.insert(key, value);
+            if let Some(&(_, ',')) = chars.peek() {
+                chars.next();
+            }
+        }
+        let end = end.context("unterminated label set")?;
+        &r[end + 1..]
+    } else {
+        rest
+    };
+    let mut parts = rest.split_whitespace();
+    let value = parts.next().context("no value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().with_context(|| format!("bad value {v}"))?,
+    };
+    Ok(PromSample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_labels_escapes_and_specials() {
+        let e = Exposition::parse(
+            "# HELP x y\n# TYPE x gauge\nx 1\ny{a=\"1\",b=\"q\\\"uo\\\\te\\n\"} 2.5\nz{} +Inf 1700000000000\n",
+        )
+        .unwrap();
+        assert_eq!(e.samples.len(), 3);
+        assert_eq!(e.value("x", &[]), Some(1.0));
+        assert_eq!(e.value("y", &[("a", "1")]), Some(2.5));
+        assert_eq!(e.find("y", &[]).next().unwrap().labels["b"], "q\"uo\\te\n");
+        assert_eq!(e.value("z", &[]), Some(f64::INFINITY));
+        assert_eq!(e.count("y", &[("a", "2")]), 0);
+        assert!(Exposition::parse("bad{a=1} 2").is_err());
+    }
+}
