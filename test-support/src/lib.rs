@@ -4,10 +4,14 @@
 //! * [`process`]: child processes that are killed on drop, with signals.
 //! * [`http`]: a tiny HTTP/1.1 GET client and a polling helper.
 //! * [`prom`]: a parser for the Prometheus text format, for assertions.
+//! * [`kube_api`]: a test Kubernetes API server (list/watch over HTTP) with fault controls.
 //! * [`link`]: a collecting handler and receiver/sender starters for link tests.
+//! * [`raw`]: hand-built QUIC peers that break the rules, for bad-input tests.
 
 pub mod http;
+pub mod kube_api;
 pub mod link;
 pub mod pki;
 pub mod process;
 pub mod prom;
+pub mod raw;

@@ -2,6 +2,7 @@
 //! between the network, the spool and the application, driving the
 //! state machines of [`crate::proto`].
 
+mod persist;
 pub mod receiver;
 pub mod sender;
 mod socket;

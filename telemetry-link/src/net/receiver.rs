@@ -52,6 +52,7 @@ use crate::{
         record::Payload,
     },
     receiver_state::{StateError, StateStore},
+    net::persist::{Durable, Persister},
     sample::Sample,
     tls::{self, is_certificate_alert, ReloadableTls, Reload, Role, TlsError, TlsFiles},
 };
@@ -190,6 +191,7 @@ struct Shared<H> {
     allowed: Option<BTreeSet<String>>,
     metrics: ReceiverMetrics,
     state: StateStore,
+    persister: Persister,
     handler: Arc<H>,
     slots: Mutex<HashMap<String, Slot>>,
     active: AtomicUsize,
@@ -206,7 +208,20 @@ pub struct Receiver {
     tls: Arc<Mutex<ReloadableTls>>,
     server_template: ServerTemplate,
     shutdown: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Receiver {
+    /// Dropping without [`Receiver::shutdown`] is an abrupt stop (like a
+    /// crash, minus the loss of queued state writes, which still complete):
+    /// sessions are aborted at their next await point and the endpoint closes.
+    fn drop(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        self.endpoint
+            .close(close_code(ErrorCode::ShuttingDown), b"receiver stopped");
+    }
 }
 
 #[derive(Clone)]
@@ -298,11 +313,16 @@ impl Receiver {
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let persister = Persister::start(state.clone()).map_err(|source| StateError::Io {
+            path: config.state_dir.clone(),
+            source,
+        })?;
         let shared = Arc::new(Shared {
             limits: config.limits,
             allowed: config.allowed_senders.clone(),
             metrics: metrics.clone(),
             state: state.clone(),
+            persister,
             handler,
             slots: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
@@ -326,7 +346,7 @@ impl Receiver {
             tls,
             server_template: template,
             shutdown: shutdown_tx,
-            accept,
+            accept: Some(accept),
         })
     }
 
@@ -342,7 +362,7 @@ impl Receiver {
 
     /// Whether the endpoint is up and the state directory is writable.
     pub fn is_ready(&self) -> bool {
-        !self.accept.is_finished() && self.state.check_writable().is_ok()
+        self.accept.as_ref().is_some_and(|a| !a.is_finished()) && self.state.check_writable().is_ok()
     }
 
     /// Re-reads the TLS files now (e.g. on SIGHUP). New handshakes use the
@@ -355,11 +375,13 @@ impl Receiver {
     /// Graceful stop: refuse new connections, let every session finish the
     /// batch it is applying and persist its state, then close. Waits at most
     /// `deadline` for sessions.
-    pub async fn shutdown(self, deadline: Duration) {
+    pub async fn shutdown(mut self, deadline: Duration) {
         self.endpoint.set_server_config(None);
         let _ = self.shutdown.send(true);
-        if tokio::time::timeout(deadline, self.accept).await.is_err() {
-            warn!("receiver sessions did not finish within the shutdown deadline");
+        if let Some(accept) = self.accept.take() {
+            if tokio::time::timeout(deadline, accept).await.is_err() {
+                warn!("receiver sessions did not finish within the shutdown deadline");
+            }
         }
         self.endpoint
             .close(close_code(ErrorCode::ShuttingDown), b"receiver shutting down");
@@ -685,6 +707,7 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         shared,
         sender: sender.clone(),
         cursor,
+        durable: shared.persister.watch(&sender, cursor.applied()),
         decoder: BatchDecoder::new(shared.limits.max_series),
         send,
         buf,
@@ -736,6 +759,7 @@ struct Session<'a, T, H> {
     shared: &'a Shared<H>,
     sender: Arc<str>,
     cursor: StreamCursor,
+    durable: watch::Receiver<Durable>,
     decoder: BatchDecoder,
     send: quinn::SendStream,
     buf: Vec<u8>,
@@ -807,23 +831,26 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
         }
     }
 
-    /// Persists the applied position if it moved, then acknowledges it.
+    /// Waits until the applied position is durable, then acknowledges it.
     async fn commit(&mut self, persisted: &mut u64) -> Result<(), SessionEnd> {
         let applied = self.cursor.applied();
         if applied == *persisted {
             return Ok(());
         }
-        let state = self.shared.state.clone();
-        let id = self.sender.clone();
-        let cursor = self.cursor;
-        let saved = tokio::task::spawn_blocking(move || state.save(&id, &cursor)).await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(sender = %self.sender, error = %e, "cannot persist sender state");
-                return Err(SessionEnd::Refuse(ErrorCode::StateError, "receiver cannot persist its state".into()));
+        let durable = self
+            .durable
+            .wait_for(|d| match d {
+                Durable::Upto(n) => *n >= applied,
+                Durable::Failed(_) => true,
+            })
+            .await
+            .map(|d| d.clone());
+        match durable {
+            Ok(Durable::Upto(_)) => {}
+            Ok(Durable::Failed(e)) => {
+                return Err(SessionEnd::Refuse(ErrorCode::StateError, format!("receiver cannot persist its state: {e}")))
             }
-            Err(e) => return Err(SessionEnd::Refuse(ErrorCode::Internal, format!("state task: {e}"))),
+            Err(_) => return Err(SessionEnd::Refuse(ErrorCode::Internal, "state writer stopped".into())),
         }
         *persisted = applied;
         self.shared
@@ -888,12 +915,16 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
                     }
                     m.records_received.with_label_values(&[&*self.sender]).inc_by(delivered);
                 }
+                // Recorded and queued for persisting in one synchronous step
+                // after the handler's success: no cancellation point between.
                 self.cursor.commit(plan.last_seq);
+                self.shared.persister.submit(&self.sender, self.cursor);
                 Ok(Step::Continue)
             }
             Message::Skip(s) => {
                 let outcome = self.cursor.apply_skip(&s).map_err(seq_end)?;
                 if outcome.skipped > 0 {
+                    self.shared.persister.submit(&self.sender, self.cursor);
                     if outcome.lost > 0 {
                         m.records_lost.with_label_values(&[&*self.sender]).inc_by(outcome.lost);
                     }

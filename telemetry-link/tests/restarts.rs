@@ -1,0 +1,179 @@
+//! Restarts in the middle of a stream: the receiver dropped abruptly and
+//! restarted several times; the sender as a real child process killed with
+//! SIGKILL and restarted on the same spool. In both, every record reaches
+//! the handler exactly once.
+
+use std::{net::SocketAddr, path::Path, process::Command, sync::Arc, time::Duration};
+
+use telemetry_link::Receiver;
+use telemetry_test_support::{
+    link::{assert_exactly_once, metric, start_receiver, start_sender, Collector},
+    pki::TestPki,
+    process::ChildProcess,
+};
+
+fn init() {
+    telemetry_link::tls::install_default_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Restarts a receiver on the same port, retrying while the old socket
+/// is released.
+async fn restart(
+    pki: &TestPki,
+    port: u16,
+    state: &Path,
+    collector: Arc<Collector<u64>>,
+) -> anyhow::Result<(Receiver, prometheus::Registry)> {
+    let start = tokio::time::Instant::now();
+    loop {
+        match start_receiver::<u64, _>(pki, port, state, collector.clone(), |_| {}).await {
+            Ok(r) => return Ok(r),
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!("rebinding: {e:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    init();
+    let pki = TestPki::new()?;
+    let state = tempfile::tempdir()?;
+    let spool = tempfile::tempdir()?;
+    let collector = Collector::<u64>::new();
+    let (mut receiver, _) = start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |_| {}).await?;
+    let addr = receiver.local_addr();
+    let (sender, tx_reg) = start_sender::<u64>(&pki, "s1", &[addr], spool.path(), |c| {
+        c.backoff_cap = Duration::from_millis(500);
+    })
+    .await?;
+
+    const N: u64 = 50_000;
+    let producer = {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let values: Vec<u64> = (1..=N).collect();
+            for chunk in values.chunks(100) {
+                sender.send_batch(chunk).await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut last_registry = None;
+    for round in 1..=4u64 {
+        let before = collector.count("s1");
+        collector.wait_for("s1", before + 2000, Duration::from_secs(60)).await?;
+        drop(receiver); // abrupt: sessions aborted wherever they are
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (r, reg) = restart(&pki, addr.port(), state.path(), collector.clone()).await?;
+        receiver = r;
+        last_registry = Some(reg);
+        // The sender finds the new receiver by itself.
+        let limit = tokio::time::Instant::now() + Duration::from_secs(30);
+        while collector.log("s1").connects < round + 1 {
+            anyhow::ensure!(tokio::time::Instant::now() < limit, "sender did not reconnect after restart {round}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    producer.await??;
+    collector.wait_for("s1", N as usize, Duration::from_secs(60)).await?;
+    let log = collector.log("s1");
+    assert_exactly_once(log.records.iter().map(|r| r.0), N);
+    assert!(log.records.iter().all(|(s, v)| s == v));
+    assert_eq!(log.order_violations, 0);
+    assert!(sender.shutdown(Duration::from_secs(10)).await.drained);
+    assert!(metric(&tx_reg, "telemetry_sender_reconnects_total", &[]) >= 4.0);
+    if let Some(reg) = last_registry {
+        assert_eq!(metric(&reg, "telemetry_link_applied_seq", &[("sender", "s1")]), N as f64);
+    }
+    receiver.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Runs only as a child process of the SIGKILL test (it re-executes this
+/// test binary with `--ignored --exact child_sender_entry`): a sender that
+/// numbers records 1..=TOTAL, each value equal to its sequence number,
+/// continuing after whatever its spool already holds.
+#[tokio::test]
+#[ignore = "child-process entry point of sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing"]
+async fn child_sender_entry() -> anyhow::Result<()> {
+    init();
+    let env = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
+    let tls = telemetry_link::TlsFiles {
+        ca: env("CHILD_CA")?.into(),
+        cert: env("CHILD_CERT")?.into(),
+        key: env("CHILD_KEY")?.into(),
+    };
+    let total: u64 = env("CHILD_TOTAL")?.parse()?;
+    let cfg = telemetry_link::SenderConfig::new(vec![env("CHILD_RECEIVER")?], tls, env("CHILD_SPOOL")?);
+    let (sender, _) = telemetry_link::Sender::<u64>::start(cfg, &prometheus::Registry::new()).await?;
+    let mut next = sender.stats().last_seq + 1;
+    while next <= total {
+        let end = (next + 49).min(total);
+        let values: Vec<u64> = (next..=end).collect();
+        let a = sender.send_batch(&values).await?;
+        anyhow::ensure!(a.first_seq == next, "spool assigned {} for {next}", a.first_seq);
+        next = end + 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let report = sender.shutdown(Duration::from_secs(30)).await;
+    println!("child done: drained: {}", report.drained);
+    Ok(())
+}
+
+fn spawn_sender(pki: &TestPki, addr: SocketAddr, spool: &Path, total: u64) -> anyhow::Result<ChildProcess> {
+    let tls = pki.sender("child")?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--ignored", "--exact", "child_sender_entry", "--nocapture", "--test-threads=1"])
+        .env("CHILD_CA", &tls.ca)
+        .env("CHILD_CERT", &tls.cert)
+        .env("CHILD_KEY", &tls.key)
+        .env("CHILD_RECEIVER", addr.to_string())
+        .env("CHILD_SPOOL", spool)
+        .env("CHILD_TOTAL", total.to_string());
+    ChildProcess::spawn("sender-child", cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() -> anyhow::Result<()> {
+    init();
+    let pki = TestPki::new()?;
+    let state = tempfile::tempdir()?;
+    let spool = tempfile::tempdir()?;
+    let collector = Collector::<u64>::new();
+    let (receiver, rx_reg) = start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |_| {}).await?;
+    let addr = receiver.local_addr();
+    const N: u64 = 20_000;
+    for round in 1..=4u64 {
+        let mut child = spawn_sender(&pki, addr, spool.path(), N)?;
+        let target = (round * 3000) as usize;
+        collector.wait_for("child", target, Duration::from_secs(60)).await?;
+        let status = child.kill_9()?;
+        assert!(!status.success(), "killed mid-stream");
+    }
+    let mut child = spawn_sender(&pki, addr, spool.path(), N)?;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.wait_timeout(Duration::from_secs(120));
+        (s, child.output())
+    })
+    .await?;
+    let output = status.1;
+    assert!(status.0?.success(), "final sender run failed:\n{output}");
+    collector.wait_for("child", N as usize, Duration::from_secs(30)).await?;
+    let log = collector.log("child");
+    assert_exactly_once(log.records.iter().map(|r| r.0), N);
+    assert!(log.records.iter().all(|(s, v)| s == v), "values match sequences");
+    assert_eq!(log.order_violations, 0);
+    assert_eq!(metric(&rx_reg, "telemetry_link_records_lost_total", &[]), 0.0);
+    assert!(output.contains("child done: drained: true"), "{output}");
+    receiver.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
