@@ -50,7 +50,10 @@
 //!   can lose records the sender had accepted but not yet synced.
 //! * Several receivers (failover) each keep their own applied position;
 //!   records acknowledged by one are skipped, not counted as lost, on
-//!   another. Each record is delivered once in total across them.
+//!   another, so each record is applied once across them — except when a
+//!   receiver *crashes* after applying a batch but before its ack reached the
+//!   sender: the sender then also gives that batch to the next receiver it
+//!   reaches. (A graceful receiver shutdown delivers its last ack first.)
 //! * Wiping a receiver's state directory, or a sender's spool, starts that
 //!   sender's stream afresh.
 //!

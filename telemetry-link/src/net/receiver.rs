@@ -723,7 +723,15 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
             conn.close(close_code(ErrorCode::NoError), b"bye");
         }
         SessionEnd::Lost(e) => info!(sender = %sender, error = %e, "sender connection lost"),
-        SessionEnd::Shutdown => refuse(&conn, ErrorCode::ShuttingDown, "receiver shutting down"),
+        SessionEnd::Shutdown => {
+            // Everything applied is persisted and acknowledged; make sure
+            // the last ack reaches the sender before closing (a close
+            // discards unsent stream data), or it would resend those records
+            // elsewhere.
+            let _ = session.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.send.stopped()).await;
+            refuse(&conn, ErrorCode::ShuttingDown, "receiver shutting down");
+        }
         SessionEnd::Refuse(code, reason) => {
             warn!(sender = %sender, code = %code, "closing sender session: {reason}");
             if let Some(label) = protocol_label(code) {

@@ -179,6 +179,8 @@ struct Inner {
     tls: Mutex<ReloadableTls>,
     task: Mutex<Option<JoinHandle<()>>>,
     endpoint: quinn::Endpoint,
+    /// The current session's connection, for statistics.
+    current: Mutex<Option<quinn::Connection>>,
 }
 
 impl Inner {
@@ -285,6 +287,7 @@ impl<T: Payload> Sender<T> {
             tls: Mutex::new(tls),
             task: Mutex::new(None),
             endpoint,
+            current: Mutex::new(None),
         });
         inner.refresh_gauges(&stats);
         info!(
@@ -357,6 +360,12 @@ impl<T: Payload> Sender<T> {
     /// Re-reads the TLS files now (e.g. on SIGHUP); new sessions use them.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         reload_tls(&self.inner, true)
+    }
+
+    /// QUIC statistics of the current session (UDP bytes and datagrams,
+    /// path RTT, congestion state), if one is established.
+    pub fn quic_stats(&self) -> Option<quinn::ConnectionStats> {
+        self.inner.current.lock().ok()?.as_ref().map(quinn::Connection::stats)
     }
 
     /// Moves the link's UDP socket to a new local address; an established
@@ -693,6 +702,9 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
         address,
     } = session;
     let applied = welcome.applied_seq;
+    if let Ok(mut c) = inner.current.lock() {
+        *c = Some(conn.clone());
+    }
     let start_stats = {
         let mut spool = inner.spool();
         if applied > spool.last_seq() {
@@ -712,13 +724,23 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
         spool.stats()
     };
     inner.refresh_gauges(&start_stats);
+    // Records another receiver already acknowledged may still sit in the
+    // spool's active segment: skip them (they are delivered, not lost).
+    let mut initial_skip = (start_stats.acked_seq > applied).then(|| {
+        let (from, to) = (applied + 1, start_stats.acked_seq);
+        Skip {
+            from,
+            to,
+            lost: inner.spool().lost_in(from, to),
+        }
+    });
 
     let max_frame = (welcome.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT).min(cfg.max_frame.max(1024));
     let max_records = cfg.batch_max_records.clamp(1, (max_frame / ENTRY_OVERHEAD).max(1));
     // Payload budget so that payloads + per-entry overhead + header fit a frame.
     let budget = max_frame.saturating_sub(64 + max_records * ENTRY_OVERHEAD).max(1);
     let mut window = SendWindow::new(applied, cfg.window);
-    let mut cursor = inner.spool().cursor(applied + 1);
+    let mut cursor = inner.spool().cursor(start_stats.acked_seq.max(applied) + 1);
     let mut encoder = BatchEncoder::new(welcome.max_series);
     let mut rbuf = ReadBuf::new();
     let mut body = Vec::new();
@@ -766,7 +788,14 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
 
         // 3. Send while the window has room (not while switching over).
         if switching.is_none() && window.has_room() {
-            let outcome = inner.spool().read(&mut cursor, max_records, budget, &mut rbuf);
+            let outcome = match initial_skip.take() {
+                Some(skip) => Ok(ReadOutcome::Gap {
+                    from: skip.from,
+                    to: skip.to,
+                    lost: skip.lost,
+                }),
+                None => inner.spool().read(&mut cursor, max_records, budget, &mut rbuf),
+            };
             let msg_len = match outcome {
                 Ok(ReadOutcome::Records { first_seq, count }) => {
                     body.clear();
@@ -844,6 +873,9 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
 
     if let Some(p) = probe {
         p.abort();
+    }
+    if let Ok(mut c) = inner.current.lock() {
+        *c = None;
     }
     match &end {
         SessionEnd::Stopped => {

@@ -52,15 +52,19 @@ impl Shared {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -89,7 +93,12 @@ fn status_response(code: u16, reason: &str, message: &str, details: Option<Value
 }
 
 fn not_found() -> Response<Body> {
-    status_response(404, "NotFound", "the server could not find the requested resource", Some(json!({})))
+    status_response(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        Some(json!({})),
+    )
 }
 
 fn percent_decode(s: &str) -> String {
@@ -171,10 +180,8 @@ fn route(path: &str) -> Route {
             other => (None, other),
         };
         match rest {
-            [plural] => Resource::lookup(group, version, plural).map_or(Route::Unknown, |resource| Route::Collection {
-                resource,
-                namespace,
-            }),
+            [plural] => Resource::lookup(group, version, plural)
+                .map_or(Route::Unknown, |resource| Route::Collection { resource, namespace }),
             [plural, name] => match (Resource::lookup(group, version, plural), namespace) {
                 (Some(resource), Some(namespace)) => Route::Object {
                     resource,
@@ -245,7 +252,10 @@ fn groups(metrics: bool) -> Vec<APIGroup> {
 }
 
 fn forbidden(resource: Resource, verb: Verb, namespace: Option<&str>) -> Response<Body> {
-    let scope = namespace.map_or_else(|| "at the cluster scope".to_owned(), |ns| format!("in the namespace \"{ns}\""));
+    let scope = namespace.map_or_else(
+        || "at the cluster scope".to_owned(),
+        |ns| format!("in the namespace \"{ns}\""),
+    );
     let message = format!(
         "{} is forbidden: User \"system:serviceaccount:telemetry:telemetry-sender\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
         resource.qualified(),
@@ -275,7 +285,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incomi
     let (resource, namespace, verb) = match &route {
         Route::Collection { resource, namespace } => {
             let watch = matches!(query.get("watch"), Some("true" | "1"));
-            (Some(*resource), namespace.clone(), Some(if watch { Verb::Watch } else { Verb::List }))
+            (
+                Some(*resource),
+                namespace.clone(),
+                Some(if watch { Verb::Watch } else { Verb::List }),
+            )
         }
         Route::Object {
             resource, namespace, ..
@@ -326,7 +340,10 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
             })
             .unwrap_or_default(),
         ),
-        Route::CoreResources => json_response(StatusCode::OK, &resource_list("v1", &[Resource::Pods, Resource::Events])),
+        Route::CoreResources => json_response(
+            StatusCode::OK,
+            &resource_list("v1", &[Resource::Pods, Resource::Events]),
+        ),
         Route::Groups => json_response(
             StatusCode::OK,
             &serde_json::to_value(APIGroupList {
@@ -343,9 +360,10 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
                 StatusCode::OK,
                 &resource_list("autoscaling/v2", &[Resource::HorizontalPodAutoscalers]),
             ),
-            ("metrics.k8s.io", "v1beta1") if metrics_enabled => {
-                json_response(StatusCode::OK, &resource_list("metrics.k8s.io/v1beta1", &[Resource::PodMetrics]))
-            }
+            ("metrics.k8s.io", "v1beta1") if metrics_enabled => json_response(
+                StatusCode::OK,
+                &resource_list("metrics.k8s.io/v1beta1", &[Resource::PodMetrics]),
+            ),
             _ => not_found(),
         },
         Route::Collection { resource, namespace } => {
@@ -454,7 +472,9 @@ struct WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        self.shared.open_watches.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .open_watches
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -567,8 +587,10 @@ fn watch_response(shared: &Arc<Shared>, filter: WatchFilter, query: &Query) -> R
         Some((frame, s))
     });
     let mut resp = Response::new(StreamBody::new(body).boxed());
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -16,8 +16,9 @@
 //! Test controls on the handle change objects (each change gets the next
 //! resourceVersion and reaches open watches), expire resourceVersions
 //! ([`KubeApiServer::compact`]), cut watch connections
-//! ([`KubeApiServer::drop_watches`]), restart the server on the same port
-//! ([`KubeApiServer::restart`]), switch the metrics API off and on, refuse
+//! ([`KubeApiServer::drop_watches`]), stop and restart the server on the
+//! same port ([`KubeApiServer::restart`], [`KubeApiServer::stop`],
+//! [`KubeApiServer::resume`]), switch the metrics API off and on, refuse
 //! verbs with 403, and expose a request log and counters.
 
 mod http;
@@ -162,8 +163,16 @@ impl KubeApiServer {
     /// metrics-server does, so label selectors work.
     pub fn set_pod_metrics(&self, mut metrics: Value) {
         let mut state = self.state();
-        let ns = metrics.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
-        let name = metrics.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let ns = metrics
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        let name = metrics
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if let Some(labels) = state
             .get(Resource::Pods, &ns, &name)
             .and_then(|p| p.pointer("/metadata/labels").cloned())
@@ -196,15 +205,31 @@ impl KubeApiServer {
         self.shared.open_watches.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Stops listening and closes every connection, keeps all state, waits
-    /// `pause`, and listens again on the same port.
-    pub async fn restart(&self, pause: Duration) -> std::io::Result<()> {
-        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    /// Stops listening and closes every connection (open watches
+    /// included), keeping all state. Clients get "connection refused" until
+    /// [`KubeApiServer::resume`]. Objects can still be changed meanwhile.
+    pub async fn stop(&self) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some((stop, task)) = running {
             let _ = stop.send(());
             let _ = task.await;
         }
-        tokio::time::sleep(pause).await;
+    }
+
+    /// Listens again on the same port (a no-op if running).
+    pub async fn resume(&self) -> std::io::Result<()> {
+        if self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
         // The port was ours a moment ago; retry briefly if the kernel still
         // holds it.
         let mut attempt = 0;
@@ -220,6 +245,14 @@ impl KubeApiServer {
         };
         self.spawn(listener);
         Ok(())
+    }
+
+    /// [`KubeApiServer::stop`], wait `pause`, [`KubeApiServer::resume`]: an
+    /// API server restart that keeps its data.
+    pub async fn restart(&self, pause: Duration) -> std::io::Result<()> {
+        self.stop().await;
+        tokio::time::sleep(pause).await;
+        self.resume().await
     }
 
     /// Serves metrics.k8s.io (the default) or answers 404 for it and leaves
@@ -256,7 +289,12 @@ impl KubeApiServer {
 
 impl Drop for KubeApiServer {
     fn drop(&mut self) {
-        if let Some((stop, task)) = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        if let Some((stop, task)) = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             let _ = stop.send(());
             task.abort();
         }
@@ -334,7 +372,10 @@ mod tests {
         let core = c.list_core_api_versions().await.unwrap();
         assert_eq!(core.versions, vec!["v1".to_string()]);
         let res = c.list_core_api_resources("v1").await.unwrap();
-        assert!(res.resources.iter().any(|r| r.name == "pods" && r.verbs.contains(&"watch".to_string())));
+        assert!(res
+            .resources
+            .iter()
+            .any(|r| r.name == "pods" && r.verbs.contains(&"watch".to_string())));
         let groups = c.list_api_groups().await.unwrap();
         let names: Vec<_> = groups.groups.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, vec!["autoscaling", "metrics.k8s.io"]);
@@ -346,7 +387,10 @@ mod tests {
         server.set_metrics_api(false);
         let groups = c.list_api_groups().await.unwrap();
         assert!(groups.groups.iter().all(|g| g.name != "metrics.k8s.io"));
-        assert_eq!(status_code(c.list_api_group_resources("metrics.k8s.io/v1beta1").await), 404);
+        assert_eq!(
+            status_code(c.list_api_group_resources("metrics.k8s.io/v1beta1").await),
+            404
+        );
         assert_eq!(status_code(get_raw(&c, "/apis/metrics.k8s.io/v1beta1/pods").await), 404);
         assert_eq!(status_code(get_raw(&c, "/api/v1/nodes").await), 404);
     }
@@ -358,8 +402,8 @@ mod tests {
         server.upsert_pod(&PodBuilder::new("a", "p2").label("app", "db").build());
         server.upsert_pod(&PodBuilder::new("b", "p3").label("app", "web").build());
         let t = now_time();
-        server.upsert_event(&rescale_event("a", "e1", "web", 1, 3, "cpu", t.clone(), t.clone()));
-        let mut other = rescale_event("a", "e2", "web", 1, 3, "cpu", t.clone(), t);
+        server.upsert_event(&rescale_event("a", "e1", "web", 1, 3, "cpu", (t.clone(), t.clone())));
+        let mut other = rescale_event("a", "e2", "web", 1, 3, "cpu", (t.clone(), t));
         other.reason = Some("Killing".into());
         server.upsert_event(&other);
         let c = client(&server).await;
@@ -375,17 +419,30 @@ mod tests {
         assert_eq!(web.items.len(), 2);
         let ns_a: Api<Pod> = Api::namespaced(c.clone(), "a");
         assert_eq!(ns_a.list(&ListParams::default()).await.unwrap().items.len(), 2);
-        assert_eq!(ns_a.list(&ListParams::default().labels("app!=web")).await.unwrap().items.len(), 1);
+        assert_eq!(
+            ns_a.list(&ListParams::default().labels("app!=web"))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
         let one = ns_a.get("p1").await.unwrap();
         assert_eq!(one.status.unwrap().phase.as_deref(), Some("Running"));
         assert_eq!(status_code(ns_a.get("nope").await), 404);
 
         let events: Api<Event> = Api::all(c.clone());
-        let rescales = events.list(&ListParams::default().fields("reason=SuccessfulRescale")).await.unwrap();
+        let rescales = events
+            .list(&ListParams::default().fields("reason=SuccessfulRescale"))
+            .await
+            .unwrap();
         assert_eq!(rescales.items.len(), 1);
         assert_eq!(rescales.items[0].metadata.name.as_deref(), Some("e1"));
 
-        assert_eq!(status_code(all.list(&ListParams::default().labels("app in (web)")).await), 400);
+        assert_eq!(
+            status_code(all.list(&ListParams::default().labels("app in (web)")).await),
+            400
+        );
     }
 
     #[tokio::test]
@@ -417,8 +474,18 @@ mod tests {
         server.upsert_pod(&PodBuilder::new("a", "before").build());
         let c = client(&server).await;
         let pods: Api<Pod> = Api::namespaced(c.clone(), "a");
-        let rv = pods.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-        let mut stream = pods.watch(&WatchParams::default().timeout(30), &rv).await.unwrap().boxed();
+        let rv = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let mut stream = pods
+            .watch(&WatchParams::default().timeout(30), &rv)
+            .await
+            .unwrap()
+            .boxed();
 
         server.upsert_pod(&PodBuilder::new("a", "p").phase("Pending").build());
         server.upsert_pod(&PodBuilder::new("b", "elsewhere").build());
@@ -464,30 +531,36 @@ mod tests {
         let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
         let c = client(&server).await;
         let events: Api<Event> = Api::all(c.clone());
-        let rv = events.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        let rv = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
         let wp = WatchParams::default().fields("reason=SuccessfulRescale").timeout(2);
         let mut stream = events.watch(&wp, &rv).await.unwrap().boxed();
         let t = now_time();
-        let mut killing = rescale_event("a", "k", "web", 1, 3, "cpu", t.clone(), t.clone());
+        let mut killing = rescale_event("a", "k", "web", 1, 3, "cpu", (t.clone(), t.clone()));
         killing.reason = Some("Killing".into());
         server.upsert_event(&killing);
-        server.upsert_event(&rescale_event("a", "e", "web", 1, 3, "cpu", t.clone(), t.clone()));
-        server.upsert_event(&rescale_event("a", "e", "web", 2, 3, "cpu", t.clone(), t));
+        server.upsert_event(&rescale_event("a", "e", "web", 1, 3, "cpu", (t.clone(), t.clone())));
+        server.upsert_event(&rescale_event("a", "e", "web", 2, 3, "cpu", (t.clone(), t)));
         match next_non_bookmark(&mut stream).await {
             WatchEvent::Added(e) => assert_eq!(e.count, Some(1)),
             other => panic!("{other:?}"),
         }
-        let uid_before;
         match next_non_bookmark(&mut stream).await {
             WatchEvent::Modified(e) => {
                 assert_eq!(e.count, Some(2));
-                uid_before = e.metadata.uid.clone();
+                assert!(e.metadata.uid.is_some());
             }
             other => panic!("{other:?}"),
         }
-        assert!(uid_before.is_some());
         // The server ends the watch after timeoutSeconds.
-        let end = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.expect("ends in time");
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("ends in time");
         assert!(matches!(end, Ok(None)), "{end:?}");
     }
 
@@ -497,7 +570,13 @@ mod tests {
         server.upsert_hpa(&HpaBuilder::new("a", "web").build());
         let c = client(&server).await;
         let hpas: Api<HorizontalPodAutoscaler> = Api::all(c.clone());
-        let rv = hpas.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        let rv = hpas
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
         server.compact();
         let mut stream = hpas.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
         match next_event(&mut stream).await {
@@ -508,7 +587,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A fresh list gives a version that works again.
-        let rv = hpas.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        let rv = hpas
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
         let mut stream = hpas.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
         server.upsert_hpa(&HpaBuilder::new("a", "web").status(2, 2, None).build());
         assert!(matches!(next_non_bookmark(&mut stream).await, WatchEvent::Modified(_)));
@@ -520,7 +605,10 @@ mod tests {
         server.forbid(Resource::HorizontalPodAutoscalers, Verb::Watch);
         let c = client(&server).await;
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), "shop");
-        assert!(hpas.list(&ListParams::default()).await.is_ok(), "only watch is forbidden");
+        assert!(
+            hpas.list(&ListParams::default()).await.is_ok(),
+            "only watch is forbidden"
+        );
         match hpas.watch(&WatchParams::default(), "1").await {
             Err(kube::Error::Api(s)) => {
                 assert_eq!(s.code, 403);
@@ -533,7 +621,11 @@ mod tests {
         server.allow(Resource::HorizontalPodAutoscalers, Verb::Watch);
         assert!(hpas.watch(&WatchParams::default(), "1").await.is_ok());
         let log = server.requests();
-        let watches: Vec<_> = log.iter().filter(|r| r.verb == Some(Verb::Watch)).map(|r| r.status).collect();
+        let watches: Vec<_> = log
+            .iter()
+            .filter(|r| r.verb == Some(Verb::Watch))
+            .map(|r| r.status)
+            .collect();
         assert_eq!(watches, vec![403, 200]);
         assert!(log.iter().all(|r| r.namespace.as_deref() == Some("shop")));
     }
@@ -550,7 +642,9 @@ mod tests {
         }
         server.drop_watches();
         // kube ends the stream on a cut chunked body (or reports the error).
-        let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("stream ends");
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("stream ends");
         assert!(matches!(end, None | Some(Err(_))), "{end:?}");
         let wait = tokio::time::Instant::now() + Duration::from_secs(5);
         while server.open_watches() != 0 && tokio::time::Instant::now() < wait {
@@ -565,7 +659,13 @@ mod tests {
         server.upsert_pod(&PodBuilder::new("a", "p").build());
         let c = client(&server).await;
         let pods: Api<Pod> = Api::all(c.clone());
-        let rv = pods.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        let rv = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
         let mut stream = pods.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
         let addr = server.addr();
         let restart = server.restart(Duration::from_millis(500));
@@ -577,7 +677,9 @@ mod tests {
         let (restarted, refused) = tokio::join!(restart, probe);
         restarted.unwrap();
         assert!(refused, "the port must be closed during the pause");
-        let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("old watch ends");
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("old watch ends");
         assert!(matches!(end, None | Some(Err(_))), "{end:?}");
         assert_eq!(server.addr(), addr);
         let list = pods.list(&ListParams::default()).await.unwrap();

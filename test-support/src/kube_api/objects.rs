@@ -76,14 +76,18 @@ impl PodBuilder {
 
     /// Sets the controlling owner reference.
     pub fn owner(mut self, kind: &str, name: &str) -> Self {
-        self.0.metadata.owner_references.get_or_insert_with(Vec::new).push(OwnerReference {
-            api_version: "apps/v1".to_owned(),
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            uid: format!("owner-{name}"),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        });
+        self.0
+            .metadata
+            .owner_references
+            .get_or_insert_with(Vec::new)
+            .push(OwnerReference {
+                api_version: "apps/v1".to_owned(),
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                uid: format!("owner-{name}"),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            });
         self
     }
 
@@ -96,15 +100,19 @@ impl PodBuilder {
         if let Some(m) = memory {
             requests.insert("memory".to_owned(), Quantity(m.to_owned()));
         }
-        self.0.spec.get_or_insert_with(PodSpec::default).containers.push(Container {
-            name: name.to_owned(),
-            image: Some("registry.example/app:1".to_owned()),
-            resources: Some(ResourceRequirements {
-                requests: (!requests.is_empty()).then_some(requests),
-                ..ResourceRequirements::default()
-            }),
-            ..Container::default()
-        });
+        self.0
+            .spec
+            .get_or_insert_with(PodSpec::default)
+            .containers
+            .push(Container {
+                name: name.to_owned(),
+                image: Some("registry.example/app:1".to_owned()),
+                resources: Some(ResourceRequirements {
+                    requests: (!requests.is_empty()).then_some(requests),
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            });
         self
     }
 
@@ -199,7 +207,8 @@ impl HpaBuilder {
 }
 
 /// A `SuccessfulRescale` Event about HPA `hpa`, as the HPA controller
-/// records it: object `name`, `count` occurrences, the latest at `last`.
+/// records it: object `name`, `count` occurrences, the first and the latest
+/// at `(first, last)`.
 pub fn rescale_event(
     namespace: &str,
     name: &str,
@@ -207,8 +216,7 @@ pub fn rescale_event(
     count: i32,
     new_size: i32,
     reason: &str,
-    first: Time,
-    last: Time,
+    (first, last): (Time, Time),
 ) -> Event {
     Event {
         metadata: ObjectMeta {
@@ -276,13 +284,17 @@ mod tests {
         assert_eq!(v["spec"]["containers"][0]["resources"]["requests"]["cpu"], "250m");
         assert_eq!(v["metadata"]["ownerReferences"][0]["controller"], true);
 
-        let h = HpaBuilder::new("ns", "web").replicas(1, 5).resource_utilization("cpu", 70).status(1, 1, None).build();
+        let h = HpaBuilder::new("ns", "web")
+            .replicas(1, 5)
+            .resource_utilization("cpu", 70)
+            .status(1, 1, None)
+            .build();
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["apiVersion"], "autoscaling/v2");
         assert_eq!(v["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
 
         let t = now_time();
-        let e = rescale_event("ns", "web.1", "web", 1, 5, "cpu above target", t.clone(), t);
+        let e = rescale_event("ns", "web.1", "web", 1, 5, "cpu above target", (t.clone(), t));
         assert_eq!(e.message.as_deref(), Some("New size: 5; reason: cpu above target"));
 
         let m = pod_metrics("ns", "p", &[("c", "100m", "10Mi")]);

@@ -128,7 +128,16 @@ mod tests {
     #[test]
     fn label_selectors() {
         let obj = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
-        let yes = ["", "app=web", "app==web", "app=web,tier=front", "app", "!missing", "tier!=back", "x!=y"];
+        let yes = [
+            "",
+            "app=web",
+            "app==web",
+            "app=web,tier=front",
+            "app",
+            "!missing",
+            "tier!=back",
+            "x!=y",
+        ];
         for s in yes {
             assert!(Selector::labels(s).unwrap().matches_labels(&obj), "{s}");
         }
@@ -136,14 +145,21 @@ mod tests {
         for s in no {
             assert!(!Selector::labels(s).unwrap().matches_labels(&obj), "{s}");
         }
-        assert!(Selector::labels("app=web").unwrap().matches_labels(&json!({"metadata": {}})) == false);
+        assert!(!Selector::labels("app=web")
+            .unwrap()
+            .matches_labels(&json!({"metadata": {}})));
     }
 
     #[test]
     fn field_selectors() {
-        let ev = json!({"reason": "SuccessfulRescale", "involvedObject": {"kind": "HorizontalPodAutoscaler"}, "count": 3});
-        assert!(Selector::fields("reason=SuccessfulRescale").unwrap().matches_fields(&ev));
-        assert!(Selector::fields("involvedObject.kind==HorizontalPodAutoscaler,count=3").unwrap().matches_fields(&ev));
+        let ev =
+            json!({"reason": "SuccessfulRescale", "involvedObject": {"kind": "HorizontalPodAutoscaler"}, "count": 3});
+        assert!(Selector::fields("reason=SuccessfulRescale")
+            .unwrap()
+            .matches_fields(&ev));
+        assert!(Selector::fields("involvedObject.kind==HorizontalPodAutoscaler,count=3")
+            .unwrap()
+            .matches_fields(&ev));
         assert!(!Selector::fields("reason=Killing").unwrap().matches_fields(&ev));
         assert!(Selector::fields("reason!=Killing").unwrap().matches_fields(&ev));
         assert!(Selector::fields("metadata.name=").unwrap().matches_fields(&ev));

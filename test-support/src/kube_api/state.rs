@@ -234,7 +234,10 @@ impl Default for State {
 fn ns_name(object: &Value) -> (String, String) {
     let s = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
     let ns = s("/metadata/namespace");
-    (if ns.is_empty() { "default".to_owned() } else { ns }, s("/metadata/name"))
+    (
+        if ns.is_empty() { "default".to_owned() } else { ns },
+        s("/metadata/name"),
+    )
 }
 
 fn now_rfc3339() -> String {
@@ -245,7 +248,14 @@ fn now_rfc3339() -> String {
 }
 
 impl State {
-    fn append(&mut self, resource: Resource, namespace: String, kind: &'static str, object: Value, previous: Option<Value>) {
+    fn append(
+        &mut self,
+        resource: Resource,
+        namespace: String,
+        kind: &'static str,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let entry = Arc::new(LogEntry {
             rv: self.rv,
             resource,
@@ -283,7 +293,12 @@ impl State {
             if let Some(meta) = meta.as_object_mut() {
                 meta.insert("namespace".into(), Value::String(ns.clone()));
                 meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
-                let keep = |field: &str| previous.as_ref().and_then(|p| p.pointer(&format!("/metadata/{field}"))).cloned();
+                let keep = |field: &str| {
+                    previous
+                        .as_ref()
+                        .and_then(|p| p.pointer(&format!("/metadata/{field}")))
+                        .cloned()
+                };
                 if meta.get("uid").is_none_or(Value::is_null) {
                     let uid = keep("uid").unwrap_or_else(|| {
                         self.next_uid += 1;
@@ -425,15 +440,24 @@ mod tests {
         assert!(!s.delete(Resource::Pods, "default", "a"));
         assert_eq!(s.since(rv2)[0].kind, "DELETED");
         // Metrics are stored but not logged.
-        s.upsert(Resource::PodMetrics, json!({"metadata": {"name": "a", "namespace": "n"}}));
+        s.upsert(
+            Resource::PodMetrics,
+            json!({"metadata": {"name": "a", "namespace": "n"}}),
+        );
         assert_eq!(s.since(rv2).len(), 1);
     }
 
     #[test]
     fn list_filters_by_namespace_and_labels() {
         let mut s = State::default();
-        s.upsert(Resource::Pods, json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}}}));
-        s.upsert(Resource::Pods, json!({"metadata": {"name": "b", "namespace": "y", "labels": {"app": "web"}}}));
+        s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}}}),
+        );
+        s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "b", "namespace": "y", "labels": {"app": "web"}}}),
+        );
         s.upsert(Resource::Pods, json!({"metadata": {"name": "c", "namespace": "x"}}));
         assert_eq!(s.list(&filter(Resource::Pods, None, "")).len(), 3);
         assert_eq!(s.list(&filter(Resource::Pods, Some("x"), "")).len(), 2);
@@ -447,9 +471,18 @@ mod tests {
         let mut s = State::default();
         let f = filter(Resource::Pods, None, "app=web");
         s.upsert(Resource::Pods, json!({"metadata": {"name": "a"}}));
-        s.upsert(Resource::Pods, json!({"metadata": {"name": "a", "labels": {"app": "web"}}}));
-        s.upsert(Resource::Pods, json!({"metadata": {"name": "a", "labels": {"app": "web", "v": "2"}}}));
-        s.upsert(Resource::Pods, json!({"metadata": {"name": "a", "labels": {"app": "db"}}}));
+        s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "a", "labels": {"app": "web"}}}),
+        );
+        s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "a", "labels": {"app": "web", "v": "2"}}}),
+        );
+        s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "a", "labels": {"app": "db"}}}),
+        );
         s.delete(Resource::Pods, "default", "a");
         let seen: Vec<_> = s.since(0).iter().map(|e| f.event_type(e)).collect();
         assert_eq!(seen, vec![None, Some("ADDED"), Some("MODIFIED"), Some("DELETED"), None]);
@@ -487,8 +520,14 @@ mod tests {
         assert_eq!(s.count(Resource::Pods, Verb::List), 3);
         assert_eq!(s.count(Resource::Pods, Verb::Watch), 0);
         assert_eq!(s.requests().len(), 3);
-        assert_eq!(Resource::lookup("autoscaling", "v2", "horizontalpodautoscalers"), Some(Resource::HorizontalPodAutoscalers));
-        assert_eq!(Resource::lookup("metrics.k8s.io", "v1beta1", "pods"), Some(Resource::PodMetrics));
+        assert_eq!(
+            Resource::lookup("autoscaling", "v2", "horizontalpodautoscalers"),
+            Some(Resource::HorizontalPodAutoscalers)
+        );
+        assert_eq!(
+            Resource::lookup("metrics.k8s.io", "v1beta1", "pods"),
+            Some(Resource::PodMetrics)
+        );
         assert_eq!(Resource::lookup("", "v1", "nodes"), None);
     }
 }
