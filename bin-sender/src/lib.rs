@@ -1,1 +1,3 @@
 //! The sender's pieces, wired together by `main.rs`.
+
+pub mod kube;

@@ -6,7 +6,11 @@
 //! receiver (and its demo) never pull in the kube client.
 
 pub mod schema;
+pub mod simulated;
 pub mod sink;
+pub mod synthetic;
 
 pub use schema::*;
+pub use simulated::{SimulatedCluster, SimulatedClusterConfig, SimulatedConfigError};
 pub use sink::{RecordSink, SinkError, VecSink};
+pub use synthetic::SyntheticSource;

@@ -76,3 +76,17 @@ impl RecordSink for VecSink {
         self.connections.subscribe()
     }
 }
+
+/// The production sink: the link's sender (spool + QUIC).
+impl RecordSink for telemetry_link::Sender<ClusterRecord> {
+    async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
+        telemetry_link::Sender::send_batch(self, &records)
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError(e.to_string()))
+    }
+
+    fn connections(&self) -> watch::Receiver<u64> {
+        telemetry_link::Sender::connections(self)
+    }
+}

@@ -130,6 +130,96 @@ fn parse_line(line: &str) -> Result<PromSample> {
     })
 }
 
+/// `promtool check metrics` on `text`: `Some(Ok(()))` when clean,
+/// `Some(Err(report))` with its output otherwise, `None` when promtool is not
+/// installed (prints a notice; CI installs it).
+pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("promtool not installed: skipping the promtool check (CI installs it)");
+            return None;
+        }
+        Err(e) => return Some(Err(format!("cannot run promtool: {e}"))),
+    };
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
+    let output = match child.wait_with_output() {
+        Ok(output) => output,
+        Err(e) => return Some(Err(format!("promtool did not finish: {e}"))),
+    };
+    if let Some(Err(e)) = written {
+        return Some(Err(format!("cannot feed promtool: {e}")));
+    }
+    if output.status.success() {
+        Some(Ok(()))
+    } else {
+        Some(Err(format!(
+            "promtool exit {:?}\nstdout: {}\nstderr: {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+/// Structural check of an OpenMetrics page used by the tests (no OpenMetrics
+/// validator ships with promtool): ends with exactly one `# EOF`, every
+/// sample belongs to the family declared just before it (a counter's samples
+/// end in `_total`, a histogram's in `_bucket`/`_sum`/`_count`), and no family
+/// is declared twice.
+pub fn check_openmetrics_structure(text: &str) -> Result<(), String> {
+    use std::collections::HashSet;
+    let body = text.strip_suffix("# EOF\n").ok_or("missing final # EOF")?;
+    if body.contains("# EOF") {
+        return Err("# EOF before the end".into());
+    }
+    let mut declared = HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').ok_or(format!("bad TYPE line {line:?}"))?;
+            if !declared.insert(name.to_string()) {
+                return Err(format!("family {name} declared twice"));
+            }
+            if kind == "untyped" {
+                return Err(format!("{name}: OpenMetrics has no untyped"));
+            }
+            current = Some((name.to_string(), kind.to_string()));
+        } else if line.starts_with("# HELP ") {
+            continue;
+        } else if line.starts_with('#') {
+            return Err(format!("unexpected comment {line:?}"));
+        } else {
+            let (family, kind) = current.as_ref().ok_or(format!("sample before any TYPE: {line:?}"))?;
+            let sample_name = line.split(['{', ' ']).next().unwrap_or("");
+            let allowed: Vec<String> = match kind.as_str() {
+                "counter" => vec![format!("{family}_total"), format!("{family}_created")],
+                "histogram" => ["_bucket", "_sum", "_count", "_created"]
+                    .iter()
+                    .map(|s| format!("{family}{s}"))
+                    .collect(),
+                "summary" => ["", "_sum", "_count", "_created"]
+                    .iter()
+                    .map(|s| format!("{family}{s}"))
+                    .collect(),
+                _ => vec![family.clone()],
+            };
+            if !allowed.iter().any(|a| a == sample_name) {
+                return Err(format!("sample {sample_name} does not belong to {kind} family {family}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

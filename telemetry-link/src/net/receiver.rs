@@ -199,6 +199,26 @@ struct Shared<H> {
     shutdown: watch::Receiver<bool>,
 }
 
+/// A cheap, cloneable readiness check of a [`Receiver`]: the QUIC listener
+/// runs and the state directory is writable.
+#[derive(Debug, Clone)]
+pub struct ReadyHandle {
+    running: Arc<std::sync::atomic::AtomicBool>,
+    state: StateStore,
+}
+
+impl ReadyHandle {
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.running.load(Ordering::Relaxed) {
+            return Err("the QUIC listener is not running".into());
+        }
+        self.state
+            .check_writable()
+            .map_err(|e| format!("state directory not writable: {e}"))
+    }
+}
+
 /// A running receiver.
 pub struct Receiver {
     endpoint: quinn::Endpoint,
@@ -209,6 +229,7 @@ pub struct Receiver {
     server_template: ServerTemplate,
     shutdown: watch::Sender<bool>,
     accept: Option<tokio::task::JoinHandle<()>>,
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Receiver {
@@ -219,6 +240,7 @@ impl Drop for Receiver {
         if let Some(a) = self.accept.take() {
             a.abort();
         }
+        self.running.store(false, Ordering::Relaxed);
         self.endpoint
             .close(close_code(ErrorCode::ShuttingDown), b"receiver stopped");
     }
@@ -330,13 +352,16 @@ impl Receiver {
             shutdown: shutdown_rx,
         });
         let tls = Arc::new(Mutex::new(tls_state));
-        let accept = tokio::spawn(accept_loop::<T, H>(
-            endpoint.clone(),
-            shared,
-            tls.clone(),
-            template.clone(),
-            config.tls_reload_interval,
-        ));
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = running.clone();
+        let loop_endpoint = endpoint.clone();
+        let loop_tls = tls.clone();
+        let loop_template = template.clone();
+        let reload_every = config.tls_reload_interval;
+        let accept = tokio::spawn(async move {
+            accept_loop::<T, H>(loop_endpoint, shared, loop_tls, loop_template, reload_every).await;
+            flag.store(false, Ordering::Relaxed);
+        });
         info!(%local_addr, "telemetry link receiver listening");
         Ok(Receiver {
             endpoint,
@@ -347,6 +372,7 @@ impl Receiver {
             server_template: template,
             shutdown: shutdown_tx,
             accept: Some(accept),
+            running,
         })
     }
 
@@ -362,7 +388,15 @@ impl Receiver {
 
     /// Whether the endpoint is up and the state directory is writable.
     pub fn is_ready(&self) -> bool {
-        self.accept.as_ref().is_some_and(|a| !a.is_finished()) && self.state.check_writable().is_ok()
+        self.ready_handle().check().is_ok()
+    }
+
+    /// A handle for readiness probes that outlives borrows of the receiver.
+    pub fn ready_handle(&self) -> ReadyHandle {
+        ReadyHandle {
+            running: self.running.clone(),
+            state: self.state.clone(),
+        }
     }
 
     /// Re-reads the TLS files now (e.g. on SIGHUP). New handshakes use the

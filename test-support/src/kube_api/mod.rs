@@ -303,100 +303,203 @@ impl Drop for KubeApiServer {
 
 #[cfg(test)]
 mod tests {
+    //! The server over raw HTTP/1.1, so the wire format itself is checked
+    //! (the sender's integration tests drive it with the kube client).
+
     use super::{objects::*, *};
-    use futures_util::{StreamExt, TryStreamExt};
-    use kube::{
-        api::{Api, ListParams, WatchEvent, WatchParams},
-        core::{DynamicObject, GroupVersionKind},
-        discovery::ApiResource,
+    use serde_json::json;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
     };
 
-    async fn client(server: &KubeApiServer) -> kube::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&path).unwrap();
-        let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(
-            kc,
-            &kube::config::KubeConfigOptions {
-                context: Some("fake".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        kube::Client::try_from(cfg).unwrap()
+    /// A response being read: status, then a body that may be chunked.
+    struct Conn {
+        stream: TcpStream,
+        status: u16,
+        chunked: bool,
+        raw: Vec<u8>,
+        body: Vec<u8>,
+        /// The terminating chunk arrived (a clean end, not a cut).
+        finished: bool,
     }
 
-    async fn get_raw(client: &kube::Client, path: &str) -> Result<Value, kube::Error> {
-        let req = hyper::Request::get(path).body(Vec::new()).unwrap();
-        let text = client.request_text(req).await?;
-        Ok(serde_json::from_str(&text).unwrap())
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
     }
 
-    fn status_code(r: Result<impl std::fmt::Debug, kube::Error>) -> u16 {
-        match r {
-            Err(kube::Error::Api(s)) => s.code,
-            other => panic!("expected an API error, got {other:?}"),
-        }
-    }
-
-    async fn next_event<K: Clone + std::fmt::Debug>(
-        stream: &mut (impl futures_util::Stream<Item = Result<WatchEvent<K>, kube::Error>> + Unpin),
-    ) -> WatchEvent<K> {
-        tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-            .await
-            .expect("watch event in time")
-            .expect("watch ok")
-            .expect("stream open")
-    }
-
-    async fn next_non_bookmark<K: Clone + std::fmt::Debug>(
-        stream: &mut (impl futures_util::Stream<Item = Result<WatchEvent<K>, kube::Error>> + Unpin),
-    ) -> WatchEvent<K> {
-        loop {
-            match next_event(stream).await {
-                WatchEvent::Bookmark(_) => continue,
-                other => return other,
+    impl Conn {
+        async fn open(addr: SocketAddr, path: &str) -> Conn {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            let head_end = loop {
+                if let Some(p) = find(&raw, b"\r\n\r\n") {
+                    break p;
+                }
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the headers");
+                raw.extend_from_slice(&buf[..n]);
+            };
+            let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+            let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let chunked = head.contains("transfer-encoding: chunked");
+            let raw = raw[head_end + 4..].to_vec();
+            Conn {
+                stream,
+                status,
+                chunked,
+                raw,
+                body: Vec::new(),
+                finished: false,
             }
         }
+
+        /// Moves complete chunks from `raw` to `body`.
+        fn decode(&mut self) {
+            if !self.chunked {
+                self.body.append(&mut self.raw);
+                return;
+            }
+            while let Some(eol) = find(&self.raw, b"\r\n") {
+                let size = usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap().trim(), 16).unwrap();
+                if self.raw.len() < eol + 2 + size + 2 {
+                    return;
+                }
+                if size == 0 {
+                    self.finished = true;
+                    self.raw.clear();
+                    return;
+                }
+                self.body.extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+                self.raw.drain(..eol + 2 + size + 2);
+            }
+        }
+
+        /// Reads more (and decodes it); false at end of stream.
+        async fn fill(&mut self) -> bool {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf))
+                .await
+                .expect("data in time")
+                .unwrap_or(0);
+            self.raw.extend_from_slice(&buf[..n]);
+            self.decode();
+            n > 0
+        }
+
+        /// The whole body as JSON.
+        async fn json(mut self) -> (u16, Value) {
+            self.decode();
+            while !self.finished && self.fill().await {}
+            (self.status, serde_json::from_slice(&self.body).unwrap())
+        }
+
+        /// The next watch event line, or None when the stream ended.
+        async fn event(&mut self) -> Option<Value> {
+            self.decode();
+            let mut eof = false;
+            loop {
+                if let Some(nl) = self.body.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = self.body.drain(..=nl).collect();
+                    return Some(serde_json::from_slice(&line).unwrap());
+                }
+                if self.finished || eof {
+                    return None;
+                }
+                eof = !self.fill().await;
+            }
+        }
+
+        /// The next event that is not a bookmark.
+        async fn change(&mut self) -> Value {
+            loop {
+                let e = self.event().await.expect("an event");
+                if e["type"] != "BOOKMARK" {
+                    return e;
+                }
+            }
+        }
+    }
+
+    async fn get(server: &KubeApiServer, path: &str) -> (u16, Value) {
+        Conn::open(server.addr(), path).await.json().await
+    }
+
+    fn names(list: &Value) -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}/{}",
+                    i["metadata"]["namespace"].as_str().unwrap(),
+                    i["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
     }
 
     #[tokio::test]
     async fn discovery_documents() {
         let server = KubeApiServer::start().await.unwrap();
-        let c = client(&server).await;
-        let v = c.apiserver_version().await.unwrap();
-        assert_eq!(v.major, "1");
-        let core = c.list_core_api_versions().await.unwrap();
-        assert_eq!(core.versions, vec!["v1".to_string()]);
-        let res = c.list_core_api_resources("v1").await.unwrap();
-        assert!(res
-            .resources
+        let (code, v) = get(&server, "/version").await;
+        assert_eq!(
+            (code, v["major"].as_str(), v["minor"].as_str()),
+            (200, Some("1"), Some("34"))
+        );
+        let (_, v) = get(&server, "/api").await;
+        assert_eq!(v["kind"], "APIVersions");
+        assert_eq!(v["versions"], json!(["v1"]));
+        let (_, v) = get(&server, "/api/v1").await;
+        assert_eq!(v["kind"], "APIResourceList");
+        let pods = v["resources"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|r| r.name == "pods" && r.verbs.contains(&"watch".to_string())));
-        let groups = c.list_api_groups().await.unwrap();
-        let names: Vec<_> = groups.groups.iter().map(|g| g.name.as_str()).collect();
-        assert_eq!(names, vec!["autoscaling", "metrics.k8s.io"]);
-        let hpa = c.list_api_group_resources("autoscaling/v2").await.unwrap();
-        assert_eq!(hpa.resources[0].name, "horizontalpodautoscalers");
-        let m = c.list_api_group_resources("metrics.k8s.io/v1beta1").await.unwrap();
-        assert_eq!(m.resources[0].kind, "PodMetrics");
+            .find(|r| r["name"] == "pods")
+            .unwrap();
+        assert!(pods["verbs"].as_array().unwrap().contains(&json!("watch")));
+        assert_eq!(pods["namespaced"], true);
+        let (_, v) = get(&server, "/apis").await;
+        assert_eq!(v["kind"], "APIGroupList");
+        let groups: Vec<_> = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].clone())
+            .collect();
+        assert_eq!(groups, vec![json!("autoscaling"), json!("metrics.k8s.io")]);
+        let (_, v) = get(&server, "/apis/autoscaling/v2").await;
+        assert_eq!(v["groupVersion"], "autoscaling/v2");
+        assert_eq!(v["resources"][0]["name"], "horizontalpodautoscalers");
+        let (code, v) = get(&server, "/apis/metrics.k8s.io/v1beta1").await;
+        assert_eq!((code, v["resources"][0]["kind"].as_str()), (200, Some("PodMetrics")));
 
         server.set_metrics_api(false);
-        let groups = c.list_api_groups().await.unwrap();
-        assert!(groups.groups.iter().all(|g| g.name != "metrics.k8s.io"));
-        assert_eq!(
-            status_code(c.list_api_group_resources("metrics.k8s.io/v1beta1").await),
-            404
-        );
-        assert_eq!(status_code(get_raw(&c, "/apis/metrics.k8s.io/v1beta1/pods").await), 404);
-        assert_eq!(status_code(get_raw(&c, "/api/v1/nodes").await), 404);
+        let (_, v) = get(&server, "/apis").await;
+        assert_eq!(v["groups"].as_array().unwrap().len(), 1);
+        for path in [
+            "/apis/metrics.k8s.io/v1beta1",
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            "/apis/metrics.k8s.io",
+        ] {
+            let (code, v) = get(&server, path).await;
+            assert_eq!(
+                (code, v["kind"].as_str(), v["reason"].as_str()),
+                (404, Some("Status"), Some("NotFound")),
+                "{path}"
+            );
+        }
+        assert_eq!(get(&server, "/api/v1/nodes").await.0, 404);
     }
 
     #[tokio::test]
-    async fn list_with_namespaces_and_selectors() {
+    async fn lists_honour_namespaces_and_selectors() {
         let server = KubeApiServer::start().await.unwrap();
         server.upsert_pod(&PodBuilder::new("a", "p1").label("app", "web").phase("Running").build());
         server.upsert_pod(&PodBuilder::new("a", "p2").label("app", "db").build());
@@ -406,43 +509,44 @@ mod tests {
         let mut other = rescale_event("a", "e2", "web", 1, 3, "cpu", (t.clone(), t));
         other.reason = Some("Killing".into());
         server.upsert_event(&other);
-        let c = client(&server).await;
 
-        let all: Api<Pod> = Api::all(c.clone());
-        let list = all.list(&ListParams::default()).await.unwrap();
-        assert_eq!(list.items.len(), 3);
-        let rv: u64 = list.metadata.resource_version.unwrap().parse().unwrap();
-        assert_eq!(rv, server.resource_version());
-        assert!(list.items[0].metadata.uid.is_some());
-        assert!(list.items[0].metadata.creation_timestamp.is_some());
-        let web = all.list(&ListParams::default().labels("app=web")).await.unwrap();
-        assert_eq!(web.items.len(), 2);
-        let ns_a: Api<Pod> = Api::namespaced(c.clone(), "a");
-        assert_eq!(ns_a.list(&ListParams::default()).await.unwrap().items.len(), 2);
+        let (code, list) = get(&server, "/api/v1/pods?limit=500").await;
+        assert_eq!(code, 200);
+        assert_eq!(list["kind"], "PodList");
+        assert_eq!(names(&list), vec!["a/p1", "a/p2", "b/p3"]);
         assert_eq!(
-            ns_a.list(&ListParams::default().labels("app!=web"))
-                .await
-                .unwrap()
-                .items
-                .len(),
-            1
+            list["metadata"]["resourceVersion"],
+            server.resource_version().to_string()
         );
-        let one = ns_a.get("p1").await.unwrap();
-        assert_eq!(one.status.unwrap().phase.as_deref(), Some("Running"));
-        assert_eq!(status_code(ns_a.get("nope").await), 404);
-
-        let events: Api<Event> = Api::all(c.clone());
-        let rescales = events
-            .list(&ListParams::default().fields("reason=SuccessfulRescale"))
-            .await
-            .unwrap();
-        assert_eq!(rescales.items.len(), 1);
-        assert_eq!(rescales.items[0].metadata.name.as_deref(), Some("e1"));
-
+        let item = &list["items"][0];
+        assert!(
+            item.get("kind").is_none(),
+            "list items carry no kind, like the real server"
+        );
+        assert!(item["metadata"]["uid"].is_string() && item["metadata"]["creationTimestamp"].is_string());
         assert_eq!(
-            status_code(all.list(&ListParams::default().labels("app in (web)")).await),
-            400
+            item["metadata"]["resourceVersion"]
+                .as_str()
+                .map(|v| v.parse::<u64>().is_ok()),
+            Some(true)
         );
+        let (_, web) = get(&server, "/api/v1/pods?labelSelector=app%3Dweb").await;
+        assert_eq!(names(&web), vec!["a/p1", "b/p3"]);
+        let (_, ns) = get(&server, "/api/v1/namespaces/a/pods?labelSelector=app%21%3Dweb").await;
+        assert_eq!(names(&ns), vec!["a/p2"]);
+        let (code, one) = get(&server, "/api/v1/namespaces/a/pods/p1").await;
+        assert_eq!(
+            (code, one["kind"].as_str(), one["status"]["phase"].as_str()),
+            (200, Some("Pod"), Some("Running"))
+        );
+        assert_eq!(get(&server, "/api/v1/namespaces/a/pods/nope").await.0, 404);
+        let (_, events) = get(&server, "/api/v1/events?fieldSelector=reason%3DSuccessfulRescale").await;
+        assert_eq!(names(&events), vec!["a/e1"]);
+        let (code, bad) = get(&server, "/api/v1/pods?labelSelector=app+in+%28web%29").await;
+        assert_eq!((code, bad["reason"].as_str()), (400, Some("BadRequest")));
+        assert_eq!(server.request_count(Resource::Pods, Verb::List), 4);
+        assert_eq!(server.request_count(Resource::Pods, Verb::Get), 2);
+        assert_eq!(server.request_count(Resource::Events, Verb::List), 1);
     }
 
     #[tokio::test]
@@ -451,175 +555,186 @@ mod tests {
         server.upsert_pod(&PodBuilder::new("a", "p1").label("app", "web").build());
         server.set_pod_metrics(pod_metrics("a", "p1", &[("c", "250m", "64Mi")]));
         server.set_pod_metrics(pod_metrics("b", "p9", &[("c", "1", "1Gi")]));
-        let c = client(&server).await;
-        let gvk = GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics");
-        let ar = ApiResource::from_gvk_with_plural(&gvk, "pods");
-        let all: Api<DynamicObject> = Api::all_with(c.clone(), &ar);
-        assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 2);
-        let web = all.list(&ListParams::default().labels("app=web")).await.unwrap();
-        assert_eq!(web.items.len(), 1);
-        assert_eq!(web.items[0].data["containers"][0]["usage"]["cpu"], "250m");
-        let ns: Api<DynamicObject> = Api::namespaced_with(c.clone(), "b", &ar);
-        assert_eq!(ns.list(&ListParams::default()).await.unwrap().items.len(), 1);
-        server.set_metrics_api(false);
-        assert_eq!(status_code(all.list(&ListParams::default()).await), 404);
-        server.set_metrics_api(true);
+        let (code, all) = get(&server, "/apis/metrics.k8s.io/v1beta1/pods").await;
+        assert_eq!((code, all["kind"].as_str()), (200, Some("PodMetricsList")));
+        assert_eq!(names(&all), vec!["a/p1", "b/p9"]);
+        let (_, web) = get(&server, "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=app%3Dweb").await;
+        assert_eq!(names(&web), vec!["a/p1"]);
+        assert_eq!(web["items"][0]["containers"][0]["usage"]["cpu"], "250m");
+        assert!(web["items"][0]["timestamp"].is_string());
+        let (_, ns) = get(&server, "/apis/metrics.k8s.io/v1beta1/namespaces/b/pods").await;
+        assert_eq!(names(&ns), vec!["b/p9"]);
+        let (code, _) = get(&server, "/apis/metrics.k8s.io/v1beta1/pods?watch=true").await;
+        assert_eq!(code, 405, "pod metrics cannot be watched");
         assert!(server.remove_pod_metrics("b", "p9"));
-        assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 1);
+        assert_eq!(
+            names(&get(&server, "/apis/metrics.k8s.io/v1beta1/pods").await.1),
+            vec!["a/p1"]
+        );
+        assert_eq!(server.request_count(Resource::PodMetrics, Verb::List), 4);
     }
 
     #[tokio::test]
-    async fn watch_streams_changes_after_the_version() {
+    async fn watch_streams_changes_after_the_version_then_bookmarks() {
         let server = KubeApiServer::start_with(Duration::from_millis(200)).await.unwrap();
         server.upsert_pod(&PodBuilder::new("a", "before").build());
-        let c = client(&server).await;
-        let pods: Api<Pod> = Api::namespaced(c.clone(), "a");
-        let rv = pods
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut stream = pods
-            .watch(&WatchParams::default().timeout(30), &rv)
-            .await
-            .unwrap()
-            .boxed();
-
+        let rv = server.resource_version();
+        let path = format!(
+            "/api/v1/namespaces/a/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=30"
+        );
+        let mut w = Conn::open(server.addr(), &path).await;
+        assert_eq!(w.status, 200);
+        assert!(w.chunked);
         server.upsert_pod(&PodBuilder::new("a", "p").phase("Pending").build());
         server.upsert_pod(&PodBuilder::new("b", "elsewhere").build());
         server.upsert_pod(&PodBuilder::new("a", "p").phase("Running").build());
         server.delete_pod("a", "p");
-        match next_non_bookmark(&mut stream).await {
-            WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("p")),
-            other => panic!("{other:?}"),
-        }
-        match next_non_bookmark(&mut stream).await {
-            WatchEvent::Modified(p) => assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running")),
-            other => panic!("{other:?}"),
-        }
-        let deleted_rv = match next_non_bookmark(&mut stream).await {
-            WatchEvent::Deleted(p) => p.metadata.resource_version.unwrap(),
-            other => panic!("{other:?}"),
-        };
-        // Idle: a bookmark at the latest version this watch has passed.
-        match next_event(&mut stream).await {
-            WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, deleted_rv),
-            other => panic!("{other:?}"),
-        }
+        let added = w.change().await;
+        assert_eq!(
+            (added["type"].as_str(), added["object"]["kind"].as_str()),
+            (Some("ADDED"), Some("Pod"))
+        );
+        let modified = w.change().await;
+        assert_eq!(modified["type"], "MODIFIED");
+        assert_eq!(modified["object"]["status"]["phase"], "Running");
+        let deleted = w.change().await;
+        assert_eq!(deleted["type"], "DELETED");
+        // Idle: bookmarks at the latest version this watch has passed.
+        let bookmark = w.event().await.unwrap();
+        assert_eq!(bookmark["type"], "BOOKMARK");
+        assert_eq!(
+            bookmark["object"]["metadata"]["resourceVersion"],
+            deleted["object"]["metadata"]["resourceVersion"]
+        );
+        assert_eq!(bookmark["object"]["kind"], "Pod");
         assert_eq!(server.open_watches(), 1);
 
-        // A new watch from the old version replays what happened since.
-        let mut replay = pods.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-        let mut kinds = Vec::new();
-        for _ in 0..3 {
-            kinds.push(match next_non_bookmark(&mut replay).await {
-                WatchEvent::Added(_) => "ADDED",
-                WatchEvent::Modified(_) => "MODIFIED",
-                WatchEvent::Deleted(_) => "DELETED",
-                other => panic!("{other:?}"),
-            });
-        }
-        assert_eq!(kinds, vec!["ADDED", "MODIFIED", "DELETED"]);
-        assert_eq!(server.request_count(Resource::Pods, Verb::Watch), 2);
-        assert_eq!(server.request_count(Resource::Pods, Verb::List), 1);
+        // A second watch from the old version replays the same changes.
+        let mut replay = Conn::open(
+            server.addr(),
+            &format!("/api/v1/namespaces/a/pods?watch=1&resourceVersion={rv}"),
+        )
+        .await;
+        let kinds: Vec<_> = [replay.event().await, replay.event().await, replay.event().await]
+            .into_iter()
+            .map(|e| e.unwrap()["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+        // Without a version: the current objects as ADDED.
+        let mut fresh = Conn::open(server.addr(), "/api/v1/namespaces/a/pods?watch=true").await;
+        let first = fresh.event().await.unwrap();
+        assert_eq!(
+            (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
+            (Some("ADDED"), Some("before"))
+        );
+        assert_eq!(server.request_count(Resource::Pods, Verb::Watch), 3);
     }
 
     #[tokio::test]
-    async fn watch_honours_field_selector_and_timeout() {
+    async fn watch_selectors_turn_transitions_into_added_and_deleted() {
         let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
-        let c = client(&server).await;
-        let events: Api<Event> = Api::all(c.clone());
-        let rv = events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let wp = WatchParams::default().fields("reason=SuccessfulRescale").timeout(2);
-        let mut stream = events.watch(&wp, &rv).await.unwrap().boxed();
+        let rv = server.resource_version();
+        let mut w = Conn::open(
+            server.addr(),
+            &format!("/api/v1/pods?watch=true&resourceVersion={rv}&labelSelector=app%3Dweb"),
+        )
+        .await;
+        server.upsert_pod(&PodBuilder::new("a", "p").label("app", "db").build());
+        server.upsert_pod(&PodBuilder::new("a", "p").label("app", "web").build());
+        server.upsert_pod(&PodBuilder::new("a", "p").label("app", "db").build());
+        let types: Vec<_> = [w.event().await, w.event().await]
+            .into_iter()
+            .map(|e| e.unwrap()["type"].clone())
+            .collect();
+        assert_eq!(types, vec![json!("ADDED"), json!("DELETED")]);
+    }
+
+    #[tokio::test]
+    async fn watch_field_selector_and_server_timeout() {
+        let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
+        let rv = server.resource_version();
+        let path = format!(
+            "/api/v1/events?watch=true&resourceVersion={rv}&fieldSelector=reason%3DSuccessfulRescale&timeoutSeconds=1"
+        );
+        let mut w = Conn::open(server.addr(), &path).await;
         let t = now_time();
         let mut killing = rescale_event("a", "k", "web", 1, 3, "cpu", (t.clone(), t.clone()));
         killing.reason = Some("Killing".into());
         server.upsert_event(&killing);
         server.upsert_event(&rescale_event("a", "e", "web", 1, 3, "cpu", (t.clone(), t.clone())));
         server.upsert_event(&rescale_event("a", "e", "web", 2, 3, "cpu", (t.clone(), t)));
-        match next_non_bookmark(&mut stream).await {
-            WatchEvent::Added(e) => assert_eq!(e.count, Some(1)),
-            other => panic!("{other:?}"),
-        }
-        match next_non_bookmark(&mut stream).await {
-            WatchEvent::Modified(e) => {
-                assert_eq!(e.count, Some(2));
-                assert!(e.metadata.uid.is_some());
-            }
-            other => panic!("{other:?}"),
-        }
-        // The server ends the watch after timeoutSeconds.
-        let end = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-            .await
-            .expect("ends in time");
-        assert!(matches!(end, Ok(None)), "{end:?}");
+        let added = w.event().await.unwrap();
+        assert_eq!(
+            (added["type"].as_str(), added["object"]["count"].as_i64()),
+            (Some("ADDED"), Some(1))
+        );
+        let modified = w.event().await.unwrap();
+        assert_eq!(
+            (modified["type"].as_str(), modified["object"]["count"].as_i64()),
+            (Some("MODIFIED"), Some(2))
+        );
+        assert_eq!(
+            modified["object"]["metadata"]["uid"], added["object"]["metadata"]["uid"],
+            "updated in place"
+        );
+        // timeoutSeconds ends the response cleanly.
+        assert!(w.event().await.is_none());
+        assert!(w.finished, "a timed-out watch ends with the terminating chunk");
     }
 
     #[tokio::test]
     async fn compacted_versions_get_410_as_a_watch_event() {
         let server = KubeApiServer::start().await.unwrap();
         server.upsert_hpa(&HpaBuilder::new("a", "web").build());
-        let c = client(&server).await;
-        let hpas: Api<HorizontalPodAutoscaler> = Api::all(c.clone());
-        let rv = hpas
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
+        let rv = server.resource_version();
         server.compact();
-        let mut stream = hpas.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-        match next_event(&mut stream).await {
-            WatchEvent::Error(s) => {
-                assert_eq!(s.code, 410);
-                assert_eq!(s.reason, "Expired");
-            }
-            other => panic!("{other:?}"),
-        }
+        let path = format!("/apis/autoscaling/v2/horizontalpodautoscalers?watch=true&resourceVersion={rv}");
+        let mut w = Conn::open(server.addr(), &path).await;
+        assert_eq!(w.status, 200, "the real server reports expiry inside the stream");
+        let e = w.event().await.unwrap();
+        assert_eq!(e["type"], "ERROR");
+        assert_eq!(e["object"]["kind"], "Status");
+        assert_eq!(e["object"]["code"], 410);
+        assert_eq!(e["object"]["reason"], "Expired");
+        assert!(w.event().await.is_none());
         // A fresh list gives a version that works again.
-        let rv = hpas
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut stream = hpas.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+        let (_, list) = get(&server, "/apis/autoscaling/v2/horizontalpodautoscalers").await;
+        let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+        let path = format!("/apis/autoscaling/v2/horizontalpodautoscalers?watch=true&resourceVersion={rv}");
+        let mut w = Conn::open(server.addr(), &path).await;
         server.upsert_hpa(&HpaBuilder::new("a", "web").status(2, 2, None).build());
-        assert!(matches!(next_non_bookmark(&mut stream).await, WatchEvent::Modified(_)));
+        let e = w.change().await;
+        assert_eq!(
+            (e["type"].as_str(), e["object"]["apiVersion"].as_str()),
+            (Some("MODIFIED"), Some("autoscaling/v2"))
+        );
     }
 
     #[tokio::test]
     async fn forbidden_verbs_get_a_403_status() {
         let server = KubeApiServer::start().await.unwrap();
         server.forbid(Resource::HorizontalPodAutoscalers, Verb::Watch);
-        let c = client(&server).await;
-        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), "shop");
-        assert!(
-            hpas.list(&ListParams::default()).await.is_ok(),
-            "only watch is forbidden"
+        let base = "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers";
+        assert_eq!(get(&server, base).await.0, 200, "only watch is forbidden");
+        let (code, status) = get(&server, &format!("{base}?watch=true&resourceVersion=1")).await;
+        assert_eq!(code, 403);
+        assert_eq!(
+            (
+                status["kind"].as_str(),
+                status["reason"].as_str(),
+                status["code"].as_i64()
+            ),
+            (Some("Status"), Some("Forbidden"), Some(403))
         );
-        match hpas.watch(&WatchParams::default(), "1").await {
-            Err(kube::Error::Api(s)) => {
-                assert_eq!(s.code, 403);
-                assert_eq!(s.reason, "Forbidden");
-                assert!(s.message.contains("cannot watch resource \"horizontalpodautoscalers\" in API group \"autoscaling\" in the namespace \"shop\""), "{}", s.message);
-            }
-            Err(other) => panic!("{other:?}"),
-            Ok(_) => panic!("watch was allowed"),
-        }
+        assert_eq!(status["details"]["group"], "autoscaling");
+        let msg = status["message"].as_str().unwrap();
+        assert!(
+            msg.contains("cannot watch resource \"horizontalpodautoscalers\" in API group \"autoscaling\" in the namespace \"shop\""),
+            "{msg}"
+        );
         server.allow(Resource::HorizontalPodAutoscalers, Verb::Watch);
-        assert!(hpas.watch(&WatchParams::default(), "1").await.is_ok());
+        let w = Conn::open(server.addr(), &format!("{base}?watch=true&resourceVersion=1")).await;
+        assert_eq!(w.status, 200);
         let log = server.requests();
         let watches: Vec<_> = log
             .iter()
@@ -628,63 +743,70 @@ mod tests {
             .collect();
         assert_eq!(watches, vec![403, 200]);
         assert!(log.iter().all(|r| r.namespace.as_deref() == Some("shop")));
+        assert!(log.iter().all(|r| r.method == "GET" && r.path == base));
+    }
+
+    async fn wait_open_watches(server: &KubeApiServer, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while server.open_watches() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "open watches: {} != {n}",
+                server.open_watches()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
     async fn drop_watches_cuts_open_streams() {
         let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
-        let c = client(&server).await;
-        let pods: Api<Pod> = Api::all(c.clone());
-        let mut stream = pods.watch(&WatchParams::default(), "1").await.unwrap().boxed();
-        let wait = tokio::time::Instant::now() + Duration::from_secs(5);
-        while server.open_watches() == 0 && tokio::time::Instant::now() < wait {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut a = Conn::open(server.addr(), "/api/v1/pods?watch=true&resourceVersion=1").await;
+        let mut b = Conn::open(server.addr(), "/api/v1/events?watch=true&resourceVersion=1").await;
+        wait_open_watches(&server, 2).await;
         server.drop_watches();
-        // kube ends the stream on a cut chunked body (or reports the error).
-        let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("stream ends");
-        assert!(matches!(end, None | Some(Err(_))), "{end:?}");
-        let wait = tokio::time::Instant::now() + Duration::from_secs(5);
-        while server.open_watches() != 0 && tokio::time::Instant::now() < wait {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(server.open_watches(), 0);
+        assert!(a.event().await.is_none() && b.event().await.is_none());
+        assert!(!a.finished && !b.finished, "cut mid-stream, not ended cleanly");
+        wait_open_watches(&server, 0).await;
+        // New watches work.
+        let mut c = Conn::open(server.addr(), "/api/v1/pods?watch=true&resourceVersion=1").await;
+        server.upsert_pod(&PodBuilder::new("a", "p").build());
+        assert_eq!(c.change().await["type"], "ADDED");
     }
 
     #[tokio::test]
     async fn restart_keeps_state_and_port() {
         let server = KubeApiServer::start().await.unwrap();
         server.upsert_pod(&PodBuilder::new("a", "p").build());
-        let c = client(&server).await;
-        let pods: Api<Pod> = Api::all(c.clone());
-        let rv = pods
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut stream = pods.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+        let rv = server.resource_version();
+        let mut w = Conn::open(server.addr(), &format!("/api/v1/pods?watch=true&resourceVersion={rv}")).await;
         let addr = server.addr();
-        let restart = server.restart(Duration::from_millis(500));
-        let probe = async {
-            // While it is down, connections are refused.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            tokio::net::TcpStream::connect(addr).await.is_err()
-        };
-        let (restarted, refused) = tokio::join!(restart, probe);
-        restarted.unwrap();
-        assert!(refused, "the port must be closed during the pause");
-        let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("old watch ends");
-        assert!(matches!(end, None | Some(Err(_))), "{end:?}");
+        server.stop().await;
+        assert!(w.event().await.is_none(), "open watches are closed");
+        assert!(TcpStream::connect(addr).await.is_err(), "refused while stopped");
+        server.upsert_pod(&PodBuilder::new("a", "q").build());
+        server.resume().await.unwrap();
+        let (_, list) = get(&server, "/api/v1/pods").await;
+        assert_eq!(names(&list), vec!["a/p", "a/q"]);
+        // Watching from before the stop replays what changed meanwhile.
+        let mut w = Conn::open(addr, &format!("/api/v1/pods?watch=true&resourceVersion={rv}")).await;
+        assert_eq!(w.change().await["object"]["metadata"]["name"], "q");
+        server.restart(Duration::from_millis(100)).await.unwrap();
         assert_eq!(server.addr(), addr);
-        let list = pods.list(&ListParams::default()).await.unwrap();
-        assert_eq!(list.items.len(), 1);
-        assert_eq!(list.metadata.resource_version.unwrap(), rv);
+        assert_eq!(get(&server, "/api/v1/pods").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn only_get_is_served() {
+        let server = KubeApiServer::start().await.unwrap();
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream
+            .write_all(b"DELETE /api/v1/namespaces/a/pods/p HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 405"), "{}", String::from_utf8_lossy(&out));
     }
 
     #[tokio::test]
@@ -693,11 +815,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kc");
         server.write_kubeconfig(&path).unwrap();
-        let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-        assert_eq!(kc.current_context.as_deref(), Some("fake"));
-        assert_eq!(
-            kc.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()),
-            Some(server.url())
-        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("    server: {}\n", server.url())), "{text}");
+        assert!(text.contains("current-context: fake\n"));
+        assert!(text.contains("- name: fake\n  context:\n    cluster: fake\n    user: fake\n"));
     }
 }

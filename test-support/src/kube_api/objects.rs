@@ -24,8 +24,10 @@ use serde_json::{json, Value};
 
 /// Now, as a Kubernetes `Time` (whole seconds, as the API server stores it).
 pub fn now_time() -> Time {
-    let now = Timestamp::now();
-    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 /// Builds a [`Pod`].

@@ -241,10 +241,7 @@ fn ns_name(object: &Value) -> (String, String) {
 }
 
 fn now_rfc3339() -> String {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    k8s_openapi::jiff::Timestamp::from_second(now.as_second())
-        .unwrap_or(now)
-        .to_string()
+    super::objects::now_time().0.to_string()
 }
 
 impl State {

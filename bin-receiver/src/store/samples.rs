@@ -1,0 +1,137 @@
+//! One cluster's generic samples ([`telemetry_model::ClusterRecord::Sample`]):
+//! the latest value of each series, exposed as gauges.
+//!
+//! What it owns: the series a sender defines itself (the synthetic source,
+//! embedders' own metrics), keyed by the series' canonical encoding and
+//! grouped by metric name so that a page can write each family once.
+//!
+//! What it guarantees:
+//! - The last value received wins (arrival order, which the link keeps).
+//! - A series is rendered with `cluster` first, then its own labels in name
+//!   order; a `cluster` label sent by the sender is dropped (the receiver's
+//!   identity of the sender overrides it).
+//! - Series whose metric or label names are not valid Prometheus names, and
+//!   names that belong to the receiver (its own families, and anything under
+//!   `telemetry_link_` or `telemetry_receiver_`), are refused with one warning
+//!   per metric name, so a page always parses and never holds one family twice.
+//! - At most `max_series` series per cluster; new series beyond it are
+//!   dropped with a warning (existing ones keep updating).
+
+use std::collections::{BTreeMap, HashSet};
+
+use telemetry_link::{Sample, SeriesKey};
+
+use telemetry_ops::exposition::{is_valid_label_name, is_valid_metric_name, push_label};
+
+/// Prefixes of names the receiver keeps for itself.
+pub(super) const RESERVED_PREFIXES: [&str; 2] = ["telemetry_link_", "telemetry_receiver_"];
+/// Names refused (and warned about) remembered per cluster, to warn once.
+const REMEMBERED_REFUSALS: usize = 1024;
+
+/// One series' rendered labels and latest value.
+#[derive(Debug, Clone)]
+pub(super) struct SampleSeries {
+    /// `,name="value"…` (without `cluster`).
+    pub labels: String,
+    /// Latest value.
+    pub value: f64,
+}
+
+/// Why a sample's series is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleRefusal {
+    /// The metric name is not `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+    #[error("invalid metric name")]
+    InvalidMetricName,
+    /// A label name is not `[a-zA-Z_][a-zA-Z0-9_]*` or starts with `__`.
+    #[error("invalid label name {0:?}")]
+    InvalidLabelName(String),
+    /// The name belongs to one of the receiver's own families.
+    #[error("metric name reserved by the receiver")]
+    Reserved,
+    /// The cluster already has the maximum number of sample series.
+    #[error("too many sample series for this cluster (limit {0})")]
+    TooManySeries(usize),
+}
+
+/// The generic samples of one cluster.
+#[derive(Debug, Default)]
+pub(super) struct ClusterSamples {
+    /// Metric name → canonical series encoding → series.
+    pub families: BTreeMap<String, BTreeMap<Box<[u8]>, SampleSeries>>,
+    series: usize,
+    refused_names: HashSet<String>,
+}
+
+impl ClusterSamples {
+    /// Forgets every series (the cluster expired).
+    pub fn clear(&mut self) {
+        self.families.clear();
+        self.series = 0;
+    }
+
+    /// Number of series held.
+    pub fn len(&self) -> usize {
+        self.series
+    }
+
+    /// Records `sample`; `reserved` tells whether a name belongs to the
+    /// receiver.
+    pub fn apply(&mut self, cluster: &str, sample: &Sample, max_series: usize, reserved: impl Fn(&str) -> bool) {
+        let key = &sample.series;
+        if let Some(series) = self
+            .families
+            .get_mut(key.name())
+            .and_then(|family| family.get_mut(key.encoded()))
+        {
+            series.value = sample.value;
+            return;
+        }
+        let checked = check(key, &reserved).and_then(|labels| {
+            if self.series >= max_series {
+                Err(SampleRefusal::TooManySeries(max_series))
+            } else {
+                Ok(labels)
+            }
+        });
+        match checked {
+            Ok(labels) => {
+                self.series += 1;
+                self.families.entry(key.name().to_owned()).or_default().insert(
+                    key.encoded().into(),
+                    SampleSeries {
+                        labels,
+                        value: sample.value,
+                    },
+                );
+            }
+            Err(refusal) => {
+                if self.refused_names.len() < REMEMBERED_REFUSALS && self.refused_names.insert(key.name().to_owned()) {
+                    tracing::warn!(cluster, metric = key.name(), %refusal, "sample series refused");
+                }
+            }
+        }
+    }
+}
+
+/// Validates a series and renders its labels.
+fn check(key: &SeriesKey, reserved: &impl Fn(&str) -> bool) -> Result<String, SampleRefusal> {
+    if !is_valid_metric_name(key.name()) {
+        return Err(SampleRefusal::InvalidMetricName);
+    }
+    if reserved(key.name()) || RESERVED_PREFIXES.iter().any(|p| key.name().starts_with(p)) {
+        return Err(SampleRefusal::Reserved);
+    }
+    let mut labels = String::new();
+    for (name, value) in key.labels() {
+        if name == "cluster" {
+            continue;
+        }
+        if !is_valid_label_name(name) {
+            return Err(SampleRefusal::InvalidLabelName(name.clone()));
+        }
+        labels.push(',');
+        push_label(&mut labels, name, value);
+    }
+    Ok(labels)
+}

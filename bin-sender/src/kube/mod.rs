@@ -1,0 +1,23 @@
+//! The Kubernetes source: watches Pods, HorizontalPodAutoscalers and HPA
+//! rescale Events through kube-runtime watchers, polls metrics.k8s.io pod
+//! usage, and ships [`telemetry_model::ClusterRecord`]s into a
+//! [`telemetry_model::RecordSink`].
+//!
+//! - [`quantity`]: Kubernetes quantity strings → base units.
+//! - [`convert`]: API objects → record types.
+//! - [`events`]: rescale events → scale events, counted once (persisted).
+//! - [`source`]: the watch loop ([`KubeSource`]).
+//! - [`client`]: building the `kube::Client` ([`client_from`]).
+
+pub mod client;
+pub mod convert;
+pub mod events;
+mod metrics;
+pub mod quantity;
+pub mod source;
+mod store;
+
+pub use client::{client_from, install_crypto_provider, ClientConfigError};
+pub use events::{ScaleTracker, StateError};
+pub use quantity::{parse_quantity, QuantityError};
+pub use source::{KubeSource, KubeSourceConfig, KubeSourceError};
