@@ -59,6 +59,10 @@ pub struct Args {
     /// Remove a sender's series after it stayed disconnected this long [default: 5m].
     #[arg(long, env = "TELEMETRY_RECEIVER_SENDER_TTL")]
     pub sender_ttl: Option<HumanDuration>,
+    /// Append every delivery (`<unix-ms> <sender> <first-seq> <count>`) to this
+    /// file: an audit trail to verify delivery across restarts.
+    #[arg(long, env = "TELEMETRY_RECEIVER_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Run the demo: this receiver plus an in-process sender on a simulated
     /// cluster, over real QUIC and mutual TLS with certificates made at start.
     #[arg(long, env = "TELEMETRY_RECEIVER_DEMO")]
@@ -77,6 +81,7 @@ pub struct FileConfig {
     state_dir: Option<PathBuf>,
     allow_sender: Option<Vec<String>>,
     sender_ttl: Option<HumanDuration>,
+    audit_log: Option<PathBuf>,
     demo: Option<bool>,
 }
 
@@ -95,6 +100,8 @@ pub struct Settings {
     pub allow_senders: Option<BTreeSet<String>>,
     /// Sender TTL.
     pub sender_ttl: Duration,
+    /// Delivery audit log.
+    pub audit_log: Option<PathBuf>,
     /// Demo mode.
     pub demo: bool,
 }
@@ -170,6 +177,7 @@ impl Settings {
             state_dir,
             allow_senders,
             sender_ttl: args.sender_ttl.or(file.sender_ttl).map_or(DEFAULT_SENDER_TTL, |d| d.0),
+            audit_log: args.audit_log.or(file_path(file.audit_log)),
             demo,
         })
     }

@@ -1,10 +1,16 @@
 //! The link handler of the receiver: applies each sender's records to the
 //! shared [`ClusterStore`] under the sender's certificate identity (the
-//! `cluster` label), and tracks connects/disconnects for the sender TTL.
+//! `cluster` label), tracks connects/disconnects for the sender TTL, and
+//! optionally appends every delivery to an audit log
+//! (`<unix-ms> <sender> <first-seq> <count>` per line) so that delivery can
+//! be verified across receiver restarts.
 
 use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    path::Path,
     sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use telemetry_link::{Delivery, Handler, HandlerError};
@@ -25,18 +31,34 @@ pub fn lock(store: &SharedStore) -> MutexGuard<'_, ClusterStore> {
 #[derive(Clone)]
 pub struct StoreHandler {
     store: SharedStore,
+    audit: Option<Arc<Mutex<File>>>,
 }
 
 impl StoreHandler {
     /// A handler writing into `store`.
     pub fn new(store: SharedStore) -> Self {
-        Self { store }
+        Self { store, audit: None }
+    }
+
+    /// Also appends every delivery to `path` (created if missing).
+    pub fn with_audit_log(mut self, path: &Path) -> std::io::Result<Self> {
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        self.audit = Some(Arc::new(Mutex::new(f)));
+        Ok(self)
     }
 }
 
 impl Handler<ClusterRecord> for StoreHandler {
     async fn handle(&self, delivery: Delivery<ClusterRecord>) -> Result<(), HandlerError> {
+        let (sender, first, count) = (delivery.sender.clone(), delivery.first_seq, delivery.records.len());
         lock(&self.store).apply(&delivery.sender, delivery.records);
+        if let Some(audit) = &self.audit {
+            let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            let line = format!("{ms} {sender} {first} {count}\n");
+            let mut f = audit.lock().unwrap_or_else(|p| p.into_inner());
+            // One write per line: a crash leaves whole lines (or a torn last one).
+            f.write_all(line.as_bytes())?;
+        }
         Ok(())
     }
 

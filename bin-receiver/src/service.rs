@@ -75,7 +75,13 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     let mut cfg = ReceiverConfig::new(settings.listen, tls, &state_dir);
     cfg.allowed_senders = settings.allow_senders.clone();
-    let receiver = Receiver::start::<ClusterRecord, _>(cfg, Arc::new(StoreHandler::new(store.clone())), &registry)
+    let mut handler = StoreHandler::new(store.clone());
+    if let Some(path) = &settings.audit_log {
+        handler = handler
+            .with_audit_log(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+    }
+    let receiver = Receiver::start::<ClusterRecord, _>(cfg, Arc::new(handler), &registry)
         .await
         .context("starting the QUIC receiver")?;
 
@@ -120,6 +126,7 @@ pub async fn run(settings: Settings) -> Result<()> {
                 Ok(()) => info!("SIGHUP: certificates re-read"),
                 Err(e) => warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones"),
             },
+            Request::Rebind => info!("SIGUSR1 ignored: the receiver's address is fixed"),
             Request::Stop => break,
         }
     }

@@ -1,3 +1,9 @@
-//! The sender's pieces, wired together by `main.rs`.
+//! The sender's pieces, wired together by `main.rs`:
+//!
+//! * [`config`]: flags, environment and TOML file → [`config::Settings`].
+//! * [`kube`]: the Kubernetes source (watchers, metrics.k8s.io, scale events).
+//! * [`service`]: runs the link sender, the source, the endpoint, the signals.
 
+pub mod config;
 pub mod kube;
+pub mod service;

@@ -1,1 +1,13 @@
-fn main() {}
+//! `telemetry-sender`: see `--help`.
+
+use anyhow::Result;
+use clap::Parser;
+use telemetry_sender::{config, service};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    telemetry_ops::logging::init();
+    telemetry_link::tls::install_default_provider();
+    let settings = config::Settings::resolve(config::Args::parse())?;
+    service::run(settings).await
+}

@@ -1,5 +1,6 @@
 //! Unix signals as events: SIGTERM and SIGINT ask for a graceful stop,
-//! SIGHUP asks to re-read certificates.
+//! SIGHUP asks to re-read certificates, SIGUSR1 asks the sender to move its
+//! UDP socket (connection migration, e.g. after an address change).
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -10,6 +11,8 @@ pub enum Request {
     Stop,
     /// Reload TLS material (SIGHUP).
     Reload,
+    /// Rebind the UDP socket (SIGUSR1).
+    Rebind,
 }
 
 /// Signal listeners, installed once at startup.
@@ -17,6 +20,7 @@ pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 impl Signals {
@@ -26,6 +30,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -35,6 +40,7 @@ impl Signals {
             _ = self.term.recv() => Request::Stop,
             _ = self.int.recv() => Request::Stop,
             _ = self.hup.recv() => Request::Reload,
+            _ = self.usr1.recv() => Request::Rebind,
         }
     }
 }

@@ -368,6 +368,11 @@ impl<T: Payload> Sender<T> {
         self.inner.current.lock().ok()?.as_ref().map(quinn::Connection::stats)
     }
 
+    /// The link's local UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
     /// Moves the link's UDP socket to a new local address; an established
     /// session migrates to it without a new handshake.
     pub fn rebind(&self, addr: SocketAddr) -> std::io::Result<()> {
