@@ -353,8 +353,31 @@ pub struct Spool {
     unsynced: bool,
     write_buf: Vec<u8>,
     read_scratch: Vec<u8>,
+    /// The cap in force: the configured one, or less when the filesystem
+    /// has less room (re-read at most once a second).
+    effective_cap: u64,
+    cap_checked: Option<std::time::Instant>,
     _lock: File,
 }
+
+/// Bytes available to unprivileged users on the filesystem holding `dir`.
+fn fs_available(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
+    // memory of the right size; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Room kept free on the filesystem for metadata and other small files.
+const FS_RESERVE: u64 = 64 * 1024;
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.{SEGMENT_EXT}"))
@@ -490,7 +513,14 @@ impl Spool {
             .map_or(1, |s| (s.last + 1).max(s.base))
             .max(floor);
         let acked = meta.as_ref().map_or(0, |m| m.acked).min(next_seq - 1);
-        let segment_bytes = cfg.effective_segment_bytes();
+        // On a small filesystem, segments must be small enough that dropping
+        // one frees useful room.
+        let existing: u64 = segments.iter().map(|s| s.bytes).sum();
+        let disk_room = fs_available(&dir).map(|a| (a + existing).saturating_sub(FS_RESERVE));
+        let segment_bytes = match disk_room {
+            Some(room) if room < cfg.max_bytes => cfg.effective_segment_bytes().min((room / 16).max(16 * 1024)),
+            _ => cfg.effective_segment_bytes(),
+        };
 
         // Fully acknowledged closed segments are of no further use.
         while segments.len() > 1 && (segments[0].is_empty() || segments[0].last <= acked) {
@@ -539,9 +569,12 @@ impl Spool {
             unsynced: false,
             write_buf: Vec::new(),
             read_scratch: Vec::new(),
+            effective_cap: 0,
+            cap_checked: None,
             _lock: lock,
         };
         spool.total_bytes = spool.segments.iter().map(|s| s.bytes).sum();
+        spool.refresh_cap(true);
         spool.write_meta()?;
         report.segments = spool.segments.len();
         report.records = spool.unacked_records();
@@ -590,6 +623,27 @@ impl Spool {
         self.dropped.count_in(from, to)
     }
 
+    /// The size cap in force (the configured cap, or less if the filesystem
+    /// is smaller).
+    pub fn effective_cap(&self) -> u64 {
+        self.effective_cap
+    }
+
+    fn refresh_cap(&mut self, force: bool) {
+        let now = std::time::Instant::now();
+        if !force && self.cap_checked.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return;
+        }
+        self.cap_checked = Some(now);
+        self.effective_cap = match fs_available(&self.dir) {
+            Some(avail) => self
+                .cfg
+                .max_bytes
+                .min((self.total_bytes + avail).saturating_sub(FS_RESERVE)),
+            None => self.cfg.max_bytes,
+        };
+    }
+
     fn unacked_records(&self) -> u64 {
         self.segments
             .iter()
@@ -630,7 +684,8 @@ impl Spool {
         // Room for the records plus the headers of segments this append may open.
         let needed = size + (size / self.segment_bytes + 2) * SEGMENT_HEADER_LEN as u64;
         let mut dropped = 0;
-        while self.total_bytes + needed > self.cfg.max_bytes {
+        self.refresh_cap(false);
+        while self.total_bytes + needed > self.effective_cap {
             match self.drop_oldest()? {
                 Some(n) => dropped += n,
                 None => break,
@@ -658,7 +713,7 @@ impl Spool {
                 j += 1;
             }
             if j == i {
-                self.roll()?;
+                self.roll_making_room(&mut dropped)?;
                 continue;
             }
             match self.write_chunk(seq - 1, &mut dropped) {
@@ -706,6 +761,7 @@ impl Spool {
                     // Remove whatever part of the chunk reached the file.
                     self.active.set_len(before).map_err(io_err(&path))?;
                     if is_no_space(&e) && self.segments.len() > 1 {
+                        self.refresh_cap(true);
                         if let Some(n) = self.drop_oldest()? {
                             *dropped += n;
                             continue;
@@ -953,22 +1009,46 @@ impl Spool {
         }
     }
 
-    /// Closes the active segment and starts a new one at `next_seq`.
+    /// [`Spool::roll`], dropping the oldest closed segments while the disk
+    /// is too full to create the new one.
+    fn roll_making_room(&mut self, dropped: &mut u64) -> Result<(), SpoolError> {
+        loop {
+            match self.roll() {
+                Err(SpoolError::Io { source, .. }) if is_no_space(&source) && self.segments.len() > 1 => {
+                    self.refresh_cap(true);
+                    match self.drop_oldest()? {
+                        Some(n) => *dropped += n,
+                        None => return Err(SpoolError::Io {
+                            path: self.dir.clone(),
+                            source,
+                        }),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Closes the active segment and starts a new one at `next_seq`. The
+    /// new file exists before anything is removed, so a failure (disk full)
+    /// leaves the spool as it was.
     fn roll(&mut self) -> Result<(), SpoolError> {
         if self.cfg.fsync != FsyncPolicy::Never {
             self.sync()?;
         }
-        let active = self.active_segment().clone();
-        if active.is_empty() {
-            if active.base == self.next_seq {
-                return Ok(());
-            }
-            self.segments.pop_back();
-            self.total_bytes -= active.bytes;
-            fs::remove_file(&active.path).map_err(io_err(&active.path))?;
+        let old = self.active_segment().clone();
+        if old.is_empty() && old.base == self.next_seq {
+            return Ok(());
         }
         self.create_segment(self.next_seq)?;
         self.total_bytes += SEGMENT_HEADER_LEN as u64;
+        if old.is_empty() {
+            // An empty segment left behind by a sequence jump: remove it.
+            let idx = self.segments.len() - 2;
+            self.segments.remove(idx);
+            self.total_bytes -= old.bytes;
+            fs::remove_file(&old.path).map_err(io_err(&old.path))?;
+        }
         Ok(())
     }
 
