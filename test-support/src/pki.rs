@@ -12,6 +12,7 @@ use tempfile::TempDir;
 pub struct TestPki {
     dir: TempDir,
     ca: Authority,
+    issued: std::sync::atomic::AtomicU32,
 }
 
 impl TestPki {
@@ -21,7 +22,11 @@ impl TestPki {
         let ca = Authority::generate("test CA", Validity::days(30))?;
         files::write_file(&dir.path().join(files::CA_CERT), ca.cert_pem(), 0o644)?;
         files::write_file(&dir.path().join(files::CA_KEY), ca.key_pem(), 0o600)?;
-        Ok(Self { dir, ca })
+        Ok(Self {
+            dir,
+            ca,
+            issued: std::sync::atomic::AtomicU32::new(0),
+        })
     }
 
     /// The directory holding the files.
@@ -34,9 +39,12 @@ impl TestPki {
         self.dir.path().join(files::CA_CERT)
     }
 
+    /// Writes a pair under a name no earlier call used (so earlier files
+    /// stay valid).
     fn write(&self, stem: &str, issued: &Issued) -> anyhow::Result<TlsFiles> {
-        let cert = self.dir.path().join(format!("{stem}.pem"));
-        let key = self.dir.path().join(format!("{stem}.key"));
+        let n = self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cert = self.dir.path().join(format!("{stem}-{n}.pem"));
+        let key = self.dir.path().join(format!("{stem}-{n}.key"));
         files::write_pair(&cert, &key, issued)?;
         Ok(TlsFiles {
             ca: self.ca_path(),
@@ -65,7 +73,7 @@ impl TestPki {
     /// Sender files for `id` with an explicit validity window.
     pub fn sender_valid(&self, id: &str, validity: Validity) -> anyhow::Result<TlsFiles> {
         let issued = self.ca.issue_sender(id, validity)?;
-        self.write(&format!("sender-{id}-{}", validity.not_after.unix_timestamp()), &issued)
+        self.write(&format!("sender-{id}"), &issued)
     }
 
     /// Sender files for `id` issued by a different CA (the CA file still

@@ -554,18 +554,24 @@ async fn connect(inner: &Inner, cfg: &SenderConfig, address: &str) -> Result<Est
         }
     };
     match tokio::time::timeout(cfg.connect_timeout, attempt).await {
+        Ok(Err(ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(a)))) => Err(refusal(&a)),
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout),
     }
 }
 
+/// A receiver's application close as a readable refusal.
+fn refusal(a: &quinn::ApplicationClose) -> ConnectError {
+    ConnectError::Refused {
+        code: ErrorCode::from_u32(u64::from(a.error_code) as u32)
+            .map_or_else(|| a.error_code.to_string(), |c| c.to_string()),
+        reason: String::from_utf8_lossy(&a.reason).into_owned(),
+    }
+}
+
 fn closed_error(conn: &quinn::Connection) -> ConnectError {
     match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(a)) => ConnectError::Refused {
-            code: ErrorCode::from_u32(u64::from(a.error_code) as u32)
-                .map_or_else(|| a.error_code.to_string(), |c| c.to_string()),
-            reason: String::from_utf8_lossy(&a.reason).into_owned(),
-        },
+        Some(quinn::ConnectionError::ApplicationClosed(a)) => refusal(&a),
         Some(e) => ConnectError::Connection(e),
         None => ConnectError::Protocol("stream closed before welcome".into()),
     }
