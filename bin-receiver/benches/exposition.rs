@@ -23,8 +23,8 @@ use std::{
 
 use telemetry_link::{Sample, SeriesKey};
 use telemetry_model::{
-    ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, PodInfo, PodPhase, PodUsage,
-    ScaleEvent,
+    ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, PodInfo,
+    PodPhase, PodUsage, ScaleEvent,
 };
 use telemetry_ops::exposition::Format;
 use telemetry_receiver::store::{ClusterStore, StoreConfig};
@@ -42,7 +42,14 @@ const RSS_TARGET_KIB: u64 = 200 * 1000;
 fn uid(n: u64) -> String {
     let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5DEE_CE66_D1CE_4E5B;
     let x = format!("{h:016x}{:016x}", h.rotate_left(17) ^ n);
-    format!("{}-{}-4{}-a{}-{}", &x[0..8], &x[8..12], &x[13..16], &x[17..20], &x[20..32])
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[13..16],
+        &x[17..20],
+        &x[20..32]
+    )
 }
 
 fn cluster_records(cluster: usize) -> Vec<ClusterRecord> {
@@ -131,7 +138,11 @@ fn cluster_records(cluster: usize) -> Vec<ClusterRecord> {
     }
     for s in 0..SAMPLE_SERIES_PER_CLUSTER {
         if let Ok(key) = SeriesKey::new("telemetry_synthetic_value", [("series", s.to_string())]) {
-            records.push(ClusterRecord::Sample(Sample::new(Arc::new(key), 1_700_000_000_000, s as f64)));
+            records.push(ClusterRecord::Sample(Sample::new(
+                Arc::new(key),
+                1_700_000_000_000,
+                s as f64,
+            )));
         }
     }
     records
@@ -162,7 +173,9 @@ fn print_memory(when: &str) -> u64 {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -180,7 +193,11 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Renders `RENDERS` times into one reused buffer; returns (min, median, p99, bytes).
-fn measure(store: &ClusterStore, format: Format, out: &mut String) -> (Duration, Duration, Duration, usize) {
+fn measure(
+    store: &ClusterStore,
+    format: Format,
+    out: &mut String,
+) -> (Duration, Duration, Duration, usize) {
     for _ in 0..3 {
         store.render_page(format, &[], out);
     }
@@ -222,7 +239,10 @@ fn main() {
 
     let mut out = String::new();
     store.render_page(Format::Prometheus, &[], &mut out);
-    let rendered_series = out.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    let rendered_series = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
     println!(
         "series rendered: {rendered_series} (store counts {}), page {:.1} MB",
         store.series_count(),

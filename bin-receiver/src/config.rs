@@ -54,7 +54,11 @@ pub struct Args {
     pub state_dir: Option<PathBuf>,
     /// Sender identity allowed to connect (repeatable; comma-separated in the
     /// environment). Default: any certificate the CA signed.
-    #[arg(long = "allow-sender", env = "TELEMETRY_RECEIVER_ALLOW_SENDER", value_delimiter = ',')]
+    #[arg(
+        long = "allow-sender",
+        env = "TELEMETRY_RECEIVER_ALLOW_SENDER",
+        value_delimiter = ','
+    )]
     pub allow_sender: Vec<String>,
     /// Remove a sender's series after it stayed disconnected this long [default: 5m].
     #[arg(long, env = "TELEMETRY_RECEIVER_SENDER_TTL")]
@@ -130,7 +134,9 @@ impl Settings {
         };
         let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
             Some(a) => a,
-            None => DEFAULT_METRICS_LISTEN.parse().context("default metrics address")?,
+            None => DEFAULT_METRICS_LISTEN
+                .parse()
+                .context("default metrics address")?,
         };
         let ca = args.ca.or(file_path(file.ca));
         let cert = args.cert.or(file_path(file.cert));
@@ -138,13 +144,19 @@ impl Settings {
         let tls = match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
             (None, None, None) if demo => None,
-            _ if demo => bail!("in demo mode the certificates are made at start: leave out --ca, --cert and --key"),
+            _ if demo => bail!(
+                "in demo mode the certificates are made at start: leave out --ca, --cert and --key"
+            ),
             (ca, cert, key) => {
-                let missing: Vec<&str> = [("--ca", ca.is_none()), ("--cert", cert.is_none()), ("--key", key.is_none())]
-                    .iter()
-                    .filter(|(_, m)| *m)
-                    .map(|(n, _)| *n)
-                    .collect();
+                let missing: Vec<&str> = [
+                    ("--ca", ca.is_none()),
+                    ("--cert", cert.is_none()),
+                    ("--key", key.is_none()),
+                ]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| *n)
+                .collect();
                 bail!(
                     "missing {} (make certificates with `telemetry-certs init`, or try --demo)",
                     missing.join(", ")
@@ -166,7 +178,8 @@ impl Settings {
             None
         } else {
             for id in &allow {
-                telemetry_link::tls::validate_identity(id).with_context(|| format!("--allow-sender {id:?}"))?;
+                telemetry_link::tls::validate_identity(id)
+                    .with_context(|| format!("--allow-sender {id:?}"))?;
             }
             Some(allow.into_iter().collect())
         };
@@ -176,7 +189,10 @@ impl Settings {
             tls,
             state_dir,
             allow_senders,
-            sender_ttl: args.sender_ttl.or(file.sender_ttl).map_or(DEFAULT_SENDER_TTL, |d| d.0),
+            sender_ttl: args
+                .sender_ttl
+                .or(file.sender_ttl)
+                .map_or(DEFAULT_SENDER_TTL, |d| d.0),
             audit_log: args.audit_log.or(file_path(file.audit_log)),
             demo,
         })
@@ -216,7 +232,13 @@ mod tests {
             "listen = \"127.0.0.1:5000\"\nca = \"ca.pem\"\ncert = \"/abs/r.pem\"\nkey = \"r.key\"\nallow-sender = [\"a\", \"b\"]\nsender-ttl = \"90s\"\n",
         )
         .unwrap();
-        let s = parse(&["--config", f.to_str().unwrap(), "--listen", "127.0.0.1:6000"]).unwrap();
+        let s = parse(&[
+            "--config",
+            f.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:6000",
+        ])
+        .unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:6000");
         let tls = s.tls.unwrap();
         assert_eq!(tls.ca, d.path().join("ca.pem"), "relative to the file");
@@ -224,7 +246,20 @@ mod tests {
         assert_eq!(s.sender_ttl, Duration::from_secs(90));
         assert_eq!(s.allow_senders.unwrap().len(), 2);
         std::fs::write(&f, "listn = \"x\"\n").unwrap();
-        assert!(parse(&["--config", f.to_str().unwrap()]).unwrap_err().to_string().contains("listn"));
-        assert!(parse(&["--ca", "a", "--cert", "b", "--key", "c", "--allow-sender", "bad/id"]).is_err());
+        assert!(parse(&["--config", f.to_str().unwrap()])
+            .unwrap_err()
+            .to_string()
+            .contains("listn"));
+        assert!(parse(&[
+            "--ca",
+            "a",
+            "--cert",
+            "b",
+            "--key",
+            "c",
+            "--allow-sender",
+            "bad/id"
+        ])
+        .is_err());
     }
 }

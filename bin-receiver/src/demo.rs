@@ -8,7 +8,9 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::{Context, Result};
 use telemetry_certs::{files, Authority, Validity};
 use telemetry_link::{Sender, SenderConfig, TlsFiles};
-use telemetry_model::{simulated::SimulatedCluster, simulated::SimulatedClusterConfig, ClusterRecord};
+use telemetry_model::{
+    simulated::SimulatedCluster, simulated::SimulatedClusterConfig, ClusterRecord,
+};
 use tokio::{sync::watch, task::JoinHandle};
 
 /// Identity of the demo's embedded sender (its `cluster` label).
@@ -33,8 +35,15 @@ pub fn make_pki(dir: &Path, listen: SocketAddr) -> Result<DemoPki> {
     let receiver = ca.issue_receiver(&names, Validity::days(30))?;
     let sender = ca.issue_sender(DEMO_CLUSTER, Validity::days(30))?;
     files::write_file(&dir.join(files::CA_CERT), ca.cert_pem(), 0o644)?;
-    files::write_pair(&dir.join(files::RECEIVER_CERT), &dir.join(files::RECEIVER_KEY), &receiver)?;
-    let (sc, sk) = (dir.join(files::sender_cert(DEMO_CLUSTER)), dir.join(files::sender_key(DEMO_CLUSTER)));
+    files::write_pair(
+        &dir.join(files::RECEIVER_CERT),
+        &dir.join(files::RECEIVER_KEY),
+        &receiver,
+    )?;
+    let (sc, sk) = (
+        dir.join(files::sender_cert(DEMO_CLUSTER)),
+        dir.join(files::sender_key(DEMO_CLUSTER)),
+    );
     files::write_pair(&sc, &sk, &sender)?;
     Ok(DemoPki {
         receiver: TlsFiles {
@@ -84,7 +93,8 @@ pub async fn start_sender(
     let (sender, _) = Sender::<ClusterRecord>::start(cfg, registry)
         .await
         .context("starting the demo's embedded sender")?;
-    let sim = SimulatedCluster::new(SimulatedClusterConfig::default()).context("simulated cluster")?;
+    let sim =
+        SimulatedCluster::new(SimulatedClusterConfig::default()).context("simulated cluster")?;
     let (stop, mut stopped) = watch::channel(false);
     let sink = sender.clone();
     let source = tokio::spawn(async move {
@@ -95,7 +105,11 @@ pub async fn start_sender(
             tracing::error!(error = %e, "simulated cluster stopped");
         }
     });
-    Ok(DemoSender { sender, stop, source })
+    Ok(DemoSender {
+        sender,
+        stop,
+        source,
+    })
 }
 
 impl DemoSender {

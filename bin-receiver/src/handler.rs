@@ -50,10 +50,16 @@ impl StoreHandler {
 
 impl Handler<ClusterRecord> for StoreHandler {
     async fn handle(&self, delivery: Delivery<ClusterRecord>) -> Result<(), HandlerError> {
-        let (sender, first, count) = (delivery.sender.clone(), delivery.first_seq, delivery.records.len());
+        let (sender, first, count) = (
+            delivery.sender.clone(),
+            delivery.first_seq,
+            delivery.records.len(),
+        );
         lock(&self.store).apply(&delivery.sender, delivery.records);
         if let Some(audit) = &self.audit {
-            let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
             let line = format!("{ms} {sender} {first} {count}\n");
             let mut f = audit.lock().unwrap_or_else(|p| p.into_inner());
             // One write per line: a crash leaves whole lines (or a torn last one).

@@ -54,12 +54,19 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     // Demo: certificates and state in a temporary directory.
     let demo_dir = if settings.demo {
-        Some(tempfile::Builder::new().prefix("telemetry-demo-").tempdir().context("demo temp dir")?)
+        Some(
+            tempfile::Builder::new()
+                .prefix("telemetry-demo-")
+                .tempdir()
+                .context("demo temp dir")?,
+        )
     } else {
         None
     };
     let demo_pki = match &demo_dir {
-        Some(d) => Some(demo::make_pki(d.path(), settings.listen).context("making demo certificates")?),
+        Some(d) => {
+            Some(demo::make_pki(d.path(), settings.listen).context("making demo certificates")?)
+        }
         None => None,
     };
     let tls = match (&settings.tls, &demo_pki) {
@@ -124,7 +131,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         match signals.next().await {
             Request::Reload => match receiver.reload_tls() {
                 Ok(()) => info!("SIGHUP: certificates re-read"),
-                Err(e) => warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones"),
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones")
+                }
             },
             Request::Rebind => info!("SIGUSR1 ignored: the receiver's address is fixed"),
             Request::Stop => break,

@@ -35,7 +35,11 @@ fn make_certs(dir: &Path, senders: &[&str]) -> Result<()> {
         cmd.args(["--sender", s]);
     }
     let out = cmd.output()?;
-    ensure!(out.status.success(), "telemetry-certs failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "telemetry-certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -63,12 +67,24 @@ fn start_receiver(certs: &Path, state: &Path, extra: &[&str]) -> Result<Receiver
         .arg(state)
         .args(extra);
     let proc = ChildProcess::spawn("receiver", cmd)?;
-    wait_for(LIMIT, "receiver /readyz", || Ok((get(metrics, "/readyz", &[])?.status == 200).then_some(())))
-        .with_context(|| "receiver did not become ready".to_string())?;
-    Ok(Receiver { proc, quic, metrics })
+    wait_for(LIMIT, "receiver /readyz", || {
+        Ok((get(metrics, "/readyz", &[])?.status == 200).then_some(()))
+    })
+    .with_context(|| "receiver did not become ready".to_string())?;
+    Ok(Receiver {
+        proc,
+        quic,
+        metrics,
+    })
 }
 
-fn start_sender(certs: &Path, id: &str, quic: SocketAddr, spool: &Path, extra: &[&str]) -> Result<(ChildProcess, SocketAddr)> {
+fn start_sender(
+    certs: &Path,
+    id: &str,
+    quic: SocketAddr,
+    spool: &Path,
+    extra: &[&str],
+) -> Result<(ChildProcess, SocketAddr)> {
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
     let mut cmd = Command::new(workspace_binary("telemetry-sender")?);
     cmd.arg("--receiver")
@@ -94,7 +110,11 @@ fn scrape(addr: SocketAddr) -> Result<Exposition> {
     Exposition::parse(&r.body)
 }
 
-fn wait_metrics(addr: SocketAddr, what: &str, cond: impl Fn(&Exposition) -> bool) -> Result<Exposition> {
+fn wait_metrics(
+    addr: SocketAddr,
+    what: &str,
+    cond: impl Fn(&Exposition) -> bool,
+) -> Result<Exposition> {
     wait_for(LIMIT, what, || {
         let e = scrape(addr)?;
         Ok(cond(&e).then_some(e))
@@ -107,11 +127,20 @@ fn simulated_cluster_series_appear_and_pass_promtool() -> Result<()> {
     let certs = dir.path().join("certs");
     make_certs(&certs, &["lab"])?;
     let rx = start_receiver(&certs, &dir.path().join("state"), &[])?;
-    let (mut tx, tx_metrics) = start_sender(&certs, "lab", rx.quic, &dir.path().join("spool"), &["--source", "simulated"])?;
+    let (mut tx, tx_metrics) = start_sender(
+        &certs,
+        "lab",
+        rx.quic,
+        &dir.path().join("spool"),
+        &["--source", "simulated"],
+    )?;
     let e = wait_metrics(rx.metrics, "simulated pods, HPA and usage", |e| {
         e.count("kube_pod_info", &[("cluster", "lab")]) > 0
             && e.count("kube_pod_container_cpu_usage_cores", &[("cluster", "lab")]) > 0
-            && e.value("kube_horizontalpodautoscaler_spec_max_replicas", &[("cluster", "lab")]) == Some(8.0)
+            && e.value(
+                "kube_horizontalpodautoscaler_spec_max_replicas",
+                &[("cluster", "lab")],
+            ) == Some(8.0)
     })?;
     // Every pod has exactly one phase at 1 among five.
     for info in e.find("kube_pod_info", &[("cluster", "lab")]) {
@@ -122,34 +151,67 @@ fn simulated_cluster_series_appear_and_pass_promtool() -> Result<()> {
         assert_eq!(phases.iter().filter(|p| p.value == 1.0).count(), 1, "{pod}");
         assert_eq!(info.labels["created_by_kind"], "ReplicaSet");
     }
-    assert_eq!(e.value("kube_horizontalpodautoscaler_spec_min_replicas", &[("cluster", "lab")]), Some(1.0));
+    assert_eq!(
+        e.value(
+            "kube_horizontalpodautoscaler_spec_min_replicas",
+            &[("cluster", "lab")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(
         e.value(
             "kube_horizontalpodautoscaler_spec_target_metric",
-            &[("cluster", "lab"), ("metric_name", "cpu"), ("metric_target_type", "utilization")]
+            &[
+                ("cluster", "lab"),
+                ("metric_name", "cpu"),
+                ("metric_target_type", "utilization")
+            ]
         ),
         Some(50.0)
     );
-    assert!(e.count("kube_pod_container_resource_requests", &[("resource", "cpu"), ("unit", "core")]) > 0);
-    assert_eq!(e.value("telemetry_link_sender_up", &[("cluster", "lab")]), Some(1.0));
+    assert!(
+        e.count(
+            "kube_pod_container_resource_requests",
+            &[("resource", "cpu"), ("unit", "core")]
+        ) > 0
+    );
+    assert_eq!(
+        e.value("telemetry_link_sender_up", &[("cluster", "lab")]),
+        Some(1.0)
+    );
     assert_eq!(e.value("telemetry_link_senders_connected", &[]), Some(1.0));
 
     let body = get(rx.metrics, "/metrics", &[])?.body;
     match promtool_check(&body) {
         Some(r) => r.map_err(|e| anyhow::anyhow!(e))?,
-        None => ensure!(std::env::var_os("CI").is_none(), "promtool is required in CI"),
+        None => ensure!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required in CI"
+        ),
     }
-    let om = get(rx.metrics, "/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")])?;
-    assert!(om.header("content-type").unwrap_or("").starts_with("application/openmetrics-text"));
+    let om = get(
+        rx.metrics,
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    )?;
+    assert!(om
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/openmetrics-text"));
     assert!(om.body.ends_with("# EOF\n"));
-    assert!(om.body.contains("# TYPE kube_horizontalpodautoscaler_scale_events counter"));
+    assert!(om
+        .body
+        .contains("# TYPE kube_horizontalpodautoscaler_scale_events counter"));
     assert_eq!(get(rx.metrics, "/healthz", &[])?.status, 200);
 
     // The sender's own endpoint.
     let s = scrape(tx_metrics)?;
     assert_eq!(s.value("telemetry_sender_connected", &[]), Some(1.0));
     assert_eq!(get(tx_metrics, "/readyz", &[])?.status, 200);
-    assert!(tx.terminate(Duration::from_secs(20))?.success(), "sender exits 0 on SIGTERM");
+    assert!(
+        tx.terminate(Duration::from_secs(20))?.success(),
+        "sender exits 0 on SIGTERM"
+    );
     Ok(())
 }
 
@@ -165,28 +227,60 @@ fn a_sender_gone_past_the_ttl_loses_its_series_and_sigterm_persists_state() -> R
         "short",
         rx.quic,
         &dir.path().join("spool"),
-        &["--source", "synthetic", "--synthetic-series", "3", "--synthetic-rate", "300", "--synthetic-total", "600"],
+        &[
+            "--source",
+            "synthetic",
+            "--synthetic-series",
+            "3",
+            "--synthetic-rate",
+            "300",
+            "--synthetic-total",
+            "600",
+        ],
     )?;
     wait_metrics(rx.metrics, "all 600 synthetic records applied", |e| {
         e.value("telemetry_link_applied_seq", &[("sender", "short")]) == Some(600.0)
     })?;
     let e = scrape(rx.metrics)?;
-    assert_eq!(e.count("telemetry_synthetic_value", &[("cluster", "short")]), 3);
-    assert_eq!(e.value("telemetry_synthetic_value", &[("cluster", "short"), ("series", "0")]), Some(600.0));
+    assert_eq!(
+        e.count("telemetry_synthetic_value", &[("cluster", "short")]),
+        3
+    );
+    assert_eq!(
+        e.value(
+            "telemetry_synthetic_value",
+            &[("cluster", "short"), ("series", "0")]
+        ),
+        Some(600.0)
+    );
     assert!(tx.terminate(Duration::from_secs(20))?.success());
     wait_metrics(rx.metrics, "series removed after the TTL", |e| {
         e.value("telemetry_link_sender_up", &[("cluster", "short")]) == Some(0.0)
             && e.count("telemetry_synthetic_value", &[("cluster", "short")]) == 0
     })?;
     // SIGTERM: exit 0 with the applied position persisted.
-    assert!(rx.proc.terminate(Duration::from_secs(20))?.success(), "receiver exits 0 on SIGTERM");
-    let files: Vec<_> = std::fs::read_dir(&state)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-    assert!(files.iter().any(|f| f.to_string_lossy() == "sender-short.state"), "{files:?}");
+    assert!(
+        rx.proc.terminate(Duration::from_secs(20))?.success(),
+        "receiver exits 0 on SIGTERM"
+    );
+    let files: Vec<_> = std::fs::read_dir(&state)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy() == "sender-short.state"),
+        "{files:?}"
+    );
     // A restarted receiver resumes at 600: a new sender stream would start at 1,
     // the same one continues — checked through the metric it exposes at start.
     let rx2 = start_receiver(&certs, &state, &[])?;
     let e = scrape(rx2.metrics)?;
-    assert_eq!(e.value("telemetry_link_applied_seq", &[("sender", "short")]), Some(600.0));
+    assert_eq!(
+        e.value("telemetry_link_applied_seq", &[("sender", "short")]),
+        Some(600.0)
+    );
     Ok(())
 }
 
@@ -201,46 +295,97 @@ fn refused_senders_are_counted_by_reason() -> Result<()> {
     std::fs::copy(&rcv.ca, certs.join("ca.pem"))?;
     std::fs::copy(&rcv.cert, certs.join("receiver.pem"))?;
     std::fs::copy(&rcv.key, certs.join("receiver.key"))?;
-    for (id, files) in [("intruder", pki.sender("intruder")?), ("good", pki.sender("good")?)] {
+    for (id, files) in [
+        ("intruder", pki.sender("intruder")?),
+        ("good", pki.sender("good")?),
+    ] {
         std::fs::copy(&files.cert, certs.join(format!("sender-{id}.pem")))?;
         std::fs::copy(&files.key, certs.join(format!("sender-{id}.key")))?;
     }
-    let rx = start_receiver(&certs, &dir.path().join("state"), &["--allow-sender", "good"])?;
+    let rx = start_receiver(
+        &certs,
+        &dir.path().join("state"),
+        &["--allow-sender", "good"],
+    )?;
 
     // A certificate from another CA: refused in the handshake, counted.
     let foreign = pki.sender_from_other_ca("good")?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let refused = rt.block_on(async {
         let ep = raw::client_endpoint()?;
-        raw::attempt(&ep, raw::client_config(&pki.ca_path(), Some(&foreign))?, rx.quic, "localhost", Duration::from_secs(3)).await.err().context("foreign certificate accepted")
+        raw::attempt(
+            &ep,
+            raw::client_config(&pki.ca_path(), Some(&foreign))?,
+            rx.quic,
+            "localhost",
+            Duration::from_secs(3),
+        )
+        .await
+        .err()
+        .context("foreign certificate accepted")
     })?;
     assert!(!refused.is_empty());
     wait_metrics(rx.metrics, "unknown_ca counted", |e| {
-        e.value("telemetry_link_handshake_failures_total", &[("reason", "unknown_ca")]) == Some(1.0)
+        e.value(
+            "telemetry_link_handshake_failures_total",
+            &[("reason", "unknown_ca")],
+        ) == Some(1.0)
     })?;
 
     // The sender binary with that certificate refuses to start, naming file and reason.
     std::fs::copy(&foreign.cert, certs.join("sender-foreign.pem"))?;
     std::fs::copy(&foreign.key, certs.join("sender-foreign.key"))?;
-    let (mut bad, _) = start_sender(&certs, "foreign", rx.quic, &dir.path().join("spool-f"), &["--source", "simulated"])?;
+    let (mut bad, _) = start_sender(
+        &certs,
+        "foreign",
+        rx.quic,
+        &dir.path().join("spool-f"),
+        &["--source", "simulated"],
+    )?;
     let status = bad.wait_timeout(Duration::from_secs(20))?;
     assert!(!status.success());
     let out = bad.output();
-    assert!(out.contains("sender-foreign.pem") && out.contains("not signed by the CA"), "{out}");
+    assert!(
+        out.contains("sender-foreign.pem") && out.contains("not signed by the CA"),
+        "{out}"
+    );
 
     // A valid certificate whose identity is not allowed: refused after the
     // handshake, with a message the sender logs, counted on both sides.
-    let (mut intruder, intruder_metrics) =
-        start_sender(&certs, "intruder", rx.quic, &dir.path().join("spool-i"), &["--source", "simulated"])?;
+    let (mut intruder, intruder_metrics) = start_sender(
+        &certs,
+        "intruder",
+        rx.quic,
+        &dir.path().join("spool-i"),
+        &["--source", "simulated"],
+    )?;
     wait_metrics(rx.metrics, "not_allowed counted", |e| {
-        e.value("telemetry_link_handshake_failures_total", &[("reason", "not_allowed")]).unwrap_or(0.0) >= 1.0
+        e.value(
+            "telemetry_link_handshake_failures_total",
+            &[("reason", "not_allowed")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     })?;
     wait_metrics(intruder_metrics, "sender counts the refusal", |e| {
-        e.value("telemetry_sender_connect_failures_total", &[("reason", "refused")]).unwrap_or(0.0) >= 1.0
+        e.value(
+            "telemetry_sender_connect_failures_total",
+            &[("reason", "refused")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     })?;
-    assert!(intruder.is_running(), "a refused sender keeps its spool and retries");
+    assert!(
+        intruder.is_running(),
+        "a refused sender keeps its spool and retries"
+    );
     let out = intruder.output();
-    assert!(out.contains("not_allowed") && out.contains("intruder"), "{out}");
+    assert!(
+        out.contains("not_allowed") && out.contains("intruder"),
+        "{out}"
+    );
     let e = scrape(rx.metrics)?;
     assert_eq!(e.count("kube_pod_info", &[("cluster", "intruder")]), 0);
     Ok(())
@@ -252,7 +397,13 @@ fn bad_certificate_files_are_clear_startup_errors() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let run = |ca: &Path, cert: &Path, key: &Path| -> Result<String> {
         let out = Command::new(receiver_bin())
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--ca"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--ca",
+            ])
             .arg(ca)
             .arg("--cert")
             .arg(cert)
@@ -267,11 +418,17 @@ fn bad_certificate_files_are_clear_startup_errors() -> Result<()> {
     let good = pki.receiver()?;
     let missing = dir.path().join("missing.key");
     let err = run(&good.ca, &good.cert, &missing)?;
-    assert!(err.contains("missing.key") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("missing.key") && err.contains("No such file"),
+        "{err}"
+    );
     // An expired receiver certificate.
     let expired = pki.sender_valid("rx-expired", Validity::relative(-7200, -3600))?;
     let err = run(&good.ca, &expired.cert, &expired.key)?;
-    assert!(err.contains(&expired.cert.display().to_string()) && err.contains("expired"), "{err}");
+    assert!(
+        err.contains(&expired.cert.display().to_string()) && err.contains("expired"),
+        "{err}"
+    );
     let future = pki.sender_valid("rx-future", Validity::relative(3600, 7200))?;
     let err = run(&good.ca, &future.cert, &future.key)?;
     assert!(err.contains("not valid before"), "{err}");
@@ -279,7 +436,10 @@ fn bad_certificate_files_are_clear_startup_errors() -> Result<()> {
     let other_pki = TestPki::new()?;
     let other = other_pki.receiver()?;
     let err = run(&good.ca, &other.cert, &other.key)?;
-    assert!(err.contains(&other.cert.display().to_string()) && err.contains("not signed by the CA"), "{err}");
+    assert!(
+        err.contains(&other.cert.display().to_string()) && err.contains("not signed by the CA"),
+        "{err}"
+    );
     // Not PEM at all.
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "hello")?;
@@ -289,14 +449,29 @@ fn bad_certificate_files_are_clear_startup_errors() -> Result<()> {
 }
 
 /// The DER of the certificate a receiver presents now.
-fn presented_cert(quic: SocketAddr, pki_ca: &Path, client: &telemetry_link::TlsFiles) -> Result<Vec<u8>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn presented_cert(
+    quic: SocketAddr,
+    pki_ca: &Path,
+    client: &telemetry_link::TlsFiles,
+) -> Result<Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let ep = raw::client_endpoint()?;
-        let conn = raw::connect(&ep, raw::client_config(pki_ca, Some(client))?, quic, "localhost").await?;
+        let conn = raw::connect(
+            &ep,
+            raw::client_config(pki_ca, Some(client))?,
+            quic,
+            "localhost",
+        )
+        .await?;
         let certs = conn
             .peer_identity()
-            .and_then(|a| a.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|a| {
+                a.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
             .context("no peer certificate")?;
         conn.close(0u32.into(), b"done");
         Ok(certs[0].to_vec())
@@ -329,9 +504,14 @@ fn certificates_rotate_without_a_restart_and_broken_files_keep_the_old_ones() ->
         &dir.path().join("spool"),
         &["--source", "synthetic", "--synthetic-rate", "200"],
     )?;
-    wait_metrics(tx_metrics, "sender connected", |e| e.value("telemetry_sender_connected", &[]) == Some(1.0))?;
+    wait_metrics(tx_metrics, "sender connected", |e| {
+        e.value("telemetry_sender_connected", &[]) == Some(1.0)
+    })?;
     let probe = pki.sender("probe")?;
-    assert_eq!(presented_cert(rx.quic, &pki.ca_path(), &probe)?, pem_der(&certs.join("receiver.pem"))?);
+    assert_eq!(
+        presented_cert(rx.quic, &pki.ca_path(), &probe)?,
+        pem_der(&certs.join("receiver.pem"))?
+    );
 
     // Rotate: new certificate and key from the same CA, then SIGHUP.
     let second = pki.receiver()?;
@@ -339,28 +519,50 @@ fn certificates_rotate_without_a_restart_and_broken_files_keep_the_old_ones() ->
     std::fs::copy(&second.key, certs.join("receiver.key"))?;
     rx.proc.signal(libc::SIGHUP)?;
     wait_metrics(rx.metrics, "reload counted", |e| {
-        e.value("telemetry_link_tls_reloads_total", &[("result", "ok")]).unwrap_or(0.0) >= 1.0
+        e.value("telemetry_link_tls_reloads_total", &[("result", "ok")])
+            .unwrap_or(0.0)
+            >= 1.0
     })?;
     let new_der = pem_der(&certs.join("receiver.pem"))?;
     wait_for(LIMIT, "new handshakes use the new certificate", || {
         Ok((presented_cert(rx.quic, &pki.ca_path(), &probe)? == new_der).then_some(()))
     })?;
     // The established session was not disturbed and data keeps flowing.
-    let before = scrape(rx.metrics)?.value("telemetry_link_applied_seq", &[("sender", "rot")]).unwrap_or(0.0);
+    let before = scrape(rx.metrics)?
+        .value("telemetry_link_applied_seq", &[("sender", "rot")])
+        .unwrap_or(0.0);
     wait_metrics(rx.metrics, "records keep arriving", |e| {
-        e.value("telemetry_link_applied_seq", &[("sender", "rot")]).unwrap_or(0.0) > before + 100.0
+        e.value("telemetry_link_applied_seq", &[("sender", "rot")])
+            .unwrap_or(0.0)
+            > before + 100.0
     })?;
     let s = scrape(tx_metrics)?;
-    assert_eq!(s.value("telemetry_sender_reconnects_total", &[]), Some(0.0), "no reconnect during rotation");
+    assert_eq!(
+        s.value("telemetry_sender_reconnects_total", &[]),
+        Some(0.0),
+        "no reconnect during rotation"
+    );
 
     // A broken new certificate: logged, counted, old material stays in use.
-    std::fs::write(certs.join("receiver.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")?;
+    std::fs::write(
+        certs.join("receiver.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )?;
     rx.proc.signal(libc::SIGHUP)?;
     wait_metrics(rx.metrics, "failed reload counted", |e| {
-        e.value("telemetry_link_tls_reloads_total", &[("result", "error")]).unwrap_or(0.0) >= 1.0
+        e.value("telemetry_link_tls_reloads_total", &[("result", "error")])
+            .unwrap_or(0.0)
+            >= 1.0
     })?;
-    assert_eq!(presented_cert(rx.quic, &pki.ca_path(), &probe)?, new_der, "still the last good certificate");
-    assert!(rx.proc.output().contains("keeping"), "the failure is logged");
+    assert_eq!(
+        presented_cert(rx.quic, &pki.ca_path(), &probe)?,
+        new_der,
+        "still the last good certificate"
+    );
+    assert!(
+        rx.proc.output().contains("keeping"),
+        "the failure is logged"
+    );
 
     // Changed files are also picked up without a signal (polled every 5 s).
     let third = pki.receiver()?;

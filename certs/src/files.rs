@@ -107,9 +107,15 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
-        assert!(matches!(ensure_absent(&[k.clone()], false), Err(CertError::Exists(_))));
+        assert!(matches!(
+            ensure_absent(std::slice::from_ref(&k), false),
+            Err(CertError::Exists(_))
+        ));
         assert!(ensure_absent(&[k], true).is_ok());
     }
 }

@@ -12,8 +12,8 @@ pub mod files;
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -98,7 +98,8 @@ impl std::fmt::Debug for Authority {
 fn base_params(common_name: &str, validity: Validity) -> Result<CertificateParams, CertError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, common_name);
-    p.distinguished_name.push(DnType::OrganizationName, "telemetry-link");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "telemetry-link");
     p.not_before = validity.not_before;
     p.not_after = validity.not_after;
     Ok(p)
@@ -120,7 +121,10 @@ fn san(name: &str) -> Result<SanType, CertError> {
     if !valid_dns {
         return Err(CertError::BadName(name.to_owned()));
     }
-    Ok(SanType::DnsName(name.try_into().map_err(|_| CertError::BadName(name.to_owned()))?))
+    Ok(SanType::DnsName(
+        name.try_into()
+            .map_err(|_| CertError::BadName(name.to_owned()))?,
+    ))
 }
 
 impl Authority {
@@ -128,7 +132,11 @@ impl Authority {
     pub fn generate(common_name: &str, validity: Validity) -> Result<Self, CertError> {
         let mut p = base_params(common_name, validity)?;
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate()?;
         let cert = p.self_signed(&key)?;
         let key_pem = key.serialize_pem();
@@ -172,8 +180,14 @@ impl Authority {
 
     /// A receiver (server) certificate for `names` (DNS names or IP
     /// addresses; the first is also the Common Name).
-    pub fn issue_receiver(&self, names: &[String], validity: Validity) -> Result<Issued, CertError> {
-        let first = names.first().ok_or_else(|| CertError::BadName(String::new()))?;
+    pub fn issue_receiver(
+        &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<Issued, CertError> {
+        let first = names
+            .first()
+            .ok_or_else(|| CertError::BadName(String::new()))?;
         let mut p = base_params(first, validity)?;
         p.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -210,11 +224,13 @@ pub fn self_signed_sender(id: &str) -> Result<Issued, CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use telemetry_link::tls::{summarize_der, identity_from_der};
+    use telemetry_link::tls::{identity_from_der, summarize_der};
 
     fn der(pem: &str) -> Vec<u8> {
         use rustls_pki_types::{pem::PemObject, CertificateDer};
-        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
     }
 
     #[test]
@@ -223,10 +239,16 @@ mod tests {
         let s = ca.issue_sender("cluster-a", Validity::days(1)).unwrap();
         assert_eq!(identity_from_der(&der(&s.cert_pem)).unwrap(), "cluster-a");
         let r = ca
-            .issue_receiver(&["recv.lan".into(), "192.168.1.50".into()], Validity::days(1))
+            .issue_receiver(
+                &["recv.lan".into(), "192.168.1.50".into()],
+                Validity::days(1),
+            )
             .unwrap();
         let sum = summarize_der(&der(&r.cert_pem)).unwrap();
-        assert_eq!(sum.sans, vec!["DNS:recv.lan".to_string(), "IP:192.168.1.50".to_string()]);
+        assert_eq!(
+            sum.sans,
+            vec!["DNS:recv.lan".to_string(), "IP:192.168.1.50".to_string()]
+        );
         assert!(!sum.is_ca);
         assert!(summarize_der(&der(ca.cert_pem())).unwrap().is_ca);
     }
@@ -234,8 +256,14 @@ mod tests {
     #[test]
     fn bad_names_and_ids_are_refused() {
         let ca = Authority::generate("test CA", Validity::days(10)).unwrap();
-        assert!(matches!(ca.issue_sender("a/b", Validity::days(1)), Err(CertError::BadIdentity(_))));
-        assert!(matches!(ca.issue_receiver(&["bad name".into()], Validity::days(1)), Err(CertError::BadName(_))));
+        assert!(matches!(
+            ca.issue_sender("a/b", Validity::days(1)),
+            Err(CertError::BadIdentity(_))
+        ));
+        assert!(matches!(
+            ca.issue_receiver(&["bad name".into()], Validity::days(1)),
+            Err(CertError::BadName(_))
+        ));
     }
 
     #[test]

@@ -14,7 +14,11 @@ use telemetry_certs::{files, Authority, Validity};
 use telemetry_link::tls::{load_certs, summarize_der};
 
 #[derive(Parser)]
-#[command(name = "telemetry-certs", version, about = "Certificates for the telemetry link (mutual TLS)")]
+#[command(
+    name = "telemetry-certs",
+    version,
+    about = "Certificates for the telemetry link (mutual TLS)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,7 +89,13 @@ fn main() -> Result<()> {
     }
 }
 
-fn init(out: &Path, receiver_names: &[String], senders: &[String], days: u32, force: bool) -> Result<()> {
+fn init(
+    out: &Path,
+    receiver_names: &[String],
+    senders: &[String],
+    days: u32,
+    force: bool,
+) -> Result<()> {
     if receiver_names.is_empty() {
         bail!("at least one --receiver-name is required");
     }
@@ -100,27 +110,54 @@ fn init(out: &Path, receiver_names: &[String], senders: &[String], days: u32, fo
         targets.push(out.join(files::sender_key(id)));
     }
     files::ensure_absent(&targets, force)?;
-    let ca = Authority::generate("telemetry-link CA", Validity::days(days.saturating_mul(10).max(3650)))?;
+    let ca = Authority::generate(
+        "telemetry-link CA",
+        Validity::days(days.saturating_mul(10).max(3650)),
+    )?;
     let receiver = ca
         .issue_receiver(receiver_names, Validity::days(days))
         .context("receiver certificate")?;
     let issued_senders = senders
         .iter()
-        .map(|id| ca.issue_sender(id, Validity::days(days)).with_context(|| format!("sender {id:?}")))
+        .map(|id| {
+            ca.issue_sender(id, Validity::days(days))
+                .with_context(|| format!("sender {id:?}"))
+        })
         .collect::<Result<Vec<_>>>()?;
 
     files::create_dir(out)?;
     files::write_file(&out.join(files::CA_KEY), ca.key_pem(), 0o600)?;
     files::write_file(&out.join(files::CA_CERT), ca.cert_pem(), 0o644)?;
-    files::write_pair(&out.join(files::RECEIVER_CERT), &out.join(files::RECEIVER_KEY), &receiver)?;
+    files::write_pair(
+        &out.join(files::RECEIVER_CERT),
+        &out.join(files::RECEIVER_KEY),
+        &receiver,
+    )?;
     for (id, issued) in senders.iter().zip(&issued_senders) {
-        files::write_pair(&out.join(files::sender_cert(id)), &out.join(files::sender_key(id)), issued)?;
+        files::write_pair(
+            &out.join(files::sender_cert(id)),
+            &out.join(files::sender_key(id)),
+            issued,
+        )?;
     }
     println!("wrote to {}:", out.display());
-    println!("  {} {}  (CA; keep ca.key offline if you can)", files::CA_CERT, files::CA_KEY);
-    println!("  {} {}  (receiver: {})", files::RECEIVER_CERT, files::RECEIVER_KEY, receiver_names.join(", "));
+    println!(
+        "  {} {}  (CA; keep ca.key offline if you can)",
+        files::CA_CERT,
+        files::CA_KEY
+    );
+    println!(
+        "  {} {}  (receiver: {})",
+        files::RECEIVER_CERT,
+        files::RECEIVER_KEY,
+        receiver_names.join(", ")
+    );
     for id in senders {
-        println!("  {} {}  (sender identity {id:?})", files::sender_cert(id), files::sender_key(id));
+        println!(
+            "  {} {}  (sender identity {id:?})",
+            files::sender_cert(id),
+            files::sender_key(id)
+        );
     }
     Ok(())
 }
@@ -130,24 +167,37 @@ fn issue_sender(ca_dir: &Path, out: Option<&Path>, id: &str, days: u32, force: b
     let cert = out.join(files::sender_cert(id));
     let key = out.join(files::sender_key(id));
     files::ensure_absent(&[cert.clone(), key.clone()], force)?;
-    let ca = files::load_authority(ca_dir).with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
+    let ca = files::load_authority(ca_dir)
+        .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
     let issued = ca.issue_sender(id, Validity::days(days))?;
     files::create_dir(out)?;
     files::write_pair(&cert, &key, &issued)?;
-    println!("wrote {} and {} (sender identity {id:?})", cert.display(), key.display());
+    println!(
+        "wrote {} and {} (sender identity {id:?})",
+        cert.display(),
+        key.display()
+    );
     Ok(())
 }
 
 fn inspect(file: &Path) -> Result<()> {
     let certs = load_certs(file)?;
     for (i, der) in certs.iter().enumerate() {
-        let s = summarize_der(der).with_context(|| format!("{}: certificate #{}", file.display(), i + 1))?;
+        let s = summarize_der(der)
+            .with_context(|| format!("{}: certificate #{}", file.display(), i + 1))?;
         if certs.len() > 1 {
             println!("certificate #{}", i + 1);
         }
         println!("subject:    {}", s.subject);
         println!("issuer:     {}", s.issuer);
-        println!("SANs:       {}", if s.sans.is_empty() { "-".into() } else { s.sans.join(", ") });
+        println!(
+            "SANs:       {}",
+            if s.sans.is_empty() {
+                "-".into()
+            } else {
+                s.sans.join(", ")
+            }
+        );
         match &s.identity {
             Ok(id) => println!("identity:   {id}"),
             Err(e) => println!("identity:   none ({e})"),

@@ -278,7 +278,10 @@ mod tests {
         for r in recs {
             let bytes = postcard::to_allocvec(&r).unwrap();
             assert_eq!(postcard::from_bytes::<ClusterRecord>(&bytes).unwrap(), r);
-            assert_eq!(r.as_sample().is_some(), matches!(r, ClusterRecord::Sample(_)));
+            assert_eq!(
+                r.as_sample().is_some(),
+                matches!(r, ClusterRecord::Sample(_))
+            );
         }
     }
 

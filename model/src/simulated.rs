@@ -49,8 +49,8 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::{
     schema::{
-        ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, ObjectRef, PodInfo,
-        PodPhase, PodUsage, ScaleEvent,
+        ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind,
+        ObjectRef, PodInfo, PodPhase, PodUsage, ScaleEvent,
     },
     sink::{RecordSink, SinkError},
 };
@@ -58,7 +58,8 @@ use crate::{
 /// The two simulated nodes.
 pub const SIM_NODES: [&str; 2] = ["sim-node-1", "sim-node-2"];
 /// Reason text of a scale-up event, as the HPA controller writes it.
-pub const REASON_ABOVE_TARGET: &str = "cpu resource utilization (percentage of request) above target";
+pub const REASON_ABOVE_TARGET: &str =
+    "cpu resource utilization (percentage of request) above target";
 /// Reason text of a scale-down event, as the HPA controller writes it.
 pub const REASON_BELOW_TARGET: &str = "All metrics below target";
 /// The HPA controller's tolerance around the target ratio.
@@ -184,7 +185,10 @@ impl SimulatedClusterConfig {
             return Err(SimulatedConfigError::Probability(self.failure_probability));
         }
         for (name, v) in [
-            ("target_cpu_utilization_percent", self.target_cpu_utilization_percent),
+            (
+                "target_cpu_utilization_percent",
+                self.target_cpu_utilization_percent,
+            ),
             ("cpu_request_cores", self.cpu_request_cores),
             ("cpu_limit_cores", self.cpu_limit_cores),
         ] {
@@ -234,7 +238,11 @@ impl SimulatedCluster {
     /// Sends the initial snapshot, then one batch of changes per tick and a
     /// full snapshot whenever the sink's connection counter changes, until
     /// `shutdown` completes. Fails only when the sink refuses records.
-    pub async fn run(self, sink: &impl RecordSink, shutdown: impl Future<Output = ()>) -> Result<(), SinkError> {
+    pub async fn run(
+        self,
+        sink: &impl RecordSink,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), SinkError> {
         let tick = self.config.tick;
         let mut connections = sink.connections();
         connections.borrow_and_update();
@@ -377,7 +385,11 @@ impl Simulation {
             id,
             kinds: vec![ObjectKind::Pod, ObjectKind::Hpa],
         });
-        records.extend(self.pods.iter().map(|p| ClusterRecord::PodUpsert(self.pod_info(p))));
+        records.extend(
+            self.pods
+                .iter()
+                .map(|p| ClusterRecord::PodUpsert(self.pod_info(p))),
+        );
         records.push(ClusterRecord::HpaUpsert(self.hpa_info()));
         records.push(ClusterRecord::SnapshotEnd { id });
         records
@@ -445,7 +457,10 @@ impl Simulation {
 
     /// Pods that count towards the replica set (not failed).
     fn live_pods(&self) -> usize {
-        self.pods.iter().filter(|p| p.phase != PodPhase::Failed).count()
+        self.pods
+            .iter()
+            .filter(|p| p.phase != PodPhase::Failed)
+            .count()
     }
 
     /// Creates a pending pod; returns its index.
@@ -502,7 +517,10 @@ impl Simulation {
             .into_iter()
             .partition(|p| p.deleted_at.is_some_and(|at| at <= now));
         self.pods = kept;
-        records.extend(gone.iter().map(|p| ClusterRecord::PodDelete(self.pod_ref(p))));
+        records.extend(
+            gone.iter()
+                .map(|p| ClusterRecord::PodDelete(self.pod_ref(p))),
+        );
     }
 
     fn inject_failure(&mut self, records: &mut Vec<ClusterRecord>) {
@@ -523,7 +541,9 @@ impl Simulation {
         tracing::debug!(pod = %pod.name, "simulated pod failure");
         records.push(ClusterRecord::PodUpsert(self.pod_info(&self.pods[victim])));
         let replacement = self.create_pod();
-        records.push(ClusterRecord::PodUpsert(self.pod_info(&self.pods[replacement])));
+        records.push(ClusterRecord::PodUpsert(
+            self.pod_info(&self.pods[replacement]),
+        ));
     }
 
     /// Total CPU demand of the wave at the current time, cores: a half-sine
@@ -532,12 +552,21 @@ impl Simulation {
     /// down to the minimum before the next burst.
     fn demand_cores(&self) -> f64 {
         let phase = (self.now.as_secs_f64() / self.config.wave_period.as_secs_f64()).fract();
-        let crest_share = if phase < 0.5 { (2.0 * PI * phase).sin() } else { 0.0 };
-        self.config.trough_load_cores + (self.config.crest_load_cores - self.config.trough_load_cores) * crest_share
+        let crest_share = if phase < 0.5 {
+            (2.0 * PI * phase).sin()
+        } else {
+            0.0
+        };
+        self.config.trough_load_cores
+            + (self.config.crest_load_cores - self.config.trough_load_cores) * crest_share
     }
 
     fn report_usage(&mut self, records: &mut Vec<ClusterRecord>) {
-        let running = self.pods.iter().filter(|p| p.phase == PodPhase::Running).count();
+        let running = self
+            .pods
+            .iter()
+            .filter(|p| p.phase == PodPhase::Running)
+            .count();
         if running == 0 {
             return;
         }
@@ -550,7 +579,9 @@ impl Simulation {
             let cpu_noise = self.rng.random_range(-0.08..=0.08);
             let memory_noise = self.rng.random_range(-1.0..=1.0) * MIB;
             let cpu_cores = (share * (1.0 + cpu_noise)).clamp(0.001, self.config.cpu_limit_cores);
-            let memory_bytes = (22.0 * MIB + 30.0 * MIB * cpu_cores / self.config.cpu_limit_cores + memory_noise).round();
+            let memory_bytes =
+                (22.0 * MIB + 30.0 * MIB * cpu_cores / self.config.cpu_limit_cores + memory_noise)
+                    .round();
             let pod = &mut self.pods[index];
             pod.cpu_cores = cpu_cores;
             records.push(ClusterRecord::PodUsage(PodUsage {
@@ -569,11 +600,19 @@ impl Simulation {
     /// The HPA's raw recommendation (before stabilisation and limits), or
     /// `None` when no pod reports metrics.
     fn recommend(&self) -> Option<i32> {
-        let running: Vec<&SimPod> = self.pods.iter().filter(|p| p.phase == PodPhase::Running).collect();
+        let running: Vec<&SimPod> = self
+            .pods
+            .iter()
+            .filter(|p| p.phase == PodPhase::Running)
+            .collect();
         if running.is_empty() {
             return None;
         }
-        let pending = self.pods.iter().filter(|p| p.phase == PodPhase::Pending).count() as f64;
+        let pending = self
+            .pods
+            .iter()
+            .filter(|p| p.phase == PodPhase::Pending)
+            .count() as f64;
         let request = self.config.cpu_request_cores;
         let target = self.config.target_cpu_utilization_percent / 100.0;
         let used: f64 = running.iter().map(|p| p.cpu_cores).sum();
@@ -602,14 +641,23 @@ impl Simulation {
         let now = self.now;
         let window = self.config.downscale_stabilization;
         self.recommendations.push_back((now, raw));
-        while self.recommendations.front().is_some_and(|(at, _)| *at + window < now) {
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(at, _)| *at + window < now)
+        {
             self.recommendations.pop_front();
         }
         let current = self.replicas;
         let stabilized = if raw >= current {
             raw
         } else {
-            let highest = self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(raw);
+            let highest = self
+                .recommendations
+                .iter()
+                .map(|(_, r)| *r)
+                .max()
+                .unwrap_or(raw);
             highest.min(current)
         };
         let scale_up_limit = (current * 2).max(current + 4);
@@ -672,7 +720,14 @@ fn random_uid(rng: &mut StdRng) -> String {
     let bits: u128 = rng.random();
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let hex = format!("{bits:032x}");
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -716,7 +771,10 @@ mod tests {
             }
         }
         fn live(&self) -> usize {
-            self.pods.values().filter(|p| p.phase != PodPhase::Failed).count()
+            self.pods
+                .values()
+                .filter(|p| p.phase != PodPhase::Failed)
+                .count()
         }
     }
 
@@ -734,14 +792,29 @@ mod tests {
                 })
             })
             .collect();
-        let peak = events.iter().map(|(_, e)| e.new_replicas).max().unwrap_or(1);
+        let peak = events
+            .iter()
+            .map(|(_, e)| e.new_replicas)
+            .max()
+            .unwrap_or(1);
         assert!(peak > 1, "never scaled up: {events:?}");
         assert!(peak <= 8);
-        let first_up = events.iter().position(|(_, e)| e.direction() == "up").unwrap();
+        let first_up = events
+            .iter()
+            .position(|(_, e)| e.direction() == "up")
+            .unwrap();
         let back_to_one = events
             .iter()
             .position(|(_, e)| e.direction() == "down" && e.new_replicas == 1)
-            .unwrap_or_else(|| panic!("never scaled back to 1: {:?}", events.iter().map(|(t, e)| (t, e.old_replicas, e.new_replicas)).collect::<Vec<_>>()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "never scaled back to 1: {:?}",
+                    events
+                        .iter()
+                        .map(|(t, e)| (t, e.old_replicas, e.new_replicas))
+                        .collect::<Vec<_>>()
+                )
+            });
         assert!(first_up < back_to_one);
         assert!(events[back_to_one].0 <= 90);
     }
@@ -750,10 +823,12 @@ mod tests {
     fn scale_events_match_hpa_upserts_and_pod_counts() {
         let mut simulation = Simulation::new(quiet_config(3), 0);
         let mut model = PodModel::default();
-        model.pods.extend(simulation.snapshot().iter().filter_map(|r| match r {
-            ClusterRecord::PodUpsert(p) => Some((p.name.clone(), p.clone())),
-            _ => None,
-        }));
+        model
+            .pods
+            .extend(simulation.snapshot().iter().filter_map(|r| match r {
+                ClusterRecord::PodUpsert(p) => Some((p.name.clone(), p.clone())),
+                _ => None,
+            }));
         let mut replicas = 1;
         let mut keys = HashSet::new();
         let mut seen = (0, 0);
@@ -783,9 +858,16 @@ mod tests {
                     replicas = event.new_replicas;
                 }
             }
-            assert_eq!(model.live() as i32, replicas, "pods follow the replica count");
+            assert_eq!(
+                model.live() as i32,
+                replicas,
+                "pods follow the replica count"
+            );
         }
-        assert!(seen.0 >= 2 && seen.1 >= 2, "two waves bring ups and downs: {seen:?}");
+        assert!(
+            seen.0 >= 2 && seen.1 >= 2,
+            "two waves bring ups and downs: {seen:?}"
+        );
     }
 
     #[test]
@@ -799,7 +881,9 @@ mod tests {
             let records = simulation.step();
             let now = simulation.elapsed();
             for record in &records {
-                let ClusterRecord::PodUpsert(pod) = record else { continue };
+                let ClusterRecord::PodUpsert(pod) = record else {
+                    continue;
+                };
                 assert!(pod.name.starts_with("php-apache-"));
                 assert_eq!(pod.created_by_kind, "ReplicaSet");
                 assert!(pod.name.starts_with(&pod.created_by_name));
@@ -810,11 +894,17 @@ mod tests {
                         pending_since.insert(pod.name.clone(), now);
                     }
                     PodPhase::Running => {
-                        let since = pending_since.remove(&pod.name).expect("running pod was pending first");
+                        let since = pending_since
+                            .remove(&pod.name)
+                            .expect("running pod was pending first");
                         assert_eq!(now - since, startup);
                         assert!(SIM_NODES.contains(&pod.node.as_str()), "{}", pod.node);
                         let node_octet = if pod.node == SIM_NODES[0] { "1" } else { "2" };
-                        assert!(pod.pod_ip.starts_with(&format!("10.244.{node_octet}.")), "{}", pod.pod_ip);
+                        assert!(
+                            pod.pod_ip.starts_with(&format!("10.244.{node_octet}.")),
+                            "{}",
+                            pod.pod_ip
+                        );
                         started += 1;
                     }
                     other => panic!("unexpected phase {other:?}"),
@@ -849,7 +939,10 @@ mod tests {
         }
         let max = cpu_seen.iter().cloned().fold(0.0, f64::max);
         let min = cpu_seen.iter().cloned().fold(1.0, f64::min);
-        assert!(max > 0.2 && min < 0.1, "cpu swings around the 0.2 request: {min}..{max}");
+        assert!(
+            max > 0.2 && min < 0.1,
+            "cpu swings around the 0.2 request: {min}..{max}"
+        );
     }
 
     #[test]
@@ -879,7 +972,9 @@ mod tests {
         assert_ne!(upserts[1].name, upserts[0].name);
         let failed = upserts[0].name.clone();
         assert!(
-            !first.iter().any(|r| matches!(r, ClusterRecord::PodUsage(u) if u.pod == failed)),
+            !first
+                .iter()
+                .any(|r| matches!(r, ClusterRecord::PodUsage(u) if u.pod == failed)),
             "a failed pod reports no usage"
         );
         let mut deleted_after = None;
@@ -916,9 +1011,15 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let uid = random_uid(&mut rng);
         let parts: Vec<&str> = uid.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12]
+        );
         assert!(parts[2].starts_with('4'));
-        assert!(matches!(parts[3].chars().next(), Some('8' | '9' | 'a' | 'b')));
+        assert!(matches!(
+            parts[3].chars().next(),
+            Some('8' | '9' | 'a' | 'b')
+        ));
         assert_ne!(uid, random_uid(&mut rng));
     }
 
@@ -953,12 +1054,16 @@ mod tests {
     }
 
     /// Splits records into the snapshots they contain: (begin id, kinds, records between, end id).
-    fn snapshots(records: &[ClusterRecord]) -> Vec<(u64, Vec<ObjectKind>, Vec<ClusterRecord>, u64)> {
+    fn snapshots(
+        records: &[ClusterRecord],
+    ) -> Vec<(u64, Vec<ObjectKind>, Vec<ClusterRecord>, u64)> {
         let mut found = Vec::new();
         let mut open: Option<(u64, Vec<ObjectKind>, Vec<ClusterRecord>)> = None;
         for record in records {
             match record {
-                ClusterRecord::SnapshotBegin { id, kinds } => open = Some((*id, kinds.clone(), Vec::new())),
+                ClusterRecord::SnapshotBegin { id, kinds } => {
+                    open = Some((*id, kinds.clone(), Vec::new()))
+                }
                 ClusterRecord::SnapshotEnd { id } => {
                     let (begin, kinds, inner) = open.take().expect("end without begin");
                     found.push((begin, kinds, inner, *id));
@@ -1016,7 +1121,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(listed, model.pods, "the snapshot lists exactly the live pods");
+        assert_eq!(
+            listed, model.pods,
+            "the snapshot lists exactly the live pods"
+        );
         let hpas: Vec<&HpaInfo> = inner
             .iter()
             .filter_map(|r| match r {
@@ -1040,7 +1148,10 @@ mod tests {
         let task = tokio::spawn(async move {
             let cluster = SimulatedCluster::new(quiet_config(2)).unwrap();
             cluster
-                .run(&*task_sink, tokio::time::sleep(Duration::from_millis(3_500)))
+                .run(
+                    &*task_sink,
+                    tokio::time::sleep(Duration::from_millis(3_500)),
+                )
                 .await
         });
         task.await.unwrap().unwrap();
@@ -1052,7 +1163,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(usage_timestamps.len(), 3, "one usage per tick for the single pod");
+        assert_eq!(
+            usage_timestamps.len(),
+            3,
+            "one usage per tick for the single pod"
+        );
         assert_eq!(usage_timestamps[1] - usage_timestamps[0], 1000);
         assert_eq!(usage_timestamps[2] - usage_timestamps[1], 1000);
     }

@@ -16,7 +16,10 @@ pub struct SinkError(pub String);
 pub trait RecordSink: Send + Sync {
     /// Hands over records in order. Returns once they are durably queued;
     /// never waits for the network.
-    fn send_batch(&self, records: Vec<ClusterRecord>) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn send_batch(
+        &self,
+        records: Vec<ClusterRecord>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// A counter that increases every time the link to the receiver is
     /// (re)established; sources send a full snapshot when it changes, so a
@@ -54,7 +57,10 @@ impl VecSink {
 
     /// Takes and clears what was received.
     pub fn take(&self) -> Vec<ClusterRecord> {
-        self.records.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+        self.records
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Simulates a (re)connection of the link.

@@ -85,7 +85,11 @@ impl SyntheticSource {
     /// Runs until `last_value` was emitted or `shutdown` completes, and
     /// returns the last value emitted (`first_value - 1`, saturating, when
     /// nothing was emitted). Fails only when the sink refuses records.
-    pub async fn run(self, sink: &impl RecordSink, shutdown: impl Future<Output = ()>) -> Result<u64, SinkError> {
+    pub async fn run(
+        self,
+        sink: &impl RecordSink,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<u64, SinkError> {
         if self.series == 0 {
             tracing::warn!("synthetic source configured with 0 series; using 1");
         }
@@ -109,7 +113,11 @@ impl SyntheticSource {
             run_paced(&mut generator, self.rate, sink, &mut shutdown).await?;
         }
         let last = generator.next_value.saturating_sub(1);
-        tracing::info!(last_value = last, finished = generator.is_finished(), "synthetic source stopped");
+        tracing::info!(
+            last_value = last,
+            finished = generator.is_finished(),
+            "synthetic source stopped"
+        );
         Ok(last)
     }
 }
@@ -148,7 +156,11 @@ impl ValueGenerator {
         for _ in 0..count {
             let value = self.next_value;
             let key = &self.keys[(value % series) as usize];
-            batch.push(ClusterRecord::Sample(Sample::new(key.clone(), timestamp_ms, value as f64)));
+            batch.push(ClusterRecord::Sample(Sample::new(
+                key.clone(),
+                timestamp_ms,
+                value as f64,
+            )));
             self.next_value += 1;
         }
         batch
@@ -230,7 +242,13 @@ mod tests {
             .map(|r| match r {
                 ClusterRecord::Sample(s) => {
                     assert_eq!(s.series.name(), SYNTHETIC_METRIC);
-                    (s.value as u64, s.series.label(SYNTHETIC_SERIES_LABEL).unwrap_or("").to_string())
+                    (
+                        s.value as u64,
+                        s.series
+                            .label(SYNTHETIC_SERIES_LABEL)
+                            .unwrap_or("")
+                            .to_string(),
+                    )
                 }
                 other => panic!("unexpected record {other:?}"),
             })
@@ -241,7 +259,11 @@ mod tests {
     /// trigger and the task.
     fn spawn(
         source: SyntheticSource,
-    ) -> (Arc<VecSink>, oneshot::Sender<()>, tokio::task::JoinHandle<Result<u64, SinkError>>) {
+    ) -> (
+        Arc<VecSink>,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<u64, SinkError>>,
+    ) {
         let sink = Arc::new(VecSink::new());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task_sink = sink.clone();
@@ -275,7 +297,10 @@ mod tests {
         stop.send(()).ok();
         let last = task.await.unwrap().unwrap();
         assert_eq!(last, 1125);
-        let values: Vec<u64> = values_and_series(&sink.records()).into_iter().map(|(v, _)| v).collect();
+        let values: Vec<u64> = values_and_series(&sink.records())
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
         assert_eq!(values, (1..=1125).collect::<Vec<_>>());
     }
 
@@ -339,7 +364,10 @@ mod tests {
         };
         let (sink, _stop, task) = spawn(source);
         assert_eq!(task.await.unwrap().unwrap(), 3000);
-        let values: Vec<u64> = values_and_series(&sink.records()).into_iter().map(|(v, _)| v).collect();
+        let values: Vec<u64> = values_and_series(&sink.records())
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
         assert_eq!(values, (1..=3000).collect::<Vec<_>>());
     }
 
@@ -385,7 +413,10 @@ mod tests {
         }
         stop.send(()).ok();
         let last = task.await.unwrap().unwrap();
-        let values: Vec<u64> = values_and_series(&sink.records()).into_iter().map(|(v, _)| v).collect();
+        let values: Vec<u64> = values_and_series(&sink.records())
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
         assert!(!values.is_empty());
         assert_eq!(values.len() as u64 % UNPACED_BATCH, 0, "whole batches only");
         assert_eq!(last, values.len() as u64);

@@ -82,7 +82,9 @@ impl FromStr for ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1000,
@@ -93,7 +95,9 @@ impl FromStr for ByteSize {
             "gi" | "gib" => 1 << 30,
             other => return Err(format!("unknown size unit {other:?} in {s:?}")),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("{s:?} is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
     }
 }
 
@@ -125,7 +129,10 @@ mod tests {
 
     #[test]
     fn durations_sizes_and_unknown_keys() {
-        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
         assert!("5 parsecs".parse::<HumanDuration>().is_err());
         assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
         assert_eq!("64k".parse::<ByteSize>().unwrap().0, 64_000);
@@ -137,6 +144,9 @@ mod tests {
         std::fs::write(&dir, "sender-tll = \"1m\"\n").unwrap();
         let err = load_toml::<Demo>(&dir).unwrap_err().to_string();
         std::fs::remove_file(&dir).ok();
-        assert!(err.contains("sender-tll") && err.contains("unknown field"), "{err}");
+        assert!(
+            err.contains("sender-tll") && err.contains("unknown field"),
+            "{err}"
+        );
     }
 }

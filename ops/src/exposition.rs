@@ -40,7 +40,8 @@ use prometheus::proto::{MetricFamily, MetricType as ProtoMetricType};
 /// `Content-Type` of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `Content-Type` of OpenMetrics 1.0.0 text.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The two text formats a scrape can be answered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,10 +79,16 @@ pub fn negotiate(accept_header: Option<&str>) -> Format {
         let mut quality = 1.0f32;
         let mut version: Option<&str> = None;
         for parameter in parts {
-            let Some((key, value)) = parameter.split_once('=') else { continue };
+            let Some((key, value)) = parameter.split_once('=') else {
+                continue;
+            };
             let (key, value) = (key.trim(), value.trim().trim_matches('"'));
             if key.eq_ignore_ascii_case("q") {
-                quality = value.parse::<f32>().ok().filter(|q| q.is_finite()).unwrap_or(0.0);
+                quality = value
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| q.is_finite())
+                    .unwrap_or(0.0);
             } else if key.eq_ignore_ascii_case("version") {
                 version = Some(value);
             }
@@ -159,7 +166,13 @@ impl FamilyDesc {
 /// Writes `# HELP` and `# TYPE` for a family. `name` is the sample name as in
 /// the Prometheus format; for an OpenMetrics counter the `_total` suffix is
 /// left out of the header.
-pub fn write_family_header(out: &mut String, format: Format, name: &str, help: &str, kind: MetricKind) {
+pub fn write_family_header(
+    out: &mut String,
+    format: Format,
+    name: &str,
+    help: &str,
+    kind: MetricKind,
+) {
     let header_name = match (format, kind) {
         (Format::OpenMetrics, MetricKind::Counter) => name.strip_suffix("_total").unwrap_or(name),
         _ => name,
@@ -379,7 +392,12 @@ pub fn render_metric_families(out: &mut String, format: Format, families: &[Metr
                     for bucket in histogram.get_bucket() {
                         let bound = bucket.upper_bound();
                         saw_infinity |= bound == f64::INFINITY;
-                        sample.write(out, "_bucket", Some(("le", bound)), bucket.cumulative_count() as f64);
+                        sample.write(
+                            out,
+                            "_bucket",
+                            Some(("le", bound)),
+                            bucket.cumulative_count() as f64,
+                        );
                     }
                     if !saw_infinity {
                         sample.write(out, "_bucket", Some(("le", f64::INFINITY)), count);
@@ -390,7 +408,12 @@ pub fn render_metric_families(out: &mut String, format: Format, families: &[Metr
                 MetricKind::Summary => {
                     let summary = metric.get_summary();
                     for quantile in summary.get_quantile() {
-                        sample.write(out, "", Some(("quantile", quantile.quantile())), quantile.value());
+                        sample.write(
+                            out,
+                            "",
+                            Some(("quantile", quantile.quantile())),
+                            quantile.value(),
+                        );
                     }
                     sample.write(out, "_sum", None, summary.sample_sum());
                     sample.write(out, "_count", None, summary.sample_count() as f64);
@@ -403,8 +426,10 @@ pub fn render_metric_families(out: &mut String, format: Format, families: &[Metr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::{
+        Counter, CounterVec, Gauge, Histogram, HistogramOpts, IntGauge, Opts, Registry,
+    };
     use telemetry_test_support::prom::{check_openmetrics_structure, promtool_check};
-    use prometheus::{Counter, CounterVec, Gauge, Histogram, HistogramOpts, IntGauge, Opts, Registry};
 
     #[test]
     fn negotiation_follows_accept_qualities() {
@@ -416,20 +441,28 @@ mod tests {
         let prometheus_server = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(negotiate(Some(prometheus_server)), Format::OpenMetrics);
         assert_eq!(
-            negotiate(Some("text/plain;q=0.9, application/openmetrics-text; version=1.0.0; q=0.5")),
+            negotiate(Some(
+                "text/plain;q=0.9, application/openmetrics-text; version=1.0.0; q=0.5"
+            )),
             Format::Prometheus
         );
         assert_eq!(
             negotiate(Some("Application/OpenMetrics-Text; version=\"1.0.0\"")),
             Format::OpenMetrics
         );
-        assert_eq!(negotiate(Some("application/openmetrics-text;q=0")), Format::Prometheus);
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Prometheus
+        );
         assert_eq!(
             negotiate(Some("application/openmetrics-text;version=9.9.9")),
             Format::Prometheus
         );
         assert_eq!(negotiate(Some("application/json")), Format::Prometheus);
-        assert_eq!(negotiate(Some("application/openmetrics-text;q=bogus,text/plain")), Format::Prometheus);
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;q=bogus,text/plain")),
+            Format::Prometheus
+        );
         assert_eq!(Format::OpenMetrics.content_type(), OPENMETRICS_CONTENT_TYPE);
         assert_eq!(Format::Prometheus.content_type(), PROMETHEUS_CONTENT_TYPE);
     }
@@ -471,7 +504,14 @@ mod tests {
         assert_eq!(spell(1e21), "1e21");
         assert_eq!(spell(1.5e-7), "1.5e-7");
         assert_eq!(spell(i64::MIN as f64), "-9.223372036854776e18");
-        for v in [0.1, 1.0 / 3.0, 123456.789, 1e-300, 6.02e23, 999_999_999_999_999.0] {
+        for v in [
+            0.1,
+            1.0 / 3.0,
+            123456.789,
+            1e-300,
+            6.02e23,
+            999_999_999_999_999.0,
+        ] {
             assert_eq!(spell(v).parse::<f64>().unwrap(), v, "round trip of {v}");
         }
         let mut s = String::new();
@@ -501,11 +541,17 @@ mod tests {
         };
         let mut prom = String::new();
         desc.write_header(&mut prom, Format::Prometheus);
-        assert_eq!(prom, "# HELP x_events_total Events.\n# TYPE x_events_total counter\n");
+        assert_eq!(
+            prom,
+            "# HELP x_events_total Events.\n# TYPE x_events_total counter\n"
+        );
         let mut om = String::new();
         desc.write_header(&mut om, Format::OpenMetrics);
         finish(&mut om, Format::OpenMetrics);
-        assert_eq!(om, "# HELP x_events Events.\n# TYPE x_events counter\n# EOF\n");
+        assert_eq!(
+            om,
+            "# HELP x_events Events.\n# TYPE x_events counter\n# EOF\n"
+        );
         let mut nothing = String::new();
         finish(&mut nothing, Format::Prometheus);
         assert!(nothing.is_empty());
@@ -515,14 +561,18 @@ mod tests {
     fn sample_registry() -> Registry {
         let registry = Registry::new();
         let frames = CounterVec::new(
-            Opts::new("telemetry_link_frames_total", "Frames sent, by \"kind\".\nSecond line \\ end."),
+            Opts::new(
+                "telemetry_link_frames_total",
+                "Frames sent, by \"kind\".\nSecond line \\ end.",
+            ),
             &["kind"],
         )
         .unwrap();
         frames.with_label_values(&["batch"]).inc_by(3.0);
         frames.with_label_values(&["ack \"quoted\""]).inc();
         registry.register(Box::new(frames)).unwrap();
-        let plain_counter = Counter::new("telemetry_link_reconnects", "Counter without _total.").unwrap();
+        let plain_counter =
+            Counter::new("telemetry_link_reconnects", "Counter without _total.").unwrap();
         plain_counter.inc_by(2.0);
         registry.register(Box::new(plain_counter)).unwrap();
         let gauge = Gauge::new("telemetry_link_window_bytes", "Bytes in flight.").unwrap();
@@ -532,7 +582,8 @@ mod tests {
         int_gauge.set(1);
         registry.register(Box::new(int_gauge)).unwrap();
         let histogram = Histogram::with_opts(
-            HistogramOpts::new("telemetry_link_batch_seconds", "Batch latency.").buckets(vec![0.001, 0.01, 0.1, 1.0]),
+            HistogramOpts::new("telemetry_link_batch_seconds", "Batch latency.")
+                .buckets(vec![0.001, 0.01, 0.1, 1.0]),
         )
         .unwrap();
         for v in [0.0005, 0.005, 0.05, 0.5, 5.0] {
@@ -580,7 +631,9 @@ mod tests {
         let mut out = String::new();
         render_metric_families(&mut out, Format::OpenMetrics, &families);
         finish(&mut out, Format::OpenMetrics);
-        assert!(out.contains("# HELP telemetry_link_frames Frames sent, by \\\"kind\\\".\\nSecond line \\\\ end.\n"));
+        assert!(out.contains(
+            "# HELP telemetry_link_frames Frames sent, by \\\"kind\\\".\\nSecond line \\\\ end.\n"
+        ));
         assert!(out.contains("# TYPE telemetry_link_frames counter\n"));
         assert!(out.contains("telemetry_link_frames_total{kind=\"batch\"} 3\n"));
         assert!(out.contains("# TYPE telemetry_link_reconnects counter\n"));
@@ -595,7 +648,8 @@ mod tests {
     fn labelled_histograms_and_summaries_render_in_both_formats() {
         let registry = Registry::new();
         let latency = prometheus::HistogramVec::new(
-            HistogramOpts::new("telemetry_link_ack_seconds", "Ack latency.").buckets(vec![0.5, 1.0]),
+            HistogramOpts::new("telemetry_link_ack_seconds", "Ack latency.")
+                .buckets(vec![0.5, 1.0]),
             &["peer"],
         )
         .unwrap();
@@ -621,7 +675,10 @@ mod tests {
 
         let mut prom = String::new();
         render_metric_families(&mut prom, Format::Prometheus, &families);
-        assert!(prom.contains("telemetry_link_ack_seconds_bucket{peer=\"a\",le=\"0.5\"} 0\n"), "{prom}");
+        assert!(
+            prom.contains("telemetry_link_ack_seconds_bucket{peer=\"a\",le=\"0.5\"} 0\n"),
+            "{prom}"
+        );
         assert!(prom.contains("telemetry_link_ack_seconds_bucket{peer=\"a\",le=\"1\"} 1\n"));
         assert!(prom.contains("telemetry_link_ack_seconds_bucket{peer=\"a\",le=\"+Inf\"} 1\n"));
         assert!(prom.contains("telemetry_link_ack_seconds_sum{peer=\"a\"} 0.7\n"));
@@ -658,7 +715,8 @@ mod tests {
     #[test]
     fn empty_families_are_skipped() {
         let registry = Registry::new();
-        let unused = CounterVec::new(Opts::new("unused_total", "never incremented"), &["l"]).unwrap();
+        let unused =
+            CounterVec::new(Opts::new("unused_total", "never incremented"), &["l"]).unwrap();
         registry.register(Box::new(unused)).unwrap();
         let mut out = String::new();
         render_metric_families(&mut out, Format::Prometheus, &registry.gather());
@@ -667,8 +725,14 @@ mod tests {
 
     #[test]
     fn the_openmetrics_structure_check_rejects_bad_pages() {
-        assert!(check_openmetrics_structure("# TYPE a gauge\na 1\n").is_err(), "no EOF");
-        assert!(check_openmetrics_structure("# TYPE a counter\na 1\n# EOF\n").is_err(), "no _total");
+        assert!(
+            check_openmetrics_structure("# TYPE a gauge\na 1\n").is_err(),
+            "no EOF"
+        );
+        assert!(
+            check_openmetrics_structure("# TYPE a counter\na 1\n# EOF\n").is_err(),
+            "no _total"
+        );
         assert!(check_openmetrics_structure("# TYPE a gauge\n# TYPE a gauge\n# EOF\n").is_err());
         assert!(check_openmetrics_structure("# TYPE a counter\na_total 1\n# EOF\n").is_ok());
     }

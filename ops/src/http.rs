@@ -67,7 +67,9 @@ pub struct BindError {
 /// Binds the endpoint's TCP listener (separately from serving, so that a
 /// bad address is a startup error).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
 }
 
 async fn metrics(State(exporter): State<Arc<dyn Exporter>>, headers: HeaderMap) -> Response {
@@ -87,7 +89,11 @@ async fn metrics(State(exporter): State<Arc<dyn Exporter>>, headers: HeaderMap) 
 async fn readyz(State(exporter): State<Arc<dyn Exporter>>) -> Response {
     match exporter.ready() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -102,7 +108,9 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(exporter);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -135,7 +143,11 @@ mod tests {
         let (plain, om, health, not_ready) = tokio::task::spawn_blocking(move || {
             (
                 http_get(addr, "/metrics", &[]),
-                http_get(addr, "/metrics", &[("Accept", "application/openmetrics-text;version=1.0.0")]),
+                http_get(
+                    addr,
+                    "/metrics",
+                    &[("Accept", "application/openmetrics-text;version=1.0.0")],
+                ),
                 http_get(addr, "/healthz", &[]),
                 http_get(addr, "/readyz", &[]),
             )
@@ -143,17 +155,24 @@ mod tests {
         .await?;
         let plain = plain?;
         assert_eq!(plain.status, 200);
-        assert!(plain.header("content-type").unwrap_or("").starts_with("text/plain; version=0.0.4"));
+        assert!(plain
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain; version=0.0.4"));
         assert!(plain.body.contains("demo_events_total 3"));
         let om = om?;
-        assert!(om.header("content-type").unwrap_or("").starts_with("application/openmetrics-text"));
+        assert!(om
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text"));
         assert!(om.body.ends_with("# EOF\n"));
         assert_eq!(health?.status, 200);
         let not_ready = not_ready?;
         assert_eq!(not_ready.status, 503);
         assert!(not_ready.body.contains("first list not done"));
         ready.store(true, Ordering::Relaxed);
-        let now_ready = tokio::task::spawn_blocking(move || http_get(addr, "/readyz", &[])).await??;
+        let now_ready =
+            tokio::task::spawn_blocking(move || http_get(addr, "/readyz", &[])).await??;
         assert_eq!(now_ready.status, 200);
         let _ = tx.send(());
         server.await??;

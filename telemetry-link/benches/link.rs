@@ -35,7 +35,10 @@ use telemetry_test_support::{
 };
 
 fn scale() -> f64 {
-    std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+    std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn scaled(n: u64) -> u64 {
@@ -45,9 +48,15 @@ fn scaled(n: u64) -> u64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
 }
@@ -82,7 +91,8 @@ impl Counting {
 
 impl Handler<u64> for Counting {
     async fn handle(&self, d: Delivery<u64>) -> Result<(), HandlerError> {
-        self.count.fetch_add(d.records.len() as u64, Ordering::Relaxed);
+        self.count
+            .fetch_add(d.records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -101,7 +111,9 @@ impl Handler<Stamped> for Latency {
                 let _ = h.record(now.saturating_sub(r.0) / 1000);
             }
         }
-        self.0.count.fetch_add(d.records.len() as u64, Ordering::Relaxed);
+        self.0
+            .count
+            .fetch_add(d.records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -109,13 +121,18 @@ impl Handler<Stamped> for Latency {
 struct Samples(Arc<Counting>);
 impl Handler<Sample> for Samples {
     async fn handle(&self, d: Delivery<Sample>) -> Result<(), HandlerError> {
-        self.0.count.fetch_add(d.records.len() as u64, Ordering::Relaxed);
+        self.0
+            .count
+            .fetch_add(d.records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Round-robin samples over `keys`; value = running counter; 1 ms clock.
@@ -124,7 +141,11 @@ fn synthetic(keys: &[Arc<SeriesKey>], start: u64, n: usize) -> Vec<Sample> {
     (0..n as u64)
         .map(|i| {
             let seq = start + i;
-            Sample::new(keys[(seq % keys.len() as u64) as usize].clone(), ts + (seq / 1000) as i64, seq as f64)
+            Sample::new(
+                keys[(seq % keys.len() as u64) as usize].clone(),
+                ts + (seq / 1000) as i64,
+                seq as f64,
+            )
         })
         .collect()
 }
@@ -147,7 +168,8 @@ async fn e2e_u64(pki: &TestPki, n: u64) -> anyhow::Result<(f64, f64)> {
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let c = Counting::new();
     let (r, _) = start_receiver::<u64, _>(pki, 0, state.path(), c.clone(), |_| {}).await?;
-    let (s, reg) = start_sender::<u64>(pki, "bench", &[r.local_addr()], spool.path(), |_| {}).await?;
+    let (s, reg) =
+        start_sender::<u64>(pki, "bench", &[r.local_addr()], spool.path(), |_| {}).await?;
     let start = Instant::now();
     let producer = {
         let s = s.clone();
@@ -162,9 +184,14 @@ async fn e2e_u64(pki: &TestPki, n: u64) -> anyhow::Result<(f64, f64)> {
             anyhow::Ok(())
         })
     };
-    anyhow::ensure!(c.wait(n, Duration::from_secs(600)).await, "e2e u64 did not complete");
+    anyhow::ensure!(
+        c.wait(n, Duration::from_secs(600)).await,
+        "e2e u64 did not complete"
+    );
     let secs = start.elapsed().as_secs_f64();
-    producer.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     let frame_bytes = metric(&reg, "telemetry_sender_bytes_sent_total", &[]);
     s.shutdown(Duration::from_secs(10)).await;
     r.shutdown(Duration::from_secs(5)).await;
@@ -177,15 +204,31 @@ struct WireFigures {
     udp_bytes_per_sample: f64,
 }
 
-async fn e2e_samples(pki: &TestPki, n: u64, keys: &[Arc<SeriesKey>]) -> anyhow::Result<WireFigures> {
+async fn e2e_samples(
+    pki: &TestPki,
+    n: u64,
+    keys: &[Arc<SeriesKey>],
+) -> anyhow::Result<WireFigures> {
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let c = Counting::new();
-    let (r, _) = start_receiver::<Sample, _>(pki, 0, state.path(), Arc::new(Samples(c.clone())), |_| {}).await?;
-    let (s, reg) = start_sender::<Sample>(pki, "bench-samples", &[r.local_addr()], spool.path(), |_| {}).await?;
+    let (r, _) =
+        start_receiver::<Sample, _>(pki, 0, state.path(), Arc::new(Samples(c.clone())), |_| {})
+            .await?;
+    let (s, reg) = start_sender::<Sample>(
+        pki,
+        "bench-samples",
+        &[r.local_addr()],
+        spool.path(),
+        |_| {},
+    )
+    .await?;
     // Warm-up: every series defined once (interning), then measure steady state.
     let warm = synthetic(keys, 0, keys.len() * 2);
     s.send_batch(&warm).await?;
-    anyhow::ensure!(c.wait(warm.len() as u64, Duration::from_secs(60)).await, "warm-up");
+    anyhow::ensure!(
+        c.wait(warm.len() as u64, Duration::from_secs(60)).await,
+        "warm-up"
+    );
     let frame0 = metric(&reg, "telemetry_sender_bytes_sent_total", &[]);
     let udp0 = s.quic_stats().map_or(0, |q| q.udp_tx.bytes);
     let start = Instant::now();
@@ -200,7 +243,10 @@ async fn e2e_samples(pki: &TestPki, n: u64, keys: &[Arc<SeriesKey>]) -> anyhow::
         produced += k as u64;
     }
     let total = warm.len() as u64 + n;
-    anyhow::ensure!(c.wait(total, Duration::from_secs(600)).await, "e2e samples did not complete");
+    anyhow::ensure!(
+        c.wait(total, Duration::from_secs(600)).await,
+        "e2e samples did not complete"
+    );
     let secs = start.elapsed().as_secs_f64();
     let frames = metric(&reg, "telemetry_sender_bytes_sent_total", &[]) - frame0;
     let udp = s.quic_stats().map_or(0, |q| q.udp_tx.bytes) - udp0;
@@ -216,8 +262,11 @@ async fn e2e_samples(pki: &TestPki, n: u64, keys: &[Arc<SeriesKey>]) -> anyhow::
 async fn latency(pki: &TestPki, rate: u64, seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let c = Counting::new();
-    let (r, _) = start_receiver::<Stamped, _>(pki, 0, state.path(), Arc::new(Latency(c.clone())), |_| {}).await?;
-    let (s, _) = start_sender::<Stamped>(pki, "latency", &[r.local_addr()], spool.path(), |_| {}).await?;
+    let (r, _) =
+        start_receiver::<Stamped, _>(pki, 0, state.path(), Arc::new(Latency(c.clone())), |_| {})
+            .await?;
+    let (s, _) =
+        start_sender::<Stamped>(pki, "latency", &[r.local_addr()], spool.path(), |_| {}).await?;
     // 10 records every millisecond, each stamped when it is handed over.
     let per_tick = (rate / 1000).max(1);
     let ticks = seconds * 1000;
@@ -229,8 +278,15 @@ async fn latency(pki: &TestPki, rate: u64, seconds: u64) -> anyhow::Result<(f64,
         let v: Vec<Stamped> = (0..per_tick).map(|_| Stamped(t)).collect();
         s.send_batch(&v).await?;
     }
-    anyhow::ensure!(c.wait(ticks * per_tick, Duration::from_secs(60)).await, "latency run incomplete");
-    let h = c.latency.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    anyhow::ensure!(
+        c.wait(ticks * per_tick, Duration::from_secs(60)).await,
+        "latency run incomplete"
+    );
+    let h = c
+        .latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     s.shutdown(Duration::from_secs(5)).await;
     r.shutdown(Duration::from_secs(5)).await;
     Ok((
@@ -269,12 +325,18 @@ async fn raw_quinn(pki: &TestPki, bytes: usize) -> anyhow::Result<f64> {
     let tx = TlsMaterial::load(&pki.sender("raw")?, Role::Sender)?;
     let scfg = rx.server_config(Arc::new(|_| {}))?;
     let server = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(scfg)?)),
+        quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(scfg)?,
+        )),
         SocketAddr::from(([127, 0, 0, 1], 0)),
     )?;
     let addr = server.local_addr()?;
     let sink = tokio::spawn(async move {
-        let conn = server.accept().await.ok_or_else(|| anyhow::anyhow!("no conn"))?.await?;
+        let conn = server
+            .accept()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no conn"))?
+            .await?;
         let (_s, mut r) = conn.accept_bi().await?;
         let mut total = 0usize;
         while let Some(chunk) = r.read_chunk(1 << 20, true).await? {
@@ -321,7 +383,10 @@ fn remote_write_bytes_per_sample(samples: &[Sample], per_request: usize) -> f64 
     for chunk in samples.chunks(per_request) {
         let mut by_series: Vec<(&Arc<SeriesKey>, Vec<&Sample>)> = Vec::new();
         for s in chunk {
-            match by_series.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &s.series)) {
+            match by_series
+                .iter_mut()
+                .find(|(k, _)| Arc::ptr_eq(k, &s.series))
+            {
                 Some((_, v)) => v.push(s),
                 None => by_series.push((&s.series, vec![s])),
             }
@@ -346,14 +411,19 @@ fn remote_write_bytes_per_sample(samples: &[Sample], per_request: usize) -> f64 
             }
             field_bytes(&mut req, 1, &ts);
         }
-        total += encoder.compress_vec(&req).map(|v| v.len()).unwrap_or(req.len());
+        total += encoder
+            .compress_vec(&req)
+            .map(|v| v.len())
+            .unwrap_or(req.len());
     }
     total as f64 / samples.len() as f64
 }
 
 fn main() -> anyhow::Result<()> {
     telemetry_link::tls::install_default_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let pki = TestPki::new()?;
         println!("telemetry-link benchmark — {}", machine());

@@ -15,7 +15,13 @@ struct Print;
 impl Handler<u64> for Print {
     async fn handle(&self, d: Delivery<u64>) -> Result<(), HandlerError> {
         let last = d.first_seq + d.records.len() as u64 - 1;
-        println!("{}: records {}..={} (values {:?}..)", d.sender, d.first_seq, last, d.records.first());
+        println!(
+            "{}: records {}..={} (values {:?}..)",
+            d.sender,
+            d.first_seq,
+            last,
+            d.records.first()
+        );
         Ok(())
     }
 
@@ -27,7 +33,9 @@ impl Handler<u64> for Print {
 #[tokio::main]
 async fn main() -> Result<()> {
     telemetry_link::tls::install_default_provider();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let mut a = std::env::args().skip(1);
     let (mut ca, mut cert, mut key, mut listen, mut state) = (None, None, None, None, None);
     while let Some(flag) = a.next() {

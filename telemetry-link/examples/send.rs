@@ -56,7 +56,9 @@ fn parse() -> Result<Args> {
 #[tokio::main]
 async fn main() -> Result<()> {
     telemetry_link::tls::install_default_provider();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args = parse()?;
     let registry = prometheus::Registry::new();
     let cfg = SenderConfig::new(args.receivers, args.tls, &args.spool);
@@ -71,7 +73,10 @@ async fn main() -> Result<()> {
         let appended = sender.send_batch(&values).await?;
         // The value of every record is its sequence number.
         if appended.first_seq != next {
-            bail!("spool assigned {} where {next} was expected", appended.first_seq);
+            bail!(
+                "spool assigned {} where {next} was expected",
+                appended.first_seq
+            );
         }
         next = end + 1;
         if !args.pause.is_zero() {
@@ -79,6 +84,9 @@ async fn main() -> Result<()> {
         }
     }
     let report = sender.shutdown(Duration::from_secs(30)).await;
-    println!("sent up to {}; drained: {}; unacked: {}", args.total, report.drained, report.unacked);
+    println!(
+        "sent up to {}; drained: {}; unacked: {}",
+        args.total, report.drained, report.unacked
+    );
     Ok(())
 }

@@ -99,7 +99,8 @@ mod tests {
         let mut prev_max = Duration::ZERO;
         for n in 0..20 {
             let d = b.next_delay(&mut rng);
-            let base = (Duration::from_millis(100) * 2u32.pow(n.min(10))).min(Duration::from_secs(2));
+            let base =
+                (Duration::from_millis(100) * 2u32.pow(n.min(10))).min(Duration::from_secs(2));
             assert!(d >= base / 2 && d <= base, "attempt {n}: {d:?} vs {base:?}");
             assert!(d <= Duration::from_secs(2));
             prev_max = prev_max.max(d);
@@ -113,7 +114,9 @@ mod tests {
     fn jitter_spreads_delays() {
         let mut rng = StdRng::seed_from_u64(1);
         let delays: std::collections::HashSet<_> = (0..50)
-            .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(2)).next_delay(&mut rng))
+            .map(|_| {
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(2)).next_delay(&mut rng)
+            })
             .collect();
         assert!(delays.len() > 40);
     }

@@ -107,8 +107,16 @@ pub mod sample;
 pub mod spool;
 pub mod tls;
 
-pub use net::{Delivery, Handler, HandlerError, LinkStatus, Receiver, ReceiverConfig, Sender, SenderConfig, TransportTuning};
+pub use net::{
+    Delivery, Handler, HandlerError, LinkStatus, Receiver, ReceiverConfig, Sender, SenderConfig,
+    TransportTuning,
+};
 pub use proto::record::Payload;
 pub use sample::{Sample, SeriesKey};
 pub use spool::{FsyncPolicy, SpoolConfig};
 pub use tls::TlsFiles;
+
+/// The README's Rust example, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

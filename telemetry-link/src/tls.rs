@@ -35,7 +35,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 use thiserror::Error;
-use x509_parser::{extensions::GeneralName, prelude::FromDer, certificate::X509Certificate};
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
 use crate::proto::message::ALPN;
 
@@ -190,7 +190,9 @@ pub fn validate_identity(id: &str) -> Result<(), IdentityError> {
     if ok {
         Ok(())
     } else {
-        Err(IdentityError::Invalid(id.chars().take(MAX_IDENTITY_LEN + 1).collect()))
+        Err(IdentityError::Invalid(
+            id.chars().take(MAX_IDENTITY_LEN + 1).collect(),
+        ))
     }
 }
 
@@ -351,7 +353,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| pem_err(path, format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| pem_err(path, format!("no usable private key: {e}")))
 }
 
 impl TlsMaterial {
@@ -397,7 +400,10 @@ impl TlsMaterial {
             .key_provider
             .load_private_key(key.clone_key())
             .map_err(|e| pem_err(&files.key, format!("unsupported private key: {e}")))?;
-        if CertifiedKey::new(chain.clone(), signing).keys_match().is_err() {
+        if CertifiedKey::new(chain.clone(), signing)
+            .keys_match()
+            .is_err()
+        {
             return Err(TlsError::KeyMismatch {
                 key: files.key.clone(),
                 cert: files.cert.clone(),
@@ -427,8 +433,12 @@ impl TlsMaterial {
                 .map(|_| ()),
             Role::Receiver => {
                 let name = first_san_name(parsed).unwrap_or_else(|| self.identity.clone());
-                let server_name = ServerName::try_from(name.clone())
-                    .map_err(|_| pem_err(&self.files.cert, format!("SAN {name:?} is not a valid server name")))?;
+                let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+                    pem_err(
+                        &self.files.cert,
+                        format!("SAN {name:?} is not a valid server name"),
+                    )
+                })?;
                 WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
                     .build()
                     .map_err(|e| TlsError::Config(e.to_string()))?
@@ -438,10 +448,12 @@ impl TlsMaterial {
         };
         res.map_err(|e| match e {
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-            | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => TlsError::WrongCa {
-                path: self.files.cert.clone(),
-                ca: self.files.ca.clone(),
-            },
+            | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+                TlsError::WrongCa {
+                    path: self.files.cert.clone(),
+                    ca: self.files.ca.clone(),
+                }
+            }
             other => TlsError::Invalid {
                 path: self.files.cert.clone(),
                 reason: other.to_string(),
@@ -518,10 +530,14 @@ pub fn classify_cert_error(e: &rustls::Error) -> &'static str {
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "not_yet_valid",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
             CertificateError::UnknownIssuer => "unknown_ca",
             CertificateError::Revoked => "revoked",
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => "wrong_usage",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "wrong_usage"
+            }
             #[allow(deprecated)]
             CertificateError::BadSignature => "bad_signature",
             _ => "bad_certificate",
@@ -571,7 +587,10 @@ impl ClientCertVerifier for ClassifyingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.report(self.inner.verify_client_cert(end_entity, intermediates, now))
+        self.report(
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now),
+        )
     }
 
     fn verify_tls12_signature(

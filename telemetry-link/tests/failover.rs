@@ -27,7 +27,9 @@ async fn restart_on(
     loop {
         match start_receiver::<u64, _>(pki, port, state, c.clone(), |_| {}).await {
             Ok(r) => return Ok(r),
-            Err(_) if tokio::time::Instant::now() < limit => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) if tokio::time::Instant::now() < limit => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(e) => return Err(e),
         }
     }
@@ -37,7 +39,11 @@ async fn restart_on(
 async fn fails_over_to_the_second_receiver_and_back_without_loss() -> anyhow::Result<()> {
     init();
     let pki = TestPki::new()?;
-    let (state_a, state_b, spool) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let (state_a, state_b, spool) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
     let (ca, cb) = (Collector::<u64>::new(), Collector::<u64>::new());
     let (a, reg_a) = start_receiver::<u64, _>(&pki, 0, state_a.path(), ca.clone(), |_| {}).await?;
     let (b, reg_b) = start_receiver::<u64, _>(&pki, 0, state_b.path(), cb.clone(), |_| {}).await?;
@@ -73,13 +79,21 @@ async fn fails_over_to_the_second_receiver_and_back_without_loss() -> anyhow::Re
     send(6001, 9000).await?;
     let limit = tokio::time::Instant::now() + Duration::from_secs(30);
     while ca.count("fo") + cb.count("fo") < 9000 {
-        anyhow::ensure!(tokio::time::Instant::now() < limit, "only {} + {}", ca.count("fo"), cb.count("fo"));
+        anyhow::ensure!(
+            tokio::time::Instant::now() < limit,
+            "only {} + {}",
+            ca.count("fo"),
+            cb.count("fo")
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut all: Vec<u64> = ca.log("fo").records.iter().map(|r| r.0).collect();
     all.extend(cb.log("fo").records.iter().map(|r| r.0));
     assert_exactly_once(all, 9000);
-    assert!(ca.log("fo").records.iter().any(|r| r.0 > 6000), "records after failback went to the preferred receiver");
+    assert!(
+        ca.log("fo").records.iter().any(|r| r.0 > 6000),
+        "records after failback went to the preferred receiver"
+    );
     assert!(sender.shutdown(Duration::from_secs(10)).await.drained);
     // Records delivered to the other receiver are skipped, not lost.
     for reg in [&reg_a, &reg_b, &reg_a2] {
@@ -97,7 +111,9 @@ async fn spool_overflow_during_an_outage_is_counted_and_reported_as_lost() -> an
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let collector = Collector::<u64>::new();
     // A receiver address nobody listens on yet.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let (sender, tx_reg) = start_sender::<u64>(&pki, "small", &[addr], spool.path(), |c| {
         c.spool = SpoolConfig {
@@ -116,19 +132,35 @@ async fn spool_overflow_during_an_outage_is_counted_and_reported_as_lost() -> an
     }
     assert!(dropped > 0);
     assert!(sender.stats().bytes <= 256 * 1024);
-    assert_eq!(metric(&tx_reg, "telemetry_sender_records_dropped_total", &[]), dropped as f64);
+    assert_eq!(
+        metric(&tx_reg, "telemetry_sender_records_dropped_total", &[]),
+        dropped as f64
+    );
 
-    let (receiver, reg) = start_receiver::<u64, _>(&pki, port, state.path(), collector.clone(), |_| {}).await?;
+    let (receiver, reg) =
+        start_receiver::<u64, _>(&pki, port, state.path(), collector.clone(), |_| {}).await?;
     let expected = (N - dropped) as usize;
-    collector.wait_for("small", expected, Duration::from_secs(60)).await?;
+    collector
+        .wait_for("small", expected, Duration::from_secs(60))
+        .await?;
     assert!(sender.shutdown(Duration::from_secs(10)).await.drained);
     let log = collector.log("small");
     assert_eq!(log.records.len(), expected);
     // The oldest records were dropped: what arrived is the newest, in order.
     assert_eq!(log.records.first().map(|r| r.0), Some(dropped + 1));
     assert_eq!(log.records.last().map(|r| r.0), Some(N));
-    assert_eq!(metric(&reg, "telemetry_link_records_lost_total", &[("sender", "small")]), dropped as f64);
-    assert_eq!(metric(&reg, "telemetry_link_applied_seq", &[("sender", "small")]), N as f64);
+    assert_eq!(
+        metric(
+            &reg,
+            "telemetry_link_records_lost_total",
+            &[("sender", "small")]
+        ),
+        dropped as f64
+    );
+    assert_eq!(
+        metric(&reg, "telemetry_link_applied_seq", &[("sender", "small")]),
+        N as f64
+    );
     receiver.shutdown(Duration::from_secs(2)).await;
     Ok(())
 }

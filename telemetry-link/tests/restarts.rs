@@ -42,13 +42,15 @@ async fn restart(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -> anyhow::Result<()> {
+async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -> anyhow::Result<()>
+{
     init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;
     let collector = Collector::<u64>::new();
-    let (mut receiver, _) = start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |_| {}).await?;
+    let (mut receiver, _) =
+        start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |_| {}).await?;
     let addr = receiver.local_addr();
     let (sender, tx_reg) = start_sender::<u64>(&pki, "s1", &[addr], spool.path(), |c| {
         c.backoff_cap = Duration::from_millis(500);
@@ -70,7 +72,9 @@ async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -
     let mut last_registry = None;
     for round in 1..=4u64 {
         let before = collector.count("s1");
-        collector.wait_for("s1", before + 2000, Duration::from_secs(60)).await?;
+        collector
+            .wait_for("s1", before + 2000, Duration::from_secs(60))
+            .await?;
         drop(receiver); // abrupt: sessions aborted wherever they are
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (r, reg) = restart(&pki, addr.port(), state.path(), collector.clone()).await?;
@@ -79,12 +83,17 @@ async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -
         // The sender finds the new receiver by itself.
         let limit = tokio::time::Instant::now() + Duration::from_secs(30);
         while collector.log("s1").connects < round + 1 {
-            anyhow::ensure!(tokio::time::Instant::now() < limit, "sender did not reconnect after restart {round}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < limit,
+                "sender did not reconnect after restart {round}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     producer.await??;
-    collector.wait_for("s1", N as usize, Duration::from_secs(60)).await?;
+    collector
+        .wait_for("s1", N as usize, Duration::from_secs(60))
+        .await?;
     let log = collector.log("s1");
     assert_exactly_once(log.records.iter().map(|r| r.0), N);
     assert!(log.records.iter().all(|(s, v)| s == v));
@@ -92,7 +101,10 @@ async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -
     assert!(sender.shutdown(Duration::from_secs(10)).await.drained);
     assert!(metric(&tx_reg, "telemetry_sender_reconnects_total", &[]) >= 4.0);
     if let Some(reg) = last_registry {
-        assert_eq!(metric(&reg, "telemetry_link_applied_seq", &[("sender", "s1")]), N as f64);
+        assert_eq!(
+            metric(&reg, "telemetry_link_applied_seq", &[("sender", "s1")]),
+            N as f64
+        );
     }
     receiver.shutdown(Duration::from_secs(5)).await;
     Ok(())
@@ -113,14 +125,20 @@ async fn child_sender_entry() -> anyhow::Result<()> {
         key: env("CHILD_KEY")?.into(),
     };
     let total: u64 = env("CHILD_TOTAL")?.parse()?;
-    let cfg = telemetry_link::SenderConfig::new(vec![env("CHILD_RECEIVER")?], tls, env("CHILD_SPOOL")?);
-    let (sender, _) = telemetry_link::Sender::<u64>::start(cfg, &prometheus::Registry::new()).await?;
+    let cfg =
+        telemetry_link::SenderConfig::new(vec![env("CHILD_RECEIVER")?], tls, env("CHILD_SPOOL")?);
+    let (sender, _) =
+        telemetry_link::Sender::<u64>::start(cfg, &prometheus::Registry::new()).await?;
     let mut next = sender.stats().last_seq + 1;
     while next <= total {
         let end = (next + 49).min(total);
         let values: Vec<u64> = (next..=end).collect();
         let a = sender.send_batch(&values).await?;
-        anyhow::ensure!(a.first_seq == next, "spool assigned {} for {next}", a.first_seq);
+        anyhow::ensure!(
+            a.first_seq == next,
+            "spool assigned {} for {next}",
+            a.first_seq
+        );
         next = end + 1;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -129,33 +147,48 @@ async fn child_sender_entry() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_sender(pki: &TestPki, addr: SocketAddr, spool: &Path, total: u64) -> anyhow::Result<ChildProcess> {
+fn spawn_sender(
+    pki: &TestPki,
+    addr: SocketAddr,
+    spool: &Path,
+    total: u64,
+) -> anyhow::Result<ChildProcess> {
     let tls = pki.sender("child")?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--ignored", "--exact", "child_sender_entry", "--nocapture", "--test-threads=1"])
-        .env("CHILD_CA", &tls.ca)
-        .env("CHILD_CERT", &tls.cert)
-        .env("CHILD_KEY", &tls.key)
-        .env("CHILD_RECEIVER", addr.to_string())
-        .env("CHILD_SPOOL", spool)
-        .env("CHILD_TOTAL", total.to_string());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_sender_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CHILD_CA", &tls.ca)
+    .env("CHILD_CERT", &tls.cert)
+    .env("CHILD_KEY", &tls.key)
+    .env("CHILD_RECEIVER", addr.to_string())
+    .env("CHILD_SPOOL", spool)
+    .env("CHILD_TOTAL", total.to_string());
     ChildProcess::spawn("sender-child", cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() -> anyhow::Result<()> {
+async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() -> anyhow::Result<()>
+{
     init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;
     let collector = Collector::<u64>::new();
-    let (receiver, rx_reg) = start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |_| {}).await?;
+    let (receiver, rx_reg) =
+        start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |_| {}).await?;
     let addr = receiver.local_addr();
     const N: u64 = 20_000;
     for round in 1..=4u64 {
         let mut child = spawn_sender(&pki, addr, spool.path(), N)?;
         let target = (round * 3000) as usize;
-        collector.wait_for("child", target, Duration::from_secs(60)).await?;
+        collector
+            .wait_for("child", target, Duration::from_secs(60))
+            .await?;
         let status = child.kill_9()?;
         assert!(!status.success(), "killed mid-stream");
     }
@@ -167,12 +200,20 @@ async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() 
     .await?;
     let output = status.1;
     assert!(status.0?.success(), "final sender run failed:\n{output}");
-    collector.wait_for("child", N as usize, Duration::from_secs(30)).await?;
+    collector
+        .wait_for("child", N as usize, Duration::from_secs(30))
+        .await?;
     let log = collector.log("child");
     assert_exactly_once(log.records.iter().map(|r| r.0), N);
-    assert!(log.records.iter().all(|(s, v)| s == v), "values match sequences");
+    assert!(
+        log.records.iter().all(|(s, v)| s == v),
+        "values match sequences"
+    );
     assert_eq!(log.order_violations, 0);
-    assert_eq!(metric(&rx_reg, "telemetry_link_records_lost_total", &[]), 0.0);
+    assert_eq!(
+        metric(&rx_reg, "telemetry_link_records_lost_total", &[]),
+        0.0
+    );
     assert!(output.contains("child done: drained: true"), "{output}");
     receiver.shutdown(Duration::from_secs(5)).await;
     Ok(())

@@ -36,7 +36,11 @@ fn spool_on_a_full_small_filesystem_drops_oldest_and_keeps_going() -> anyhow::Re
             ..SpoolConfig::default()
         },
     )?;
-    assert!(spool.effective_cap() < 2 << 20, "cap follows the filesystem: {}", spool.effective_cap());
+    assert!(
+        spool.effective_cap() < 2 << 20,
+        "cap follows the filesystem: {}",
+        spool.effective_cap()
+    );
     let payload = vec![7u8; 200];
     let batch: Vec<&[u8]> = (0..100).map(|_| payload.as_slice()).collect();
     let mut dropped = 0;
@@ -48,7 +52,11 @@ fn spool_on_a_full_small_filesystem_drops_oldest_and_keeps_going() -> anyhow::Re
     assert!(dropped > 0);
     assert_eq!(st.dropped_total, dropped);
     assert_eq!(st.last_seq, 50_000);
-    assert_eq!(st.records + dropped, 50_000, "every record is either kept or counted as dropped");
+    assert_eq!(
+        st.records + dropped,
+        50_000,
+        "every record is either kept or counted as dropped"
+    );
     let mut cur = spool.cursor(1);
     let mut buf = ReadBuf::new();
     match spool.read(&mut cur, 10, 1 << 20, &mut buf)? {

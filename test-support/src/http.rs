@@ -22,7 +22,10 @@ pub struct Response {
 impl Response {
     /// First header named `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -75,7 +78,10 @@ fn parse(raw: &[u8]) -> Result<Response> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n").context("bad chunk")?;
+        let line_end = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
         let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.trim(), 16)?;
         b = &b[line_end + 2..];
         if size == 0 {
@@ -91,7 +97,11 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
 
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `limit`
 /// with the last error message and `what`.
-pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = Instant::now();
     let mut last = String::new();
     loop {
@@ -114,8 +124,14 @@ mod tests {
     #[test]
     fn parses_plain_and_chunked() {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello").unwrap();
-        assert_eq!((r.status, r.body.as_str(), r.header("content-type")), (200, "hello", Some("text/plain")));
-        let r = parse(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str(), r.header("content-type")),
+            (200, "hello", Some("text/plain"))
+        );
+        let r = parse(
+            b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_str()), (503, "abcde"));
     }
 }

@@ -89,7 +89,10 @@ impl<T: Clone> Collector<T> {
         let start = tokio::time::Instant::now();
         while self.count(sender) < n {
             if start.elapsed() > limit {
-                anyhow::bail!("only {} of {n} records from {sender} after {limit:?}", self.count(sender));
+                anyhow::bail!(
+                    "only {} of {n} records from {sender} after {limit:?}",
+                    self.count(sender)
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

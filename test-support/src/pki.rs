@@ -42,7 +42,9 @@ impl TestPki {
     /// Writes a pair under a name no earlier call used (so earlier files
     /// stay valid).
     fn write(&self, stem: &str, issued: &Issued) -> anyhow::Result<TlsFiles> {
-        let n = self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cert = self.dir.path().join(format!("{stem}-{n}.pem"));
         let key = self.dir.path().join(format!("{stem}-{n}.key"));
         files::write_pair(&cert, &key, issued)?;

@@ -75,7 +75,10 @@ impl ChildProcess {
         // SAFETY: kill(2) with a pid we spawned and own; no memory is shared.
         let rc = unsafe { libc::kill(pid, signal) };
         if rc != 0 {
-            bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "kill({pid}, {signal}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -97,7 +100,11 @@ impl ChildProcess {
                 return Ok(status);
             }
             if start.elapsed() > limit {
-                bail!("{} did not exit within {limit:?}; output:\n{}", self.name, self.output());
+                bail!(
+                    "{} did not exit within {limit:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -129,10 +136,14 @@ impl Drop for ChildProcess {
 
 /// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
 pub fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

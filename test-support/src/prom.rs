@@ -38,9 +38,16 @@ impl Exposition {
     }
 
     /// Samples named `name` whose labels include every pair in `matching`.
-    pub fn find<'a>(&'a self, name: &'a str, matching: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a PromSample> + 'a {
+    pub fn find<'a>(
+        &'a self,
+        name: &'a str,
+        matching: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a PromSample> + 'a {
         self.samples.iter().filter(move |s| {
-            s.name == name && matching.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            s.name == name
+                && matching
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
     }
 
@@ -150,7 +157,10 @@ pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
         }
         Err(e) => return Some(Err(format!("cannot run promtool: {e}"))),
     };
-    let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(text.as_bytes()));
     let output = match child.wait_with_output() {
         Ok(output) => output,
         Err(e) => return Some(Err(format!("promtool did not finish: {e}"))),
@@ -185,7 +195,9 @@ pub fn check_openmetrics_structure(text: &str) -> Result<(), String> {
     let mut current: Option<(String, String)> = None;
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').ok_or(format!("bad TYPE line {line:?}"))?;
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or(format!("bad TYPE line {line:?}"))?;
             if !declared.insert(name.to_string()) {
                 return Err(format!("family {name} declared twice"));
             }
@@ -198,7 +210,9 @@ pub fn check_openmetrics_structure(text: &str) -> Result<(), String> {
         } else if line.starts_with('#') {
             return Err(format!("unexpected comment {line:?}"));
         } else {
-            let (family, kind) = current.as_ref().ok_or(format!("sample before any TYPE: {line:?}"))?;
+            let (family, kind) = current
+                .as_ref()
+                .ok_or(format!("sample before any TYPE: {line:?}"))?;
             let sample_name = line.split(['{', ' ']).next().unwrap_or("");
             let allowed: Vec<String> = match kind.as_str() {
                 "counter" => vec![format!("{family}_total"), format!("{family}_created")],
@@ -213,7 +227,9 @@ pub fn check_openmetrics_structure(text: &str) -> Result<(), String> {
                 _ => vec![family.clone()],
             };
             if !allowed.iter().any(|a| a == sample_name) {
-                return Err(format!("sample {sample_name} does not belong to {kind} family {family}"));
+                return Err(format!(
+                    "sample {sample_name} does not belong to {kind} family {family}"
+                ));
             }
         }
     }

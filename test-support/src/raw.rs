@@ -21,7 +21,10 @@ pub fn client_endpoint() -> Result<quinn::Endpoint> {
 
 /// A quinn client configuration trusting `ca` and presenting `identity`
 /// (if any) — whatever its validity.
-pub fn client_config(ca: &std::path::Path, identity: Option<&TlsFiles>) -> Result<quinn::ClientConfig> {
+pub fn client_config(
+    ca: &std::path::Path,
+    identity: Option<&TlsFiles>,
+) -> Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca)? {
         roots.add(c?)?;
@@ -68,7 +71,10 @@ pub fn frame(msg: &Message<'_>) -> Vec<u8> {
 
 /// Writes raw bytes on a fresh bidirectional stream and returns the stream
 /// pair.
-pub async fn open_and_write(conn: &quinn::Connection, bytes: &[u8]) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+pub async fn open_and_write(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<(quinn::SendStream, quinn::RecvStream)> {
     let (mut send, recv) = conn.open_bi().await?;
     send.write_all(bytes).await?;
     Ok((send, recv))
@@ -97,7 +103,9 @@ pub async fn attempt(
     server_name: &str,
     limit: Duration,
 ) -> Result<quinn::Connection, String> {
-    let conn = connect(ep, cfg, addr, server_name).await.map_err(|e| e.to_string())?;
+    let conn = connect(ep, cfg, addr, server_name)
+        .await
+        .map_err(|e| e.to_string())?;
     match tokio::time::timeout(limit, conn.closed()).await {
         Ok(e) => Err(e.to_string()),
         Err(_) => Ok(conn),

@@ -42,9 +42,9 @@ use telemetry_model::ClusterRecord;
 
 pub use samples::SampleRefusal;
 
-use telemetry_ops::exposition::{self, push_label, Format};
 use objects::{ClusterObjects, ObjectLimits};
 use samples::ClusterSamples;
+use telemetry_ops::exposition::{self, push_label, Format};
 
 /// Limits and timings of a [`ClusterStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +196,12 @@ impl ClusterStore {
     /// Applies `records` from `cluster`'s sender, in order, at `now`. A
     /// cluster first seen here counts as connected; records for an expired
     /// cluster start its TTL again (a connect should have come first).
-    pub fn apply_at(&mut self, cluster: &str, records: impl IntoIterator<Item = ClusterRecord>, now: Instant) {
+    pub fn apply_at(
+        &mut self,
+        cluster: &str,
+        records: impl IntoIterator<Item = ClusterRecord>,
+        now: Instant,
+    ) {
         let limits = ObjectLimits {
             scale_event_keys: self.config.scale_event_keys_per_hpa,
             max_open_snapshots: self.config.max_open_snapshots,
@@ -211,7 +216,9 @@ impl ClusterStore {
         state.last_seen_unix = last_seen;
         for record in records {
             match &record {
-                ClusterRecord::SnapshotBegin { id, kinds } => state.objects.snapshot_begin(cluster, *id, kinds, limits),
+                ClusterRecord::SnapshotBegin { id, kinds } => {
+                    state.objects.snapshot_begin(cluster, *id, kinds, limits)
+                }
                 ClusterRecord::SnapshotEnd { id } => state.objects.snapshot_end(cluster, *id),
                 ClusterRecord::PodUpsert(pod) => state.objects.upsert_pod(pod),
                 ClusterRecord::PodDelete(pod) => state.objects.delete_pod(pod),
@@ -236,7 +243,9 @@ impl ClusterStore {
             LinkState::Connected { connections } => LinkState::Connected {
                 connections: connections.saturating_add(1),
             },
-            LinkState::Disconnected { .. } | LinkState::Expired => LinkState::Connected { connections: 1 },
+            LinkState::Disconnected { .. } | LinkState::Expired => {
+                LinkState::Connected { connections: 1 }
+            }
         };
         state.last_seen_unix = last_seen;
         tracing::debug!(cluster, link = ?state.link, "sender connected");
@@ -285,11 +294,18 @@ impl ClusterStore {
     /// `prometheus::Registry::gather()`), then `# EOF` for OpenMetrics.
     /// Registry families whose names clash with the store's are skipped with
     /// a warning, so the page never declares a family twice.
-    pub fn render_page(&self, format: Format, registry_families: &[MetricFamily], out: &mut String) {
+    pub fn render_page(
+        &self,
+        format: Format,
+        registry_families: &[MetricFamily],
+        out: &mut String,
+    ) {
         out.clear();
         self.render(format, out);
         let clash = |family: &MetricFamily| {
-            render::STORE_FAMILIES.iter().any(|own| own.name == family.name())
+            render::STORE_FAMILIES
+                .iter()
+                .any(|own| own.name == family.name())
         };
         if registry_families.iter().any(clash) {
             let kept: Vec<MetricFamily> = registry_families
@@ -297,7 +313,10 @@ impl ClusterStore {
                 .filter(|family| {
                     let clashes = clash(family);
                     if clashes {
-                        tracing::warn!(family = family.name(), "registry family clashes with a store family; skipped");
+                        tracing::warn!(
+                            family = family.name(),
+                            "registry family clashes with a store family; skipped"
+                        );
                     }
                     !clashes
                 })
@@ -312,7 +331,13 @@ impl ClusterStore {
 
     /// What a `/metrics` handler does: [`ClusterStore::expire`] at `now`, then
     /// [`ClusterStore::render_page`].
-    pub fn scrape(&mut self, now: Instant, format: Format, registry_families: &[MetricFamily], out: &mut String) {
+    pub fn scrape(
+        &mut self,
+        now: Instant,
+        format: Format,
+        registry_families: &[MetricFamily],
+        out: &mut String,
+    ) {
         self.expire(now);
         self.render_page(format, registry_families, out);
     }

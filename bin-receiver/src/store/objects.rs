@@ -28,7 +28,9 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use telemetry_model::{ContainerUsage, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage, ScaleEvent};
+use telemetry_model::{
+    ContainerUsage, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage, ScaleEvent,
+};
 
 use telemetry_ops::exposition::push_label;
 
@@ -77,7 +79,10 @@ impl PodSeries {
                 push_label(&mut fragment, "resource", resource);
                 fragment.push(',');
                 push_label(&mut fragment, "unit", unit);
-                match requests.iter_mut().find(|(existing, _)| *existing == fragment) {
+                match requests
+                    .iter_mut()
+                    .find(|(existing, _)| *existing == fragment)
+                {
                     Some(existing) => existing.1 = value,
                     None => requests.push((fragment, value)),
                 }
@@ -140,7 +145,11 @@ impl PodSlot {
 
     fn set_usage(&mut self, containers: &[ContainerUsage]) {
         let unchanged = self.usage.len() == containers.len()
-            && self.usage.iter().zip(containers).all(|(have, new)| have.name == new.name);
+            && self
+                .usage
+                .iter()
+                .zip(containers)
+                .all(|(have, new)| have.name == new.name);
         if unchanged {
             for (have, new) in self.usage.iter_mut().zip(containers) {
                 have.cpu_cores = new.cpu_cores;
@@ -191,7 +200,10 @@ impl HpaSeries {
             push_label(&mut fragment, "metric_name", &target.metric_name);
             fragment.push(',');
             push_label(&mut fragment, "metric_target_type", &target.target_type);
-            match targets.iter_mut().find(|(existing, _)| *existing == fragment) {
+            match targets
+                .iter_mut()
+                .find(|(existing, _)| *existing == fragment)
+            {
                 Some(existing) => existing.1 = target.value,
                 None => targets.push((fragment, target.value)),
             }
@@ -301,11 +313,23 @@ impl ClusterObjects {
         *self = Self::default();
     }
 
-    pub fn snapshot_begin(&mut self, cluster: &str, id: u64, kinds: &[ObjectKind], limits: ObjectLimits) {
+    pub fn snapshot_begin(
+        &mut self,
+        cluster: &str,
+        id: u64,
+        kinds: &[ObjectKind],
+        limits: ObjectLimits,
+    ) {
         self.open_snapshots.retain(|s| s.id != id);
-        while !self.open_snapshots.is_empty() && self.open_snapshots.len() >= limits.max_open_snapshots.max(1) {
+        while !self.open_snapshots.is_empty()
+            && self.open_snapshots.len() >= limits.max_open_snapshots.max(1)
+        {
             let abandoned = self.open_snapshots.remove(0);
-            tracing::warn!(cluster, snapshot = abandoned.id, "too many open snapshots; forgetting the oldest");
+            tracing::warn!(
+                cluster,
+                snapshot = abandoned.id,
+                "too many open snapshots; forgetting the oldest"
+            );
         }
         self.open_snapshots.push(OpenSnapshot {
             id,
@@ -317,7 +341,11 @@ impl ClusterObjects {
 
     pub fn snapshot_end(&mut self, cluster: &str, id: u64) {
         let Some(position) = self.open_snapshots.iter().position(|s| s.id == id) else {
-            tracing::warn!(cluster, snapshot = id, "snapshot end without a matching begin; ignored");
+            tracing::warn!(
+                cluster,
+                snapshot = id,
+                "snapshot end without a matching begin; ignored"
+            );
             return;
         };
         let snapshot = self.open_snapshots.remove(position);
@@ -340,7 +368,11 @@ impl ClusterObjects {
     pub fn upsert_pod(&mut self, pod: &PodInfo) {
         let at = self.tick();
         let series = PodSeries::new(pod);
-        match self.pods.get_mut(&pod.namespace).and_then(|m| m.get_mut(&pod.name)) {
+        match self
+            .pods
+            .get_mut(&pod.namespace)
+            .and_then(|m| m.get_mut(&pod.name))
+        {
             Some(slot) => {
                 slot.pod = Some(series);
                 slot.upserted_at = at;
@@ -362,7 +394,11 @@ impl ClusterObjects {
     }
 
     pub fn pod_usage(&mut self, usage: &PodUsage) {
-        match self.pods.get_mut(&usage.namespace).and_then(|m| m.get_mut(&usage.pod)) {
+        match self
+            .pods
+            .get_mut(&usage.namespace)
+            .and_then(|m| m.get_mut(&usage.pod))
+        {
             Some(slot) => slot.set_usage(&usage.containers),
             None => {
                 let mut slot = PodSlot::new(&usage.namespace, &usage.pod);
@@ -378,7 +414,11 @@ impl ClusterObjects {
     pub fn upsert_hpa(&mut self, hpa: &HpaInfo) {
         let at = self.tick();
         let series = HpaSeries::new(hpa);
-        match self.hpas.get_mut(&hpa.namespace).and_then(|m| m.get_mut(&hpa.name)) {
+        match self
+            .hpas
+            .get_mut(&hpa.namespace)
+            .and_then(|m| m.get_mut(&hpa.name))
+        {
             Some(slot) => {
                 slot.hpa = Some(series);
                 slot.upserted_at = at;
@@ -400,7 +440,11 @@ impl ClusterObjects {
     }
 
     pub fn scale_event(&mut self, event: &ScaleEvent, limits: ObjectLimits) {
-        match self.hpas.get_mut(&event.namespace).and_then(|m| m.get_mut(&event.hpa)) {
+        match self
+            .hpas
+            .get_mut(&event.namespace)
+            .and_then(|m| m.get_mut(&event.hpa))
+        {
             Some(slot) => {
                 slot.count(event, limits.scale_event_keys);
             }

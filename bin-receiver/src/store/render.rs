@@ -16,7 +16,9 @@ use std::collections::BTreeSet;
 use telemetry_model::PodPhase;
 
 use super::{objects::PodSeries, objects::PodSlot, ClusterState, ClusterStore, LinkState};
-use telemetry_ops::exposition::{push_label, push_value_line_end, write_family_header, FamilyDesc, Format, MetricKind};
+use telemetry_ops::exposition::{
+    push_label, push_value_line_end, write_family_header, FamilyDesc, Format, MetricKind,
+};
 
 const fn gauge(name: &'static str, help: &'static str) -> FamilyDesc {
     FamilyDesc {
@@ -92,7 +94,8 @@ pub const SENDER_LAST_SEEN: FamilyDesc = gauge(
     "Unix time of the sender's last connect, disconnect or record.",
 );
 /// Help of every generic sample family.
-pub const SAMPLE_HELP: &str = "Series sent by the cluster's telemetry sender (last value received).";
+pub const SAMPLE_HELP: &str =
+    "Series sent by the cluster's telemetry sender (last value received).";
 
 /// The store's own families, in rendering order.
 pub const STORE_FAMILIES: [FamilyDesc; 14] = [
@@ -116,7 +119,9 @@ pub const STORE_FAMILIES: [FamilyDesc; 14] = [
 /// families, so a generic sample must not use it.
 pub(super) fn is_store_family_name(name: &str) -> bool {
     STORE_FAMILIES.iter().any(|family| {
-        family.name == name || (family.kind == MetricKind::Counter && family.name.strip_suffix("_total") == Some(name))
+        family.name == name
+            || (family.kind == MetricKind::Counter
+                && family.name.strip_suffix("_total") == Some(name))
     })
 }
 
@@ -139,7 +144,15 @@ impl ClusterStore {
         })
     }
 
-    fn hpas(&self) -> impl Iterator<Item = (&ClusterState, &super::objects::HpaSlot, &super::objects::HpaSeries)> {
+    fn hpas(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &ClusterState,
+            &super::objects::HpaSlot,
+            &super::objects::HpaSeries,
+        ),
+    > {
         self.clusters.values().flat_map(|cluster| {
             cluster
                 .objects
@@ -169,7 +182,11 @@ impl ClusterStore {
                 out.push_str(pod.uid_fragment());
                 out.push_str(",phase=\"");
                 out.push_str(phase.as_str());
-                out.push_str(if phase == pod.phase { "\"} 1\n" } else { "\"} 0\n" });
+                out.push_str(if phase == pod.phase {
+                    "\"} 1\n"
+                } else {
+                    "\"} 0\n"
+                });
             }
         }
 
@@ -222,7 +239,10 @@ impl ClusterStore {
         }
 
         for (family, value) in [
-            (&HPA_SPEC_MIN_REPLICAS, (|h| h.min_replicas) as fn(&super::objects::HpaSeries) -> f64),
+            (
+                &HPA_SPEC_MIN_REPLICAS,
+                (|h| h.min_replicas) as fn(&super::objects::HpaSeries) -> f64,
+            ),
             (&HPA_SPEC_MAX_REPLICAS, |h| h.max_replicas),
             (&HPA_STATUS_CURRENT_REPLICAS, |h| h.current_replicas),
             (&HPA_STATUS_DESIRED_REPLICAS, |h| h.desired_replicas),
@@ -278,7 +298,9 @@ impl ClusterStore {
         for name in names {
             write_family_header(out, format, name, SAMPLE_HELP, MetricKind::Gauge);
             for cluster in self.clusters.values() {
-                let Some(family) = cluster.samples.families.get(name) else { continue };
+                let Some(family) = cluster.samples.families.get(name) else {
+                    continue;
+                };
                 for series in family.values() {
                     out.push_str(name);
                     out.push('{');

@@ -77,7 +77,13 @@ impl ClusterSamples {
 
     /// Records `sample`; `reserved` tells whether a name belongs to the
     /// receiver.
-    pub fn apply(&mut self, cluster: &str, sample: &Sample, max_series: usize, reserved: impl Fn(&str) -> bool) {
+    pub fn apply(
+        &mut self,
+        cluster: &str,
+        sample: &Sample,
+        max_series: usize,
+        reserved: impl Fn(&str) -> bool,
+    ) {
         let key = &sample.series;
         if let Some(series) = self
             .families
@@ -97,16 +103,21 @@ impl ClusterSamples {
         match checked {
             Ok(labels) => {
                 self.series += 1;
-                self.families.entry(key.name().to_owned()).or_default().insert(
-                    key.encoded().into(),
-                    SampleSeries {
-                        labels,
-                        value: sample.value,
-                    },
-                );
+                self.families
+                    .entry(key.name().to_owned())
+                    .or_default()
+                    .insert(
+                        key.encoded().into(),
+                        SampleSeries {
+                            labels,
+                            value: sample.value,
+                        },
+                    );
             }
             Err(refusal) => {
-                if self.refused_names.len() < REMEMBERED_REFUSALS && self.refused_names.insert(key.name().to_owned()) {
+                if self.refused_names.len() < REMEMBERED_REFUSALS
+                    && self.refused_names.insert(key.name().to_owned())
+                {
                     tracing::warn!(cluster, metric = key.name(), %refusal, "sample series refused");
                 }
             }

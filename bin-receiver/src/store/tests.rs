@@ -5,9 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use telemetry_link::{Sample, SeriesKey};
 use telemetry_model::{
-    simulated::{Simulation, SimulatedClusterConfig},
-    ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage,
-    ScaleEvent,
+    simulated::{SimulatedClusterConfig, Simulation},
+    ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, ObjectRef, PodInfo,
+    PodPhase, PodUsage, ScaleEvent,
 };
 
 use super::*;
@@ -18,8 +18,16 @@ fn pod(namespace: &str, name: &str, phase: PodPhase) -> PodInfo {
         namespace: namespace.into(),
         name: name.into(),
         uid: format!("uid-{name}"),
-        node: if phase == PodPhase::Pending { String::new() } else { "node-a".into() },
-        pod_ip: if phase == PodPhase::Pending { String::new() } else { "10.0.0.7".into() },
+        node: if phase == PodPhase::Pending {
+            String::new()
+        } else {
+            "node-a".into()
+        },
+        pod_ip: if phase == PodPhase::Pending {
+            String::new()
+        } else {
+            "10.0.0.7".into()
+        },
         phase,
         created_by_kind: "ReplicaSet".into(),
         created_by_name: "web-5d9f".into(),
@@ -87,7 +95,11 @@ fn object(namespace: &str, name: &str) -> ObjectRef {
 }
 
 fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> ClusterRecord {
-    let key = SeriesKey::new(name, labels.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+    let key = SeriesKey::new(
+        name,
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
     ClusterRecord::Sample(Sample::new(Arc::new(key), 0, value))
 }
 
@@ -114,7 +126,9 @@ fn lines<'a>(page: &'a str, family: &str) -> Vec<&'a str> {
 }
 
 fn sample_lines(page: &str) -> usize {
-    page.lines().filter(|line| !line.starts_with('#') && !line.is_empty()).count()
+    page.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .count()
 }
 
 fn assert_promtool_clean(text: &str) {
@@ -126,7 +140,14 @@ fn assert_promtool_clean(text: &str) {
 #[test]
 fn a_pod_renders_info_phase_requests_and_namespace_count_with_exact_labels() {
     let mut store = store();
-    store.apply("prod", [ClusterRecord::PodUpsert(pod("web", "web-1", PodPhase::Running))]);
+    store.apply(
+        "prod",
+        [ClusterRecord::PodUpsert(pod(
+            "web",
+            "web-1",
+            PodPhase::Running,
+        ))],
+    );
     let page = page(&store);
     assert_eq!(
         lines(&page, "kube_pod_info"),
@@ -161,15 +182,26 @@ fn a_pod_renders_info_phase_requests_and_namespace_count_with_exact_labels() {
         vec![r#"telemetry_link_sender_up{cluster="prod"} 1"#]
     );
     for family in render::STORE_FAMILIES {
-        assert!(page.contains(&format!("# HELP {} ", family.name)), "{}", family.name);
-        assert!(page.contains(&format!("# TYPE {} ", family.name)), "{}", family.name);
+        assert!(
+            page.contains(&format!("# HELP {} ", family.name)),
+            "{}",
+            family.name
+        );
+        assert!(
+            page.contains(&format!("# TYPE {} ", family.name)),
+            "{}",
+            family.name
+        );
     }
 }
 
 #[test]
 fn an_upsert_replaces_the_pod_state_without_leaving_stale_series() {
     let mut store = store();
-    store.apply("c", [ClusterRecord::PodUpsert(pod("ns", "p", PodPhase::Pending))]);
+    store.apply(
+        "c",
+        [ClusterRecord::PodUpsert(pod("ns", "p", PodPhase::Pending))],
+    );
     let pending = page(&store);
     assert!(lines(&pending, "kube_pod_info")[0].contains(r#"node="",pod_ip="""#));
     assert_eq!(
@@ -191,12 +223,16 @@ fn an_upsert_replaces_the_pod_state_without_leaving_stale_series() {
     assert!(running.contains(r#"phase="Pending"} 0"#));
     assert_eq!(
         lines(&running, "kube_pod_container_cpu_usage_cores"),
-        vec![r#"kube_pod_container_cpu_usage_cores{cluster="c",namespace="ns",pod="p",container="app"} 0.1"#],
+        vec![
+            r#"kube_pod_container_cpu_usage_cores{cluster="c",namespace="ns",pod="p",container="app"} 0.1"#
+        ],
         "usage survives the pod's upsert"
     );
     assert_eq!(
         lines(&running, "kube_pod_container_memory_working_set_bytes"),
-        vec![r#"kube_pod_container_memory_working_set_bytes{cluster="c",namespace="ns",pod="p",container="app"} 1000000"#]
+        vec![
+            r#"kube_pod_container_memory_working_set_bytes{cluster="c",namespace="ns",pod="p",container="app"} 1000000"#
+        ]
     );
 }
 
@@ -220,19 +256,42 @@ fn a_pod_delete_removes_every_series_of_the_pod_at_once() {
     assert!(page.contains(r#"kube_namespace_pods_running{cluster="c",namespace="ns"} 1"#));
     store.apply("c", [ClusterRecord::PodDelete(object("ns", "b"))]);
     let empty = render_prometheus(&store);
-    assert!(lines(&empty, "kube_namespace_pods_running").is_empty(), "no known pods: no namespace line");
-    assert_eq!(store.series_count(), 2, "only the sender's up and last-seen remain");
+    assert!(
+        lines(&empty, "kube_namespace_pods_running").is_empty(),
+        "no known pods: no namespace line"
+    );
+    assert_eq!(
+        store.series_count(),
+        2,
+        "only the sender's up and last-seen remain"
+    );
 }
 
 #[test]
 fn usage_of_an_unknown_pod_waits_for_the_pod_and_is_dropped_when_it_never_comes() {
     let mut store = store();
-    store.apply("c", [ClusterRecord::PodUsage(usage("ns", "early", 0.4, 5e7))]);
+    store.apply(
+        "c",
+        [ClusterRecord::PodUsage(usage("ns", "early", 0.4, 5e7))],
+    );
     assert!(lines(&page(&store), "kube_pod_container_cpu_usage_cores").is_empty());
-    store.apply("c", [ClusterRecord::PodUpsert(pod("ns", "early", PodPhase::Running))]);
-    assert_eq!(lines(&page(&store), "kube_pod_container_cpu_usage_cores").len(), 1);
+    store.apply(
+        "c",
+        [ClusterRecord::PodUpsert(pod(
+            "ns",
+            "early",
+            PodPhase::Running,
+        ))],
+    );
+    assert_eq!(
+        lines(&page(&store), "kube_pod_container_cpu_usage_cores").len(),
+        1
+    );
 
-    store.apply("c", [ClusterRecord::PodUsage(usage("ns", "ghost", 0.4, 5e7))]);
+    store.apply(
+        "c",
+        [ClusterRecord::PodUsage(usage("ns", "ghost", 0.4, 5e7))],
+    );
     store.apply(
         "c",
         [
@@ -283,7 +342,10 @@ fn a_snapshot_replaces_its_kinds_and_keeps_counters_of_surviving_hpas() {
         ],
     );
     let during = page(&store);
-    assert!(during.contains(r#"pod="goes""#), "nothing disappears before the end");
+    assert!(
+        during.contains(r#"pod="goes""#),
+        "nothing disappears before the end"
+    );
     store.apply("c", [ClusterRecord::SnapshotEnd { id: 7 }]);
     let after = page(&store);
     assert!(!after.contains(r#"pod="goes""#), "{after}");
@@ -338,14 +400,21 @@ fn a_snapshot_of_one_kind_leaves_the_other_alone_and_overlapping_snapshots_work(
     let end = page(&store);
     assert!(!end.contains("old-hpa"));
     assert!(end.contains("new-hpa"));
-    assert!(end.contains("new-pod"), "the HPA snapshot does not touch pods");
+    assert!(
+        end.contains("new-pod"),
+        "the HPA snapshot does not touch pods"
+    );
 }
 
 #[test]
 fn an_end_without_its_begin_is_ignored() {
     let t0 = Instant::now();
     let mut store = store();
-    store.apply_at("c", [ClusterRecord::PodUpsert(pod("ns", "p", PodPhase::Running))], t0);
+    store.apply_at(
+        "c",
+        [ClusterRecord::PodUpsert(pod("ns", "p", PodPhase::Running))],
+        t0,
+    );
     let before = page(&store);
     store.apply_at("c", [ClusterRecord::SnapshotEnd { id: 99 }], t0);
     assert_eq!(page(&store), before);
@@ -393,10 +462,16 @@ fn scale_events_count_by_direction_once_per_key_with_bounded_memory() {
         ],
     );
     let counted = page(&store);
-    assert!(counted.contains(r#"horizontalpodautoscaler="h",direction="up"} 1"#), "{counted}");
+    assert!(
+        counted.contains(r#"horizontalpodautoscaler="h",direction="up"} 1"#),
+        "{counted}"
+    );
     assert!(counted.contains(r#"horizontalpodautoscaler="h",direction="down"} 1"#));
     // Only the last 2 keys are remembered: "a" has been forgotten.
-    store.apply("c", [ClusterRecord::ScaleEvent(scale("ns", "h", 1, 4, "a"))]);
+    store.apply(
+        "c",
+        [ClusterRecord::ScaleEvent(scale("ns", "h", 1, 4, "a"))],
+    );
     assert!(page(&store).contains(r#"horizontalpodautoscaler="h",direction="up"} 2"#));
 
     store.apply("c", [ClusterRecord::HpaDelete(object("ns", "h"))]);
@@ -413,8 +488,15 @@ fn scale_events_count_by_direction_once_per_key_with_bounded_memory() {
 #[test]
 fn a_scale_event_before_its_hpa_shows_once_the_hpa_exists() {
     let mut store = store();
-    store.apply("c", [ClusterRecord::ScaleEvent(scale("ns", "late", 1, 3, "k"))]);
-    assert!(lines(&page(&store), "kube_horizontalpodautoscaler_scale_events_total").is_empty());
+    store.apply(
+        "c",
+        [ClusterRecord::ScaleEvent(scale("ns", "late", 1, 3, "k"))],
+    );
+    assert!(lines(
+        &page(&store),
+        "kube_horizontalpodautoscaler_scale_events_total"
+    )
+    .is_empty());
     store.apply("c", [ClusterRecord::HpaUpsert(hpa("ns", "late", 3))]);
     let page = page(&store);
     assert!(page.contains(r#"horizontalpodautoscaler="late",direction="up"} 1"#));
@@ -425,8 +507,13 @@ fn a_scale_event_before_its_hpa_shows_once_the_hpa_exists() {
         ]
     );
     assert_eq!(
-        lines(&page, "kube_horizontalpodautoscaler_status_current_replicas"),
-        vec![r#"kube_horizontalpodautoscaler_status_current_replicas{cluster="c",namespace="ns",horizontalpodautoscaler="late"} 3"#]
+        lines(
+            &page,
+            "kube_horizontalpodautoscaler_status_current_replicas"
+        ),
+        vec![
+            r#"kube_horizontalpodautoscaler_status_current_replicas{cluster="c",namespace="ns",horizontalpodautoscaler="late"} 3"#
+        ]
     );
     assert!(page.contains(r#"kube_horizontalpodautoscaler_spec_max_replicas{cluster="c",namespace="ns",horizontalpodautoscaler="late"} 8"#));
     assert!(page.contains(r#"kube_horizontalpodautoscaler_spec_min_replicas{cluster="c",namespace="ns",horizontalpodautoscaler="late"} 1"#));
@@ -442,10 +529,17 @@ fn samples_become_gauges_with_the_cluster_label_first_and_last_value_winning() {
             sample("telemetry_synthetic_value", &[("series", "0")], 1.0),
             sample("telemetry_synthetic_value", &[("series", "1")], 2.0),
             sample("telemetry_synthetic_value", &[("series", "0")], 3.0),
-            sample("app_queue_depth", &[("cluster", "spoofed"), ("queue", "a")], 7.0),
+            sample(
+                "app_queue_depth",
+                &[("cluster", "spoofed"), ("queue", "a")],
+                7.0,
+            ),
         ],
     );
-    store.apply("west", [sample("telemetry_synthetic_value", &[("series", "0")], 9.0)]);
+    store.apply(
+        "west",
+        [sample("telemetry_synthetic_value", &[("series", "0")], 9.0)],
+    );
     let page = page(&store);
     assert_eq!(
         lines(&page, "telemetry_synthetic_value"),
@@ -459,7 +553,11 @@ fn samples_become_gauges_with_the_cluster_label_first_and_last_value_winning() {
         lines(&page, "app_queue_depth"),
         vec![r#"app_queue_depth{cluster="east",queue="a"} 7"#]
     );
-    assert_eq!(page.matches("# TYPE telemetry_synthetic_value gauge").count(), 1);
+    assert_eq!(
+        page.matches("# TYPE telemetry_synthetic_value gauge")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -509,7 +607,11 @@ fn a_sender_stays_up_within_the_ttl_and_expires_beyond_it() {
         t0,
     );
     store.sender_disconnected("c", t0 + Duration::from_secs(10));
-    assert_eq!(store.expire(t0 + Duration::from_secs(70)), 0, "exactly the TTL is still within it");
+    assert_eq!(
+        store.expire(t0 + Duration::from_secs(70)),
+        0,
+        "exactly the TTL is still within it"
+    );
     let within = page(&store);
     assert!(within.contains(r#"telemetry_link_sender_up{cluster="c"} 1"#));
     assert!(within.contains(r#"pod="p""#));
@@ -524,7 +626,11 @@ fn a_sender_stays_up_within_the_ttl_and_expires_beyond_it() {
         2,
         "only up and last-seen remain: {expired}"
     );
-    assert_eq!(store.expire(t0 + Duration::from_secs(500)), 0, "expires once");
+    assert_eq!(
+        store.expire(t0 + Duration::from_secs(500)),
+        0,
+        "expires once"
+    );
 
     store.sender_connected("c", t0 + Duration::from_secs(600));
     assert!(page(&store).contains(r#"telemetry_link_sender_up{cluster="c"} 1"#));
@@ -551,7 +657,11 @@ fn last_seen_follows_connects_disconnects_and_records() {
     let base = store.clock.unix_seconds(t0);
     let last_seen = |store: &ClusterStore| -> f64 {
         let page = page(store);
-        let line = lines(&page, "telemetry_receiver_sender_last_seen_timestamp_seconds")[0].to_string();
+        let line = lines(
+            &page,
+            "telemetry_receiver_sender_last_seen_timestamp_seconds",
+        )[0]
+        .to_string();
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     store.sender_connected("c", t0);
@@ -582,14 +692,22 @@ fn rich_store() -> ClusterStore {
             ClusterRecord::SnapshotEnd { id: 1 },
             ClusterRecord::PodUsage(usage("web", "web-1", 0.123456, 31_457_280.0)),
             ClusterRecord::ScaleEvent(scale("web", "web", 1, 2, "e1/1")),
-            sample("telemetry_synthetic_value", &[("series", "line\nbreak")], 42.0),
+            sample(
+                "telemetry_synthetic_value",
+                &[("series", "line\nbreak")],
+                42.0,
+            ),
             sample("app_temperature_celsius", &[], f64::NAN),
             sample("app_limit", &[("kind", "upper")], f64::INFINITY),
         ],
         t0,
     );
     store.sender_connected("gone", t0);
-    store.apply_at("gone", [ClusterRecord::PodUpsert(pod("x", "y", PodPhase::Failed))], t0);
+    store.apply_at(
+        "gone",
+        [ClusterRecord::PodUpsert(pod("x", "y", PodPhase::Failed))],
+        t0,
+    );
     store.sender_disconnected("gone", t0);
     store.expire(t0 + Duration::from_secs(3600));
     store
@@ -619,7 +737,8 @@ fn the_openmetrics_page_is_well_formed_and_includes_registry_families() {
     let frames = prometheus::IntCounter::new("telemetry_link_frames_total", "Frames.").unwrap();
     frames.inc_by(5);
     registry.register(Box::new(frames)).unwrap();
-    let clashing = prometheus::IntGauge::new("telemetry_link_sender_up", "clashes with the store").unwrap();
+    let clashing =
+        prometheus::IntGauge::new("telemetry_link_sender_up", "clashes with the store").unwrap();
     registry.register(Box::new(clashing)).unwrap();
     let families = registry.gather();
 
@@ -629,13 +748,18 @@ fn the_openmetrics_page_is_well_formed_and_includes_registry_families() {
     assert!(out.contains("# TYPE kube_horizontalpodautoscaler_scale_events counter\n"));
     assert!(out.contains(r#"kube_horizontalpodautoscaler_scale_events_total{cluster="prod \"eu\"\\1",namespace="web",horizontalpodautoscaler="web",direction="up"} 1"#));
     assert!(out.contains("# TYPE telemetry_link_frames counter\ntelemetry_link_frames_total 5\n"));
-    assert_eq!(out.matches("# TYPE telemetry_link_sender_up ").count(), 1, "the clash is skipped");
+    assert_eq!(
+        out.matches("# TYPE telemetry_link_sender_up ").count(),
+        1,
+        "the clash is skipped"
+    );
     assert!(out.ends_with("# EOF\n"));
     check_openmetrics_structure(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
 
     let mut prometheus_page = String::new();
     store.render_page(Format::Prometheus, &families, &mut prometheus_page);
-    assert!(prometheus_page.contains("# TYPE telemetry_link_frames_total counter\ntelemetry_link_frames_total 5\n"));
+    assert!(prometheus_page
+        .contains("# TYPE telemetry_link_frames_total counter\ntelemetry_link_frames_total 5\n"));
     assert_promtool_clean(&prometheus_page);
 }
 
@@ -644,10 +768,19 @@ fn scrape_expires_before_rendering() {
     let t0 = Instant::now();
     let mut store = store();
     store.sender_connected("c", t0);
-    store.apply_at("c", [ClusterRecord::PodUpsert(pod("ns", "p", PodPhase::Running))], t0);
+    store.apply_at(
+        "c",
+        [ClusterRecord::PodUpsert(pod("ns", "p", PodPhase::Running))],
+        t0,
+    );
     store.sender_disconnected("c", t0);
     let mut out = String::new();
-    store.scrape(t0 + Duration::from_secs(61), Format::Prometheus, &[], &mut out);
+    store.scrape(
+        t0 + Duration::from_secs(61),
+        Format::Prometheus,
+        &[],
+        &mut out,
+    );
     assert!(!out.contains(r#"pod="p""#));
     assert!(out.contains(r#"telemetry_link_sender_up{cluster="c"} 0"#));
 }
@@ -687,8 +820,12 @@ fn the_simulated_cluster_feeds_a_consistent_store() {
         .lines()
         .filter(|l| l.starts_with("kube_pod_status_phase{") && l.contains(r#"phase="Running"} 1"#))
         .count();
-    let pods_running_line = format!(r#"kube_namespace_pods_running{{cluster="sim",namespace="demo"}} {running}"#);
-    assert!(page.contains(&pods_running_line), "{pods_running_line}\n{page}");
+    let pods_running_line =
+        format!(r#"kube_namespace_pods_running{{cluster="sim",namespace="demo"}} {running}"#);
+    assert!(
+        page.contains(&pods_running_line),
+        "{pods_running_line}\n{page}"
+    );
     let current = format!(
         r#"kube_horizontalpodautoscaler_status_current_replicas{{cluster="sim",namespace="demo",horizontalpodautoscaler="php-apache"}} {}"#,
         simulation.replicas()
@@ -702,7 +839,10 @@ fn the_simulated_cluster_feeds_a_consistent_store() {
         .lines()
         .filter(|l| l.starts_with("kube_pod_status_phase{") && l.contains(r#"phase="Running"} 1"#))
     {
-        let pod_label = line.split(',').find(|part| part.starts_with("pod=")).unwrap();
+        let pod_label = line
+            .split(',')
+            .find(|part| part.starts_with("pod="))
+            .unwrap();
         assert!(
             usage_lines.iter().any(|u| u.contains(pod_label)),
             "running pod {pod_label} has usage"

@@ -10,7 +10,10 @@ mod stream;
 
 use std::{sync::Arc, time::Duration};
 
-pub use receiver::{Delivery, Handler, HandlerError, ReadyHandle, Receiver, ReceiverConfig, ReceiverError, ReceiverLimits};
+pub use receiver::{
+    Delivery, Handler, HandlerError, ReadyHandle, Receiver, ReceiverConfig, ReceiverError,
+    ReceiverLimits,
+};
 pub use sender::{LinkStatus, SendError, Sender, SenderConfig, SenderError, ShutdownReport};
 
 /// QUIC transport settings shared by both ends.

@@ -66,7 +66,11 @@ impl Persister {
 
     /// A receiver of `sender`'s durable position, starting at `applied`.
     pub(crate) fn watch(&self, sender: &Arc<str>, applied: u64) -> watch::Receiver<Durable> {
-        let mut w = self.shared.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self
+            .shared
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let tx = w
             .entry(sender.clone())
             .or_insert_with(|| watch::channel(Durable::Upto(applied)).0);

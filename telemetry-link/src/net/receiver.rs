@@ -44,6 +44,7 @@ use super::{
 };
 use crate::{
     metrics::ReceiverMetrics,
+    net::persist::{Durable, Persister},
     proto::{
         batch::{BatchDecoder, BatchError, Entry, DEFAULT_MAX_SERIES},
         dedup::{SeqError, StreamCursor},
@@ -52,9 +53,8 @@ use crate::{
         record::Payload,
     },
     receiver_state::{StateError, StateStore},
-    net::persist::{Durable, Persister},
     sample::Sample,
-    tls::{self, is_certificate_alert, ReloadableTls, Reload, Role, TlsError, TlsFiles},
+    tls::{self, is_certificate_alert, Reload, ReloadableTls, Role, TlsError, TlsFiles},
 };
 
 /// Error type handlers return.
@@ -75,7 +75,10 @@ pub struct Delivery<T> {
 pub trait Handler<T>: Send + Sync + 'static {
     /// Applies a batch. Returning an error closes the sender's connection
     /// without acknowledging the batch; the sender retries it later.
-    fn handle(&self, delivery: Delivery<T>) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        delivery: Delivery<T>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// A session with `sender` was established.
     fn sender_connected(&self, sender: &str) {
@@ -282,7 +285,8 @@ fn reset_key(state_dir: &std::path::Path) -> Result<ring::hmac::Key, StateError>
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
             }
             b
         }
@@ -307,7 +311,10 @@ impl Receiver {
         let tls_state = ReloadableTls::load(&config.tls, Role::Receiver)?;
         let state = StateStore::open(&config.state_dir)?;
         for (id, c) in state.list() {
-            metrics.applied_seq.with_label_values(&[id.as_str()]).set(c.applied() as i64);
+            metrics
+                .applied_seq
+                .with_label_values(&[id.as_str()])
+                .set(c.applied() as i64);
         }
         let hs = metrics.handshake_failures.clone();
         let template = ServerTemplate {
@@ -318,10 +325,11 @@ impl Receiver {
 
         let mut ep_cfg = quinn::EndpointConfig::new(Arc::new(reset_key(&config.state_dir)?));
         ep_cfg.grease_quic_bit(false);
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| ReceiverError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| ReceiverError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ReceiverError::Config("no async runtime found".into()))?;
         let bind_err = |source| ReceiverError::Bind {
@@ -329,9 +337,13 @@ impl Receiver {
             source,
         };
         let wrapped = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
-        let counting = Arc::new(CountingSocket::new(wrapped, metrics.invalid_datagrams.clone()));
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server_cfg), counting, runtime)
-            .map_err(bind_err)?;
+        let counting = Arc::new(CountingSocket::new(
+            wrapped,
+            metrics.invalid_datagrams.clone(),
+        ));
+        let endpoint =
+            quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server_cfg), counting, runtime)
+                .map_err(bind_err)?;
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -403,7 +415,13 @@ impl Receiver {
     /// new material; established connections are not disturbed. On error the
     /// old material stays in use.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
-        reload(&self.endpoint, &self.tls, &self.server_template, &self.metrics, true)
+        reload(
+            &self.endpoint,
+            &self.tls,
+            &self.server_template,
+            &self.metrics,
+            true,
+        )
     }
 
     /// Graceful stop: refuse new connections, let every session finish the
@@ -417,8 +435,10 @@ impl Receiver {
                 warn!("receiver sessions did not finish within the shutdown deadline");
             }
         }
-        self.endpoint
-            .close(close_code(ErrorCode::ShuttingDown), b"receiver shutting down");
+        self.endpoint.close(
+            close_code(ErrorCode::ShuttingDown),
+            b"receiver shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
@@ -490,7 +510,11 @@ async fn accept_loop<T: Payload, H: Handler<T>>(
     while sessions.join_next().await.is_some() {}
 }
 
-fn admit<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Arc<Shared<H>>, sessions: &mut JoinSet<()>) {
+fn admit<T: Payload, H: Handler<T>>(
+    incoming: quinn::Incoming,
+    shared: &Arc<Shared<H>>,
+    sessions: &mut JoinSet<()>,
+) {
     let failures = &shared.metrics.handshake_failures;
     if shared.active.load(Ordering::Relaxed) >= shared.limits.max_connections {
         failures.with_label_values(&["busy"]).inc();
@@ -612,7 +636,11 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         Err(e) => {
             fail("bad_identity");
             warn!(%remote, error = %e, "sender certificate has no usable identity");
-            refuse(&conn, ErrorCode::NotAllowed, &format!("certificate identity: {e}"));
+            refuse(
+                &conn,
+                ErrorCode::NotAllowed,
+                &format!("certificate identity: {e}"),
+            );
             return;
         }
     };
@@ -629,19 +657,24 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         }
     }
 
-    let (mut send, recv) = match tokio::time::timeout(shared.limits.hello_timeout, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%remote, sender = %identity, error = %e, "connection ended before hello");
-            fail("no_hello");
-            return;
-        }
-        Err(_) => {
-            fail("hello_timeout");
-            refuse(&conn, ErrorCode::HelloTimeout, "no hello within the time limit");
-            return;
-        }
-    };
+    let (mut send, recv) =
+        match tokio::time::timeout(shared.limits.hello_timeout, conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%remote, sender = %identity, error = %e, "connection ended before hello");
+                fail("no_hello");
+                return;
+            }
+            Err(_) => {
+                fail("hello_timeout");
+                refuse(
+                    &conn,
+                    ErrorCode::HelloTimeout,
+                    "no hello within the time limit",
+                );
+                return;
+            }
+        };
     let mut reader = FrameReader::new(recv, shared.limits.max_frame);
     let mut buf = Vec::new();
     let hello = match reader.next_within(shared.limits.hello_timeout).await {
@@ -649,14 +682,19 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
             Ok(Message::Hello(h)) => h,
             Ok(_) => {
                 fail("bad_hello");
-                refuse(&conn, ErrorCode::ProtocolViolation, "first message must be a hello");
+                refuse(
+                    &conn,
+                    ErrorCode::ProtocolViolation,
+                    "first message must be a hello",
+                );
                 return;
             }
             Err(MessageError::UnsupportedVersion(v)) => {
                 fail("unsupported_version");
                 let reason = format!("protocol version {v} is not supported; this receiver speaks {PROTOCOL_VERSION}");
                 warn!(%remote, sender = %identity, "{reason}");
-                let refusal = Message::Refuse(Refusal::new(ErrorCode::UnsupportedVersion, reason.clone()));
+                let refusal =
+                    Message::Refuse(Refusal::new(ErrorCode::UnsupportedVersion, reason.clone()));
                 let _ = write_message(&mut send, &refusal, shared.limits.max_frame, &mut buf).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
@@ -665,7 +703,11 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
             }
             Err(e) => {
                 fail("bad_hello");
-                refuse(&conn, ErrorCode::ProtocolViolation, &format!("bad hello: {e}"));
+                refuse(
+                    &conn,
+                    ErrorCode::ProtocolViolation,
+                    &format!("bad hello: {e}"),
+                );
                 return;
             }
         },
@@ -675,12 +717,20 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         }
         Err(ReadError::Timeout) => {
             fail("hello_timeout");
-            refuse(&conn, ErrorCode::HelloTimeout, "no hello within the time limit");
+            refuse(
+                &conn,
+                ErrorCode::HelloTimeout,
+                "no hello within the time limit",
+            );
             return;
         }
         Err(ReadError::Frame(FrameError::TooLarge { .. })) => {
             fail("frame_too_large");
-            refuse(&conn, ErrorCode::FrameTooLarge, "hello frame above the maximum size");
+            refuse(
+                &conn,
+                ErrorCode::FrameTooLarge,
+                "hello frame above the maximum size",
+            );
             return;
         }
         Err(e) => {
@@ -694,13 +744,19 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
     // One session per identity: a newer connection replaces an older one
     // (the sender reconnected while the old path was still half-open).
     let lock = {
-        let Ok(mut slots) = shared.slots.lock() else { return };
+        let Ok(mut slots) = shared.slots.lock() else {
+            return;
+        };
         let slot = slots.entry(identity.clone()).or_insert_with(|| Slot {
             lock: Arc::new(tokio::sync::Mutex::new(())),
             current: None,
         });
         if let Some(old) = slot.current.replace(conn.clone()) {
-            refuse(&old, ErrorCode::Superseded, "replaced by a newer connection from the same sender");
+            refuse(
+                &old,
+                ErrorCode::Superseded,
+                "replaced by a newer connection from the same sender",
+            );
         }
         slot.lock.clone()
     };
@@ -713,13 +769,21 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         Ok(s) => s,
         Err(e) => {
             tracing::error!(sender = %identity, error = %e, "cannot load sender state; refusing the sender");
-            refuse(&conn, ErrorCode::StateError, "receiver state for this sender is unreadable");
+            refuse(
+                &conn,
+                ErrorCode::StateError,
+                "receiver state for this sender is unreadable",
+            );
             return;
         }
     };
     let (cursor, reset) = StreamCursor::for_hello(stored, hello.stream_id);
     if reset {
-        shared.metrics.stream_resets.with_label_values(&[identity.as_str()]).inc();
+        shared
+            .metrics
+            .stream_resets
+            .with_label_values(&[identity.as_str()])
+            .inc();
         warn!(sender = %identity, "sender started a new stream (its spool was recreated); sequence restarts at 1");
     }
     let max_frame = (hello.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT);
@@ -729,7 +793,10 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         max_frame: shared.limits.max_frame as u32,
         max_series: shared.limits.max_series,
     });
-    if write_message(&mut send, &welcome, max_frame, &mut buf).await.is_err() {
+    if write_message(&mut send, &welcome, max_frame, &mut buf)
+        .await
+        .is_err()
+    {
         return;
     }
 
@@ -769,14 +836,22 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         SessionEnd::Refuse(code, reason) => {
             warn!(sender = %sender, code = %code, "closing sender session: {reason}");
             if let Some(label) = protocol_label(code) {
-                shared.metrics.protocol_errors.with_label_values(&[label]).inc();
+                shared
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&[label])
+                    .inc();
             }
             refuse(&conn, code, &reason);
         }
     }
     if let Ok(mut slots) = shared.slots.lock() {
         if let Some(slot) = slots.get_mut(sender.as_ref()) {
-            if slot.current.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            if slot
+                .current
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
                 slot.current = None;
             }
         }
@@ -785,7 +860,10 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
 
 fn protocol_label(code: ErrorCode) -> Option<&'static str> {
     match code {
-        ErrorCode::HandlerFailed | ErrorCode::StateError | ErrorCode::ShuttingDown | ErrorCode::NoError => None,
+        ErrorCode::HandlerFailed
+        | ErrorCode::StateError
+        | ErrorCode::ShuttingDown
+        | ErrorCode::NoError => None,
         other => Some(other.as_str()),
     }
 }
@@ -890,9 +968,17 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
         match durable {
             Ok(Durable::Upto(_)) => {}
             Ok(Durable::Failed(e)) => {
-                return Err(SessionEnd::Refuse(ErrorCode::StateError, format!("receiver cannot persist its state: {e}")))
+                return Err(SessionEnd::Refuse(
+                    ErrorCode::StateError,
+                    format!("receiver cannot persist its state: {e}"),
+                ))
             }
-            Err(_) => return Err(SessionEnd::Refuse(ErrorCode::Internal, "state writer stopped".into())),
+            Err(_) => {
+                return Err(SessionEnd::Refuse(
+                    ErrorCode::Internal,
+                    "state writer stopped".into(),
+                ))
+            }
         }
         *persisted = applied;
         self.shared
@@ -900,26 +986,38 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
             .applied_seq
             .with_label_values(&[&*self.sender])
             .set(applied as i64);
-        let ack = Message::Ack(Ack { applied_seq: applied });
+        let ack = Message::Ack(Ack {
+            applied_seq: applied,
+        });
         write_message(&mut self.send, &ack, self.max_frame, &mut self.buf)
             .await
             .map_err(|e| SessionEnd::Lost(format!("writing ack: {e}")))
     }
 
     async fn apply_frame(&mut self, bytes: &[u8]) -> Result<Step, SessionEnd> {
-        let msg = Message::decode(bytes).map_err(|e| SessionEnd::Refuse(ErrorCode::ProtocolViolation, format!("malformed message: {e}")))?;
+        let msg = Message::decode(bytes).map_err(|e| {
+            SessionEnd::Refuse(
+                ErrorCode::ProtocolViolation,
+                format!("malformed message: {e}"),
+            )
+        })?;
         let m = &self.shared.metrics;
         match msg {
             Message::Batch(b) => {
                 let mut entries = Vec::new();
-                self.decoder.decode(b.body, b.count, &mut entries).map_err(|e| {
-                    let code = match e {
-                        BatchError::TooManySeries(_) => ErrorCode::TooManySeries,
-                        _ => ErrorCode::ProtocolViolation,
-                    };
-                    SessionEnd::Refuse(code, format!("bad batch at {}: {e}", b.first_seq))
-                })?;
-                let plan = self.cursor.plan_batch(b.first_seq, b.count).map_err(seq_end)?;
+                self.decoder
+                    .decode(b.body, b.count, &mut entries)
+                    .map_err(|e| {
+                        let code = match e {
+                            BatchError::TooManySeries(_) => ErrorCode::TooManySeries,
+                            _ => ErrorCode::ProtocolViolation,
+                        };
+                        SessionEnd::Refuse(code, format!("bad batch at {}: {e}", b.first_seq))
+                    })?;
+                let plan = self
+                    .cursor
+                    .plan_batch(b.first_seq, b.count)
+                    .map_err(seq_end)?;
                 if plan.duplicates > 0 {
                     m.duplicates_dropped
                         .with_label_values(&[&*self.sender])
@@ -943,7 +1041,9 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
                 }
                 let first_seq = b.first_seq + u64::from(plan.duplicates);
                 if rejected > 0 {
-                    m.records_rejected.with_label_values(&[&*self.sender]).inc_by(rejected);
+                    m.records_rejected
+                        .with_label_values(&[&*self.sender])
+                        .inc_by(rejected);
                 }
                 if !records.is_empty() {
                     let delivered = records.len() as u64;
@@ -953,9 +1053,14 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
                         records,
                     };
                     if let Err(e) = self.shared.handler.handle(delivery).await {
-                        return Err(SessionEnd::Refuse(ErrorCode::HandlerFailed, format!("handler failed: {e}")));
+                        return Err(SessionEnd::Refuse(
+                            ErrorCode::HandlerFailed,
+                            format!("handler failed: {e}"),
+                        ));
                     }
-                    m.records_received.with_label_values(&[&*self.sender]).inc_by(delivered);
+                    m.records_received
+                        .with_label_values(&[&*self.sender])
+                        .inc_by(delivered);
                 }
                 // Recorded and queued for persisting in one synchronous step
                 // after the handler's success: no cancellation point between.
@@ -968,7 +1073,9 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
                 if outcome.skipped > 0 {
                     self.shared.persister.submit(&self.sender, self.cursor);
                     if outcome.lost > 0 {
-                        m.records_lost.with_label_values(&[&*self.sender]).inc_by(outcome.lost);
+                        m.records_lost
+                            .with_label_values(&[&*self.sender])
+                            .inc_by(outcome.lost);
                     }
                     warn!(sender = %self.sender, from = s.from, to = s.to, lost = outcome.lost, "sender skipped sequences it no longer has");
                 }
@@ -1012,7 +1119,8 @@ fn into_record<T: Payload>(e: Entry<'_>) -> Result<T, String> {
             series,
             timestamp_ms,
             value,
-        } => T::from_sample(Sample::new(series, timestamp_ms, value))
-            .ok_or_else(|| "a sample arrived but the payload type has no sample variant".to_string()),
+        } => T::from_sample(Sample::new(series, timestamp_ms, value)).ok_or_else(|| {
+            "a sample arrived but the payload type has no sample variant".to_string()
+        }),
     }
 }

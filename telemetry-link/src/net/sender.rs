@@ -51,8 +51,10 @@ use crate::{
         record::{encode_record, Payload},
         window::{SendWindow, WindowLimits},
     },
-    spool::{Appended, ReadBuf, ReadOutcome, RecoveryReport, Spool, SpoolConfig, SpoolError, SpoolStats},
-    tls::{ReloadableTls, Reload, Role, TlsError, TlsFiles},
+    spool::{
+        Appended, ReadBuf, ReadOutcome, RecoveryReport, Spool, SpoolConfig, SpoolError, SpoolStats,
+    },
+    tls::{Reload, ReloadableTls, Role, TlsError, TlsFiles},
 };
 
 /// Sender settings.
@@ -238,7 +240,9 @@ impl<T> Clone for Sender<T> {
     }
 }
 
-fn encode_all<'a, T: Payload>(records: impl IntoIterator<Item = &'a T>) -> Result<(Vec<u8>, Vec<usize>), SendError> {
+fn encode_all<'a, T: Payload>(
+    records: impl IntoIterator<Item = &'a T>,
+) -> Result<(Vec<u8>, Vec<usize>), SendError> {
     let mut data = Vec::new();
     let mut ends = Vec::new();
     for r in records {
@@ -251,9 +255,14 @@ fn encode_all<'a, T: Payload>(records: impl IntoIterator<Item = &'a T>) -> Resul
 impl<T: Payload> Sender<T> {
     /// Opens the spool (recovering it), checks the TLS files and starts the
     /// background link task. Metrics are registered in `registry`.
-    pub async fn start(config: SenderConfig, registry: &Registry) -> Result<(Sender<T>, RecoveryReport), SenderError> {
+    pub async fn start(
+        config: SenderConfig,
+        registry: &Registry,
+    ) -> Result<(Sender<T>, RecoveryReport), SenderError> {
         if config.receivers.is_empty() {
-            return Err(SenderError::Config("at least one receiver address is required".into()));
+            return Err(SenderError::Config(
+                "at least one receiver address is required".into(),
+            ));
         }
         if config.spool.max_record_bytes + 64 > config.max_frame.min(MAX_FRAME_LIMIT) {
             return Err(SenderError::Config(format!(
@@ -291,7 +300,11 @@ impl<T: Payload> Sender<T> {
         });
         inner.refresh_gauges(&stats);
         info!(
-            identity = inner.tls.lock().map(|t| t.current().identity().to_owned()).unwrap_or_default(),
+            identity = inner
+                .tls
+                .lock()
+                .map(|t| t.current().identity().to_owned())
+                .unwrap_or_default(),
             last_seq = stats.last_seq,
             unacked = stats.records,
             "telemetry link sender started"
@@ -312,7 +325,9 @@ impl<T: Payload> Sender<T> {
     /// Queues one record; returns its sequence number. Waits for the disk
     /// (and an fsync under [`crate::spool::FsyncPolicy::EveryBatch`]), never for the network.
     pub async fn send(&self, record: &T) -> Result<u64, SendError> {
-        self.send_batch(std::slice::from_ref(record)).await.map(|a| a.first_seq)
+        self.send_batch(std::slice::from_ref(record))
+            .await
+            .map(|a| a.first_seq)
     }
 
     /// Queues records in order, atomically with respect to other sends.
@@ -365,7 +380,12 @@ impl<T: Payload> Sender<T> {
     /// QUIC statistics of the current session (UDP bytes and datagrams,
     /// path RTT, congestion state), if one is established.
     pub fn quic_stats(&self) -> Option<quinn::ConnectionStats> {
-        self.inner.current.lock().ok()?.as_ref().map(quinn::Connection::stats)
+        self.inner
+            .current
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(quinn::Connection::stats)
     }
 
     /// The link's local UDP address.
@@ -426,7 +446,11 @@ fn reload_tls(inner: &Inner, force: bool) -> Result<(), TlsError> {
             Ok(())
         }
         Reload::Failed(e) => {
-            inner.metrics.tls_reloads.with_label_values(&["error"]).inc();
+            inner
+                .metrics
+                .tls_reloads
+                .with_label_values(&["error"])
+                .inc();
             warn!(error = %e, "TLS reload failed; keeping the previous certificate");
             Err(e)
         }
@@ -468,9 +492,8 @@ impl ConnectError {
             {
                 "tls_refused"
             }
-            ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(_)) | ConnectError::Refused { .. } => {
-                "refused"
-            }
+            ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(_))
+            | ConnectError::Refused { .. } => "refused",
             ConnectError::Connection(quinn::ConnectionError::TimedOut) => "timeout",
             ConnectError::Connection(_) => "connection",
             ConnectError::Protocol(_) => "protocol",
@@ -496,18 +519,30 @@ fn server_name_for(address: &str, configured: Option<&str>) -> String {
         Some((h, _)) => h,
         None => address,
     };
-    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
-async fn connect(inner: &Inner, cfg: &SenderConfig, address: &str) -> Result<Established, ConnectError> {
+async fn connect(
+    inner: &Inner,
+    cfg: &SenderConfig,
+    address: &str,
+) -> Result<Established, ConnectError> {
     let addr = tokio::net::lookup_host(address)
         .await
         .map_err(|_| ConnectError::Resolve(address.to_owned()))?
         .next()
         .ok_or_else(|| ConnectError::Resolve(address.to_owned()))?;
     let client_cfg = {
-        let tls = inner.tls.lock().map_err(|_| ConnectError::Tls("lock poisoned".into()))?;
-        let rustls_cfg = tls.current().client_config().map_err(|e| ConnectError::Tls(e.to_string()))?;
+        let tls = inner
+            .tls
+            .lock()
+            .map_err(|_| ConnectError::Tls("lock poisoned".into()))?;
+        let rustls_cfg = tls
+            .current()
+            .client_config()
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
             .map_err(|e| ConnectError::Tls(e.to_string()))?;
         let mut c = quinn::ClientConfig::new(Arc::new(quic));
@@ -516,7 +551,10 @@ async fn connect(inner: &Inner, cfg: &SenderConfig, address: &str) -> Result<Est
     };
     let name = server_name_for(address, cfg.server_name.as_deref());
     let attempt = async {
-        let conn = inner.endpoint.connect_with(client_cfg, addr, &name)?.await?;
+        let conn = inner
+            .endpoint
+            .connect_with(client_cfg, addr, &name)?
+            .await?;
         let (mut send, recv) = conn.open_bi().await?;
         let hello = {
             let spool = inner.spool();
@@ -550,11 +588,16 @@ async fn connect(inner: &Inner, cfg: &SenderConfig, address: &str) -> Result<Est
                 code: r.code.to_string(),
                 reason: r.reason,
             }),
-            other => Err(ConnectError::Protocol(format!("expected welcome, got {:?}", other.message_type()))),
+            other => Err(ConnectError::Protocol(format!(
+                "expected welcome, got {:?}",
+                other.message_type()
+            ))),
         }
     };
     match tokio::time::timeout(cfg.connect_timeout, attempt).await {
-        Ok(Err(ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(a)))) => Err(refusal(&a)),
+        Ok(Err(ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(a)))) => {
+            Err(refusal(&a))
+        }
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout),
     }
@@ -602,7 +645,11 @@ impl ErrorLog {
         if repeat {
             debug!(receiver = address, error = err, "connection attempt failed");
         } else {
-            warn!(receiver = address, error = err, "cannot reach receiver; retrying with backoff");
+            warn!(
+                receiver = address,
+                error = err,
+                "cannot reach receiver; retrying with backoff"
+            );
             self.last = Some((err.to_owned(), now));
         }
     }
@@ -689,7 +736,9 @@ async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
             }
         }
     }
-    inner.endpoint.close(close_code(ErrorCode::NoError), b"sender stopped");
+    inner
+        .endpoint
+        .close(close_code(ErrorCode::NoError), b"sender stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
 }
 
@@ -704,7 +753,12 @@ async fn sleep_or_stop(delay: Duration, stopping: &mut watch::Receiver<Option<In
 }
 
 /// Runs one session until it fails, drains on shutdown, or fails back.
-async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, failed_over: bool) -> SessionEnd {
+async fn drive(
+    inner: &Arc<Inner>,
+    cfg: &SenderConfig,
+    session: Established,
+    failed_over: bool,
+) -> SessionEnd {
     let Established {
         conn,
         mut send,
@@ -746,10 +800,16 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
         }
     });
 
-    let max_frame = (welcome.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT).min(cfg.max_frame.max(1024));
-    let max_records = cfg.batch_max_records.clamp(1, (max_frame / ENTRY_OVERHEAD).max(1));
+    let max_frame = (welcome.max_frame as usize)
+        .clamp(1024, MAX_FRAME_LIMIT)
+        .min(cfg.max_frame.max(1024));
+    let max_records = cfg
+        .batch_max_records
+        .clamp(1, (max_frame / ENTRY_OVERHEAD).max(1));
     // Payload budget so that payloads + per-entry overhead + header fit a frame.
-    let budget = max_frame.saturating_sub(64 + max_records * ENTRY_OVERHEAD).max(1);
+    let budget = max_frame
+        .saturating_sub(64 + max_records * ENTRY_OVERHEAD)
+        .max(1);
     let mut window = SendWindow::new(applied, cfg.window);
     let mut cursor = inner.spool().cursor(start_stats.acked_seq.max(applied) + 1);
     let mut encoder = BatchEncoder::new(welcome.max_series);
@@ -805,14 +865,18 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
                     to: skip.to,
                     lost: skip.lost,
                 }),
-                None => inner.spool().read(&mut cursor, max_records, budget, &mut rbuf),
+                None => inner
+                    .spool()
+                    .read(&mut cursor, max_records, budget, &mut rbuf),
             };
             let msg_len = match outcome {
                 Ok(ReadOutcome::Records { first_seq, count }) => {
                     body.clear();
                     for env in rbuf.iter() {
                         if let Err(e) = encoder.push_record(env, &mut body) {
-                            break 'session SessionEnd::Lost(format!("spooled record unreadable: {e}"));
+                            break 'session SessionEnd::Lost(format!(
+                                "spooled record unreadable: {e}"
+                            ));
                         }
                     }
                     let msg = Message::Batch(Batch {
@@ -827,7 +891,10 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
                 }
                 Ok(ReadOutcome::Gap { from, to, lost }) => {
                     if lost > 0 {
-                        warn!(from, to, lost, "telling the receiver about records dropped from the spool");
+                        warn!(
+                            from,
+                            to, lost, "telling the receiver about records dropped from the spool"
+                        );
                     }
                     let msg = Message::Skip(Skip { from, to, lost });
                     if let Err(e) = frame_message(&msg, max_frame, &mut frame) {
@@ -901,7 +968,10 @@ async fn drive(inner: &Arc<Inner>, cfg: &SenderConfig, session: Established, fai
             let _ = write_message(&mut send, &Message::Bye, max_frame, &mut buf).await;
             let _ = send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            conn.close(close_code(ErrorCode::NoError), b"failing back to the preferred receiver");
+            conn.close(
+                close_code(ErrorCode::NoError),
+                b"failing back to the preferred receiver",
+            );
         }
         SessionEnd::Lost(_) => conn.close(close_code(ErrorCode::NoError), b"reconnecting"),
     }
@@ -928,7 +998,10 @@ fn lost_reason(conn: &quinn::Connection) -> String {
         Some(quinn::ConnectionError::ApplicationClosed(a)) => {
             let code = ErrorCode::from_u32(u64::from(a.error_code) as u32)
                 .map_or_else(|| a.error_code.to_string(), |c| c.to_string());
-            format!("receiver closed the session ({code}): {}", String::from_utf8_lossy(&a.reason))
+            format!(
+                "receiver closed the session ({code}): {}",
+                String::from_utf8_lossy(&a.reason)
+            )
         }
         Some(e) => e.to_string(),
         None => "acknowledgement stream ended".into(),
@@ -978,6 +1051,9 @@ mod tests {
 
     #[test]
     fn fsync_policy_is_reexported() {
-        assert_eq!(SpoolConfig::default().fsync, crate::spool::FsyncPolicy::EveryBatch);
+        assert_eq!(
+            SpoolConfig::default().fsync,
+            crate::spool::FsyncPolicy::EveryBatch
+        );
     }
 }

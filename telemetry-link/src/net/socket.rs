@@ -123,7 +123,10 @@ mod tests {
             classify_datagram(&[0xc0, 0xff, 0, 0, 0x1d, 0, 0, 0]),
             Some("unsupported_version")
         );
-        assert_eq!(classify_datagram(&[0xc0, 0, 0, 0, 1, 0, 0, 0]), Some("short_initial"));
+        assert_eq!(
+            classify_datagram(&[0xc0, 0, 0, 0, 1, 0, 0, 0]),
+            Some("short_initial")
+        );
         let mut initial = vec![0xc0, 0, 0, 0, 1];
         initial.resize(1200, 0);
         assert_eq!(classify_datagram(&initial), None);

@@ -54,7 +54,10 @@ impl FrameReader {
     }
 
     /// Like [`FrameReader::next`] with a deadline.
-    pub(crate) async fn next_within(&mut self, limit: Duration) -> Result<Option<&[u8]>, ReadError> {
+    pub(crate) async fn next_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<&[u8]>, ReadError> {
         if !self.decoder.has_frame()? && !self.finished {
             match tokio::time::timeout(limit, self.fill()).await {
                 Ok(r) => r?,
@@ -94,7 +97,11 @@ impl FrameReader {
 }
 
 /// Encodes `msg` as one frame into `out` (cleared first).
-pub(crate) fn frame_message(msg: &Message<'_>, max_frame: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub(crate) fn frame_message(
+    msg: &Message<'_>,
+    max_frame: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     out.clear();
     out.extend_from_slice(&[0; 4]);
     msg.encode(out);

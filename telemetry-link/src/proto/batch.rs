@@ -111,7 +111,11 @@ impl ValueState {
 const EXACT_LIMIT: i64 = 1 << 53;
 
 fn exact_int(v: f64) -> Option<i64> {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() <= EXACT_LIMIT as f64 && v.to_bits() != (-0.0f64).to_bits() {
+    if v.is_finite()
+        && v.fract() == 0.0
+        && v.abs() <= EXACT_LIMIT as f64
+        && v.to_bits() != (-0.0f64).to_bits()
+    {
         Some(v as i64)
     } else {
         None
@@ -435,11 +439,12 @@ mod tests {
         let mut ts = 1_700_000_000_000i64;
         let push = |enc: &mut BatchEncoder, out: &mut Vec<u8>, seq: &mut u64, ts: &mut i64| {
             *seq += 1;
-            if *seq % 100 == 0 {
+            if seq.is_multiple_of(100) {
                 *ts += 1;
             }
             let k = &keys[(*seq % 100) as usize];
-            enc.push_record(&sample_env(k, *ts, *seq as f64), out).unwrap();
+            enc.push_record(&sample_env(k, *ts, *seq as f64), out)
+                .unwrap();
         };
         for _ in 0..1000 {
             push(&mut enc, &mut warm, &mut seq, &mut ts);
@@ -481,7 +486,9 @@ mod tests {
 
     #[test]
     fn series_beyond_the_cap_go_inline() {
-        let envs: Vec<_> = (0..20).map(|i| sample_env(&key(i % 7), 5, i as f64)).collect();
+        let envs: Vec<_> = (0..20)
+            .map(|i| sample_env(&key(i % 7), 5, i as f64))
+            .collect();
         assert_eq!(roundtrip(&envs, 3, 4), envs);
     }
 
@@ -490,8 +497,14 @@ mod tests {
         let mut dec = BatchDecoder::new(2);
         let mut out = Vec::new();
         assert_eq!(dec.decode(&[], 1, &mut out), Err(BatchError::Truncated));
-        assert_eq!(dec.decode(&[0, 0, 9], 1, &mut out), Err(BatchError::Trailing(1)));
-        assert_eq!(dec.decode(&[0x01], 1, &mut out), Err(BatchError::BadControl(1)));
+        assert_eq!(
+            dec.decode(&[0, 0, 9], 1, &mut out),
+            Err(BatchError::Trailing(1))
+        );
+        assert_eq!(
+            dec.decode(&[0x01], 1, &mut out),
+            Err(BatchError::BadControl(1))
+        );
         assert_eq!(
             dec.decode(&[KIND_SAMPLE | TS_SAME, 5], 1, &mut out),
             Err(BatchError::UnknownSeries(5))
@@ -513,15 +526,22 @@ mod tests {
         assert_eq!(dec.decode(&body, 1, &mut out), Err(BatchError::BadValue));
         // a huge count over a tiny body reserves nothing big and fails
         let mut dec = BatchDecoder::new(2);
-        assert_eq!(dec.decode(&[0, 0], u32::MAX, &mut out), Err(BatchError::Truncated));
+        assert_eq!(
+            dec.decode(&[0, 0], u32::MAX, &mut out),
+            Err(BatchError::Truncated)
+        );
         assert!(out.capacity() < 16);
         // too many definitions
         let mut enc = BatchEncoder::new(10);
         let mut body = Vec::new();
         for i in 0..3 {
-            enc.push_record(&sample_env(&key(i), 0, 0.0), &mut body).unwrap();
+            enc.push_record(&sample_env(&key(i), 0, 0.0), &mut body)
+                .unwrap();
         }
-        assert_eq!(dec.decode(&body, 3, &mut out), Err(BatchError::TooManySeries(2)));
+        assert_eq!(
+            dec.decode(&body, 3, &mut out),
+            Err(BatchError::TooManySeries(2))
+        );
     }
 
     fn arb_value() -> impl Strategy<Value = f64> {

@@ -315,8 +315,8 @@ impl Message<'_> {
         let kind = MessageType::from_u8(tag).ok_or(MessageError::UnknownType(tag))?;
         Ok(match kind {
             MessageType::Hello => {
-                let (version, _) = postcard::take_from_bytes::<u16>(body)
-                    .map_err(|e| malformed(kind, e))?;
+                let (version, _) =
+                    postcard::take_from_bytes::<u16>(body).map_err(|e| malformed(kind, e))?;
                 if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     return Err(MessageError::UnsupportedVersion(version));
                 }

@@ -84,7 +84,8 @@ impl SendWindow {
 
     /// Whether another batch may go out.
     pub fn has_room(&self) -> bool {
-        self.in_flight.len() < self.limits.max_batches && self.in_flight_bytes < self.limits.max_bytes
+        self.in_flight.len() < self.limits.max_batches
+            && self.in_flight_bytes < self.limits.max_bytes
     }
 
     /// Whether everything sent is acknowledged.

@@ -235,11 +235,20 @@ mod tests {
                 needed: Some(b.len())
             }
         );
-        assert_eq!(parse_record(&b[..3], 100, 7), Parsed::Incomplete { needed: None });
-        assert_eq!(parse_record(&b, 4, 7), Parsed::Corrupt(Corruption::Length(5)));
+        assert_eq!(
+            parse_record(&b[..3], 100, 7),
+            Parsed::Incomplete { needed: None }
+        );
+        assert_eq!(
+            parse_record(&b, 4, 7),
+            Parsed::Corrupt(Corruption::Length(5))
+        );
         let mut bad = b.clone();
         bad[RECORD_HEADER_LEN] ^= 0x40;
-        assert_eq!(parse_record(&bad, 100, 7), Parsed::Corrupt(Corruption::Checksum));
+        assert_eq!(
+            parse_record(&bad, 100, 7),
+            Parsed::Corrupt(Corruption::Checksum)
+        );
     }
 
     #[test]
@@ -252,7 +261,10 @@ mod tests {
         encode_record(3, b"cccc", &mut b);
         // damage record 2's payload
         b[second + RECORD_HEADER_LEN] ^= 0xff;
-        assert_eq!(parse_record(&b[second..], 100, 2), Parsed::Corrupt(Corruption::Checksum));
+        assert_eq!(
+            parse_record(&b[second..], 100, 2),
+            Parsed::Corrupt(Corruption::Checksum)
+        );
         assert_eq!(resync(&b[second..], 100, 1), Some((third - second, 3)));
         // nothing valid after: None
         assert_eq!(resync(&[0u8; 64], 100, 1), None);

@@ -373,7 +373,10 @@ fn fs_available(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // The field types differ between platforms (u32 or u64).
+    #[allow(clippy::unnecessary_cast)]
+    let (avail, frsize) = (st.f_bavail as u64, st.f_frsize as u64);
+    Some(avail.saturating_mul(frsize))
 }
 
 /// Room kept free on the filesystem for metadata and other small files.
@@ -394,7 +397,10 @@ const fn libc_enospc() -> i32 {
 impl Spool {
     /// Opens (or creates) the spool in `dir`, recovering from whatever a
     /// crash left behind.
-    pub fn open(dir: impl AsRef<Path>, cfg: SpoolConfig) -> Result<(Spool, RecoveryReport), SpoolError> {
+    pub fn open(
+        dir: impl AsRef<Path>,
+        cfg: SpoolConfig,
+    ) -> Result<(Spool, RecoveryReport), SpoolError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -424,7 +430,8 @@ impl Spool {
         };
 
         let mut stream_id = meta.as_ref().map(|m| m.stream_id);
-        let mut dropped = RangeSet::from_ranges(meta.as_ref().map(|m| m.dropped.clone()).unwrap_or_default());
+        let mut dropped =
+            RangeSet::from_ranges(meta.as_ref().map(|m| m.dropped.clone()).unwrap_or_default());
         let max_record = cfg.max_record_bytes;
 
         let mut files = list_segments(&dir)?;
@@ -450,7 +457,8 @@ impl Spool {
             };
             stream_id = Some(header.stream_id);
             if let Some(prev) = segments.back() {
-                if header.base_seq <= prev.last || (prev.is_empty() && header.base_seq <= prev.base) {
+                if header.base_seq <= prev.last || (prev.is_empty() && header.base_seq <= prev.base)
+                {
                     // A leftover copy of records already loaded (a crash
                     // during an earlier repair): the loaded copy wins.
                     fs::remove_file(&path).map_err(io_err(&path))?;
@@ -491,7 +499,10 @@ impl Spool {
             // other pieces are safely in their own files.
             if let Some(first) = pieces.first() {
                 if (first.end as u64) < bytes.len() as u64 {
-                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(&path))?;
                     f.set_len(first.end as u64).map_err(io_err(&path))?;
                     f.sync_all().map_err(io_err(&path))?;
                 }
@@ -518,7 +529,9 @@ impl Spool {
         let existing: u64 = segments.iter().map(|s| s.bytes).sum();
         let disk_room = fs_available(&dir).map(|a| (a + existing).saturating_sub(FS_RESERVE));
         let segment_bytes = match disk_room {
-            Some(room) if room < cfg.max_bytes => cfg.effective_segment_bytes().min((room / 16).max(16 * 1024)),
+            Some(room) if room < cfg.max_bytes => cfg
+                .effective_segment_bytes()
+                .min((room / 16).max(16 * 1024)),
             _ => cfg.effective_segment_bytes(),
         };
 
@@ -533,7 +546,10 @@ impl Spool {
         });
         let active = if reusable {
             let p = segments.back().map(|l| l.path.clone()).unwrap_or_default();
-            OpenOptions::new().append(true).open(&p).map_err(io_err(&p))?
+            OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .map_err(io_err(&p))?
         } else {
             if let Some(l) = segments.back() {
                 if l.is_empty() {
@@ -542,7 +558,8 @@ impl Spool {
                 }
             }
             let path = segment_path(&dir, next_seq);
-            let f = create_segment_file(&path, stream_id, next_seq, cfg.fsync).map_err(io_err(&path))?;
+            let f = create_segment_file(&path, stream_id, next_seq, cfg.fsync)
+                .map_err(io_err(&path))?;
             segments.push_back(Segment {
                 base: next_seq,
                 last: next_seq - 1,
@@ -552,7 +569,11 @@ impl Spool {
             f
         };
         let dropped_total = meta.as_ref().map_or(0, |m| m.dropped_total)
-            + report.lost_ranges.iter().map(|&(a, b)| b - a + 1).sum::<u64>();
+            + report
+                .lost_ranges
+                .iter()
+                .map(|&(a, b)| b - a + 1)
+                .sum::<u64>();
         let mut spool = Spool {
             active,
             dir,
@@ -631,7 +652,11 @@ impl Spool {
 
     fn refresh_cap(&mut self, force: bool) {
         let now = std::time::Instant::now();
-        if !force && self.cap_checked.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if !force
+            && self
+                .cap_checked
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             return;
         }
         self.cap_checked = Some(now);
@@ -805,7 +830,8 @@ impl Spool {
         self.acked = seq;
         let before = self.segments.len();
         let active = self.active_segment();
-        if !active.is_empty() && active.last <= self.acked && active.bytes >= self.segment_bytes / 4 {
+        if !active.is_empty() && active.last <= self.acked && active.bytes >= self.segment_bytes / 4
+        {
             // Reclaim the space of a fully acknowledged active segment.
             self.roll()?;
         }
@@ -870,20 +896,32 @@ impl Spool {
         if seg.base > cur.next_seq {
             return Ok(self.gap(cur, seg.base - 1));
         }
-        if cur.seg_base != seg.base || cur.offset < SEGMENT_HEADER_LEN as u64 || cur.offset >= seg.bytes {
+        if cur.seg_base != seg.base
+            || cur.offset < SEGMENT_HEADER_LEN as u64
+            || cur.offset >= seg.bytes
+        {
             cur.offset = self.seek(&seg, cur.next_seq)?;
             cur.seg_base = seg.base;
         }
         let first_seq = cur.next_seq;
         let mut count = 0;
-        while count < max_records && cur.next_seq <= seg.last && (out.bytes() < max_bytes || count == 0) {
+        while count < max_records
+            && cur.next_seq <= seg.last
+            && (out.bytes() < max_bytes || count == 0)
+        {
             let avail = seg.bytes.saturating_sub(cur.offset) as usize;
-            let want = avail.min((max_bytes.saturating_sub(out.bytes())).max(RECORD_HEADER_LEN) + RECORD_HEADER_LEN);
+            let want = avail.min(
+                (max_bytes.saturating_sub(out.bytes())).max(RECORD_HEADER_LEN) + RECORD_HEADER_LEN,
+            );
             self.fill_scratch(&seg, cur.offset, want)?;
             let mut pos = 0;
             let mut progressed = false;
             while count < max_records && (out.bytes() < max_bytes || count == 0) {
-                match parse_record(&self.read_scratch[pos..], self.cfg.max_record_bytes, cur.next_seq) {
+                match parse_record(
+                    &self.read_scratch[pos..],
+                    self.cfg.max_record_bytes,
+                    cur.next_seq,
+                ) {
                     Parsed::Record { payload, size, .. } => {
                         if count > 0 && out.bytes() + payload.len() > max_bytes {
                             break;
@@ -897,7 +935,9 @@ impl Spool {
                             break;
                         }
                     }
-                    Parsed::Incomplete { needed: Some(n) } if !progressed && n <= avail && n > want => {
+                    Parsed::Incomplete { needed: Some(n) }
+                        if !progressed && n <= avail && n > want =>
+                    {
                         // One record larger than the read: fetch it whole.
                         self.fill_scratch(&seg, cur.offset, n)?;
                     }
@@ -946,9 +986,10 @@ impl Spool {
     fn fill_scratch(&mut self, seg: &Segment, offset: u64, len: usize) -> Result<(), SpoolError> {
         let mut scratch = std::mem::take(&mut self.read_scratch);
         scratch.resize(len, 0);
-        let res = self
-            .read_handle(seg)
-            .and_then(|f| f.read_exact_at(&mut scratch, offset).map_err(io_err(&seg.path)));
+        let res = self.read_handle(seg).and_then(|f| {
+            f.read_exact_at(&mut scratch, offset)
+                .map_err(io_err(&seg.path))
+        });
         self.read_scratch = scratch;
         res
     }
@@ -970,7 +1011,13 @@ impl Spool {
 
     /// A record that was valid when written is now corrupt (the disk changed
     /// it): drop it and everything after it in the segment, loudly.
-    fn cut_corrupt(&mut self, idx: usize, offset: u64, seq: u64, why: Corruption) -> Result<(), SpoolError> {
+    fn cut_corrupt(
+        &mut self,
+        idx: usize,
+        offset: u64,
+        seq: u64,
+        why: Corruption,
+    ) -> Result<(), SpoolError> {
         let seg = self.segments[idx].clone();
         tracing::error!(
             segment = %seg.path.display(), offset, seq, last = seg.last, error = %why,
@@ -981,7 +1028,10 @@ impl Spool {
             self.dropped.insert(lost_from, seg.last);
             self.dropped_total += seg.last - lost_from + 1;
         }
-        let f = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(io_err(&seg.path))?;
         f.set_len(offset).map_err(io_err(&seg.path))?;
         self.total_bytes -= seg.bytes - offset;
         let s = &mut self.segments[idx];
@@ -1014,14 +1064,18 @@ impl Spool {
     fn roll_making_room(&mut self, dropped: &mut u64) -> Result<(), SpoolError> {
         loop {
             match self.roll() {
-                Err(SpoolError::Io { source, .. }) if is_no_space(&source) && self.segments.len() > 1 => {
+                Err(SpoolError::Io { source, .. })
+                    if is_no_space(&source) && self.segments.len() > 1 =>
+                {
                     self.refresh_cap(true);
                     match self.drop_oldest()? {
                         Some(n) => *dropped += n,
-                        None => return Err(SpoolError::Io {
-                            path: self.dir.clone(),
-                            source,
-                        }),
+                        None => {
+                            return Err(SpoolError::Io {
+                                path: self.dir.clone(),
+                                source,
+                            })
+                        }
                     }
                 }
                 other => return other,
@@ -1054,7 +1108,8 @@ impl Spool {
 
     fn create_segment(&mut self, base: u64) -> Result<(), SpoolError> {
         let path = segment_path(&self.dir, base);
-        let f = create_segment_file(&path, self.stream_id, base, self.cfg.fsync).map_err(io_err(&path))?;
+        let f = create_segment_file(&path, self.stream_id, base, self.cfg.fsync)
+            .map_err(io_err(&path))?;
         self.active = f;
         self.unsynced = false;
         self.segments.push_back(Segment {
@@ -1083,7 +1138,12 @@ impl Spool {
         if n > 0 {
             self.dropped.insert(from, seg.last);
             self.dropped_total += n;
-            tracing::warn!(first = from, last = seg.last, records = n, "spool full: dropped oldest records");
+            tracing::warn!(
+                first = from,
+                last = seg.last,
+                records = n,
+                "spool full: dropped oldest records"
+            );
         }
         if self.reader.as_ref().is_some_and(|(b, _)| *b == seg.base) {
             self.reader = None;
@@ -1127,10 +1187,24 @@ impl Spool {
 }
 
 /// Creates a segment file holding only its header (removed again on failure).
-fn create_segment_file(path: &Path, stream_id: u128, base: u64, fsync: FsyncPolicy) -> io::Result<File> {
+fn create_segment_file(
+    path: &Path,
+    stream_id: u128,
+    base: u64,
+    fsync: FsyncPolicy,
+) -> io::Result<File> {
     let res = (|| {
-        let mut f = OpenOptions::new().append(true).create_new(true).open(path)?;
-        f.write_all(&SegmentHeader { stream_id, base_seq: base }.encode())?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)?;
+        f.write_all(
+            &SegmentHeader {
+                stream_id,
+                base_seq: base,
+            }
+            .encode(),
+        )?;
         if fsync != FsyncPolicy::Never {
             f.sync_all()?;
             if let Some(dir) = path.parent() {
@@ -1209,7 +1283,12 @@ struct Piece {
 
 /// Splits a segment's bytes into runs of valid records, cutting out torn
 /// tails and corrupt regions (counted in `report`).
-fn scan_segment(bytes: &[u8], base: u64, max_record: usize, report: &mut RecoveryReport) -> Vec<Piece> {
+fn scan_segment(
+    bytes: &[u8],
+    base: u64,
+    max_record: usize,
+    report: &mut RecoveryReport,
+) -> Vec<Piece> {
     let mut pieces = vec![Piece {
         base,
         records: 0,

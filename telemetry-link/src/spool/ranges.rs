@@ -46,7 +46,9 @@ impl RangeSet {
         }
         let (mut a, mut b) = (from, to);
         // Ranges overlapping or adjacent to [a, b] merge into it.
-        let start = self.ranges.partition_point(|&(_, e)| e.saturating_add(1) < a);
+        let start = self
+            .ranges
+            .partition_point(|&(_, e)| e.saturating_add(1) < a);
         let mut end = start;
         while end < self.ranges.len() && self.ranges[end].0 <= b.saturating_add(1) {
             a = a.min(self.ranges[end].0);

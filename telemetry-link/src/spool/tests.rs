@@ -24,8 +24,13 @@ fn append_n(s: &mut Spool, n: u64) -> Appended {
     s.append(&recs).unwrap()
 }
 
-/// Reads everything from `from`, returning (seq, payload) and gaps.
-fn read_all(s: &mut Spool, from: u64) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, u64, u64)>) {
+/// Records read back, with their sequence numbers.
+type Records = Vec<(u64, Vec<u8>)>;
+/// Gaps reported: (from, to, lost).
+type Gaps = Vec<(u64, u64, u64)>;
+
+/// Reads everything from `from`, returning records and gaps.
+fn read_all(s: &mut Spool, from: u64) -> (Records, Gaps) {
     let mut cur = s.cursor(from);
     let mut buf = ReadBuf::new();
     let mut recs = Vec::new();
@@ -121,10 +126,17 @@ fn torn_tail_is_truncated_and_reported() {
     assert_eq!(rep.torn_tail_bytes, partial.len() as u64 - 3);
     assert_eq!(rep.records, 10);
     assert!(rep.lost_ranges.is_empty());
-    assert_eq!(append_n(&mut s, 2).first_seq, 11, "the torn record's number is reused");
+    assert_eq!(
+        append_n(&mut s, 2).first_seq,
+        11,
+        "the torn record's number is reused"
+    );
     let (recs, gaps) = read_all(&mut s, 1);
     assert!(gaps.is_empty());
-    assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(
+        recs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
     assert!(recs.iter().all(|(seq, p)| *p == payload(*seq)));
 }
 
@@ -155,7 +167,10 @@ fn corrupt_record_in_the_middle_is_cut_out_and_its_loss_reported() {
     drop(s);
     // The repair is stable: reopening finds nothing more to fix.
     let (_, rep) = Spool::open(d.path(), cfg(1 << 20, 1 << 16)).unwrap();
-    assert_eq!((rep.corrupt_bytes, rep.torn_tail_bytes, rep.records), (0, 0, 20));
+    assert_eq!(
+        (rep.corrupt_bytes, rep.torn_tail_bytes, rep.records),
+        (0, 0, 20)
+    );
 }
 
 #[test]
@@ -219,7 +234,10 @@ fn oversized_inputs_are_refused_without_writing() {
         Err(SpoolError::RecordTooLarge { .. })
     ));
     let big: Vec<Vec<u8>> = (0..100).map(|_| vec![1u8; 100]).collect();
-    assert!(matches!(s.append(&big), Err(SpoolError::BatchTooLarge { .. })));
+    assert!(matches!(
+        s.append(&big),
+        Err(SpoolError::BatchTooLarge { .. })
+    ));
     assert_eq!(s.last_seq(), 0);
 }
 
@@ -258,12 +276,18 @@ fn record_larger_than_read_budget_is_still_read() {
     let mut buf = ReadBuf::new();
     assert_eq!(
         s.read(&mut cur, 10, 100, &mut buf).unwrap(),
-        ReadOutcome::Records { first_seq: 1, count: 1 }
+        ReadOutcome::Records {
+            first_seq: 1,
+            count: 1
+        }
     );
     assert_eq!(buf.bytes(), 3000);
     assert_eq!(
         s.read(&mut cur, 10, 100, &mut buf).unwrap(),
-        ReadOutcome::Records { first_seq: 2, count: 1 }
+        ReadOutcome::Records {
+            first_seq: 2,
+            count: 1
+        }
     );
 }
 

@@ -17,7 +17,9 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Frame, header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::apimachinery::pkg::{
-    apis::meta::v1::{APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery},
+    apis::meta::v1::{
+        APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
+    },
     version::Info,
 };
 use serde_json::{json, Value};
@@ -47,7 +49,9 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panicking test thread must not wedge the server for the others.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -69,7 +73,12 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
 }
 
 /// A `Status` failure object.
-pub(crate) fn status_object(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
+pub(crate) fn status_object(
+    code: u16,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Value {
     let mut v = json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -85,7 +94,12 @@ pub(crate) fn status_object(code: u16, reason: &str, message: &str, details: Opt
     v
 }
 
-fn status_response(code: u16, reason: &str, message: &str, details: Option<Value>) -> Response<Body> {
+fn status_response(
+    code: u16,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Response<Body> {
     json_response(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &status_object(code, reason, message, details),
@@ -147,7 +161,10 @@ impl Query {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -180,8 +197,14 @@ fn route(path: &str) -> Route {
             other => (None, other),
         };
         match rest {
-            [plural] => Resource::lookup(group, version, plural)
-                .map_or(Route::Unknown, |resource| Route::Collection { resource, namespace }),
+            [plural] => {
+                Resource::lookup(group, version, plural).map_or(Route::Unknown, |resource| {
+                    Route::Collection {
+                        resource,
+                        namespace,
+                    }
+                })
+            }
             [plural, name] => match (Resource::lookup(group, version, plural), namespace) {
                 (Some(resource), Some(namespace)) => Route::Object {
                     resource,
@@ -208,7 +231,9 @@ fn route(path: &str) -> Route {
 
 fn api_resource(r: Resource) -> APIResource {
     let verbs: &[&str] = if r.watchable() {
-        &["create", "delete", "get", "list", "patch", "update", "watch"]
+        &[
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ]
     } else {
         &["get", "list"]
     };
@@ -276,14 +301,20 @@ fn list_kind(resource: Resource) -> String {
 }
 
 /// Handles one request (recording it).
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
     let query = Query::parse(&raw_query);
     let route = route(&path);
     let (resource, namespace, verb) = match &route {
-        Route::Collection { resource, namespace } => {
+        Route::Collection {
+            resource,
+            namespace,
+        } => {
             let watch = matches!(query.get("watch"), Some("true" | "1"));
             (
                 Some(*resource),
@@ -292,12 +323,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incomi
             )
         }
         Route::Object {
-            resource, namespace, ..
+            resource,
+            namespace,
+            ..
         } => (Some(*resource), Some(namespace.clone()), Some(Verb::Get)),
         _ => (None, None, None),
     };
     let resp = if method != Method::GET {
-        status_response(405, "MethodNotAllowed", "the test API server only serves GET", None)
+        status_response(
+            405,
+            "MethodNotAllowed",
+            "the test API server only serves GET",
+            None,
+        )
     } else {
         respond(&shared, route, &query)
     };
@@ -352,7 +390,10 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
             .unwrap_or_default(),
         ),
         Route::Group(g) => match groups(metrics_enabled).into_iter().find(|x| x.name == g) {
-            Some(group) => json_response(StatusCode::OK, &serde_json::to_value(group).unwrap_or_default()),
+            Some(group) => json_response(
+                StatusCode::OK,
+                &serde_json::to_value(group).unwrap_or_default(),
+            ),
             None => not_found(),
         },
         Route::GroupResources(g, v) => match (g.as_str(), v.as_str()) {
@@ -366,7 +407,10 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
             ),
             _ => not_found(),
         },
-        Route::Collection { resource, namespace } => {
+        Route::Collection {
+            resource,
+            namespace,
+        } => {
             if resource == Resource::PodMetrics && !metrics_enabled {
                 return not_found();
             }
@@ -391,7 +435,12 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
             };
             if watch {
                 if !resource.watchable() {
-                    return status_response(405, "MethodNotAllowed", "the resource does not support watch", None);
+                    return status_response(
+                        405,
+                        "MethodNotAllowed",
+                        "the resource does not support watch",
+                        None,
+                    );
                 }
                 watch_response(shared, filter, query)
             } else {
@@ -417,7 +466,9 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
                     404,
                     "NotFound",
                     &format!("{} \"{name}\" not found", resource.qualified()),
-                    Some(json!({"name": name, "group": resource.group(), "kind": resource.plural()})),
+                    Some(
+                        json!({"name": name, "group": resource.group(), "kind": resource.plural()}),
+                    ),
                 ),
             }
         }
@@ -538,7 +589,14 @@ fn watch_response(shared: &Arc<Shared>, filter: WatchFilter, query: &Query) -> R
         None | Some("") | Some("0") => None,
         Some(v) => match v.parse() {
             Ok(n) => Some(n),
-            Err(_) => return status_response(400, "BadRequest", &format!("invalid resourceVersion {v:?}"), None),
+            Err(_) => {
+                return status_response(
+                    400,
+                    "BadRequest",
+                    &format!("invalid resourceVersion {v:?}"),
+                    None,
+                )
+            }
         },
     };
     let mut replay = VecDeque::new();
@@ -571,7 +629,9 @@ fn watch_response(shared: &Arc<Shared>, filter: WatchFilter, query: &Query) -> R
             }
         }
     };
-    shared.open_watches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    shared
+        .open_watches
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let stream = WatchStream {
         shared: shared.clone(),
         filter,
@@ -596,7 +656,11 @@ fn watch_response(shared: &Arc<Shared>, filter: WatchFilter, query: &Query) -> R
 
 /// Serves connections from `listener` until `stop` fires; then closes every
 /// connection (open watches included) before returning.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -100,7 +100,10 @@ impl KubeApiServer {
     fn spawn(&self, listener: TcpListener) {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(http::serve(listener, self.shared.clone(), stopped));
-        *self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop, task));
+        *self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop, task));
     }
 
     /// The address it listens on.
@@ -139,12 +142,14 @@ impl KubeApiServer {
 
     /// Creates or replaces an HPA; returns its resourceVersion.
     pub fn upsert_hpa(&self, hpa: &HorizontalPodAutoscaler) -> u64 {
-        self.state().upsert(Resource::HorizontalPodAutoscalers, to_value(hpa))
+        self.state()
+            .upsert(Resource::HorizontalPodAutoscalers, to_value(hpa))
     }
 
     /// Deletes an HPA; false if there was none.
     pub fn delete_hpa(&self, namespace: &str, name: &str) -> bool {
-        self.state().delete(Resource::HorizontalPodAutoscalers, namespace, name)
+        self.state()
+            .delete(Resource::HorizontalPodAutoscalers, namespace, name)
     }
 
     /// Adds an Event, or updates it in place (same namespace/name keeps its
@@ -202,7 +207,9 @@ impl KubeApiServer {
 
     /// Number of watch responses currently streaming.
     pub fn open_watches(&self) -> usize {
-        self.shared.open_watches.load(std::sync::atomic::Ordering::SeqCst)
+        self.shared
+            .open_watches
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops listening and closes every connection (open watches
@@ -365,7 +372,11 @@ mod tests {
                 return;
             }
             while let Some(eol) = find(&self.raw, b"\r\n") {
-                let size = usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap().trim(), 16).unwrap();
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&self.raw[..eol]).unwrap().trim(),
+                    16,
+                )
+                .unwrap();
                 if self.raw.len() < eol + 2 + size + 2 {
                     return;
                 }
@@ -374,7 +385,8 @@ mod tests {
                     self.raw.clear();
                     return;
                 }
-                self.body.extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+                self.body
+                    .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
                 self.raw.drain(..eol + 2 + size + 2);
             }
         }
@@ -478,7 +490,10 @@ mod tests {
         assert_eq!(v["groupVersion"], "autoscaling/v2");
         assert_eq!(v["resources"][0]["name"], "horizontalpodautoscalers");
         let (code, v) = get(&server, "/apis/metrics.k8s.io/v1beta1").await;
-        assert_eq!((code, v["resources"][0]["kind"].as_str()), (200, Some("PodMetrics")));
+        assert_eq!(
+            (code, v["resources"][0]["kind"].as_str()),
+            (200, Some("PodMetrics"))
+        );
 
         server.set_metrics_api(false);
         let (_, v) = get(&server, "/apis").await;
@@ -501,11 +516,24 @@ mod tests {
     #[tokio::test]
     async fn lists_honour_namespaces_and_selectors() {
         let server = KubeApiServer::start().await.unwrap();
-        server.upsert_pod(&PodBuilder::new("a", "p1").label("app", "web").phase("Running").build());
+        server.upsert_pod(
+            &PodBuilder::new("a", "p1")
+                .label("app", "web")
+                .phase("Running")
+                .build(),
+        );
         server.upsert_pod(&PodBuilder::new("a", "p2").label("app", "db").build());
         server.upsert_pod(&PodBuilder::new("b", "p3").label("app", "web").build());
         let t = now_time();
-        server.upsert_event(&rescale_event("a", "e1", "web", 1, 3, "cpu", (t.clone(), t.clone())));
+        server.upsert_event(&rescale_event(
+            "a",
+            "e1",
+            "web",
+            1,
+            3,
+            "cpu",
+            (t.clone(), t.clone()),
+        ));
         let mut other = rescale_event("a", "e2", "web", 1, 3, "cpu", (t.clone(), t));
         other.reason = Some("Killing".into());
         server.upsert_event(&other);
@@ -523,7 +551,10 @@ mod tests {
             item.get("kind").is_none(),
             "list items carry no kind, like the real server"
         );
-        assert!(item["metadata"]["uid"].is_string() && item["metadata"]["creationTimestamp"].is_string());
+        assert!(
+            item["metadata"]["uid"].is_string()
+                && item["metadata"]["creationTimestamp"].is_string()
+        );
         assert_eq!(
             item["metadata"]["resourceVersion"]
                 .as_str()
@@ -532,7 +563,11 @@ mod tests {
         );
         let (_, web) = get(&server, "/api/v1/pods?labelSelector=app%3Dweb").await;
         assert_eq!(names(&web), vec!["a/p1", "b/p3"]);
-        let (_, ns) = get(&server, "/api/v1/namespaces/a/pods?labelSelector=app%21%3Dweb").await;
+        let (_, ns) = get(
+            &server,
+            "/api/v1/namespaces/a/pods?labelSelector=app%21%3Dweb",
+        )
+        .await;
         assert_eq!(names(&ns), vec!["a/p2"]);
         let (code, one) = get(&server, "/api/v1/namespaces/a/pods/p1").await;
         assert_eq!(
@@ -540,7 +575,11 @@ mod tests {
             (200, Some("Pod"), Some("Running"))
         );
         assert_eq!(get(&server, "/api/v1/namespaces/a/pods/nope").await.0, 404);
-        let (_, events) = get(&server, "/api/v1/events?fieldSelector=reason%3DSuccessfulRescale").await;
+        let (_, events) = get(
+            &server,
+            "/api/v1/events?fieldSelector=reason%3DSuccessfulRescale",
+        )
+        .await;
         assert_eq!(names(&events), vec!["a/e1"]);
         let (code, bad) = get(&server, "/api/v1/pods?labelSelector=app+in+%28web%29").await;
         assert_eq!((code, bad["reason"].as_str()), (400, Some("BadRequest")));
@@ -558,7 +597,11 @@ mod tests {
         let (code, all) = get(&server, "/apis/metrics.k8s.io/v1beta1/pods").await;
         assert_eq!((code, all["kind"].as_str()), (200, Some("PodMetricsList")));
         assert_eq!(names(&all), vec!["a/p1", "b/p9"]);
-        let (_, web) = get(&server, "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=app%3Dweb").await;
+        let (_, web) = get(
+            &server,
+            "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=app%3Dweb",
+        )
+        .await;
         assert_eq!(names(&web), vec!["a/p1"]);
         assert_eq!(web["items"][0]["containers"][0]["usage"]["cpu"], "250m");
         assert!(web["items"][0]["timestamp"].is_string());
@@ -576,7 +619,9 @@ mod tests {
 
     #[tokio::test]
     async fn watch_streams_changes_after_the_version_then_bookmarks() {
-        let server = KubeApiServer::start_with(Duration::from_millis(200)).await.unwrap();
+        let server = KubeApiServer::start_with(Duration::from_millis(200))
+            .await
+            .unwrap();
         server.upsert_pod(&PodBuilder::new("a", "before").build());
         let rv = server.resource_version();
         let path = format!(
@@ -615,16 +660,23 @@ mod tests {
             &format!("/api/v1/namespaces/a/pods?watch=1&resourceVersion={rv}"),
         )
         .await;
-        let kinds: Vec<_> = [replay.event().await, replay.event().await, replay.event().await]
-            .into_iter()
-            .map(|e| e.unwrap()["type"].as_str().unwrap().to_owned())
-            .collect();
+        let kinds: Vec<_> = [
+            replay.event().await,
+            replay.event().await,
+            replay.event().await,
+        ]
+        .into_iter()
+        .map(|e| e.unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
         assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
         // Without a version: the current objects as ADDED.
         let mut fresh = Conn::open(server.addr(), "/api/v1/namespaces/a/pods?watch=true").await;
         let first = fresh.event().await.unwrap();
         assert_eq!(
-            (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
+            (
+                first["type"].as_str(),
+                first["object"]["metadata"]["name"].as_str()
+            ),
             (Some("ADDED"), Some("before"))
         );
         assert_eq!(server.request_count(Resource::Pods, Verb::Watch), 3);
@@ -632,7 +684,9 @@ mod tests {
 
     #[tokio::test]
     async fn watch_selectors_turn_transitions_into_added_and_deleted() {
-        let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
+        let server = KubeApiServer::start_with(Duration::from_secs(60))
+            .await
+            .unwrap();
         let rv = server.resource_version();
         let mut w = Conn::open(
             server.addr(),
@@ -651,7 +705,9 @@ mod tests {
 
     #[tokio::test]
     async fn watch_field_selector_and_server_timeout() {
-        let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
+        let server = KubeApiServer::start_with(Duration::from_secs(60))
+            .await
+            .unwrap();
         let rv = server.resource_version();
         let path = format!(
             "/api/v1/events?watch=true&resourceVersion={rv}&fieldSelector=reason%3DSuccessfulRescale&timeoutSeconds=1"
@@ -661,7 +717,15 @@ mod tests {
         let mut killing = rescale_event("a", "k", "web", 1, 3, "cpu", (t.clone(), t.clone()));
         killing.reason = Some("Killing".into());
         server.upsert_event(&killing);
-        server.upsert_event(&rescale_event("a", "e", "web", 1, 3, "cpu", (t.clone(), t.clone())));
+        server.upsert_event(&rescale_event(
+            "a",
+            "e",
+            "web",
+            1,
+            3,
+            "cpu",
+            (t.clone(), t.clone()),
+        ));
         server.upsert_event(&rescale_event("a", "e", "web", 2, 3, "cpu", (t.clone(), t)));
         let added = w.event().await.unwrap();
         assert_eq!(
@@ -670,7 +734,10 @@ mod tests {
         );
         let modified = w.event().await.unwrap();
         assert_eq!(
-            (modified["type"].as_str(), modified["object"]["count"].as_i64()),
+            (
+                modified["type"].as_str(),
+                modified["object"]["count"].as_i64()
+            ),
             (Some("MODIFIED"), Some(2))
         );
         assert_eq!(
@@ -679,7 +746,10 @@ mod tests {
         );
         // timeoutSeconds ends the response cleanly.
         assert!(w.event().await.is_none());
-        assert!(w.finished, "a timed-out watch ends with the terminating chunk");
+        assert!(
+            w.finished,
+            "a timed-out watch ends with the terminating chunk"
+        );
     }
 
     #[tokio::test]
@@ -688,9 +758,14 @@ mod tests {
         server.upsert_hpa(&HpaBuilder::new("a", "web").build());
         let rv = server.resource_version();
         server.compact();
-        let path = format!("/apis/autoscaling/v2/horizontalpodautoscalers?watch=true&resourceVersion={rv}");
+        let path = format!(
+            "/apis/autoscaling/v2/horizontalpodautoscalers?watch=true&resourceVersion={rv}"
+        );
         let mut w = Conn::open(server.addr(), &path).await;
-        assert_eq!(w.status, 200, "the real server reports expiry inside the stream");
+        assert_eq!(
+            w.status, 200,
+            "the real server reports expiry inside the stream"
+        );
         let e = w.event().await.unwrap();
         assert_eq!(e["type"], "ERROR");
         assert_eq!(e["object"]["kind"], "Status");
@@ -699,8 +774,13 @@ mod tests {
         assert!(w.event().await.is_none());
         // A fresh list gives a version that works again.
         let (_, list) = get(&server, "/apis/autoscaling/v2/horizontalpodautoscalers").await;
-        let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
-        let path = format!("/apis/autoscaling/v2/horizontalpodautoscalers?watch=true&resourceVersion={rv}");
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!(
+            "/apis/autoscaling/v2/horizontalpodautoscalers?watch=true&resourceVersion={rv}"
+        );
         let mut w = Conn::open(server.addr(), &path).await;
         server.upsert_hpa(&HpaBuilder::new("a", "web").status(2, 2, None).build());
         let e = w.change().await;
@@ -733,7 +813,11 @@ mod tests {
             "{msg}"
         );
         server.allow(Resource::HorizontalPodAutoscalers, Verb::Watch);
-        let w = Conn::open(server.addr(), &format!("{base}?watch=true&resourceVersion=1")).await;
+        let w = Conn::open(
+            server.addr(),
+            &format!("{base}?watch=true&resourceVersion=1"),
+        )
+        .await;
         assert_eq!(w.status, 200);
         let log = server.requests();
         let watches: Vec<_> = log
@@ -760,13 +844,18 @@ mod tests {
 
     #[tokio::test]
     async fn drop_watches_cuts_open_streams() {
-        let server = KubeApiServer::start_with(Duration::from_secs(60)).await.unwrap();
+        let server = KubeApiServer::start_with(Duration::from_secs(60))
+            .await
+            .unwrap();
         let mut a = Conn::open(server.addr(), "/api/v1/pods?watch=true&resourceVersion=1").await;
         let mut b = Conn::open(server.addr(), "/api/v1/events?watch=true&resourceVersion=1").await;
         wait_open_watches(&server, 2).await;
         server.drop_watches();
         assert!(a.event().await.is_none() && b.event().await.is_none());
-        assert!(!a.finished && !b.finished, "cut mid-stream, not ended cleanly");
+        assert!(
+            !a.finished && !b.finished,
+            "cut mid-stream, not ended cleanly"
+        );
         wait_open_watches(&server, 0).await;
         // New watches work.
         let mut c = Conn::open(server.addr(), "/api/v1/pods?watch=true&resourceVersion=1").await;
@@ -779,17 +868,28 @@ mod tests {
         let server = KubeApiServer::start().await.unwrap();
         server.upsert_pod(&PodBuilder::new("a", "p").build());
         let rv = server.resource_version();
-        let mut w = Conn::open(server.addr(), &format!("/api/v1/pods?watch=true&resourceVersion={rv}")).await;
+        let mut w = Conn::open(
+            server.addr(),
+            &format!("/api/v1/pods?watch=true&resourceVersion={rv}"),
+        )
+        .await;
         let addr = server.addr();
         server.stop().await;
         assert!(w.event().await.is_none(), "open watches are closed");
-        assert!(TcpStream::connect(addr).await.is_err(), "refused while stopped");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "refused while stopped"
+        );
         server.upsert_pod(&PodBuilder::new("a", "q").build());
         server.resume().await.unwrap();
         let (_, list) = get(&server, "/api/v1/pods").await;
         assert_eq!(names(&list), vec!["a/p", "a/q"]);
         // Watching from before the stop replays what changed meanwhile.
-        let mut w = Conn::open(addr, &format!("/api/v1/pods?watch=true&resourceVersion={rv}")).await;
+        let mut w = Conn::open(
+            addr,
+            &format!("/api/v1/pods?watch=true&resourceVersion={rv}"),
+        )
+        .await;
         assert_eq!(w.change().await["object"]["metadata"]["name"], "q");
         server.restart(Duration::from_millis(100)).await.unwrap();
         assert_eq!(server.addr(), addr);
@@ -806,7 +906,11 @@ mod tests {
             .unwrap();
         let mut out = Vec::new();
         stream.read_to_end(&mut out).await.unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 405"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"HTTP/1.1 405"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[tokio::test]
@@ -816,7 +920,10 @@ mod tests {
         let path = dir.path().join("kc");
         server.write_kubeconfig(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(&format!("    server: {}\n", server.url())), "{text}");
+        assert!(
+            text.contains(&format!("    server: {}\n", server.url())),
+            "{text}"
+        );
         assert!(text.contains("current-context: fake\n"));
         assert!(text.contains("- name: fake\n  context:\n    cluster: fake\n    user: fake\n"));
     }

@@ -12,7 +12,10 @@ use k8s_openapi::{
             CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
             HorizontalPodAutoscalerStatus, MetricSpec, MetricTarget, ResourceMetricSource,
         },
-        core::v1::{Container, Event, EventSource, ObjectReference, Pod, PodSpec, PodStatus, ResourceRequirements},
+        core::v1::{
+            Container, Event, EventSource, ObjectReference, Pod, PodSpec, PodStatus,
+            ResourceRequirements,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -283,7 +286,10 @@ mod tests {
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["kind"], "Pod");
         assert_eq!(v["status"]["phase"], "Running");
-        assert_eq!(v["spec"]["containers"][0]["resources"]["requests"]["cpu"], "250m");
+        assert_eq!(
+            v["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "250m"
+        );
         assert_eq!(v["metadata"]["ownerReferences"][0]["controller"], true);
 
         let h = HpaBuilder::new("ns", "web")
@@ -293,11 +299,25 @@ mod tests {
             .build();
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["apiVersion"], "autoscaling/v2");
-        assert_eq!(v["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
+        assert_eq!(
+            v["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            70
+        );
 
         let t = now_time();
-        let e = rescale_event("ns", "web.1", "web", 1, 5, "cpu above target", (t.clone(), t));
-        assert_eq!(e.message.as_deref(), Some("New size: 5; reason: cpu above target"));
+        let e = rescale_event(
+            "ns",
+            "web.1",
+            "web",
+            1,
+            5,
+            "cpu above target",
+            (t.clone(), t),
+        );
+        assert_eq!(
+            e.message.as_deref(),
+            Some("New size: 5; reason: cpu above target")
+        );
 
         let m = pod_metrics("ns", "p", &[("c", "100m", "10Mi")]);
         assert_eq!(m["containers"][0]["usage"]["memory"], "10Mi");

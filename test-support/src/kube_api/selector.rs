@@ -68,7 +68,9 @@ impl Selector {
                 Term::Exists(t.to_owned())
             };
             let key_ok = match &term {
-                Term::Eq(k, v) | Term::Ne(k, v) => valid_key(k) && !v.contains([' ', '(', ')', '=', '!']),
+                Term::Eq(k, v) | Term::Ne(k, v) => {
+                    valid_key(k) && !v.contains([' ', '(', ')', '=', '!'])
+                }
                 Term::Exists(k) | Term::Absent(k) => valid_key(k),
             };
             if !key_ok {
@@ -152,17 +154,24 @@ mod tests {
 
     #[test]
     fn field_selectors() {
-        let ev =
-            json!({"reason": "SuccessfulRescale", "involvedObject": {"kind": "HorizontalPodAutoscaler"}, "count": 3});
+        let ev = json!({"reason": "SuccessfulRescale", "involvedObject": {"kind": "HorizontalPodAutoscaler"}, "count": 3});
         assert!(Selector::fields("reason=SuccessfulRescale")
             .unwrap()
             .matches_fields(&ev));
-        assert!(Selector::fields("involvedObject.kind==HorizontalPodAutoscaler,count=3")
+        assert!(
+            Selector::fields("involvedObject.kind==HorizontalPodAutoscaler,count=3")
+                .unwrap()
+                .matches_fields(&ev)
+        );
+        assert!(!Selector::fields("reason=Killing")
             .unwrap()
             .matches_fields(&ev));
-        assert!(!Selector::fields("reason=Killing").unwrap().matches_fields(&ev));
-        assert!(Selector::fields("reason!=Killing").unwrap().matches_fields(&ev));
-        assert!(Selector::fields("metadata.name=").unwrap().matches_fields(&ev));
+        assert!(Selector::fields("reason!=Killing")
+            .unwrap()
+            .matches_fields(&ev));
+        assert!(Selector::fields("metadata.name=")
+            .unwrap()
+            .matches_fields(&ev));
     }
 
     #[test]

@@ -177,7 +177,12 @@ impl WatchFilter {
     /// The watch event type this watch sees for `entry`, if any: an object
     /// moving into the selector is `ADDED`, out of it `DELETED`.
     pub(crate) fn event_type(&self, entry: &LogEntry) -> Option<&'static str> {
-        if entry.resource != self.resource || self.namespace.as_deref().is_some_and(|ns| ns != entry.namespace) {
+        if entry.resource != self.resource
+            || self
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != entry.namespace)
+        {
             return None;
         }
         let now = self.matches(&entry.object);
@@ -232,10 +237,20 @@ impl Default for State {
 }
 
 fn ns_name(object: &Value) -> (String, String) {
-    let s = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let ns = s("/metadata/namespace");
     (
-        if ns.is_empty() { "default".to_owned() } else { ns },
+        if ns.is_empty() {
+            "default".to_owned()
+        } else {
+            ns
+        },
         s("/metadata/name"),
     )
 }
@@ -304,7 +319,8 @@ impl State {
                     meta.insert("uid".into(), uid);
                 }
                 if meta.get("creationTimestamp").is_none_or(Value::is_null) {
-                    let ts = keep("creationTimestamp").unwrap_or_else(|| Value::String(now_rfc3339()));
+                    let ts =
+                        keep("creationTimestamp").unwrap_or_else(|| Value::String(now_rfc3339()));
                     meta.insert("creationTimestamp".into(), ts);
                 }
             }
@@ -314,7 +330,11 @@ impl State {
             .or_default()
             .insert((ns.clone(), name), object.clone());
         if resource.watchable() {
-            let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
+            let kind = if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             self.append(resource, ns, kind, object, previous);
         }
         rv
@@ -346,7 +366,9 @@ impl State {
             .get(&filter.resource)
             .map(|m| {
                 m.iter()
-                    .filter(|((ns, _), _)| filter.namespace.as_deref().is_none_or(|want| want == ns))
+                    .filter(|((ns, _), _)| {
+                        filter.namespace.as_deref().is_none_or(|want| want == ns)
+                    })
                     .filter(|(_, o)| filter.matches(o))
                     .map(|(_, o)| o.clone())
                     .collect()
@@ -401,7 +423,10 @@ impl State {
     }
 
     pub(crate) fn count(&self, resource: Resource, verb: Verb) -> usize {
-        self.counters.get(&(resource, verb)).copied().unwrap_or_default()
+        self.counters
+            .get(&(resource, verb))
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -422,7 +447,10 @@ mod tests {
     fn upsert_assigns_metadata_and_logs_changes() {
         let mut s = State::default();
         let rv1 = s.upsert(Resource::Pods, json!({"metadata": {"name": "a"}}));
-        let rv2 = s.upsert(Resource::Pods, json!({"metadata": {"name": "a", "labels": {"x": "1"}}}));
+        let rv2 = s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}}),
+        );
         assert!(rv2 > rv1);
         let obj = s.get(Resource::Pods, "default", "a").unwrap();
         assert_eq!(obj["kind"], "Pod");
@@ -455,11 +483,17 @@ mod tests {
             Resource::Pods,
             json!({"metadata": {"name": "b", "namespace": "y", "labels": {"app": "web"}}}),
         );
-        s.upsert(Resource::Pods, json!({"metadata": {"name": "c", "namespace": "x"}}));
+        s.upsert(
+            Resource::Pods,
+            json!({"metadata": {"name": "c", "namespace": "x"}}),
+        );
         assert_eq!(s.list(&filter(Resource::Pods, None, "")).len(), 3);
         assert_eq!(s.list(&filter(Resource::Pods, Some("x"), "")).len(), 2);
         assert_eq!(s.list(&filter(Resource::Pods, None, "app=web")).len(), 2);
-        assert_eq!(s.list(&filter(Resource::Pods, Some("x"), "app=web")).len(), 1);
+        assert_eq!(
+            s.list(&filter(Resource::Pods, Some("x"), "app=web")).len(),
+            1
+        );
         assert_eq!(s.list(&filter(Resource::Events, None, "")).len(), 0);
     }
 
@@ -482,7 +516,10 @@ mod tests {
         );
         s.delete(Resource::Pods, "default", "a");
         let seen: Vec<_> = s.since(0).iter().map(|e| f.event_type(e)).collect();
-        assert_eq!(seen, vec![None, Some("ADDED"), Some("MODIFIED"), Some("DELETED"), None]);
+        assert_eq!(
+            seen,
+            vec![None, Some("ADDED"), Some("MODIFIED"), Some("DELETED"), None]
+        );
     }
 
     #[test]
