@@ -577,6 +577,12 @@ async fn connect(
             Err(e) => return Err(ConnectError::Protocol(e.to_string())),
         };
         match reply {
+            Message::Welcome(welcome) if (welcome.max_frame as usize) < cfg.spool.max_record_bytes + 64 + ENTRY_OVERHEAD => {
+                Err(ConnectError::Protocol(format!(
+                    "the receiver accepts frames of at most {} bytes, but this sender's records may be up to {} bytes; raise the receiver's frame limit or lower the sender's record limit",
+                    welcome.max_frame, cfg.spool.max_record_bytes
+                )))
+            }
             Message::Welcome(welcome) => Ok(Established {
                 conn,
                 send,

@@ -54,16 +54,7 @@ impl FrameReader {
     }
 
     /// Like [`FrameReader::next`] with a deadline.
-    pub(crate) async fn next_within(
-        &mut self,
-        limit: Duration,
-    ) -> Result<Option<&[u8]>, ReadError> {
-        if !self.decoder.has_frame()? && !self.finished {
-            match tokio::time::timeout(limit, self.fill()).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ReadError::Timeout),
-            }
-        }
+    pub(crate) async fn next_within(&mut self, limit: Duration) -> Result<Option<&[u8]>, ReadError> {
         match tokio::time::timeout(limit, self.next()).await {
             Ok(r) => r,
             Err(_) => Err(ReadError::Timeout),
