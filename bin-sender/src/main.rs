@@ -6,6 +6,7 @@ use telemetry_sender::{config, service};
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    telemetry_sender::memory::limit_arenas();
     telemetry_ops::logging::init();
     telemetry_link::tls::install_default_provider();
     let settings = config::Settings::resolve(config::Args::parse())?;

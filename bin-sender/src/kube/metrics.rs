@@ -41,6 +41,9 @@ impl MetricsFailure {
     }
 }
 
+/// Pod metrics per list page.
+const METRICS_PAGE_SIZE: u32 = 500;
+
 /// Settings of the poller.
 #[derive(Clone)]
 pub(crate) struct MetricsPoller {
@@ -70,19 +73,29 @@ impl MetricsPoller {
                 Some(ns) => Api::namespaced(self.client.clone(), ns),
                 None => Api::all(self.client.clone()),
             };
-            let list = api.list(&lp).await?;
-            let now = now_ms();
-            for m in &list.items {
-                match pod_usage(m, now) {
-                    Ok(u) => out.push(u),
-                    Err(error) if !*warned_bad => {
-                        *warned_bad = true;
-                        tracing::warn!(%error, "skipping pod metrics with a malformed quantity (further ones at debug)");
+            // Page through the list so that only one page of full objects
+            // is decoded at a time.
+            let mut page = lp.clone().limit(METRICS_PAGE_SIZE);
+            loop {
+                let list = api.list(&page).await?;
+                let now = now_ms();
+                for m in &list.items {
+                    match pod_usage(m, now) {
+                        Ok(u) => out.push(u),
+                        Err(error) if !*warned_bad => {
+                            *warned_bad = true;
+                            tracing::warn!(%error, "skipping pod metrics with a malformed quantity (further ones at debug)");
+                        }
+                        Err(error) => tracing::debug!(%error, "skipping pod metrics with a malformed quantity"),
                     }
-                    Err(error) => tracing::debug!(%error, "skipping pod metrics with a malformed quantity"),
+                }
+                match list.metadata.continue_.as_deref() {
+                    Some(token) if !token.is_empty() => page = page.continue_token(token),
+                    _ => break,
                 }
             }
         }
+        crate::memory::release_free_memory();
         Ok(out)
     }
 

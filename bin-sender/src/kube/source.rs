@@ -525,7 +525,9 @@ impl Runner {
 
     fn streams(&self, client: &kube::Client, config: &KubeSourceConfig) -> Vec<BoxStream<'static, Item>> {
         let timeout = u32::try_from(config.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
-        let base = watcher::Config::default().timeout(timeout);
+        // Small list pages bound the memory a (re)list needs at once: only
+        // one page of full API objects is decoded at a time.
+        let base = watcher::Config::default().timeout(timeout).page_size(LIST_PAGE_SIZE);
         let labelled = match &self.label_selector {
             Some(sel) => base.clone().labels(sel),
             None => base.clone(),
@@ -571,17 +573,24 @@ impl Runner {
     }
 
     fn on_item(&mut self, item: Item) -> Result<(), KubeSourceError> {
+        // `Init` only announces a list attempt; anything after it proves the
+        // watch works again.
+        match &item {
+            Item::Pod(i, Ok(ev)) if !matches!(ev, watcher::Event::Init) => self.watch_ok(*i),
+            Item::Hpa(i, Ok(ev)) if !matches!(ev, watcher::Event::Init) => self.watch_ok(*i),
+            Item::Ev(i, Ok(ev)) if !matches!(ev, watcher::Event::Init) => self.watch_ok(*i),
+            _ => {}
+        }
         match item {
             Item::Pod(i, Ok(ev)) => {
-                self.watch_ok(i);
+                let listed = matches!(ev, watcher::Event::InitDone);
                 self.on_pod(i, ev);
+                if listed {
+                    crate::memory::release_free_memory();
+                }
             }
-            Item::Hpa(i, Ok(ev)) => {
-                self.watch_ok(i);
-                self.on_hpa(i, ev);
-            }
+            Item::Hpa(i, Ok(ev)) => self.on_hpa(i, ev),
             Item::Ev(i, Ok(ev)) => {
-                self.watch_ok(i);
                 match ev {
                     watcher::Event::InitApply(e) | watcher::Event::Apply(e) => self.on_k8s_event(e),
                     watcher::Event::InitDone => {
@@ -808,6 +817,9 @@ impl Runner {
         self.batch.extend(self.store.snapshot(id, &kinds, true));
     }
 }
+
+/// Objects per list page when a watch (re)lists.
+const LIST_PAGE_SIZE: u32 = 100;
 
 fn watch_stream<K>(
     client: &kube::Client,

@@ -566,9 +566,14 @@ async fn connect(
             })
         };
         let mut buf = Vec::new();
-        write_message(&mut send, &hello, cfg.max_frame, &mut buf)
-            .await
-            .map_err(|e| ConnectError::Protocol(format!("sending hello: {e}")))?;
+        if let Err(e) = write_message(&mut send, &hello, cfg.max_frame, &mut buf).await {
+            // The receiver may have refused us while we were writing: its
+            // reason beats "connection lost".
+            return Err(match conn.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(a)) => refusal(&a),
+                _ => ConnectError::Protocol(format!("sending hello: {e}")),
+            });
+        }
         let mut reader = FrameReader::new(recv, cfg.max_frame);
         let reply = match reader.next().await {
             Ok(Some(f)) => Message::decode(f).map_err(|e| ConnectError::Protocol(e.to_string()))?,

@@ -444,7 +444,7 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
                 }
                 watch_response(shared, filter, query)
             } else {
-                list_response(shared, &filter)
+                list_response(shared, &filter, query)
             }
         }
         Route::Object {
@@ -476,11 +476,65 @@ fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> 
     }
 }
 
-fn list_response(shared: &Shared, filter: &WatchFilter) -> Response<Body> {
-    let (items, rv) = {
-        let state = shared.lock();
-        (state.list(filter), state.rv)
+/// A list, paginated when the client sends `limit` (as kube-runtime's
+/// watcher does, 500 by default): `metadata.continue` is
+/// `<rv>/<namespace>/<name>` of the last item, and every page carries the
+/// first page's resourceVersion, so a watch from it replays whatever changed
+/// while the pages were fetched (later pages show current objects, not a
+/// snapshot). A continue token older than the compaction point gets
+/// `410 Expired`, as from the real API server.
+fn list_response(shared: &Shared, filter: &WatchFilter, query: &Query) -> Response<Body> {
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let cont = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(token) => {
+            let mut parts = token.splitn(3, '/');
+            match (
+                parts.next().and_then(|r| r.parse::<u64>().ok()),
+                parts.next(),
+                parts.next(),
+            ) {
+                (Some(rv), Some(ns), Some(name)) => Some((rv, (ns.to_owned(), name.to_owned()))),
+                _ => {
+                    return status_response(
+                        400,
+                        "BadRequest",
+                        &format!("invalid continue token {token:?}"),
+                        None,
+                    )
+                }
+            }
+        }
     };
+    let (items, rv, next) = {
+        let state = shared.lock();
+        match (limit, cont) {
+            (None, None) => (state.list(filter), state.rv, None),
+            (limit, cont) => {
+                let (rv, after) = match cont {
+                    Some((rv, _)) if rv < state.compacted_below => {
+                        return status_response(
+                            410,
+                            "Expired",
+                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                            None,
+                        );
+                    }
+                    Some((rv, after)) => (rv, Some(after)),
+                    None => (state.rv, None),
+                };
+                let (items, next) = state.list_page(filter, after, limit.unwrap_or(usize::MAX));
+                (items, rv, next)
+            }
+        }
+    };
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some((ns, name)) = next {
+        metadata["continue"] = Value::String(format!("{rv}/{ns}/{name}"));
+    }
     // Like the real API server, items of a list carry no kind/apiVersion.
     let items: Vec<Value> = items
         .into_iter()
@@ -497,7 +551,7 @@ fn list_response(shared: &Shared, filter: &WatchFilter) -> Response<Body> {
         &json!({
             "kind": list_kind(filter.resource),
             "apiVersion": filter.resource.api_version(),
-            "metadata": {"resourceVersion": rv.to_string()},
+            "metadata": metadata,
             "items": items,
         }),
     )

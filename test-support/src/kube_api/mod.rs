@@ -457,6 +457,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lists_paginate_with_limit_and_continue() {
+        let server = KubeApiServer::start().await.unwrap();
+        for (ns, name) in [
+            ("a", "p1"),
+            ("a", "p2"),
+            ("b", "p3"),
+            ("b", "p4"),
+            ("c", "p5"),
+        ] {
+            server.upsert_pod(&PodBuilder::new(ns, name).build());
+        }
+        let rv = server.resource_version().to_string();
+        let (code, page) = get(&server, "/api/v1/pods?limit=2").await;
+        assert_eq!(code, 200);
+        assert_eq!(names(&page), vec!["a/p1", "a/p2"]);
+        assert_eq!(page["metadata"]["resourceVersion"], rv.as_str());
+        let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+        // A change between pages: later pages show it, the list keeps its
+        // first resourceVersion (a watch from it replays the change).
+        server.delete_pod("b", "p3");
+        let (_, page) = get(&server, &format!("/api/v1/pods?limit=2&continue={token}")).await;
+        assert_eq!(names(&page), vec!["b/p4", "c/p5"]);
+        assert_eq!(page["metadata"]["resourceVersion"], rv.as_str());
+        assert!(page["metadata"].get("continue").is_none(), "last page");
+        let (_, page) = get(&server, "/api/v1/namespaces/a/pods?limit=1").await;
+        assert_eq!(names(&page), vec!["a/p1"]);
+        let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+        server.compact();
+        let (code, status) = get(
+            &server,
+            &format!("/api/v1/namespaces/a/pods?limit=1&continue={token}"),
+        )
+        .await;
+        assert_eq!((code, status["reason"].as_str()), (410, Some("Expired")));
+        // Without limit: everything, no continue.
+        let (_, all) = get(&server, "/api/v1/pods").await;
+        assert_eq!(names(&all), vec!["a/p1", "a/p2", "b/p4", "c/p5"]);
+        assert!(all["metadata"].get("continue").is_none());
+    }
+
+    #[tokio::test]
     async fn discovery_documents() {
         let server = KubeApiServer::start().await.unwrap();
         let (code, v) = get(&server, "/version").await;

@@ -377,6 +377,32 @@ impl State {
     }
 
     /// One object.
+    /// One page of [`State::list`]: at most `limit` matching objects whose
+    /// (namespace, name) comes after `after`, in that order, and the key of
+    /// the last one returned if more match beyond it.
+    pub(crate) fn list_page(
+        &self,
+        filter: &WatchFilter,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> (Vec<Value>, Option<(String, String)>) {
+        use std::ops::Bound;
+        let Some(objects) = self.objects.get(&filter.resource) else {
+            return (Vec::new(), None);
+        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = objects
+            .range((start, Bound::Unbounded))
+            .filter(|((ns, _), _)| filter.namespace.as_deref().is_none_or(|want| want == ns))
+            .filter(|(_, o)| filter.matches(o));
+        let page: Vec<(&(String, String), &Value)> = matching.by_ref().take(limit).collect();
+        let next = match (page.last(), matching.next()) {
+            (Some((key, _)), Some(_)) => Some((*key).clone()),
+            _ => None,
+        };
+        (page.into_iter().map(|(_, o)| o.clone()).collect(), next)
+    }
+
     pub(crate) fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
         self.objects
             .get(&resource)
