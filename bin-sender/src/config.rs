@@ -102,6 +102,12 @@ pub struct Args {
     /// Local UDP address of the link [default: [::]:0, or 0.0.0.0:0 without IPv6]. SIGUSR1 rebinds to it (a new socket; the session migrates).
     #[arg(long, env = "TELEMETRY_SENDER_BIND")]
     pub bind: Option<SocketAddr>,
+    /// While connected to a later --receiver, how often to try the first one again [default: 30s].
+    #[arg(long, env = "TELEMETRY_SENDER_FAILBACK_AFTER")]
+    pub failback_after: Option<HumanDuration>,
+    /// Time allowed to connect, handshake and say hello before trying the next receiver [default: 3s].
+    #[arg(long, env = "TELEMETRY_SENDER_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<HumanDuration>,
     /// How long a graceful stop may keep sending before leaving the rest in the spool [default: 10s].
     #[arg(long, env = "TELEMETRY_SENDER_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<HumanDuration>,
@@ -131,6 +137,8 @@ pub struct FileConfig {
     synthetic_total: Option<u64>,
     simulated_seed: Option<u64>,
     bind: Option<SocketAddr>,
+    failback_after: Option<HumanDuration>,
+    connect_timeout: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
 }
 
@@ -173,6 +181,10 @@ pub struct Settings {
     pub simulated_seed: u64,
     /// Local UDP address.
     pub bind: Option<SocketAddr>,
+    /// Failback probe interval.
+    pub failback_after: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
     /// Graceful stop deadline.
     pub shutdown_timeout: Duration,
 }
@@ -264,6 +276,8 @@ impl Settings {
             synthetic_total: args.synthetic_total.or(file.synthetic_total),
             simulated_seed: args.simulated_seed.or(file.simulated_seed).unwrap_or(1),
             bind: args.bind.or(file.bind),
+            failback_after: args.failback_after.or(file.failback_after).map_or(Duration::from_secs(30), |d| d.0),
+            connect_timeout: args.connect_timeout.or(file.connect_timeout).map_or(Duration::from_secs(3), |d| d.0),
             shutdown_timeout: args.shutdown_timeout.or(file.shutdown_timeout).map_or(Duration::from_secs(10), |d| d.0),
         })
     }

@@ -27,6 +27,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut cfg = SenderConfig::new(settings.receivers.clone(), settings.tls.clone(), &settings.spool_dir);
     cfg.server_name = settings.server_name.clone();
     cfg.bind = settings.bind;
+    cfg.failback_after = Some(settings.failback_after);
+    cfg.connect_timeout = settings.connect_timeout;
     cfg.spool = SpoolConfig {
         max_bytes: settings.spool_max_bytes,
         fsync: settings.fsync,

@@ -218,3 +218,98 @@ async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() 
     receiver.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+/// Runs only as a child process: a receiver on `CHILD_LISTEN` with state in
+/// `CHILD_STATE`, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child-process entry point of receiver_killed_with_sigkill_is_reset_at_once_after_restart"]
+async fn child_receiver_entry() -> anyhow::Result<()> {
+    init();
+    let env = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
+    let tls = telemetry_link::TlsFiles {
+        ca: env("CHILD_CA")?.into(),
+        cert: env("CHILD_CERT")?.into(),
+        key: env("CHILD_KEY")?.into(),
+    };
+    let mut cfg = telemetry_link::ReceiverConfig::new(env("CHILD_LISTEN")?.parse()?, tls, env("CHILD_STATE")?);
+    // The effective idle timeout is the smaller of both ends': make it long
+    // on both, so only a stateless reset can end a dead connection quickly.
+    cfg.transport.idle_timeout = Duration::from_secs(30);
+    let collector = Collector::<u64>::new();
+    let _r = Receiver::start::<u64, _>(cfg, collector, &prometheus::Registry::new()).await?;
+    println!("child receiver listening");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn spawn_receiver(pki: &TestPki, listen: SocketAddr, state: &Path) -> anyhow::Result<ChildProcess> {
+    let tls = pki.receiver()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--ignored", "--exact", "child_receiver_entry", "--nocapture", "--test-threads=1"])
+        .env("CHILD_CA", &tls.ca)
+        .env("CHILD_CERT", &tls.cert)
+        .env("CHILD_KEY", &tls.key)
+        .env("CHILD_LISTEN", listen.to_string())
+        .env("CHILD_STATE", state);
+    let child = ChildProcess::spawn("receiver-child", cmd)?;
+    let limit = std::time::Instant::now() + Duration::from_secs(30);
+    while !child.output().contains("child receiver listening") {
+        anyhow::ensure!(std::time::Instant::now() < limit, "child receiver did not start:\n{}", child.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// A receiver killed with SIGKILL cannot close its connections. The restarted
+/// process recognises its predecessor's connection IDs and resets them, so
+/// the sender reconnects at once — not after its idle timeout (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_with_sigkill_is_reset_at_once_after_restart() -> anyhow::Result<()> {
+    init();
+    let pki = TestPki::new()?;
+    let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = spawn_receiver(&pki, addr, state.path())?;
+    let (sender, _) = start_sender::<u64>(&pki, "s", &[addr], spool.path(), |c| {
+        c.transport.idle_timeout = Duration::from_secs(30);
+        c.transport.keep_alive = Duration::from_millis(200);
+    })
+    .await?;
+    let mut status = sender.status();
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| s.connected)).await??;
+    sender.send_batch(&[1, 2, 3]).await?;
+    let limit = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sender.stats().acked_seq < 3 {
+        anyhow::ensure!(tokio::time::Instant::now() < limit, "not acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill_9()?;
+    let child = tokio::task::spawn_blocking({
+        let state = state.path().to_path_buf();
+        move || {
+            let pki = pki;
+            let c = spawn_receiver(&pki, addr, &state);
+            (c, pki)
+        }
+    })
+    .await?;
+    let restarted = tokio::time::Instant::now();
+    // Keep-alives hit the new process, which resets the old connection.
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| !s.connected))
+        .await
+        .map_err(|_| anyhow::anyhow!("the dead connection was not reset within 10 s"))??;
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected)).await??;
+    let took = restarted.elapsed();
+    sender.send_batch(&[4]).await?;
+    let limit = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sender.stats().acked_seq < 4 {
+        anyhow::ensure!(tokio::time::Instant::now() < limit, "not acknowledged after reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(took < Duration::from_secs(10), "reconnected after {took:?}");
+    sender.shutdown(Duration::from_secs(5)).await;
+    child.0?.kill_9()?;
+    drop(child.1);
+    Ok(())
+}

@@ -267,10 +267,17 @@ impl ServerTemplate {
     }
 }
 
-fn reset_key(state_dir: &std::path::Path) -> Result<ring::hmac::Key, StateError> {
-    // A stateless-reset key that survives restarts: after a crash the new
-    // process can still reset connections of the old one, so senders notice
-    // at once instead of waiting for their idle timeout.
+/// Keys that must survive restarts: the stateless-reset key, and the key of
+/// the connection-ID generator. With both, a restarted receiver recognises
+/// connection IDs its predecessor issued and answers their packets with a
+/// stateless reset, so senders notice at once instead of waiting for their
+/// idle timeout.
+struct EndpointKeys {
+    reset: ring::hmac::Key,
+    cid: u64,
+}
+
+fn endpoint_keys(state_dir: &std::path::Path) -> Result<EndpointKeys, StateError> {
     let path = state_dir.join("reset.key");
     let io = |source| StateError::Io {
         path: path.clone(),
@@ -285,13 +292,18 @@ fn reset_key(state_dir: &std::path::Path) -> Result<ring::hmac::Key, StateError>
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
             }
             b
         }
     };
-    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+    let derived = ring::digest::digest(&ring::digest::SHA256, &[&secret[..], b"connection-id key"].concat());
+    let mut cid = [0u8; 8];
+    cid.copy_from_slice(&derived.as_ref()[..8]);
+    Ok(EndpointKeys {
+        reset: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+        cid: u64::from_le_bytes(cid),
+    })
 }
 
 impl Receiver {
@@ -323,7 +335,10 @@ impl Receiver {
         };
         let server_cfg = template.build(tls_state.current())?;
 
-        let mut ep_cfg = quinn::EndpointConfig::new(Arc::new(reset_key(&config.state_dir)?));
+        let keys = endpoint_keys(&config.state_dir)?;
+        let mut ep_cfg = quinn::EndpointConfig::new(Arc::new(keys.reset));
+        let cid_key = keys.cid;
+        ep_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         ep_cfg.grease_quic_bit(false);
         let socket =
             std::net::UdpSocket::bind(config.listen).map_err(|source| ReceiverError::Bind {

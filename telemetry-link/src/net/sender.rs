@@ -106,7 +106,7 @@ impl SenderConfig {
             window: WindowLimits::default(),
             backoff_initial: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
             failback_after: Some(Duration::from_secs(30)),
             transport: TransportTuning::default(),
             bind: None,
