@@ -46,7 +46,11 @@ pub struct Args {
     #[arg(long, value_enum, env = "TELEMETRY_SENDER_SOURCE")]
     pub source: Option<SourceKind>,
     /// Receiver address host:port (repeatable, in failover order).
-    #[arg(long = "receiver", env = "TELEMETRY_SENDER_RECEIVER", value_delimiter = ',')]
+    #[arg(
+        long = "receiver",
+        env = "TELEMETRY_SENDER_RECEIVER",
+        value_delimiter = ','
+    )]
     pub receivers: Vec<String>,
     /// TLS server name the receiver's certificate must carry [default: the receiver's host].
     #[arg(long, env = "TELEMETRY_SENDER_SERVER_NAME")]
@@ -79,7 +83,11 @@ pub struct Args {
     #[arg(long, env = "TELEMETRY_SENDER_CONTEXT")]
     pub context: Option<String>,
     /// Namespace to watch (repeatable; default: all).
-    #[arg(long = "namespace", env = "TELEMETRY_SENDER_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "TELEMETRY_SENDER_NAMESPACE",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
     /// Label selector for pods, HPAs and pod metrics.
     #[arg(long, env = "TELEMETRY_SENDER_LABEL_SELECTOR")]
@@ -195,9 +203,9 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy> {
         "batch" | "every-batch" => Ok(FsyncPolicy::EveryBatch),
         "never" => Ok(FsyncPolicy::Never),
         other => {
-            let d: HumanDuration = other
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--fsync: expected batch, never or an interval: {e}"))?;
+            let d: HumanDuration = other.parse().map_err(|e: String| {
+                anyhow::anyhow!("--fsync: expected batch, never or an interval: {e}")
+            })?;
             Ok(FsyncPolicy::Interval(d.0))
         }
     }
@@ -225,16 +233,27 @@ impl Settings {
         if receivers.is_empty() {
             bail!("at least one --receiver host:port is required");
         }
-        let (ca, cert, key) = (args.ca.or(rel(file.ca)), args.cert.or(rel(file.cert)), args.key.or(rel(file.key)));
+        let (ca, cert, key) = (
+            args.ca.or(rel(file.ca)),
+            args.cert.or(rel(file.cert)),
+            args.key.or(rel(file.key)),
+        );
         let tls = match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
             (ca, cert, key) => {
-                let missing: Vec<&str> = [("--ca", ca.is_none()), ("--cert", cert.is_none()), ("--key", key.is_none())]
-                    .iter()
-                    .filter(|(_, m)| *m)
-                    .map(|(n, _)| *n)
-                    .collect();
-                bail!("missing {} (make certificates with `telemetry-certs init`)", missing.join(", "));
+                let missing: Vec<&str> = [
+                    ("--ca", ca.is_none()),
+                    ("--cert", cert.is_none()),
+                    ("--key", key.is_none()),
+                ]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| *n)
+                .collect();
+                bail!(
+                    "missing {} (make certificates with `telemetry-certs init`)",
+                    missing.join(", ")
+                );
             }
         };
         let fsync = match args.fsync.or(file.fsync) {
@@ -243,14 +262,19 @@ impl Settings {
         };
         let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
             Some(a) => a,
-            None => DEFAULT_METRICS_LISTEN.parse().context("default metrics address")?,
+            None => DEFAULT_METRICS_LISTEN
+                .parse()
+                .context("default metrics address")?,
         };
         let namespaces = if args.namespaces.is_empty() {
             file.namespace.unwrap_or_default()
         } else {
             args.namespaces
         };
-        let spool_max_bytes = args.spool_max_bytes.or(file.spool_max_bytes).map_or(1 << 30, |b| b.0);
+        let spool_max_bytes = args
+            .spool_max_bytes
+            .or(file.spool_max_bytes)
+            .map_or(1 << 30, |b| b.0);
         if spool_max_bytes < 64 * 1024 {
             bail!("--spool-max-bytes must be at least 64KiB");
         }
@@ -270,15 +294,31 @@ impl Settings {
             context: args.context.or(file.context),
             namespaces,
             label_selector: args.label_selector.or(file.label_selector),
-            metrics_interval: args.metrics_interval.or(file.metrics_interval).map_or(Duration::from_secs(15), |d| d.0),
-            synthetic_series: args.synthetic_series.or(file.synthetic_series).unwrap_or(100).max(1),
+            metrics_interval: args
+                .metrics_interval
+                .or(file.metrics_interval)
+                .map_or(Duration::from_secs(15), |d| d.0),
+            synthetic_series: args
+                .synthetic_series
+                .or(file.synthetic_series)
+                .unwrap_or(100)
+                .max(1),
             synthetic_rate: args.synthetic_rate.or(file.synthetic_rate).unwrap_or(1000),
             synthetic_total: args.synthetic_total.or(file.synthetic_total),
             simulated_seed: args.simulated_seed.or(file.simulated_seed).unwrap_or(1),
             bind: args.bind.or(file.bind),
-            failback_after: args.failback_after.or(file.failback_after).map_or(Duration::from_secs(30), |d| d.0),
-            connect_timeout: args.connect_timeout.or(file.connect_timeout).map_or(Duration::from_secs(3), |d| d.0),
-            shutdown_timeout: args.shutdown_timeout.or(file.shutdown_timeout).map_or(Duration::from_secs(10), |d| d.0),
+            failback_after: args
+                .failback_after
+                .or(file.failback_after)
+                .map_or(Duration::from_secs(30), |d| d.0),
+            connect_timeout: args
+                .connect_timeout
+                .or(file.connect_timeout)
+                .map_or(Duration::from_secs(3), |d| d.0),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .map_or(Duration::from_secs(10), |d| d.0),
         })
     }
 }
@@ -299,7 +339,10 @@ mod tests {
     fn required_and_defaults() {
         assert!(parse(&TLS).unwrap_err().to_string().contains("--receiver"));
         let mut a = vec!["--receiver", "r:4433"];
-        assert!(parse(&a).unwrap_err().to_string().contains("--ca, --cert, --key"));
+        assert!(parse(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("--ca, --cert, --key"));
         a.extend_from_slice(&TLS);
         let s = parse(&a).unwrap();
         assert_eq!(s.source, SourceKind::Kube);

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use telemetry_link::{Sender, SenderConfig, SpoolConfig};
-use telemetry_model::{simulated::SimulatedCluster, simulated::SimulatedClusterConfig, synthetic::SyntheticSource, ClusterRecord};
+use telemetry_model::{
+    simulated::SimulatedCluster, simulated::SimulatedClusterConfig, synthetic::SyntheticSource,
+    ClusterRecord,
+};
 use telemetry_ops::{
     http::{self, RegistryExporter},
     signals::{Request, Signals},
@@ -24,7 +27,11 @@ use crate::{
 pub async fn run(settings: Settings) -> Result<()> {
     let mut signals = Signals::install().context("installing signal handlers")?;
     let registry = prometheus::Registry::new();
-    let mut cfg = SenderConfig::new(settings.receivers.clone(), settings.tls.clone(), &settings.spool_dir);
+    let mut cfg = SenderConfig::new(
+        settings.receivers.clone(),
+        settings.tls.clone(),
+        &settings.spool_dir,
+    );
     cfg.server_name = settings.server_name.clone();
     cfg.bind = settings.bind;
     cfg.failback_after = Some(settings.failback_after);
@@ -101,7 +108,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         Err(e) => Err(anyhow::anyhow!("source task failed: {e}")),
     };
     let report = sender.shutdown(settings.shutdown_timeout).await;
-    info!(drained = report.drained, left_in_spool = report.unacked, "link stopped");
+    info!(
+        drained = report.drained,
+        left_in_spool = report.unacked,
+        "link stopped"
+    );
     let _ = stop_http.send(());
     if let Ok(Err(e)) = http_task.await {
         error!(error = %e, "metrics endpoint failed");
@@ -148,7 +159,9 @@ async fn run_source(
                 ..SimulatedClusterConfig::default()
             })
             .context("simulated cluster")?;
-            sim.run(&sender, stopped).await.context("simulated source")?;
+            sim.run(&sender, stopped)
+                .await
+                .context("simulated source")?;
         }
         SourceKind::Synthetic => {
             let _ = ready.send(true);
@@ -158,7 +171,10 @@ async fn run_source(
                 first_value: sender.stats().last_seq + 1,
                 last_value: settings.synthetic_total,
             };
-            let last = source.run(&sender, stopped).await.context("synthetic source")?;
+            let last = source
+                .run(&sender, stopped)
+                .await
+                .context("synthetic source")?;
             info!(last_value = last, "synthetic source finished producing");
             // Keep delivering until asked to stop.
             let _ = stop.wait_for(|s| *s).await;

@@ -49,7 +49,11 @@ impl Running {
     }
 
     /// Polls the sink until `pred` holds.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&[ClusterRecord]) -> bool) -> Vec<ClusterRecord> {
+    async fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&[ClusterRecord]) -> bool,
+    ) -> Vec<ClusterRecord> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let recs = self.sink.records();
@@ -77,7 +81,9 @@ fn config(state_dir: PathBuf) -> KubeSourceConfig {
 async fn start(server: &KubeApiServer, config: KubeSourceConfig) -> Running {
     let kubeconfig = config.state_dir.with_extension("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let client = client_from(Some(kubeconfig), Some("fake".into())).await.unwrap();
+    let client = client_from(Some(kubeconfig), Some("fake".into()))
+        .await
+        .unwrap();
     let source = KubeSource::new(config);
     let ready = source.ready();
     let (stop, stop_rx) = watch::channel(false);
@@ -218,7 +224,14 @@ async fn pods_flow_through_phases_with_requests_usage_and_delete() {
     assert_eq!(p.containers[1].memory_bytes, Some(12_641_280.0));
     assert!(p.uid.len() > 10, "uid from the server: {}", p.uid);
 
-    server.upsert_pod(&base.clone().phase("Running").node("node-a").ip("10.0.0.7").build());
+    server.upsert_pod(
+        &base
+            .clone()
+            .phase("Running")
+            .node("node-a")
+            .ip("10.0.0.7")
+            .build(),
+    );
     let recs = src
         .wait_for("Running", |r| {
             pod_upserts(r, "web-1").any(|p| p.phase == PodPhase::Running)
@@ -227,7 +240,10 @@ async fn pods_flow_through_phases_with_requests_usage_and_delete() {
     let running = pod_upserts(&recs, "web-1")
         .find(|p| p.phase == PodPhase::Running)
         .unwrap();
-    assert_eq!((running.node.as_str(), running.pod_ip.as_str()), ("node-a", "10.0.0.7"));
+    assert_eq!(
+        (running.node.as_str(), running.pod_ip.as_str()),
+        ("node-a", "10.0.0.7")
+    );
 
     server.set_pod_metrics(pod_metrics(
         "shop",
@@ -236,7 +252,9 @@ async fn pods_flow_through_phases_with_requests_usage_and_delete() {
     ));
     server.set_pod_metrics(pod_metrics("shop", "not-watched", &[("app", "1", "1Gi")]));
     let recs = src
-        .wait_for("usage", |r| r.iter().any(|x| matches!(x, ClusterRecord::PodUsage(_))))
+        .wait_for("usage", |r| {
+            r.iter().any(|x| matches!(x, ClusterRecord::PodUsage(_)))
+        })
         .await;
     let usage = recs
         .iter()
@@ -245,14 +263,24 @@ async fn pods_flow_through_phases_with_requests_usage_and_delete() {
             _ => None,
         })
         .unwrap();
-    assert_eq!((usage.namespace.as_str(), usage.pod.as_str()), ("shop", "web-1"));
+    assert_eq!(
+        (usage.namespace.as_str(), usage.pod.as_str()),
+        ("shop", "web-1")
+    );
     assert_eq!(usage.containers[0].cpu_cores, 0.125);
     assert_eq!(usage.containers[0].memory_bytes, 33_554_432.0);
     assert_eq!(usage.containers[1].cpu_cores, 0.0015);
     assert_eq!(usage.containers[1].memory_bytes, 12_641_280.0);
     assert!(usage.timestamp_ms > 1_600_000_000_000);
 
-    server.upsert_pod(&base.clone().phase("Failed").node("node-a").ip("10.0.0.7").build());
+    server.upsert_pod(
+        &base
+            .clone()
+            .phase("Failed")
+            .node("node-a")
+            .ip("10.0.0.7")
+            .build(),
+    );
     src.wait_for("Failed", |r| {
         pod_upserts(r, "web-1").any(|p| p.phase == PodPhase::Failed)
     })
@@ -266,7 +294,10 @@ async fn pods_flow_through_phases_with_requests_usage_and_delete() {
         .await;
     // Phases arrive in order, and usage only for the watched pod.
     let phases: Vec<_> = pod_upserts(&recs, "web-1").map(|p| p.phase).collect();
-    assert_eq!(phases, vec![PodPhase::Pending, PodPhase::Running, PodPhase::Failed]);
+    assert_eq!(
+        phases,
+        vec![PodPhase::Pending, PodPhase::Running, PodPhase::Failed]
+    );
     assert!(!recs
         .iter()
         .any(|r| matches!(r, ClusterRecord::PodUsage(u) if u.pod == "not-watched")));
@@ -288,7 +319,9 @@ async fn sentinel(server: &KubeApiServer, src: &Running, n: i32) {
         (t.clone(), t),
     ));
     src.wait_for(&format!("sentinel {n}"), |r| {
-        scale_events(r, "sentinel").iter().any(|e| e.new_replicas == n)
+        scale_events(r, "sentinel")
+            .iter()
+            .any(|e| e.new_replicas == n)
     })
     .await;
 }
@@ -306,20 +339,28 @@ async fn wait_count(server: &KubeApiServer, resource: Resource, verb: Verb, more
 
 #[tokio::test]
 async fn hpa_rescales_are_counted_once_across_relists_restarts_and_sender_restarts() {
-    let server = KubeApiServer::start_with(Duration::from_millis(300)).await.unwrap();
+    let server = KubeApiServer::start_with(Duration::from_millis(300))
+        .await
+        .unwrap();
     let web = || {
         HpaBuilder::new("shop", "web")
             .replicas(1, 10)
             .resource_utilization("cpu", 70)
     };
     server.upsert_hpa(&web().status(1, 1, None).build());
-    server.upsert_hpa(&HpaBuilder::new("shop", "sentinel").status(1, 1, None).build());
+    server.upsert_hpa(
+        &HpaBuilder::new("shop", "sentinel")
+            .status(1, 1, None)
+            .build(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let src = start(&server, config(state.clone())).await;
     src.wait_ready().await;
     let recs = src
-        .wait_for("HPA snapshot", |r| last_snapshot(r, &[ObjectKind::Hpa]).is_some())
+        .wait_for("HPA snapshot", |r| {
+            last_snapshot(r, &[ObjectKind::Hpa]).is_some()
+        })
         .await;
     let snap = last_snapshot(&recs, &[ObjectKind::Hpa]).unwrap();
     assert_eq!(hpa_names(&snap), vec!["shop/sentinel", "shop/web"]);
@@ -330,7 +371,10 @@ async fn hpa_rescales_are_counted_once_across_relists_restarts_and_sender_restar
             _ => None,
         })
         .unwrap();
-    assert_eq!((hpa.min_replicas, hpa.max_replicas, hpa.current_replicas), (1, 10, 1));
+    assert_eq!(
+        (hpa.min_replicas, hpa.max_replicas, hpa.current_replicas),
+        (1, 10, 1)
+    );
     assert_eq!(hpa.targets[0].metric_name, "cpu");
     assert_eq!(hpa.targets[0].target_type, "utilization");
     assert_eq!(hpa.targets[0].value, 70.0);
@@ -350,7 +394,8 @@ async fn hpa_rescales_are_counted_once_across_relists_restarts_and_sender_restar
         (t1.clone(), t1.clone()),
     ));
     server.upsert_hpa(&web().status(5, 5, Some(t1.clone())).build());
-    src.wait_for("scale up", |r| scale_events(r, "web").len() == 1).await;
+    src.wait_for("scale up", |r| scale_events(r, "web").len() == 1)
+        .await;
     // 5 → 2: event first this time.
     server.upsert_event(&rescale_event(
         "shop",
@@ -363,7 +408,9 @@ async fn hpa_rescales_are_counted_once_across_relists_restarts_and_sender_restar
     ));
     server.upsert_hpa(&web().status(5, 2, Some(t2.clone())).build());
     server.upsert_hpa(&web().status(2, 2, Some(t2.clone())).build());
-    let recs = src.wait_for("scale down", |r| scale_events(r, "web").len() == 2).await;
+    let recs = src
+        .wait_for("scale down", |r| scale_events(r, "web").len() == 2)
+        .await;
     let evs = scale_events(&recs, "web");
     assert_eq!(
         (evs[0].old_replicas, evs[0].new_replicas, evs[0].direction()),
@@ -389,7 +436,11 @@ async fn hpa_rescales_are_counted_once_across_relists_restarts_and_sender_restar
     })
     .await;
     sentinel(&server, &src, 2).await;
-    assert_eq!(scale_events(&src.sink.records(), "web").len(), 2, "relist re-counted");
+    assert_eq!(
+        scale_events(&src.sink.records(), "web").len(),
+        2,
+        "relist re-counted"
+    );
 
     // Cut watches: they resume from their resourceVersion.
     let watches = server.request_count(Resource::Events, Verb::Watch);
@@ -458,7 +509,9 @@ async fn relist_after_compaction_sends_a_fresh_snapshot_without_deleted_objects(
     let src = start(&server, config(dir.path().join("state"))).await;
     src.wait_ready().await;
     let recs = src
-        .wait_for("snapshots", |r| last_snapshot(r, &[ObjectKind::Hpa]).is_some())
+        .wait_for("snapshots", |r| {
+            last_snapshot(r, &[ObjectKind::Hpa]).is_some()
+        })
         .await;
     assert_eq!(
         pod_names(&last_snapshot(&recs, &[ObjectKind::Pod]).unwrap()),
@@ -483,7 +536,8 @@ async fn relist_after_compaction_sends_a_fresh_snapshot_without_deleted_objects(
             snapshots(r, &[ObjectKind::Pod]) > pod_snaps
                 && snapshots(r, &[ObjectKind::Hpa]) > hpa_snaps
                 && last_snapshot(r, &[ObjectKind::Hpa]).is_some_and(|s| hpa_names(&s) == ["shop/a"])
-                && last_snapshot(r, &[ObjectKind::Pod]).is_some_and(|s| pod_names(&s) == ["shop/a", "shop/c"])
+                && last_snapshot(r, &[ObjectKind::Pod])
+                    .is_some_and(|s| pod_names(&s) == ["shop/a", "shop/c"])
         })
         .await;
     assert!(
@@ -538,10 +592,19 @@ async fn metrics_api_absent_warns_once_and_everything_else_flows() {
             .build(),
     );
     let t = now_time();
-    server.upsert_event(&rescale_event("shop", "h.1", "h", 1, 3, "cpu", (t.clone(), t)));
+    server.upsert_event(&rescale_event(
+        "shop",
+        "h.1",
+        "h",
+        1,
+        3,
+        "cpu",
+        (t.clone(), t),
+    ));
     let recs = src
         .wait_for("pods and scale events", |r| {
-            pod_upserts(r, "p").any(|p| p.phase == PodPhase::Running) && !scale_events(r, "h").is_empty()
+            pod_upserts(r, "p").any(|p| p.phase == PodPhase::Running)
+                && !scale_events(r, "h").is_empty()
         })
         .await;
     assert!(!recs.iter().any(|r| matches!(r, ClusterRecord::PodUsage(_))));
@@ -563,7 +626,11 @@ async fn metrics_api_absent_warns_once_and_everything_else_flows() {
     assert_eq!(usage.containers[0].cpu_cores, 0.05);
     assert_eq!(usage.containers[0].memory_bytes, 10_485_760.0);
     assert_eq!(logs.lines("WARN", "metrics.k8s.io").len(), 1);
-    assert_eq!(logs.lines("INFO", "metrics.k8s.io is available again").len(), 1);
+    assert_eq!(
+        logs.lines("INFO", "metrics.k8s.io is available again")
+            .len(),
+        1
+    );
     src.shutdown().await.unwrap();
 }
 
@@ -578,7 +645,10 @@ async fn forbidden_hpa_watch_is_a_clear_rbac_error() {
         .expect("stops on RBAC")
         .unwrap();
     let err = result.expect_err("must fail");
-    assert!(matches!(err, KubeSourceError::Rbac { verb: "watch", .. }), "{err:?}");
+    assert!(
+        matches!(err, KubeSourceError::Rbac { verb: "watch", .. }),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         "RBAC: the service account may not \"watch\" \"horizontalpodautoscalers\" (group \"autoscaling\") — check the ClusterRole in k8s/sender/"
@@ -614,8 +684,10 @@ async fn reconnect_resends_a_full_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let src = start(&server, config(dir.path().join("state"))).await;
     src.wait_ready().await;
-    src.wait_for("usage", |r| r.iter().any(|x| matches!(x, ClusterRecord::PodUsage(_))))
-        .await;
+    src.wait_for("usage", |r| {
+        r.iter().any(|x| matches!(x, ClusterRecord::PodUsage(_)))
+    })
+    .await;
     src.sink.take();
 
     src.sink.reconnect();
@@ -654,7 +726,8 @@ async fn readiness_waits_for_the_first_lists() {
     src.wait_ready().await;
     let recs = src
         .wait_for("both snapshots", |r| {
-            last_snapshot(r, &[ObjectKind::Pod]).is_some() && last_snapshot(r, &[ObjectKind::Hpa]).is_some()
+            last_snapshot(r, &[ObjectKind::Pod]).is_some()
+                && last_snapshot(r, &[ObjectKind::Hpa]).is_some()
         })
         .await;
     assert_eq!(
@@ -673,7 +746,12 @@ async fn namespaces_and_label_selector_scope_the_watches() {
         ("b", "w2", "web"),
         ("c", "w3", "web"),
     ] {
-        server.upsert_pod(&PodBuilder::new(ns, name).label("app", app).phase("Running").build());
+        server.upsert_pod(
+            &PodBuilder::new(ns, name)
+                .label("app", app)
+                .phase("Running")
+                .build(),
+        );
     }
     server.upsert_hpa(
         &HpaBuilder::new("a", "web")
@@ -694,7 +772,9 @@ async fn namespaces_and_label_selector_scope_the_watches() {
     let src = start(&server, cfg).await;
     src.wait_ready().await;
     let recs = src
-        .wait_for("snapshots", |r| last_snapshot(r, &[ObjectKind::Hpa]).is_some())
+        .wait_for("snapshots", |r| {
+            last_snapshot(r, &[ObjectKind::Hpa]).is_some()
+        })
         .await;
     // One pod snapshot covering both namespaces, not one per namespace.
     assert_eq!(snapshots(&recs, &[ObjectKind::Pod]), 1);
@@ -710,7 +790,9 @@ async fn namespaces_and_label_selector_scope_the_watches() {
     server.upsert_pod(&PodBuilder::new("b", "w4").label("app", "web").build());
     server.upsert_pod(&PodBuilder::new("c", "w5").label("app", "web").build());
     server.upsert_pod(&PodBuilder::new("a", "d2").label("app", "db").build());
-    let recs = src.wait_for("w4", |r| pod_upserts(r, "w4").next().is_some()).await;
+    let recs = src
+        .wait_for("w4", |r| pod_upserts(r, "w4").next().is_some())
+        .await;
     assert!(pod_upserts(&recs, "w5").next().is_none() && pod_upserts(&recs, "d2").next().is_none());
 
     let reqs = server.requests();

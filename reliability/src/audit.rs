@@ -154,13 +154,22 @@ impl AuditReport {
             ));
         }
         if self.unexplained > 0 {
-            p.push(format!("{} records applied twice outside the crash window", self.unexplained));
+            p.push(format!(
+                "{} records applied twice outside the crash window",
+                self.unexplained
+            ));
         }
         if self.beyond_last > 0 {
-            p.push(format!("{} records applied beyond the sender's last sequence", self.beyond_last));
+            p.push(format!(
+                "{} records applied beyond the sender's last sequence",
+                self.beyond_last
+            ));
         }
         if self.backwards > 0 {
-            p.push(format!("{} deliveries went backwards within one receiver process", self.backwards));
+            p.push(format!(
+                "{} deliveries went backwards within one receiver process",
+                self.backwards
+            ));
         }
         if self.bad_lines > 0 {
             p.push(format!("{} unparseable audit lines", self.bad_lines));
@@ -172,7 +181,15 @@ impl AuditReport {
     pub fn duplicates_cell(&self) -> String {
         match (self.duplicates, self.unexplained) {
             (0, _) => "0".into(),
-            (d, 0) => format!("{d} (crash window, {} batch{})", self.crash_window_batches, if self.crash_window_batches == 1 { "" } else { "es" }),
+            (d, 0) => format!(
+                "{d} (crash window, {} batch{})",
+                self.crash_window_batches,
+                if self.crash_window_batches == 1 {
+                    ""
+                } else {
+                    "es"
+                }
+            ),
             (d, u) => format!("{d} ({u} unexplained)"),
         }
     }
@@ -285,7 +302,11 @@ pub fn verify(files: &[AuditFile], sender: &str, last: u64) -> AuditReport {
             f.len() == a.len()
         };
         let earlier = &a[..a.len() - 1];
-        if distinct_files && earlier.iter().all(|&(_, fi, _)| files[fi].killed && suffix_ok[fi]) {
+        if distinct_files
+            && earlier
+                .iter()
+                .all(|&(_, fi, _)| files[fi].killed && suffix_ok[fi])
+        {
             r.crash_window += extra;
             for &(_, fi, di) in earlier {
                 batches.insert((fi, di), ());
@@ -324,7 +345,11 @@ pub fn without_a_delivery(files: &[AuditFile], sender: &str) -> Vec<AuditFile> {
 /// the last (not killed) process.
 pub fn with_a_replay(files: &[AuditFile], sender: &str) -> Vec<AuditFile> {
     let mut out = files.to_vec();
-    let mine: Vec<&Delivery> = out.iter().flat_map(|f| f.deliveries.iter()).filter(|d| d.sender == sender).collect();
+    let mine: Vec<&Delivery> = out
+        .iter()
+        .flat_map(|f| f.deliveries.iter())
+        .filter(|d| d.sender == sender)
+        .collect();
     let d = mine.get(1).or(mine.first()).map(|d| (*d).clone());
     if let (Some(mut d), Some(last)) = (d, out.last_mut()) {
         d.ms = u64::MAX;
@@ -353,7 +378,15 @@ mod tests {
     fn parses_lines_and_torn_tails() {
         let (d, bad, torn) = parse("1 s1 1 10\n2 s1 11 5\n3 s1 1");
         assert_eq!(d.len(), 2);
-        assert_eq!(d[1], Delivery { ms: 2, sender: "s1".into(), first: 11, count: 5 });
+        assert_eq!(
+            d[1],
+            Delivery {
+                ms: 2,
+                sender: "s1".into(),
+                first: 11,
+                count: 5
+            }
+        );
         assert_eq!((bad, torn), (1, true));
         let (_, bad, torn) = parse("x y z w\n1 s1 1 1\n");
         assert_eq!((bad, torn), (1, false));
@@ -366,7 +399,10 @@ mod tests {
             file("rx#2", false, "3 s 21 30\n4 other 1 5\n"),
         ];
         let r = verify(&files, "s", 50);
-        assert_eq!((r.applied, r.duplicates, r.missing, r.deliveries), (50, 0, 0, 3));
+        assert_eq!(
+            (r.applied, r.duplicates, r.missing, r.deliveries),
+            (50, 0, 0, 3)
+        );
         assert!(r.problems(0).is_empty());
         assert_eq!(r.duplicates_cell(), "0");
     }
@@ -379,7 +415,16 @@ mod tests {
             file("rx#2", false, "3 s 11 40\n"),
         ];
         let r = verify(&files, "s", 50);
-        assert_eq!((r.applied, r.duplicates, r.crash_window, r.unexplained, r.crash_window_batches), (50, 10, 10, 0, 1));
+        assert_eq!(
+            (
+                r.applied,
+                r.duplicates,
+                r.crash_window,
+                r.unexplained,
+                r.crash_window_batches
+            ),
+            (50, 10, 10, 0, 1)
+        );
         assert!(r.problems(0).is_empty());
         assert_eq!(r.duplicates_cell(), "10 (crash window, 1 batch)");
     }
@@ -387,12 +432,18 @@ mod tests {
     #[test]
     fn other_duplicates_fail() {
         // The process that applied first was not killed.
-        let files = vec![file("rx#1", false, "1 s 1 10\n"), file("rx#2", false, "3 s 5 46\n")];
+        let files = vec![
+            file("rx#1", false, "1 s 1 10\n"),
+            file("rx#2", false, "3 s 5 46\n"),
+        ];
         let r = verify(&files, "s", 50);
         assert_eq!((r.duplicates, r.unexplained), (6, 6));
         assert!(!r.problems(0).is_empty());
         // Killed, but the duplicates are not a suffix of what it applied.
-        let files = vec![file("rx#1", true, "1 s 1 10\n2 s 11 10\n"), file("rx#2", false, "3 s 1 5\n4 s 21 30\n")];
+        let files = vec![
+            file("rx#1", true, "1 s 1 10\n2 s 11 10\n"),
+            file("rx#2", false, "3 s 1 5\n4 s 21 30\n"),
+        ];
         let r = verify(&files, "s", 50);
         assert_eq!(r.unexplained, 5);
         // Within one process.
@@ -407,7 +458,10 @@ mod tests {
         let r = verify(&files, "s", 50);
         assert_eq!((r.missing, r.missing_ranges.clone()), (20, vec![(11, 30)]));
         assert!(!r.problems(0).is_empty());
-        assert!(r.problems(20).is_empty(), "20 dropped by the spool cap and announced");
+        assert!(
+            r.problems(20).is_empty(),
+            "20 dropped by the spool cap and announced"
+        );
         let r = verify(&files, "s", 45);
         assert_eq!(r.beyond_last, 5);
         assert!(!r.problems(20).is_empty());
@@ -415,20 +469,38 @@ mod tests {
 
     #[test]
     fn torn_lines_only_in_killed_processes() {
-        let f = vec![file("rx#1", true, "1 s 1 10\n2 s 1"), file("rx#2", false, "3 s 11 40\n")];
+        let f = vec![
+            file("rx#1", true, "1 s 1 10\n2 s 1"),
+            file("rx#2", false, "3 s 11 40\n"),
+        ];
         assert!(verify(&f, "s", 50).problems(0).is_empty());
-        let f = vec![file("rx#1", false, "1 s 1 10\n2 s 1"), file("rx#2", false, "3 s 11 40\n")];
+        let f = vec![
+            file("rx#1", false, "1 s 1 10\n2 s 1"),
+            file("rx#2", false, "3 s 11 40\n"),
+        ];
         assert!(!verify(&f, "s", 50).problems(0).is_empty());
     }
 
     #[test]
     fn sabotage_is_caught() {
-        let files = vec![file("rx#1", false, "1 s 1 10\n2 s 11 10\n3 s 21 10\n4 s 31 20\n")];
+        let files = vec![file(
+            "rx#1",
+            false,
+            "1 s 1 10\n2 s 11 10\n3 s 21 10\n4 s 31 20\n",
+        )];
         assert!(verify(&files, "s", 50).problems(0).is_empty());
-        assert!(!verify(&without_a_delivery(&files, "s"), "s", 50).problems(0).is_empty());
-        assert!(!verify(&with_a_replay(&files, "s"), "s", 50).problems(0).is_empty());
+        assert!(!verify(&without_a_delivery(&files, "s"), "s", 50)
+            .problems(0)
+            .is_empty());
+        assert!(!verify(&with_a_replay(&files, "s"), "s", 50)
+            .problems(0)
+            .is_empty());
         let one = vec![file("rx#1", false, "1 s 1 3\n")];
-        assert!(!verify(&with_a_replay(&one, "s"), "s", 3).problems(0).is_empty());
-        assert!(!verify(&without_a_delivery(&one, "s"), "s", 3).problems(0).is_empty());
+        assert!(!verify(&with_a_replay(&one, "s"), "s", 3)
+            .problems(0)
+            .is_empty());
+        assert!(!verify(&without_a_delivery(&one, "s"), "s", 3)
+            .problems(0)
+            .is_empty());
     }
 }

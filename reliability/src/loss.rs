@@ -36,7 +36,10 @@ pub fn set_loss(topo: &Topology, side: Side, percent: u32) -> Result<()> {
 
 /// Packets the loss rule on `side` dropped so far (0 without a rule).
 pub fn dropped_packets(topo: &Topology, side: Side) -> Result<u64> {
-    let out = match topo.ns(side).exec("nft", &["list", "table", "netdev", TABLE]) {
+    let out = match topo
+        .ns(side)
+        .exec("nft", &["list", "table", "netdev", TABLE])
+    {
         Ok(o) => o,
         Err(_) => return Ok(0),
     };

@@ -13,7 +13,10 @@ use clap::Parser;
 use telemetry_reliability::{
     netns,
     procs::Bins,
-    scenarios::{self, bad_input, failover, guarded, kills, long_outage, loss, migration, partition, small_disk, Ctx, Outcome},
+    scenarios::{
+        self, bad_input, failover, guarded, kills, long_outage, loss, migration, partition,
+        small_disk, Ctx, Outcome,
+    },
     table::{self, Row, Verdict},
 };
 
@@ -120,9 +123,17 @@ fn run(args: Args) -> Result<ExitCode> {
         let took = t.elapsed();
         println!(
             "--- {name}: {} in {:.0} s{}",
-            if o.failures.is_empty() { o.row.verdict.as_str() } else { "FAIL" },
+            if o.failures.is_empty() {
+                o.row.verdict.as_str()
+            } else {
+                "FAIL"
+            },
             took.as_secs_f64(),
-            if o.failures.is_empty() { String::new() } else { format!("\n      - {}", o.failures.join("\n      - ")) }
+            if o.failures.is_empty() {
+                String::new()
+            } else {
+                format!("\n      - {}", o.failures.join("\n      - "))
+            }
         );
         outcomes.push((o, took));
     }
@@ -131,7 +142,11 @@ fn run(args: Args) -> Result<ExitCode> {
     report.push_str(&table::render(&rows));
     report.push('\n');
     for (o, took) in &outcomes {
-        report.push_str(&format!("* {} ({:.0} s)\n", o.row.scenario, took.as_secs_f64()));
+        report.push_str(&format!(
+            "* {} ({:.0} s)\n",
+            o.row.scenario,
+            took.as_secs_f64()
+        ));
         for n in &o.notes {
             report.push_str(&format!("  - {n}\n"));
         }
@@ -149,13 +164,21 @@ fn run(args: Args) -> Result<ExitCode> {
     if let Some(p) = &args.report {
         std::fs::write(p, &report)?;
     }
-    let all_ok = rows.iter().all(|r| r.verdict.ok()) && rows.iter().any(|r| r.verdict != Verdict::Skipped);
+    let all_ok =
+        rows.iter().all(|r| r.verdict.ok()) && rows.iter().any(|r| r.verdict != Verdict::Skipped);
     if all_ok && temp {
         let _ = std::fs::remove_dir_all(&work);
     } else {
-        println!("work directory (logs, audit logs, state) kept in {}", work.display());
+        println!(
+            "work directory (logs, audit logs, state) kept in {}",
+            work.display()
+        );
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[allow(dead_code)]

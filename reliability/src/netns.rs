@@ -80,7 +80,12 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Owner pid encoded in one of our names (`relsuite-<pid>-...`).
 pub fn owner_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(PREFIX)?.strip_prefix('-')?.split('-').next()?.parse().ok()
+    name.strip_prefix(PREFIX)?
+        .strip_prefix('-')?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Whether this machine lets us make namespaces and veth pairs: root, `ip`
@@ -93,7 +98,9 @@ pub fn check_support() -> Result<()> {
     sh("ip", &["-V"]).context("iproute2 (`ip`) is missing: apt-get install iproute2")?;
     sh("nft", &["--version"]).context("`nft` is missing: apt-get install nftables")?;
     let probe = Netns::create("probe").context("cannot create a network namespace")?;
-    probe.ip(&["link", "set", "lo", "up"]).context("cannot configure a network namespace")?;
+    probe
+        .ip(&["link", "set", "lo", "up"])
+        .context("cannot configure a network namespace")?;
     drop(probe);
     Ok(())
 }
@@ -106,8 +113,13 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for line in mounts.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(&target), Some(&"tmpfs")) = (fields.get(1), fields.get(2)) else { continue };
-        let Some(base) = std::path::Path::new(target).file_name().and_then(|f| f.to_str()) else {
+        let (Some(&target), Some(&"tmpfs")) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let Some(base) = std::path::Path::new(target)
+            .file_name()
+            .and_then(|f| f.to_str())
+        else {
             continue;
         };
         if let Some(pid) = owner_pid(base) {
@@ -119,11 +131,14 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     }
     let list = sh("ip", &["netns", "list"])?;
     for line in list.lines() {
-        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
         if let Some(pid) = owner_pid(name) {
             if !pid_alive(pid) {
                 kill_all_in(name);
-                sh("ip", &["netns", "delete", name]).with_context(|| format!("removing stale namespace {name}"))?;
+                sh("ip", &["netns", "delete", name])
+                    .with_context(|| format!("removing stale namespace {name}"))?;
                 removed.push(format!("netns {name}"));
             }
         }
@@ -133,7 +148,10 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
 
 fn kill_all_in(name: &str) {
     if let Ok(pids) = sh("ip", &["netns", "pids", name]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             // SAFETY: kill(2) on a process id read from `ip netns pids`; no memory shared.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -147,7 +165,11 @@ fn kill_all_in(name: &str) {
 
 /// A unique name `relsuite-<pid>-<n>-<tag>`.
 pub fn unique_name(tag: &str) -> String {
-    format!("{PREFIX}-{}-{}-{tag}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{PREFIX}-{}-{}-{tag}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A network namespace, deleted (with everything still running in it) on drop.
@@ -209,7 +231,8 @@ impl Netns {
 
 /// Runs `f` on a scoped thread inside namespace `name` (see [`Netns::run`]).
 pub fn enter_and_run<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = File::open(format!("/run/netns/{name}")).with_context(|| format!("opening namespace {name}"))?;
+    let file = File::open(format!("/run/netns/{name}"))
+        .with_context(|| format!("opening namespace {name}"))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns(2) with a valid namespace fd; it changes only
@@ -269,7 +292,20 @@ impl Topology {
         let tx = Netns::create("tx")?;
         sh(
             "ip",
-            &["link", "add", RX_IF, "netns", rx.name(), "type", "veth", "peer", "name", TX_IF, "netns", tx.name()],
+            &[
+                "link",
+                "add",
+                RX_IF,
+                "netns",
+                rx.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                TX_IF,
+                "netns",
+                tx.name(),
+            ],
         )?;
         rx.ip(&["addr", "add", &format!("{RX_IP}/24"), "dev", RX_IF])?;
         tx.ip(&["addr", "add", &format!("{TX_IP}/24"), "dev", TX_IF])?;
@@ -298,13 +334,15 @@ impl Topology {
 
     /// Adds another address to `side`'s interface.
     pub fn add_address(&self, side: Side, ip: Ipv4Addr) -> Result<()> {
-        self.ns(side).ip(&["addr", "add", &format!("{ip}/24"), "dev", Self::iface(side)])?;
+        self.ns(side)
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", Self::iface(side)])?;
         Ok(())
     }
 
     /// Removes an address from `side`'s interface.
     pub fn del_address(&self, side: Side, ip: Ipv4Addr) -> Result<()> {
-        self.ns(side).ip(&["addr", "del", &format!("{ip}/24"), "dev", Self::iface(side)])?;
+        self.ns(side)
+            .ip(&["addr", "del", &format!("{ip}/24"), "dev", Self::iface(side)])?;
         Ok(())
     }
 
@@ -312,7 +350,11 @@ impl Topology {
     pub fn wait_reachable(&self, limit: Duration) -> Result<()> {
         let start = std::time::Instant::now();
         loop {
-            if self.tx.exec("ping", &["-c", "1", "-W", "1", &RX_IP.to_string()]).is_ok() {
+            if self
+                .tx
+                .exec("ping", &["-c", "1", "-W", "1", &RX_IP.to_string()])
+                .is_ok()
+            {
                 return Ok(());
             }
             if start.elapsed() > limit {

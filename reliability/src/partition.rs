@@ -42,7 +42,22 @@ impl Partition {
         self.healed = true;
         let at = Instant::now();
         let rx = RX_IP.to_string();
-        while sh("ip", &["netns", "exec", &self.tx_ns, "ping", "-c", "1", "-W", "1", &rx]).is_err() {
+        while sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.tx_ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &rx,
+            ],
+        )
+        .is_err()
+        {
             if at.elapsed() > Duration::from_secs(10) {
                 anyhow::bail!("{rx} still unreachable 10 s after healing the partition");
             }
@@ -67,7 +82,14 @@ pub fn set_link(topo: &Topology, up: bool) -> Result<()> {
 fn set_link_in(rx_ns: &str, up: bool) -> Result<()> {
     sh(
         "ip",
-        &["-n", rx_ns, "link", "set", Topology::iface(Side::Receiver), if up { "up" } else { "down" }],
+        &[
+            "-n",
+            rx_ns,
+            "link",
+            "set",
+            Topology::iface(Side::Receiver),
+            if up { "up" } else { "down" },
+        ],
     )?;
     Ok(())
 }

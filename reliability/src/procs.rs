@@ -179,7 +179,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `program args` in `ns`; `metrics` is where its `/metrics` is
     /// served inside the namespace. The log ends up in `log_dir/<name>.log`.
-    pub fn spawn(ns: &Netns, name: &str, program: &Path, args: &[String], metrics: SocketAddr, log_dir: &Path) -> Result<Self> {
+    pub fn spawn(
+        ns: &Netns,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        metrics: SocketAddr,
+        log_dir: &Path,
+    ) -> Result<Self> {
         let mut cmd = ns.command(program);
         cmd.args(args);
         for (k, _) in std::env::vars_os() {
@@ -187,7 +194,11 @@ impl Proc {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", std::env::var("RELIABILITY_CHILD_LOG").unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RELIABILITY_CHILD_LOG")
+                .unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into()),
+        );
         let child = ChildProcess::spawn(name, cmd)?;
         Ok(Self {
             name: name.to_owned(),
@@ -217,10 +228,18 @@ impl Proc {
                 return Ok(());
             }
             if !self.child.is_running() {
-                bail!("{} exited during start-up:\n{}", self.name, tail(&self.child.output(), 30));
+                bail!(
+                    "{} exited during start-up:\n{}",
+                    self.name,
+                    tail(&self.child.output(), 30)
+                );
             }
             if start.elapsed() > limit {
-                bail!("{} not serving /metrics after {limit:?}:\n{}", self.name, tail(&self.child.output(), 30));
+                bail!(
+                    "{} not serving /metrics after {limit:?}:\n{}",
+                    self.name,
+                    tail(&self.child.output(), 30)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -228,12 +247,21 @@ impl Proc {
 
     /// One scrape of its metrics.
     pub fn scrape(&self) -> Result<Exposition> {
-        self.scraper.scrape().with_context(|| format!("scraping {}", self.name))
+        self.scraper
+            .scrape()
+            .with_context(|| format!("scraping {}", self.name))
     }
 
     /// Polls its metrics until `f` says yes.
-    pub fn wait_metrics<T>(&self, limit: Duration, what: &str, mut f: impl FnMut(&Exposition) -> Option<T>) -> Result<T> {
-        poll(limit, &format!("{}: {what}", self.name), || Ok(f(&self.scrape()?)))
+    pub fn wait_metrics<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut f: impl FnMut(&Exposition) -> Option<T>,
+    ) -> Result<T> {
+        poll(limit, &format!("{}: {what}", self.name), || {
+            Ok(f(&self.scrape()?))
+        })
     }
 
     /// Memory now (and its peak so far), updating [`Proc::peak_kb`].
@@ -260,7 +288,11 @@ impl Proc {
         self.mem();
         let st = self.child.terminate(limit)?;
         if !st.success() {
-            bail!("{} exited with {st} after SIGTERM:\n{}", self.name, tail(&self.child.output(), 30));
+            bail!(
+                "{} exited with {st} after SIGTERM:\n{}",
+                self.name,
+                tail(&self.child.output(), 30)
+            );
         }
         Ok(st)
     }

@@ -89,7 +89,11 @@ pub fn plan(rng: &mut impl Rng, f: &Faults) -> Vec<Duration> {
     if f.drop > 0.0 && rng.random_bool(f.drop.clamp(0.0, 1.0)) {
         return Vec::new();
     }
-    let copies = if f.duplicate > 0.0 && rng.random_bool(f.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
+    let copies = if f.duplicate > 0.0 && rng.random_bool(f.duplicate.clamp(0.0, 1.0)) {
+        2
+    } else {
+        1
+    };
     (0..copies)
         .map(|_| {
             let jitter = if f.jitter.is_zero() {
@@ -161,7 +165,12 @@ impl<T> DelayQueue<T> {
         self.peak_bytes = self.peak_bytes.max(self.bytes);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Reverse(Entry { due, seq, len, item }));
+        self.heap.push(Reverse(Entry {
+            due,
+            seq,
+            len,
+            item,
+        }));
         Ok(())
     }
 
@@ -277,13 +286,18 @@ impl Shared {
     fn admit(&self, dest: impl Fn() -> Dest, dir: Dir, data: &[u8]) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let faults = *self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        let delays = plan(&mut *self.rng.lock().unwrap_or_else(|p| p.into_inner()), &faults);
+        let delays = plan(
+            &mut *self.rng.lock().unwrap_or_else(|p| p.into_inner()),
+            &faults,
+        );
         if delays.is_empty() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if delays.len() > 1 {
-            self.counters.duplicated.fetch_add(delays.len() as u64 - 1, Ordering::Relaxed);
+            self.counters
+                .duplicated
+                .fetch_add(delays.len() as u64 - 1, Ordering::Relaxed);
         }
         let arrival = {
             let mut a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
@@ -320,7 +334,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts forwarding between clients of `listen` and `target`. Upstream
     /// sockets come from `factory` (called once per client address).
-    pub fn start(listen: std::net::UdpSocket, target: SocketAddr, factory: SocketFactory, cfg: ProxyConfig) -> Result<Self> {
+    pub fn start(
+        listen: std::net::UdpSocket,
+        target: SocketAddr,
+        factory: SocketFactory,
+        cfg: ProxyConfig,
+    ) -> Result<Self> {
         listen.set_nonblocking(true)?;
         let listen_addr = listen.local_addr()?;
         let shared = Arc::new(Shared {
@@ -386,7 +405,11 @@ impl FaultProxy {
             reordered: c.reordered.load(Ordering::Relaxed),
             send_errors: c.send_errors.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
-            peak_queued_bytes: self.shared.queue.lock().map_or(0, |q| q.peak_bytes() as u64),
+            peak_queued_bytes: self
+                .shared
+                .queue
+                .lock()
+                .map_or(0, |q| q.peak_bytes() as u64),
         }
     }
 }
@@ -402,7 +425,13 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn serve_clients(sh: Arc<Shared>, listen: Arc<UdpSocket>, target: SocketAddr, factory: SocketFactory, max_sessions: usize) {
+async fn serve_clients(
+    sh: Arc<Shared>,
+    listen: Arc<UdpSocket>,
+    target: SocketAddr,
+    factory: SocketFactory,
+    max_sessions: usize,
+) {
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -413,7 +442,11 @@ async fn serve_clients(sh: Arc<Shared>, listen: Arc<UdpSocket>, target: SocketAd
         let now = Instant::now();
         if !sessions.contains_key(&from) {
             if sessions.len() >= max_sessions.max(1) {
-                if let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.last_active).map(|(a, _)| *a) {
+                if let Some(oldest) = sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_active)
+                    .map(|(a, _)| *a)
+                {
                     if let Some(s) = sessions.remove(&oldest) {
                         s.task.abort();
                     }
@@ -441,7 +474,9 @@ async fn serve_clients(sh: Arc<Shared>, listen: Arc<UdpSocket>, target: SocketAd
                 },
             );
         }
-        let Some(s) = sessions.get_mut(&from) else { continue };
+        let Some(s) = sessions.get_mut(&from) else {
+            continue;
+        };
         s.last_active = now;
         let up = s.upstream.clone();
         sh.admit(|| Dest::Upstream(up.clone()), Dir::Up, &buf[..n]);
@@ -532,14 +567,24 @@ mod tests {
                 _ => {}
             }
             for d in p {
-                assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(70), "{d:?}");
+                assert!(
+                    d >= Duration::from_millis(50) && d < Duration::from_millis(70),
+                    "{d:?}"
+                );
             }
         }
         assert!((3600..4400).contains(&dropped), "~20% dropped: {dropped}");
-        assert!((1400..1800).contains(&dups), "~10% of the 80% kept duplicated: {dups}");
+        assert!(
+            (1400..1800).contains(&dups),
+            "~10% of the 80% kept duplicated: {dups}"
+        );
         // Deterministic for a seed.
-        let a: Vec<_> = (0..50).map(|_| plan(&mut StdRng::seed_from_u64(3), &mixed)).collect();
-        let b: Vec<_> = (0..50).map(|_| plan(&mut StdRng::seed_from_u64(3), &mixed)).collect();
+        let a: Vec<_> = (0..50)
+            .map(|_| plan(&mut StdRng::seed_from_u64(3), &mixed))
+            .collect();
+        let b: Vec<_> = (0..50)
+            .map(|_| plan(&mut StdRng::seed_from_u64(3), &mixed))
+            .collect();
         assert_eq!(a, b);
     }
 
@@ -555,7 +600,12 @@ mod tests {
         assert_eq!(q.pop_due(t0), None, "nothing due yet");
         let later = t0 + Duration::from_millis(40);
         assert_eq!(
-            (q.pop_due(later), q.pop_due(later), q.pop_due(later), q.pop_due(later)),
+            (
+                q.pop_due(later),
+                q.pop_due(later),
+                q.pop_due(later),
+                q.pop_due(later)
+            ),
             (Some("a"), Some("b"), Some("c"), None)
         );
         assert_eq!((q.bytes(), q.peak_bytes(), q.len()), (0, 30, 0));
@@ -581,7 +631,8 @@ mod tests {
 
     fn client() -> std::net::UdpSocket {
         let c = loopback();
-        c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         c
     }
 
@@ -592,14 +643,27 @@ mod tests {
             delay: Duration::from_millis(40),
             ..Faults::default()
         };
-        let p = FaultProxy::start(loopback(), target, factory(), ProxyConfig { faults, ..Default::default() }).unwrap();
+        let p = FaultProxy::start(
+            loopback(),
+            target,
+            factory(),
+            ProxyConfig {
+                faults,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let c = client();
         let start = std::time::Instant::now();
         c.send_to(b"ping", p.listen_addr()).unwrap();
         let mut buf = [0u8; 16];
         let n = c.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping");
-        assert!(start.elapsed() >= Duration::from_millis(80), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            start.elapsed()
+        );
         let st = p.stats();
         assert_eq!((st.received, st.forwarded, st.sessions), (2, 2, 1));
     }
@@ -613,7 +677,16 @@ mod tests {
             duplicate: 0.5,
             drop: 0.0,
         };
-        let p = FaultProxy::start(loopback(), target, factory(), ProxyConfig { faults, ..Default::default() }).unwrap();
+        let p = FaultProxy::start(
+            loopback(),
+            target,
+            factory(),
+            ProxyConfig {
+                faults,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let c = client();
         for i in 0..200u32 {
             c.send_to(&i.to_be_bytes(), p.listen_addr()).unwrap();
@@ -626,14 +699,21 @@ mod tests {
         let st = p.stats();
         assert!(st.duplicated > 50, "{st:?}");
         assert!(st.reordered > 10, "{st:?}");
-        assert!(order.windows(2).any(|w| w[1] < w[0]), "client saw reordering");
+        assert!(
+            order.windows(2).any(|w| w[1] < w[0]),
+            "client saw reordering"
+        );
         // Each way duplicates: the echo saw more than 200, the client more still.
         assert!(got.load(Ordering::Relaxed) > 200);
         assert!(order.len() as u64 > got.load(Ordering::Relaxed));
         let mut distinct = order.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert_eq!(distinct, (0..200).collect::<Vec<_>>(), "nothing lost without a drop rate");
+        assert_eq!(
+            distinct,
+            (0..200).collect::<Vec<_>>(),
+            "nothing lost without a drop rate"
+        );
     }
 
     #[test]
@@ -644,7 +724,16 @@ mod tests {
             drop: 0.3,
             ..Faults::default()
         };
-        let p = FaultProxy::start(loopback(), target, factory(), ProxyConfig { faults, ..Default::default() }).unwrap();
+        let p = FaultProxy::start(
+            loopback(),
+            target,
+            factory(),
+            ProxyConfig {
+                faults,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let c = client();
         for i in 0..300u32 {
             c.send_to(&i.to_be_bytes(), p.listen_addr()).unwrap();
@@ -686,7 +775,10 @@ mod tests {
         assert!(st.peak_queued_bytes <= 64 * 1024, "{st:?}");
         assert!(st.overflow > 0, "{st:?}");
         std::thread::sleep(Duration::from_millis(500));
-        assert!(got.load(Ordering::Relaxed) <= 65, "only what fitted went through");
+        assert!(
+            got.load(Ordering::Relaxed) <= 65,
+            "only what fitted went through"
+        );
     }
 
     #[test]

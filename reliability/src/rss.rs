@@ -129,13 +129,23 @@ mod tests {
     #[test]
     fn parses_status_and_reads_itself() {
         let text = "Name:\tx\nVmPeak:\t 100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
-        assert_eq!(parse_status(text), Some(Mem { rss_kb: 1024, hwm_kb: 2048 }));
+        assert_eq!(
+            parse_status(text),
+            Some(Mem {
+                rss_kb: 1024,
+                hwm_kb: 2048
+            })
+        );
         assert_eq!(parse_status("Name: kernel thread\n"), None);
         let me = read(std::process::id()).expect("own status");
         assert!(me.rss_kb > 0 && me.hwm_kb >= me.rss_kb);
         let s = RssSampler::start(std::process::id(), Duration::from_millis(5));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!s.samples().is_empty());
-        assert!(s.max_between(Instant::now() - Duration::from_secs(5), Instant::now()).unwrap_or(0) > 0);
+        assert!(
+            s.max_between(Instant::now() - Duration::from_secs(5), Instant::now())
+                .unwrap_or(0)
+                > 0
+        );
     }
 }

@@ -29,7 +29,10 @@ pub struct Scraper {
 impl Scraper {
     /// `/metrics` at `addr` inside namespace `ns`.
     pub fn new(ns: &str, addr: SocketAddr) -> Self {
-        Self { ns: ns.to_owned(), addr }
+        Self {
+            ns: ns.to_owned(),
+            addr,
+        }
     }
 
     /// One scrape.
@@ -37,7 +40,11 @@ impl Scraper {
         let addr = self.addr;
         let resp = enter_and_run(&self.ns, move || http::get(addr, "/metrics", &[]))??;
         if resp.status != 200 {
-            bail!("GET http://{addr}/metrics in {}: status {}", self.ns, resp.status);
+            bail!(
+                "GET http://{addr}/metrics in {}: status {}",
+                self.ns,
+                resp.status
+            );
         }
         Exposition::parse(&resp.body).context("parsing /metrics")
     }

@@ -185,7 +185,11 @@ mod tests {
         assert!(lines.iter().all(|l| l.chars().count() == width), "{t}");
         assert!(lines.iter().all(|l| l.matches('|').count() == 9), "{t}");
         assert!(lines[1].contains("---:|"));
-        assert!(lines[2].contains("| 1 loss+delay ") && lines[2].contains("1.5 s") && lines[2].contains("20.0 MiB / 10.0 MiB"));
+        assert!(
+            lines[2].contains("| 1 loss+delay ")
+                && lines[2].contains("1.5 s")
+                && lines[2].contains("20.0 MiB / 10.0 MiB")
+        );
         assert!(lines[2].ends_with("| PASS                    |") || lines[2].contains("| PASS "));
         assert!(lines[3].contains("— / —") && lines[3].contains("FAIL"));
     }

@@ -231,7 +231,11 @@ async fn child_receiver_entry() -> anyhow::Result<()> {
         cert: env("CHILD_CERT")?.into(),
         key: env("CHILD_KEY")?.into(),
     };
-    let mut cfg = telemetry_link::ReceiverConfig::new(env("CHILD_LISTEN")?.parse()?, tls, env("CHILD_STATE")?);
+    let mut cfg = telemetry_link::ReceiverConfig::new(
+        env("CHILD_LISTEN")?.parse()?,
+        tls,
+        env("CHILD_STATE")?,
+    );
     // The effective idle timeout is the smaller of both ends': make it long
     // on both, so only a stateless reset can end a dead connection quickly.
     cfg.transport.idle_timeout = Duration::from_secs(30);
@@ -245,16 +249,26 @@ async fn child_receiver_entry() -> anyhow::Result<()> {
 fn spawn_receiver(pki: &TestPki, listen: SocketAddr, state: &Path) -> anyhow::Result<ChildProcess> {
     let tls = pki.receiver()?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--ignored", "--exact", "child_receiver_entry", "--nocapture", "--test-threads=1"])
-        .env("CHILD_CA", &tls.ca)
-        .env("CHILD_CERT", &tls.cert)
-        .env("CHILD_KEY", &tls.key)
-        .env("CHILD_LISTEN", listen.to_string())
-        .env("CHILD_STATE", state);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_receiver_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CHILD_CA", &tls.ca)
+    .env("CHILD_CERT", &tls.cert)
+    .env("CHILD_KEY", &tls.key)
+    .env("CHILD_LISTEN", listen.to_string())
+    .env("CHILD_STATE", state);
     let child = ChildProcess::spawn("receiver-child", cmd)?;
     let limit = std::time::Instant::now() + Duration::from_secs(30);
     while !child.output().contains("child receiver listening") {
-        anyhow::ensure!(std::time::Instant::now() < limit, "child receiver did not start:\n{}", child.output());
+        anyhow::ensure!(
+            std::time::Instant::now() < limit,
+            "child receiver did not start:\n{}",
+            child.output()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(child)
@@ -268,7 +282,9 @@ async fn receiver_killed_with_sigkill_is_reset_at_once_after_restart() -> anyhow
     init();
     let pki = TestPki::new()?;
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut child = spawn_receiver(&pki, addr, state.path())?;
     let (sender, _) = start_sender::<u64>(&pki, "s", &[addr], spool.path(), |c| {
@@ -304,7 +320,10 @@ async fn receiver_killed_with_sigkill_is_reset_at_once_after_restart() -> anyhow
     sender.send_batch(&[4]).await?;
     let limit = tokio::time::Instant::now() + Duration::from_secs(20);
     while sender.stats().acked_seq < 4 {
-        anyhow::ensure!(tokio::time::Instant::now() < limit, "not acknowledged after reconnect");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < limit,
+            "not acknowledged after reconnect"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(took < Duration::from_secs(10), "reconnected after {took:?}");

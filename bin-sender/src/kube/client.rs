@@ -49,10 +49,11 @@ pub async fn client_from(
     };
     let config = match (kubeconfig, &options.context) {
         (Some(path), _) => {
-            let kc = Kubeconfig::read_from(&path).map_err(|source| ClientConfigError::Kubeconfig {
-                path: Some(path.clone()),
-                source,
-            })?;
+            let kc =
+                Kubeconfig::read_from(&path).map_err(|source| ClientConfigError::Kubeconfig {
+                    path: Some(path.clone()),
+                    source,
+                })?;
             Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .map_err(|source| ClientConfigError::Kubeconfig {
@@ -116,7 +117,9 @@ users:
         .await
         .unwrap();
         assert_eq!(cfg.cluster_url.port_u16(), Some(2));
-        assert!(client_from(Some(path.clone()), Some("second".into())).await.is_ok());
+        assert!(client_from(Some(path.clone()), Some("second".into()))
+            .await
+            .is_ok());
         let Err(err) = client_from(Some(path), Some("nope".into())).await else {
             panic!("an unknown context must fail")
         };

@@ -20,7 +20,9 @@ use k8s_openapi::{
     },
 };
 use serde::{Deserialize, Serialize};
-use telemetry_model::{ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectRef, PodInfo, PodPhase, PodUsage};
+use telemetry_model::{
+    ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectRef, PodInfo, PodPhase, PodUsage,
+};
 
 use super::quantity::{parse_quantity, QuantityError};
 
@@ -153,8 +155,16 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
             let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
             ContainerRequests {
                 name: c.name.clone(),
-                cpu_cores: spec_quantity(requests.and_then(|r| r.get("cpu")), "requests.cpu", &object),
-                memory_bytes: spec_quantity(requests.and_then(|r| r.get("memory")), "requests.memory", &object),
+                cpu_cores: spec_quantity(
+                    requests.and_then(|r| r.get("cpu")),
+                    "requests.cpu",
+                    &object,
+                ),
+                memory_bytes: spec_quantity(
+                    requests.and_then(|r| r.get("memory")),
+                    "requests.memory",
+                    &object,
+                ),
             }
         })
         .collect();
@@ -173,7 +183,12 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
 
 /// Pushes one target per value present in `target`, as kube-state-metrics'
 /// `kube_horizontalpodautoscaler_spec_target_metric` does.
-fn push_targets(out: &mut Vec<HpaTarget>, metric_name: &str, target: &MetricTarget, object: &ObjectRef) {
+fn push_targets(
+    out: &mut Vec<HpaTarget>,
+    metric_name: &str,
+    target: &MetricTarget,
+    object: &ObjectRef,
+) {
     if let Some(v) = spec_quantity(target.value.as_ref(), "target.value", object) {
         out.push(HpaTarget {
             metric_name: metric_name.to_owned(),
@@ -263,7 +278,10 @@ pub fn pod_usage(metrics: &PodMetrics, now_ms: i64) -> Result<PodUsage, ConvertE
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;
     Ok(PodUsage {
-        timestamp_ms: metrics.timestamp.as_ref().map_or(now_ms, |t| t.0.as_millisecond()),
+        timestamp_ms: metrics
+            .timestamp
+            .as_ref()
+            .map_or(now_ms, |t| t.0.as_millisecond()),
         containers,
         namespace: object.namespace,
         pod: object.name,
@@ -347,7 +365,10 @@ mod tests {
         assert_eq!(info.created_by_name, "");
         let mut v = pod_json();
         v["status"] = serde_json::Value::Null;
-        assert_eq!(pod_info(&serde_json::from_value(v).unwrap()).phase, PodPhase::Unknown);
+        assert_eq!(
+            pod_info(&serde_json::from_value(v).unwrap()).phase,
+            PodPhase::Unknown
+        );
     }
 
     #[test]
@@ -476,7 +497,10 @@ mod tests {
     #[test]
     fn pod_metrics_resource_paths() {
         use kube::Resource;
-        assert_eq!(PodMetrics::url_path(&(), None), "/apis/metrics.k8s.io/v1beta1/pods");
+        assert_eq!(
+            PodMetrics::url_path(&(), None),
+            "/apis/metrics.k8s.io/v1beta1/pods"
+        );
         assert_eq!(
             PodMetrics::url_path(&(), Some("ns")),
             "/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods"

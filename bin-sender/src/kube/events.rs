@@ -109,7 +109,9 @@ pub enum StateError {
 /// into the new size and the reason text.
 pub fn parse_rescale_message(message: &str) -> Option<(i32, String)> {
     let rest = message.trim().strip_prefix("New size:")?.trim_start();
-    let digits_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let digits_end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     let size: i32 = rest[..digits_end].parse().ok()?;
     let rest = rest[digits_end..].trim_start();
     let reason = match rest.strip_prefix(';') {
@@ -145,7 +147,12 @@ fn first_time_ms(ev: &Event) -> Option<i64> {
         .as_ref()
         .map(|t| t.0.as_millisecond())
         .or_else(|| ev.event_time.as_ref().map(|t| t.0.as_millisecond()))
-        .or_else(|| ev.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond()))
+        .or_else(|| {
+            ev.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond())
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +209,11 @@ impl ScaleTracker {
     }
 
     /// Like [`ScaleTracker::open`] with a seen set of `capacity` keys.
-    pub fn open_with_capacity(state_dir: &Path, now_ms: i64, capacity: usize) -> Result<Self, StateError> {
+    pub fn open_with_capacity(
+        state_dir: &Path,
+        now_ms: i64,
+        capacity: usize,
+    ) -> Result<Self, StateError> {
         fs::create_dir_all(state_dir).map_err(|source| StateError::CreateDir {
             path: state_dir.to_owned(),
             source,
@@ -245,7 +256,9 @@ impl ScaleTracker {
             Err(e) => return Err(read_err(e)),
         };
         let parsed = if len > MAX_STATE_FILE_BYTES {
-            Err(format!("{len} bytes is more than the {MAX_STATE_FILE_BYTES} accepted"))
+            Err(format!(
+                "{len} bytes is more than the {MAX_STATE_FILE_BYTES} accepted"
+            ))
         } else {
             let bytes = fs::read(&self.path).map_err(read_err)?;
             serde_json::from_slice::<StateFile>(&bytes)
@@ -329,7 +342,9 @@ impl ScaleTracker {
         self.seen.push_back(SeenOccurrence { uid, count, t });
         self.seen_dirty = true;
         while self.seen.len() > self.capacity {
-            let Some(old) = self.seen.pop_front() else { break };
+            let Some(old) = self.seen.pop_front() else {
+                break;
+            };
             // Everything up to and including the evicted occurrence's time
             // is history from now on.
             self.floor_ms = self.floor_ms.max(old.t.saturating_add(1));
@@ -367,10 +382,16 @@ impl ScaleTracker {
     /// Learns replica counts from an HPA's status (call on every HPA seen).
     pub fn observe_hpa(&mut self, hpa: &HorizontalPodAutoscaler) {
         let Some(status) = &hpa.status else { return };
-        let Some(current) = status.current_replicas else { return };
+        let Some(current) = status.current_replicas else {
+            return;
+        };
         let object = super::convert::hpa_ref(hpa);
         let desired = status.desired_replicas;
-        match status.last_scale_time.as_ref().map(|t| t.0.as_millisecond()) {
+        match status
+            .last_scale_time
+            .as_ref()
+            .map(|t| t.0.as_millisecond())
+        {
             // Never scaled: the current size holds since forever.
             None => self.record_point(&object, i64::MIN, current, true),
             // The reconcile that rescaled: `current` before, `desired` from then on.
@@ -431,7 +452,9 @@ impl ScaleTracker {
             tracing::debug!(uid, "rescale event without a timestamp; skipped");
             return Vec::new();
         };
-        let Some((new_size, reason)) = parse_rescale_message(ev.message.as_deref().unwrap_or_default()) else {
+        let Some((new_size, reason)) =
+            parse_rescale_message(ev.message.as_deref().unwrap_or_default())
+        else {
             tracing::debug!(uid, message = ?ev.message, "rescale event message not understood; skipped");
             return Vec::new();
         };
@@ -631,11 +654,23 @@ mod tests {
             parse_rescale_message("New size: 2; reason: All metrics below target"),
             Some((2, "All metrics below target".into()))
         );
-        assert_eq!(parse_rescale_message("New size: 0"), Some((0, String::new())));
-        assert_eq!(parse_rescale_message("  New size:3;reason:x "), Some((3, "x".into())));
+        assert_eq!(
+            parse_rescale_message("New size: 0"),
+            Some((0, String::new()))
+        );
+        assert_eq!(
+            parse_rescale_message("  New size:3;reason:x "),
+            Some((3, "x".into()))
+        );
         assert_eq!(parse_rescale_message("New size: -1; reason: x"), None);
-        assert_eq!(parse_rescale_message("New size: 99999999999; reason: x"), None);
-        assert_eq!(parse_rescale_message("Scaled up replica set web to 3"), None);
+        assert_eq!(
+            parse_rescale_message("New size: 99999999999; reason: x"),
+            None
+        );
+        assert_eq!(
+            parse_rescale_message("Scaled up replica set web to 3"),
+            None
+        );
         assert_eq!(parse_rescale_message("New size: 4 pods"), None);
         let long = format!("New size: 1; reason: {}", "é".repeat(2000));
         assert!(parse_rescale_message(&long).unwrap().1.len() <= MAX_REASON_LEN);
@@ -679,7 +714,10 @@ mod tests {
         );
         let t2 = t1 + 30_000;
         tr.observe_hpa(&hpa(5, 2, Some(t2)));
-        assert_eq!(sizes(&tr.on_event(&rescale("b", 1, 2, t2, t2))), vec![(5, 2, "b/1")]);
+        assert_eq!(
+            sizes(&tr.on_event(&rescale("b", 1, 2, t2, t2))),
+            vec![(5, 2, "b/1")]
+        );
     }
 
     #[test]
@@ -693,9 +731,15 @@ mod tests {
         assert!(tr.on_event(&rescale("a", 1, 5, t1, t1)).is_empty());
         // Scale down in between, then the same "New size: 5" again: count 2.
         let t2 = t1 + 60_000;
-        assert_eq!(sizes(&tr.on_event(&rescale("b", 1, 2, t2, t2))), vec![(5, 2, "b/1")]);
+        assert_eq!(
+            sizes(&tr.on_event(&rescale("b", 1, 2, t2, t2))),
+            vec![(5, 2, "b/1")]
+        );
         let t3 = t2 + 60_000;
-        assert_eq!(sizes(&tr.on_event(&rescale("a", 2, 5, t1, t3))), vec![(2, 5, "a/2")]);
+        assert_eq!(
+            sizes(&tr.on_event(&rescale("a", 2, 5, t1, t3))),
+            vec![(2, 5, "a/2")]
+        );
         assert!(tr.on_event(&rescale("a", 2, 5, t1, t3)).is_empty());
         // A jump by two reports both missed counts.
         let t4 = t3 + 60_000;
@@ -742,7 +786,11 @@ mod tests {
     fn events_before_the_first_start_are_not_counted() {
         let dir = tempfile::tempdir().unwrap();
         let mut tr = ScaleTracker::open(dir.path(), START + 500).unwrap();
-        assert_eq!(tr.floor_ms(), START, "floor is the first start in whole seconds");
+        assert_eq!(
+            tr.floor_ms(),
+            START,
+            "floor is the first start in whole seconds"
+        );
         // Old event.
         assert!(tr
             .on_event(&rescale("old", 3, 5, START - 600_000, START - 60_000))
@@ -761,7 +809,10 @@ mod tests {
         // Never seen before, first occurrence before the start, two counts
         // since: only the latest is known to be new.
         let evs = tr.on_event(&rescale("older", 7, 5, START - 900_000, t));
-        assert_eq!(evs.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), vec!["older/7"]);
+        assert_eq!(
+            evs.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+            vec!["older/7"]
+        );
     }
 
     #[test]
@@ -785,7 +836,10 @@ mod tests {
         // already settled: the persisted history knows the size before.
         let t2 = START + 120_000;
         tr.observe_hpa(&hpa(2, 2, Some(t2)));
-        assert_eq!(sizes(&tr.on_event(&rescale("b", 1, 2, t2, t2))), vec![(5, 2, "b/1")]);
+        assert_eq!(
+            sizes(&tr.on_event(&rescale("b", 1, 2, t2, t2))),
+            vec![(5, 2, "b/1")]
+        );
     }
 
     #[test]
@@ -799,11 +853,15 @@ mod tests {
         assert_eq!(tr.seen_len(), 2);
         assert_eq!(tr.floor_ms(), START + 1001);
         // "a" was evicted but is below the floor now.
-        assert!(tr.on_event(&rescale("a", 1, 5, START + 1000, START + 1000)).is_empty());
+        assert!(tr
+            .on_event(&rescale("a", 1, 5, START + 1000, START + 1000))
+            .is_empty());
         tr.persist().unwrap();
         let mut tr = ScaleTracker::open_with_capacity(dir.path(), START + 99_000, 2).unwrap();
         assert_eq!(tr.floor_ms(), START + 1001);
-        assert!(tr.on_event(&rescale("c", 1, 5, START + 3000, START + 3000)).is_empty());
+        assert!(tr
+            .on_event(&rescale("c", 1, 5, START + 3000, START + 3000))
+            .is_empty());
     }
 
     #[test]

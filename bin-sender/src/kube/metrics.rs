@@ -29,7 +29,9 @@ pub(crate) enum MetricsFailure {
 impl MetricsFailure {
     pub(crate) fn classify(err: &kube::Error) -> Self {
         match err {
-            kube::Error::Api(s) if s.code == 404 || s.code == 503 => MetricsFailure::Absent(s.message.clone()),
+            kube::Error::Api(s) if s.code == 404 || s.code == 503 => {
+                MetricsFailure::Absent(s.message.clone())
+            }
             kube::Error::Api(s) if s.is_forbidden() => MetricsFailure::Forbidden(s.message.clone()),
             other => MetricsFailure::Other(other.to_string()),
         }
@@ -86,7 +88,9 @@ impl MetricsPoller {
                             *warned_bad = true;
                             tracing::warn!(%error, "skipping pod metrics with a malformed quantity (further ones at debug)");
                         }
-                        Err(error) => tracing::debug!(%error, "skipping pod metrics with a malformed quantity"),
+                        Err(error) => {
+                            tracing::debug!(%error, "skipping pod metrics with a malformed quantity")
+                        }
                     }
                 }
                 match list.metadata.continue_.as_deref() {
@@ -100,7 +104,11 @@ impl MetricsPoller {
     }
 
     /// Polls until `tx` is closed, starting once `ready` is true.
-    pub(crate) async fn run(self, mut ready: watch::Receiver<bool>, tx: mpsc::Sender<Vec<PodUsage>>) {
+    pub(crate) async fn run(
+        self,
+        mut ready: watch::Receiver<bool>,
+        tx: mpsc::Sender<Vec<PodUsage>>,
+    ) {
         if ready.wait_for(|r| *r).await.is_err() {
             return;
         }
@@ -110,7 +118,9 @@ impl MetricsPoller {
             let pause = match self.poll_once(&mut warned_bad).await {
                 Ok(usage) => {
                     if unavailable {
-                        tracing::info!("metrics.k8s.io is available again; pod usage is reported again");
+                        tracing::info!(
+                            "metrics.k8s.io is available again; pod usage is reported again"
+                        );
                         unavailable = false;
                     }
                     if tx.send(usage).await.is_err() {

@@ -86,18 +86,29 @@ pub fn parse_quantity(input: &str) -> Result<f64, QuantityError> {
         return Err(QuantityError::NoDigits(s.to_owned()));
     }
     let suffix = &s[pos..];
-    let scale = parse_suffix(suffix).ok_or_else(|| QuantityError::BadSuffix(s.to_owned(), suffix.to_owned()))?;
+    let scale = parse_suffix(suffix)
+        .ok_or_else(|| QuantityError::BadSuffix(s.to_owned(), suffix.to_owned()))?;
 
     // Let the standard library do the correctly rounded decimal conversion:
     // "<digits>.<digits>e<exp>" with the decimal exponent folded in.
-    let int_part = if int_digits.is_empty() { "0" } else { int_digits };
-    let frac_part = if frac_digits.is_empty() { "0" } else { frac_digits };
+    let int_part = if int_digits.is_empty() {
+        "0"
+    } else {
+        int_digits
+    };
+    let frac_part = if frac_digits.is_empty() {
+        "0"
+    } else {
+        frac_digits
+    };
     let decimal_exp = match scale {
         Scale::Decimal(e) => e,
         Scale::Binary(_) => 0,
     };
     let text = format!("{int_part}.{frac_part}e{decimal_exp}");
-    let magnitude: f64 = text.parse().map_err(|_| QuantityError::OutOfRange(s.to_owned()))?;
+    let magnitude: f64 = text
+        .parse()
+        .map_err(|_| QuantityError::OutOfRange(s.to_owned()))?;
     let magnitude = match scale {
         Scale::Decimal(_) => magnitude,
         // 2^(10k) is exact in f64; the product rounds once.
@@ -143,7 +154,10 @@ fn parse_suffix(suffix: &str) -> Option<Scale> {
                 Some(b'+') => (false, &rest[1..]),
                 _ => (false, rest),
             };
-            if digits.is_empty() || digits.len() > MAX_EXPONENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if digits.is_empty()
+                || digits.len() > MAX_EXPONENT_DIGITS
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
             let value: i64 = digits.parse().ok()?;
@@ -262,8 +276,14 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error_not_infinity() {
-        assert!(matches!(parse_quantity("1e400"), Err(QuantityError::OutOfRange(_))));
-        assert!(matches!(parse_quantity("999999Ei9"), Err(QuantityError::BadSuffix(..))));
+        assert!(matches!(
+            parse_quantity("1e400"),
+            Err(QuantityError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_quantity("999999Ei9"),
+            Err(QuantityError::BadSuffix(..))
+        ));
         // Tiny values underflow to zero, which is representable.
         assert_eq!(parse_quantity("1e-400"), Ok(0.0));
     }
@@ -271,7 +291,10 @@ mod tests {
     #[test]
     fn long_strings_are_refused() {
         let long = "1".repeat(MAX_QUANTITY_LEN + 1);
-        assert_eq!(parse_quantity(&long), Err(QuantityError::TooLong(MAX_QUANTITY_LEN + 1)));
+        assert_eq!(
+            parse_quantity(&long),
+            Err(QuantityError::TooLong(MAX_QUANTITY_LEN + 1))
+        );
     }
 
     const SUFFIXES: [(&str, f64); 16] = [

@@ -57,7 +57,9 @@ use kube::{
     Resource,
 };
 use serde::de::DeserializeOwned;
-use telemetry_model::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, RecordSink, SinkError};
+use telemetry_model::{
+    ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, RecordSink, SinkError,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::{
@@ -144,7 +146,9 @@ pub enum KubeSourceError {
         namespace: Option<String>,
     },
     /// The API server rejected a request as malformed (400).
-    #[error("the API server rejected the {verb} of {resource}: {message} (check the label selector)")]
+    #[error(
+        "the API server rejected the {verb} of {resource}: {message} (check the label selector)"
+    )]
     Rejected {
         /// `list` or `watch`.
         verb: &'static str,
@@ -219,7 +223,10 @@ impl Slot {
 #[allow(clippy::large_enum_variant)]
 enum Item {
     Pod(usize, Result<watcher::Event<Pod>, watcher::Error>),
-    Hpa(usize, Result<watcher::Event<HorizontalPodAutoscaler>, watcher::Error>),
+    Hpa(
+        usize,
+        Result<watcher::Event<HorizontalPodAutoscaler>, watcher::Error>,
+    ),
     Ev(usize, Result<watcher::Event<Event>, watcher::Error>),
 }
 
@@ -273,7 +280,8 @@ impl Backoff for WatchBackoff {
 fn forbidden_verb(err: &watcher::Error) -> Option<&'static str> {
     match err {
         watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.is_forbidden() => Some("list"),
-        watcher::Error::WatchStartFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s))
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
             if s.is_forbidden() =>
         {
             Some("watch")
@@ -285,8 +293,12 @@ fn forbidden_verb(err: &watcher::Error) -> Option<&'static str> {
 
 fn bad_request(err: &watcher::Error) -> Option<(&'static str, String)> {
     match err {
-        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 400 => Some(("list", s.message.clone())),
-        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 400 => Some(("watch", s.message.clone())),
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 400 => {
+            Some(("list", s.message.clone()))
+        }
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 400 => {
+            Some(("watch", s.message.clone()))
+        }
         _ => None,
     }
 }
@@ -325,7 +337,8 @@ impl Batcher {
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.since.map(|s| tokio::time::Instant::from_std(s + self.interval))
+        self.since
+            .map(|s| tokio::time::Instant::from_std(s + self.interval))
     }
 
     fn full(&self) -> bool {
@@ -515,7 +528,9 @@ impl Runner {
             hpas_ready: false,
             ready,
             // Distinct across restarts of the sender.
-            next_snapshot_id: u64::try_from(now_ms()).unwrap_or_default().saturating_mul(1000),
+            next_snapshot_id: u64::try_from(now_ms())
+                .unwrap_or_default()
+                .saturating_mul(1000),
             pending_events: VecDeque::new(),
             warned_pending_overflow: false,
             only_known_hpas: config.label_selector.is_some(),
@@ -523,11 +538,17 @@ impl Runner {
         }
     }
 
-    fn streams(&self, client: &kube::Client, config: &KubeSourceConfig) -> Vec<BoxStream<'static, Item>> {
+    fn streams(
+        &self,
+        client: &kube::Client,
+        config: &KubeSourceConfig,
+    ) -> Vec<BoxStream<'static, Item>> {
         let timeout = u32::try_from(config.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
         // Small list pages bound the memory a (re)list needs at once: only
         // one page of full API objects is decoded at a time.
-        let base = watcher::Config::default().timeout(timeout).page_size(LIST_PAGE_SIZE);
+        let base = watcher::Config::default()
+            .timeout(timeout)
+            .page_size(LIST_PAGE_SIZE);
         let labelled = match &self.label_selector {
             Some(sel) => base.clone().labels(sel),
             None => base.clone(),
@@ -538,14 +559,19 @@ impl Runner {
             .map(|(i, slot)| {
                 let scope = slot.scope.as_deref();
                 match slot.what {
-                    Watched::Pods => watch_stream::<Pod>(client, scope, labelled.clone(), config.max_backoff)
-                        .map(move |r| Item::Pod(i, r))
-                        .boxed(),
-                    Watched::Hpas => {
-                        watch_stream::<HorizontalPodAutoscaler>(client, scope, labelled.clone(), config.max_backoff)
-                            .map(move |r| Item::Hpa(i, r))
+                    Watched::Pods => {
+                        watch_stream::<Pod>(client, scope, labelled.clone(), config.max_backoff)
+                            .map(move |r| Item::Pod(i, r))
                             .boxed()
                     }
+                    Watched::Hpas => watch_stream::<HorizontalPodAutoscaler>(
+                        client,
+                        scope,
+                        labelled.clone(),
+                        config.max_backoff,
+                    )
+                    .map(move |r| Item::Hpa(i, r))
+                    .boxed(),
                     Watched::Events => watch_stream::<Event>(
                         client,
                         scope,
@@ -590,17 +616,17 @@ impl Runner {
                 }
             }
             Item::Hpa(i, Ok(ev)) => self.on_hpa(i, ev),
-            Item::Ev(i, Ok(ev)) => {
-                match ev {
-                    watcher::Event::InitApply(e) | watcher::Event::Apply(e) => self.on_k8s_event(e),
-                    watcher::Event::InitDone => {
-                        tracing::debug!(namespace = self.slots[i].namespace(), "events listed");
-                        self.slots[i].listed = true;
-                    }
-                    watcher::Event::Init | watcher::Event::Delete(_) => {}
+            Item::Ev(i, Ok(ev)) => match ev {
+                watcher::Event::InitApply(e) | watcher::Event::Apply(e) => self.on_k8s_event(e),
+                watcher::Event::InitDone => {
+                    tracing::debug!(namespace = self.slots[i].namespace(), "events listed");
+                    self.slots[i].listed = true;
                 }
+                watcher::Event::Init | watcher::Event::Delete(_) => {}
+            },
+            Item::Pod(i, Err(e)) | Item::Hpa(i, Err(e)) | Item::Ev(i, Err(e)) => {
+                self.watch_error(i, &e)?
             }
-            Item::Pod(i, Err(e)) | Item::Hpa(i, Err(e)) | Item::Ev(i, Err(e)) => self.watch_error(i, &e)?,
         }
         Ok(())
     }
@@ -655,7 +681,10 @@ impl Runner {
     }
 
     fn all_listed(&self, what: Watched) -> bool {
-        self.slots.iter().filter(|s| s.what == what).all(|s| s.listed)
+        self.slots
+            .iter()
+            .filter(|s| s.what == what)
+            .all(|s| s.listed)
     }
 
     fn on_pod(&mut self, i: usize, ev: watcher::Event<Pod>) {
@@ -668,12 +697,18 @@ impl Runner {
                 let relist = slot.listed;
                 slot.listed = true;
                 let scope = slot.scope.clone();
-                tracing::info!(namespace = slot.namespace(), pods = items.len(), relist, "pods listed");
+                tracing::info!(
+                    namespace = slot.namespace(),
+                    pods = items.len(),
+                    relist,
+                    "pods listed"
+                );
                 self.store.replace_pods(scope.as_deref(), items);
                 if self.all_listed(Watched::Pods) {
                     self.pods_ready = true;
                     let id = self.snapshot_id();
-                    self.batch.extend(self.store.snapshot(id, &[ObjectKind::Pod], false));
+                    self.batch
+                        .extend(self.store.snapshot(id, &[ObjectKind::Pod], false));
                     self.update_ready();
                 }
             }
@@ -705,13 +740,19 @@ impl Runner {
                 let relist = slot.listed;
                 slot.listed = true;
                 let scope = slot.scope.clone();
-                tracing::info!(namespace = slot.namespace(), hpas = items.len(), relist, "HPAs listed");
+                tracing::info!(
+                    namespace = slot.namespace(),
+                    hpas = items.len(),
+                    relist,
+                    "HPAs listed"
+                );
                 self.store.replace_hpas(scope.as_deref(), items);
                 if self.all_listed(Watched::Hpas) {
                     let first = !self.hpas_ready;
                     self.hpas_ready = true;
                     let id = self.snapshot_id();
-                    self.batch.extend(self.store.snapshot(id, &[ObjectKind::Hpa], false));
+                    self.batch
+                        .extend(self.store.snapshot(id, &[ObjectKind::Hpa], false));
                     self.update_ready();
                     if first {
                         while let Some(e) = self.pending_events.pop_front() {
@@ -812,7 +853,11 @@ impl Runner {
             );
             return;
         }
-        tracing::info!(connection, ?kinds, "link reconnected; re-sending a full snapshot");
+        tracing::info!(
+            connection,
+            ?kinds,
+            "link reconnected; re-sending a full snapshot"
+        );
         let id = self.snapshot_id();
         self.batch.extend(self.store.snapshot(id, &kinds, true));
     }
@@ -893,10 +938,15 @@ mod tests {
             Some("watch")
         );
         assert_eq!(
-            forbidden_verb(&watcher::Error::InitialListFailed(api(500, "InternalError"))),
+            forbidden_verb(&watcher::Error::InitialListFailed(api(
+                500,
+                "InternalError"
+            ))),
             None
         );
-        let gone = watcher::Error::WatchError(Status::failure("too old", "Expired").with_code(410).boxed());
+        let gone = watcher::Error::WatchError(
+            Status::failure("too old", "Expired").with_code(410).boxed(),
+        );
         assert!(is_gone(&gone));
         assert_eq!(forbidden_verb(&gone), None);
         assert_eq!(
@@ -923,7 +973,10 @@ mod tests {
         let mut c = KubeSourceConfig::new("/tmp/x");
         assert_eq!(c.scopes(), vec![None]);
         c.namespaces = vec!["a".into(), "b".into(), "a".into()];
-        assert_eq!(c.scopes(), vec![Some("a".to_string()), Some("b".to_string())]);
+        assert_eq!(
+            c.scopes(),
+            vec![Some("a".to_string()), Some("b".to_string())]
+        );
     }
 
     /// Records the size of every batch.

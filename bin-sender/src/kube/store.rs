@@ -112,7 +112,12 @@ impl Store {
 
     /// A snapshot of `kinds` with id `id`; with `with_usage`, the last usage
     /// of every pod follows the snapshot's end.
-    pub(crate) fn snapshot(&self, id: u64, kinds: &[ObjectKind], with_usage: bool) -> Vec<ClusterRecord> {
+    pub(crate) fn snapshot(
+        &self,
+        id: u64,
+        kinds: &[ObjectKind],
+        with_usage: bool,
+    ) -> Vec<ClusterRecord> {
         let mut out = Vec::with_capacity(2 + self.pods.len() + self.hpas.len());
         out.push(ClusterRecord::SnapshotBegin {
             id,
@@ -175,11 +180,18 @@ mod tests {
         let mut s = Store::default();
         s.replace_pods(
             Some("a"),
-            vec![pod("a", "1", PodPhase::Running), pod("a", "2", PodPhase::Running)],
+            vec![
+                pod("a", "1", PodPhase::Running),
+                pod("a", "2", PodPhase::Running),
+            ],
         );
         s.replace_pods(Some("b"), vec![pod("b", "1", PodPhase::Running)]);
         s.replace_pods(Some("a"), vec![pod("a", "3", PodPhase::Pending)]);
-        let names: Vec<_> = s.pods.keys().map(|k| format!("{}/{}", k.namespace, k.name)).collect();
+        let names: Vec<_> = s
+            .pods
+            .keys()
+            .map(|k| format!("{}/{}", k.namespace, k.name))
+            .collect();
         assert_eq!(names, vec!["a/3", "b/1"]);
         s.replace_pods(None, vec![]);
         assert_eq!(s.len(), (0, 0));
@@ -218,7 +230,9 @@ mod tests {
         }));
         let snap = s.snapshot(7, &[ObjectKind::Pod], false);
         assert_eq!(snap.len(), 3);
-        assert!(matches!(&snap[0], ClusterRecord::SnapshotBegin { id: 7, kinds } if kinds == &vec![ObjectKind::Pod]));
+        assert!(
+            matches!(&snap[0], ClusterRecord::SnapshotBegin { id: 7, kinds } if kinds == &vec![ObjectKind::Pod])
+        );
         assert!(matches!(&snap[1], ClusterRecord::PodUpsert(p) if p.name == "1"));
         assert_eq!(snap[2], ClusterRecord::SnapshotEnd { id: 7 });
         let full = s.snapshot(8, &[ObjectKind::Pod, ObjectKind::Hpa], true);

@@ -37,7 +37,10 @@ use telemetry_link::{
 use telemetry_model::ClusterRecord;
 use telemetry_test_support::{prom::Exposition, raw};
 
-use super::{audit_source, count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT, SENDER_ID};
+use super::{
+    audit_source, count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage,
+    RX_METRICS_PORT, SENDER_ID,
+};
 use crate::{
     audit::AuditFile,
     netns::{Netns, RX_IP},
@@ -117,9 +120,13 @@ impl Hostile<'_> {
     fn refused_handshake(&self, identity: Option<&TlsFiles>) -> Result<String> {
         let ep = self.endpoint()?;
         let cfg = raw::client_config(&self.ca, identity)?;
-        let res = self
-            .rt
-            .block_on(raw::attempt(&ep, cfg, self.target, &self.server_name, Duration::from_secs(3)));
+        let res = self.rt.block_on(raw::attempt(
+            &ep,
+            cfg,
+            self.target,
+            &self.server_name,
+            Duration::from_secs(3),
+        ));
         match res {
             Ok(_) => bail!("the handshake was accepted"),
             Err(e) => Ok(e),
@@ -133,7 +140,13 @@ impl Hostile<'_> {
         files: &TlsFiles,
         stream_id: u128,
     ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u64)> {
-        let conn = raw::connect(ep, raw::client_config(&self.ca, Some(files))?, self.target, &self.server_name).await?;
+        let conn = raw::connect(
+            ep,
+            raw::client_config(&self.ca, Some(files))?,
+            self.target,
+            &self.server_name,
+        )
+        .await?;
         let h = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             stream_id,
@@ -150,7 +163,12 @@ impl Hostile<'_> {
     }
 
     /// Says hello as `files`, writes `bytes(applied)` and returns the close code.
-    fn after_hello(&self, files: &TlsFiles, bytes: impl FnOnce(u64) -> Vec<u8>, finish: bool) -> Result<Option<u64>> {
+    fn after_hello(
+        &self,
+        files: &TlsFiles,
+        bytes: impl FnOnce(u64) -> Vec<u8>,
+        finish: bool,
+    ) -> Result<Option<u64>> {
         let ep = self.endpoint()?;
         self.rt.block_on(async {
             let (conn, mut s, _r, applied) = self.hello(&ep, files, 7).await?;
@@ -197,11 +215,20 @@ fn frame_of(type_byte: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Waits until `metric{labels}` reached `base + delta`, then checks it did
 /// not go past it. Returns the observed delta.
-fn counted(rx: &Proc, base: &Exposition, metric: &str, labels: &[(&str, &str)], delta: f64, exact: bool) -> Result<f64> {
+fn counted(
+    rx: &Proc,
+    base: &Exposition,
+    metric: &str,
+    labels: &[(&str, &str)],
+    delta: f64,
+    exact: bool,
+) -> Result<f64> {
     let b = base.sum(metric, labels);
-    let res = rx.wait_metrics(Duration::from_secs(10), &format!("{metric}{labels:?} += {delta}"), |e| {
-        (e.sum(metric, labels) - b >= delta).then_some(())
-    });
+    let res = rx.wait_metrics(
+        Duration::from_secs(10),
+        &format!("{metric}{labels:?} += {delta}"),
+        |e| (e.sum(metric, labels) - b >= delta).then_some(()),
+    );
     if exact {
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -216,7 +243,14 @@ fn counted(rx: &Proc, base: &Exposition, metric: &str, labels: &[(&str, &str)], 
 /// A protocol case: name, bytes to write after the hello (given the applied
 /// position), whether to finish the stream, expected close code, metric and
 /// reason.
-type ProtoCase = (&'static str, Box<dyn Fn(u64) -> Vec<u8>>, bool, u64, &'static str, &'static str);
+type ProtoCase = (
+    &'static str,
+    Box<dyn Fn(u64) -> Vec<u8>>,
+    bool,
+    u64,
+    &'static str,
+    &'static str,
+);
 
 /// Runs the scenario.
 pub fn run(ctx: &Ctx) -> Result<Outcome> {
@@ -235,7 +269,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
 
     let h = Hostile {
         ns: &st.topo.tx,
-        rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
         target: spec.listen,
         server_name: RX_IP.to_string(),
         ca: ctx.pki.ca_path(),
@@ -244,10 +281,13 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut results: Vec<(String, Result<String>)> = Vec::new();
     let mut case = |name: &str, f: &mut dyn FnMut() -> Result<String>| {
         let r = f();
-        println!("    [{NAME}] {name}: {}", match &r {
-            Ok(s) => format!("refused, {s}"),
-            Err(e) => format!("FAILED: {e:#}"),
-        });
+        println!(
+            "    [{NAME}] {name}: {}",
+            match &r {
+                Ok(s) => format!("refused, {s}"),
+                Err(e) => format!("FAILED: {e:#}"),
+            }
+        );
         results.push((name.to_owned(), r));
     };
 
@@ -269,15 +309,31 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             let got = counted(&rx, &base, INV, &[("reason", reason)], *n, true)?;
             seen.push(format!("{reason}={got}"));
         }
-        Ok(format!("{} datagrams, counted {}", grams.len(), seen.join(" ")))
+        Ok(format!(
+            "{} datagrams, counted {}",
+            grams.len(),
+            seen.join(" ")
+        ))
     });
 
     // TLS-level refusals.
     let tls_cases: Vec<(&str, Option<TlsFiles>, &str)> = vec![
         ("no client certificate", None, "no_certificate"),
-        ("self-signed certificate", Some(pki.self_signed(SENDER_ID)?), "unknown_ca"),
-        ("expired certificate", Some(pki.sender_valid(SENDER_ID, Validity::relative(-7200, -3600))?), "expired"),
-        ("certificate from another CA", Some(pki.sender_from_other_ca(SENDER_ID)?), "unknown_ca"),
+        (
+            "self-signed certificate",
+            Some(pki.self_signed(SENDER_ID)?),
+            "unknown_ca",
+        ),
+        (
+            "expired certificate",
+            Some(pki.sender_valid(SENDER_ID, Validity::relative(-7200, -3600))?),
+            "expired",
+        ),
+        (
+            "certificate from another CA",
+            Some(pki.sender_from_other_ca(SENDER_ID)?),
+            "unknown_ca",
+        ),
     ];
     for (name, files, reason) in &tls_cases {
         case(name, &mut || {
@@ -292,7 +348,13 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         let base = rx.scrape()?;
         let ep = h.endpoint()?;
         let code = h.rt.block_on(async {
-            let conn = raw::connect(&ep, raw::client_config(&h.ca, Some(&intruder))?, h.target, &h.server_name).await?;
+            let conn = raw::connect(
+                &ep,
+                raw::client_config(&h.ca, Some(&intruder))?,
+                h.target,
+                &h.server_name,
+            )
+            .await?;
             raw::closed_with(&conn, Duration::from_secs(5)).await
         })?;
         if code != Some(u64::from(ErrorCode::NotAllowed.as_u32())) {
@@ -314,7 +376,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             PE,
             "frame_too_large",
         ),
-        ("truncated frame", Box::new(|_| vec![0, 0, 0, 10, 4, 1, 2]), true, violation, PE, "protocol_violation"),
+        (
+            "truncated frame",
+            Box::new(|_| vec![0, 0, 0, 10, 4, 1, 2]),
+            true,
+            violation,
+            PE,
+            "protocol_violation",
+        ),
         (
             "truncated postcard batch body",
             Box::new(|applied| {
@@ -362,9 +431,16 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         let base = rx.scrape()?;
         let ep = h.endpoint()?;
         let code = h.rt.block_on(async {
-            let conn = raw::connect(&ep, raw::client_config(&h.ca, Some(&proto))?, h.target, &h.server_name).await?;
+            let conn = raw::connect(
+                &ep,
+                raw::client_config(&h.ca, Some(&proto))?,
+                h.target,
+                &h.server_name,
+            )
+            .await?;
             // version 1, then a varint that never ends
-            let (_s, _r) = raw::open_and_write(&conn, &frame_of(1, &[0x01, 0xff, 0xff, 0xff])).await?;
+            let (_s, _r) =
+                raw::open_and_write(&conn, &frame_of(1, &[0x01, 0xff, 0xff, 0xff])).await?;
             raw::closed_with(&conn, Duration::from_secs(5)).await
         })?;
         if code != Some(violation) {
@@ -404,7 +480,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             }
             anyhow::Ok(())
         })?;
-        counted(&rx, &base, "telemetry_link_duplicates_dropped_total", &[("sender", "replayer")], 6.0, true)?;
+        counted(
+            &rx,
+            &base,
+            "telemetry_link_duplicates_dropped_total",
+            &[("sender", "replayer")],
+            6.0,
+            true,
+        )?;
         Ok("6 replayed records dropped as duplicates".into())
     });
 
@@ -416,9 +499,12 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         let admitted = h.rt.block_on(async {
             let mut tasks = Vec::new();
             for _ in 0..200 {
-                let (ep, cfg, target, name) = (ep.clone(), cfg.clone(), h.target, h.server_name.clone());
+                let (ep, cfg, target, name) =
+                    (ep.clone(), cfg.clone(), h.target, h.server_name.clone());
                 tasks.push(tokio::spawn(async move {
-                    raw::attempt(&ep, cfg, target, &name, Duration::from_secs(5)).await.is_ok()
+                    raw::attempt(&ep, cfg, target, &name, Duration::from_secs(5))
+                        .await
+                        .is_ok()
                 }));
             }
             let mut admitted = 0;
@@ -434,9 +520,17 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         let e = rx.scrape()?;
         let by_reason: Vec<String> = ["no_certificate", "busy", "handshake_timeout"]
             .iter()
-            .map(|r| format!("{r}={}", e.sum(HS, &[("reason", r)]) - base.sum(HS, &[("reason", r)])))
+            .map(|r| {
+                format!(
+                    "{r}={}",
+                    e.sum(HS, &[("reason", r)]) - base.sum(HS, &[("reason", r)])
+                )
+            })
             .collect();
-        Ok(format!("0 admitted, {got} handshake failures counted ({})", by_reason.join(" ")))
+        Ok(format!(
+            "0 admitted, {got} handshake failures counted ({})",
+            by_reason.join(" ")
+        ))
     });
     let attack_over = Instant::now();
 
@@ -451,8 +545,13 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         st.row.recovery = Some(at - attack_over);
     }
     let e = tx.scrape()?;
-    let reconnects = e.value("telemetry_sender_reconnects_total", &[]).unwrap_or(-1.0);
-    st.check(reconnects == 0.0, format!("the good sender reconnected {reconnects} times during the attack"));
+    let reconnects = e
+        .value("telemetry_sender_reconnects_total", &[])
+        .unwrap_or(-1.0);
+    st.check(
+        reconnects == 0.0,
+        format!("the good sender reconnected {reconnects} times during the attack"),
+    );
     let report = st.finish(
         &mut tx,
         &mut [&mut rx],
@@ -460,8 +559,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         total,
         Duration::from_secs(120),
     )?;
-    let good_sessions = count_log_lines(&rx.output(), &["sender connected", &format!("sender={SENDER_ID}")]);
-    st.check(good_sessions == 1, format!("the good sender had {good_sessions} sessions, want 1"));
+    let good_sessions = count_log_lines(
+        &rx.output(),
+        &["sender connected", &format!("sender={SENDER_ID}")],
+    );
+    st.check(
+        good_sessions == 1,
+        format!("the good sender had {good_sessions} sessions, want 1"),
+    );
     // The replayer's records were applied exactly once.
     let files = vec![AuditFile::load(&spec.audit_log, "rx", false).context("audit log")?];
     st.audit_check(&files, "replayer", 3, 0);
@@ -476,20 +581,41 @@ mod tests {
     fn the_oracle_follows_the_protocol_document() {
         assert_eq!(expected_reason(&[0x00, 1, 2]), Some("not_quic"));
         assert_eq!(expected_reason(&[0xc0, 0, 0]), Some("truncated"));
-        assert_eq!(expected_reason(&[0xc0, 0xff, 0, 0, 0x1d, 0, 0, 0]), Some("unsupported_version"));
-        assert_eq!(expected_reason(&[0xc0, 0, 0, 0, 1, 0, 0, 0]), Some("short_initial"));
+        assert_eq!(
+            expected_reason(&[0xc0, 0xff, 0, 0, 0x1d, 0, 0, 0]),
+            Some("unsupported_version")
+        );
+        assert_eq!(
+            expected_reason(&[0xc0, 0, 0, 0, 1, 0, 0, 0]),
+            Some("short_initial")
+        );
         let mut initial = vec![0xc0, 0, 0, 0, 1];
         initial.resize(1200, 0);
         assert_eq!(expected_reason(&initial), None);
         assert_eq!(expected_reason(&[0x40, 1, 2, 3]), None);
-        assert_eq!(expected_reason(&[0xd0, 0, 0, 0, 1, 0, 0, 0]), None, "0-RTT, not an Initial");
+        assert_eq!(
+            expected_reason(&[0xd0, 0, 0, 0, 1, 0, 0, 0]),
+            None,
+            "0-RTT, not an Initial"
+        );
     }
 
     #[test]
     fn random_datagrams_cover_every_reason() {
         let g = random_datagrams(42, 400);
-        for reason in ["not_quic", "truncated", "unsupported_version", "short_initial"] {
-            assert!(g.iter().filter(|d| expected_reason(d) == Some(reason)).count() >= 10, "{reason}");
+        for reason in [
+            "not_quic",
+            "truncated",
+            "unsupported_version",
+            "short_initial",
+        ] {
+            assert!(
+                g.iter()
+                    .filter(|d| expected_reason(d) == Some(reason))
+                    .count()
+                    >= 10,
+                "{reason}"
+            );
         }
         assert_eq!(g, random_datagrams(42, 400), "deterministic");
     }

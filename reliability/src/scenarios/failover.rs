@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::Result;
 
-use super::{audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, QUIC_PORT, RX_IP2, RX_METRICS_PORT};
+use super::{
+    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, QUIC_PORT, RX_IP2,
+    RX_METRICS_PORT,
+};
 use crate::netns::{Side, RX_IP};
 
 /// Scenario name.
@@ -33,7 +36,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let (rate, secs) = (2000u64, 70u64);
     let total = rate * secs;
     let tx_spec = st.sender_spec(
-        &[SocketAddr::from((RX_IP, QUIC_PORT)), SocketAddr::from((RX_IP2, QUIC_PORT))],
+        &[
+            SocketAddr::from((RX_IP, QUIC_PORT)),
+            SocketAddr::from((RX_IP2, QUIC_PORT)),
+        ],
         rate,
         total,
     );
@@ -49,7 +55,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let on_b = b.wait_metrics(Duration::from_secs(30), "sender moved to B", |e| {
         (e.value("telemetry_link_senders_connected", &[])? == 1.0).then(Instant::now)
     })?;
-    st.note(format!("sender connected to B {:.1} s after A was killed", (on_b - killed).as_secs_f64()));
+    st.note(format!(
+        "sender connected to B {:.1} s after A was killed",
+        (on_b - killed).as_secs_f64()
+    ));
     if let Ok(at) = wait_acked(&tx, last_at_kill, Duration::from_secs(30)) {
         st.row.recovery = Some(at - killed);
     }
@@ -68,14 +77,29 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         )),
         Err(e) => st.failures.push(format!("no failback to A: {e:#}")),
     }
-    let b_applied = b.scrape()?.value("telemetry_link_applied_seq", &[("sender", super::SENDER_ID)]).unwrap_or(0.0);
+    let b_applied = b
+        .scrape()?
+        .value(
+            "telemetry_link_applied_seq",
+            &[("sender", super::SENDER_ID)],
+        )
+        .unwrap_or(0.0);
     st.note(format!("B applied up to {b_applied} while A was away"));
-    st.check(b_applied > last_at_kill as f64 * 0.5, "B applied nothing: the failover did not happen");
+    st.check(
+        b_applied > last_at_kill as f64 * 0.5,
+        "B applied nothing: the failover did not happen",
+    );
     let audits = [
         audit_source(&st.dir.join("audit-a1.log"), "rx-a1", true),
         audit_source(&b_spec.audit_log, "rx-b", false),
         audit_source(&a_spec.audit_log, "rx-a2", false),
     ];
-    let report = st.finish(&mut tx, &mut [&mut a, &mut b], &audits, total, Duration::from_secs(120))?;
+    let report = st.finish(
+        &mut tx,
+        &mut [&mut a, &mut b],
+        &audits,
+        total,
+        Duration::from_secs(120),
+    )?;
     Ok(st.outcome(Some(&report)))
 }

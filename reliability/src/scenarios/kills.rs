@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{audit_source, positions, wait_acked, wait_produced, AuditSource, Ctx, Outcome, Stage, RX_METRICS_PORT};
+use super::{
+    audit_source, positions, wait_acked, wait_produced, AuditSource, Ctx, Outcome, Stage,
+    RX_METRICS_PORT,
+};
 use crate::netns::{Side, RX_IP};
 
 /// Scenario 3 name.
@@ -57,7 +60,11 @@ pub fn receiver(ctx: &Ctx) -> Result<Outcome> {
     st.row.recovery = times.iter().max().copied();
     st.note(format!(
         "kill -> caught up (0.5 s down + restart + reconnect + drain): {}",
-        times.iter().map(|d| format!("{:.1} s", d.as_secs_f64())).collect::<Vec<_>>().join(", ")
+        times
+            .iter()
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     audits.push(audit_source(&spec.audit_log, rx.name(), false));
     let how = super::plain_log(&tx.output())
@@ -65,8 +72,16 @@ pub fn receiver(ctx: &Ctx) -> Result<Outcome> {
         .filter(|l| l.contains("link session lost"))
         .map(|l| l.split("error=").nth(1).unwrap_or("?").trim().to_owned())
         .collect::<Vec<_>>();
-    st.note(format!("how the sender noticed each restart (session lost: error=...): {how:?}"));
-    let report = st.finish(&mut tx, &mut [&mut rx], &audits, total, Duration::from_secs(120))?;
+    st.note(format!(
+        "how the sender noticed each restart (session lost: error=...): {how:?}"
+    ));
+    let report = st.finish(
+        &mut tx,
+        &mut [&mut rx],
+        &audits,
+        total,
+        Duration::from_secs(120),
+    )?;
     Ok(st.outcome(Some(&report)))
 }
 
@@ -100,14 +115,20 @@ pub fn sender(ctx: &Ctx) -> Result<Outcome> {
     st.row.recovery = times.iter().max().copied();
     st.note(format!(
         "kill -> restarted sender caught up (restart + reconnect + drain): {}",
-        times.iter().map(|d| format!("{:.1} s", d.as_secs_f64())).collect::<Vec<_>>().join(", ")
+        times
+            .iter()
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let recovered_unclean = (0..=KILLS)
         .map(|n| std::fs::read_to_string(st.dir.join(format!("tx{n}.log"))).unwrap_or_default())
         .chain(std::iter::once(tx.output()))
         .filter(|l| super::count_log_lines(l, &["spool recovered from an unclean state"]) > 0)
         .count();
-    st.note(format!("sender restarts that repaired the spool (torn tail after SIGKILL): {recovered_unclean}"));
+    st.note(format!(
+        "sender restarts that repaired the spool (torn tail after SIGKILL): {recovered_unclean}"
+    ));
     let report = st.finish(
         &mut tx,
         &mut [&mut rx],

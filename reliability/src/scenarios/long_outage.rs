@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
+use super::{
+    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
+};
 use crate::{netns::RX_IP, partition::Partition, rss::RssSampler};
 
 /// Scenario name.
@@ -23,7 +25,11 @@ pub const NAME: &str = "7 long outage @20k/s";
 
 /// Runs the scenario.
 pub fn run(ctx: &Ctx) -> Result<Outcome> {
-    let name = if ctx.full { "7 long outage 600s @20k/s" } else { "7 long outage 60s @20k/s" };
+    let name = if ctx.full {
+        "7 long outage 600s @20k/s"
+    } else {
+        "7 long outage 60s @20k/s"
+    };
     let mut st = Stage::new(ctx, name)?;
     let outage = Duration::from_secs(if ctx.full { 600 } else { 60 });
     let rate = 20_000u64;
@@ -42,7 +48,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     while cut.since.elapsed() < outage {
         std::thread::sleep(Duration::from_secs(1));
         if let Ok(e) = tx.scrape() {
-            spool_bytes = spool_bytes.max(e.value("telemetry_sender_spool_bytes", &[]).unwrap_or(0.0));
+            spool_bytes =
+                spool_bytes.max(e.value("telemetry_sender_spool_bytes", &[]).unwrap_or(0.0));
         }
     }
     let outage_peak = sampler.max_between(cut.since, Instant::now()).unwrap_or(0);
@@ -57,7 +64,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         outage_peak as f64 / 1024.0,
         spool_bytes / 1048576.0
     ));
-    st.check(growth <= 1.2, format!("sender RSS grew x{growth:.2} during the outage (limit x1.20)"));
+    st.check(
+        growth <= 1.2,
+        format!("sender RSS grew x{growth:.2} during the outage (limit x1.20)"),
+    );
     st.check(
         spool_bytes > (rate * outage.as_secs() * 30) as f64,
         format!("the spool did not grow as expected ({spool_bytes} bytes)"),
@@ -73,7 +83,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 drain_rate,
                 drain_rate / rate as f64
             ));
-            st.check(drain_rate >= 5.0 * rate as f64, format!("drain rate {drain_rate:.0}/s < 5 x {rate}/s"));
+            st.check(
+                drain_rate >= 5.0 * rate as f64,
+                format!("drain rate {drain_rate:.0}/s < 5 x {rate}/s"),
+            );
         }
         Err(e) => st.failures.push(format!("backlog not drained: {e:#}")),
     }

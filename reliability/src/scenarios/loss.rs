@@ -40,7 +40,15 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         drop: 0.0,
         duplicate: 0.01,
     };
-    let proxy = FaultProxy::start(listen, spec.listen, factory, ProxyConfig { faults, ..ProxyConfig::default() })?;
+    let proxy = FaultProxy::start(
+        listen,
+        spec.listen,
+        factory,
+        ProxyConfig {
+            faults,
+            ..ProxyConfig::default()
+        },
+    )?;
 
     let (rate, secs) = (1000u64, 45u64);
     let total = rate * secs;
@@ -55,7 +63,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         st.row.recovery = Some(at - produced);
     }
     let ps = proxy.stats();
-    let (drop_rx, drop_tx) = (dropped_packets(&st.topo, Side::Receiver)?, dropped_packets(&st.topo, Side::Sender)?);
+    let (drop_rx, drop_tx) = (
+        dropped_packets(&st.topo, Side::Receiver)?,
+        dropped_packets(&st.topo, Side::Sender)?,
+    );
     st.note(format!(
         "nftables dropped {drop_rx} packets towards the receiver and {drop_tx} towards the sender; proxy: {} datagrams, {} reordered, {} duplicated, {} overflow, peak queue {} B",
         ps.received, ps.reordered, ps.duplicated, ps.overflow, ps.peak_queued_bytes

@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::Result;
 
-use super::{audit_source, count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
+use super::{
+    audit_source, count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage,
+    RX_METRICS_PORT,
+};
 use crate::netns::{Side, Topology, RX_IP, TX_IP};
 
 /// Scenario name.
@@ -43,7 +46,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut tx = st.start_sender("tx", &tx_spec)?;
     wait_produced(&tx, rate * 8, Duration::from_secs(30))?;
     let reconnects = |tx: &crate::procs::Proc| -> Result<f64> {
-        Ok(tx.scrape()?.value("telemetry_sender_reconnects_total", &[]).unwrap_or(0.0))
+        Ok(tx
+            .scrape()?
+            .value("telemetry_sender_reconnects_total", &[])
+            .unwrap_or(0.0))
     };
     let before = reconnects(&tx)?;
     let rules = format!(
@@ -52,7 +58,16 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     );
     st.topo.rx.exec_stdin("nft", &["-f", "-"], &rules)?;
 
-    st.topo.tx.exec("sysctl", &["-qw", &format!("net.ipv4.conf.{}.promote_secondaries=1", Topology::iface(Side::Sender))])?;
+    st.topo.tx.exec(
+        "sysctl",
+        &[
+            "-qw",
+            &format!(
+                "net.ipv4.conf.{}.promote_secondaries=1",
+                Topology::iface(Side::Sender)
+            ),
+        ],
+    )?;
     st.topo.add_address(Side::Sender, NEW_IP)?;
     let moved = Instant::now();
     st.topo.del_address(Side::Sender, TX_IP)?;
@@ -61,7 +76,9 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     // The first record produced after the move, acknowledged over the new path.
     match wait_acked(&tx, last + 1, Duration::from_secs(30)) {
         Ok(at) => st.row.recovery = Some(at - moved),
-        Err(e) => st.failures.push(format!("stream did not continue after the move: {e:#}")),
+        Err(e) => st
+            .failures
+            .push(format!("stream did not continue after the move: {e:#}")),
     }
     wait_produced(&tx, (last + rate * 5).min(total), Duration::from_secs(30))?;
     let seen = packets_from_new_ip(&st);
@@ -70,8 +87,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     st.note(format!(
         "{seen} packets reached the receiver from {NEW_IP}; sender reconnects {before} -> {after}; rebind logged {rebound}x"
     ));
-    st.check(seen > 0, format!("no packet came from the new address {NEW_IP}"));
-    st.check(after == before, format!("the sender reconnected ({before} -> {after}): new handshake instead of migration"));
+    st.check(
+        seen > 0,
+        format!("no packet came from the new address {NEW_IP}"),
+    );
+    st.check(
+        after == before,
+        format!("the sender reconnected ({before} -> {after}): new handshake instead of migration"),
+    );
     st.check(rebound == 1, "the sender did not log the rebind");
     let report = st.finish(
         &mut tx,
@@ -81,6 +104,9 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         Duration::from_secs(60),
     )?;
     let sessions = count_log_lines(&rx.output(), &["sender connected"]);
-    st.check(sessions == 1, format!("the receiver saw {sessions} sessions, want 1 (no new handshake)"));
+    st.check(
+        sessions == 1,
+        format!("the receiver saw {sessions} sessions, want 1 (no new handshake)"),
+    );
     Ok(st.outcome(Some(&report)))
 }

@@ -169,7 +169,13 @@ impl<'a> Stage<'a> {
 
     /// A receiver spec on `ip:QUIC_PORT` with metrics on `metrics_port`,
     /// state in `state`, audit log `audit`.
-    pub fn receiver_spec(&self, ip: Ipv4Addr, metrics_port: u16, state: &str, audit: &str) -> ReceiverSpec {
+    pub fn receiver_spec(
+        &self,
+        ip: Ipv4Addr,
+        metrics_port: u16,
+        state: &str,
+        audit: &str,
+    ) -> ReceiverSpec {
         ReceiverSpec {
             listen: SocketAddr::from((ip, QUIC_PORT)),
             metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
@@ -264,8 +270,12 @@ impl<'a> Stage<'a> {
         let e = sender.scrape()?;
         let last = e.value("telemetry_sender_last_seq", &[]).unwrap_or(-1.0) as i64;
         let acked = e.value("telemetry_sender_acked_seq", &[]).unwrap_or(-1.0) as i64;
-        let spooled = e.value("telemetry_sender_spool_records", &[]).unwrap_or(-1.0) as i64;
-        let dropped = e.value("telemetry_sender_records_dropped_total", &[]).unwrap_or(0.0) as u64;
+        let spooled = e
+            .value("telemetry_sender_spool_records", &[])
+            .unwrap_or(-1.0) as i64;
+        let dropped = e
+            .value("telemetry_sender_records_dropped_total", &[])
+            .unwrap_or(0.0) as u64;
         if let Err(err) = done {
             self.failures.push(format!(
                 "sender did not finish: last_seq {last} (want {total}), acked_seq {acked}, spool records {spooled}: {err:#}"
@@ -283,7 +293,10 @@ impl<'a> Stage<'a> {
                 .is_ok();
             let e = first.scrape()?;
             let got = e.value("telemetry_link_applied_seq", &id).unwrap_or(-1.0);
-            self.check(applied, format!("receiver applied_seq is {got}, want {total}"));
+            self.check(
+                applied,
+                format!("receiver applied_seq is {got}, want {total}"),
+            );
             // 3. Payload integrity: the last value of every series.
             let mut wrong = Vec::new();
             for i in 0..u64::from(SERIES) {
@@ -296,7 +309,10 @@ impl<'a> Stage<'a> {
                     wrong.push(format!("series {i}: {got:?} != {want}"));
                 }
             }
-            self.check(wrong.is_empty(), format!("synthetic values wrong at the receiver: {wrong:?}"));
+            self.check(
+                wrong.is_empty(),
+                format!("synthetic values wrong at the receiver: {wrong:?}"),
+            );
         }
         for r in receivers.iter() {
             lost_reported += r.scrape()?.sum("telemetry_link_records_lost_total", &id) as u64;
@@ -330,11 +346,21 @@ impl<'a> Stage<'a> {
 
     /// Runs the audit check for `sender` (and the sabotage self-check),
     /// recording failures.
-    pub fn audit_check(&mut self, files: &[AuditFile], sender: &str, total: u64, dropped: u64) -> AuditReport {
+    pub fn audit_check(
+        &mut self,
+        files: &[AuditFile],
+        sender: &str,
+        total: u64,
+        dropped: u64,
+    ) -> AuditReport {
         let tampered = audit::without_a_delivery(files, sender);
         let replayed = audit::with_a_replay(files, sender);
-        let blind = audit::verify(&tampered, sender, total).problems(dropped).is_empty()
-            || audit::verify(&replayed, sender, total).problems(dropped).is_empty();
+        let blind = audit::verify(&tampered, sender, total)
+            .problems(dropped)
+            .is_empty()
+            || audit::verify(&replayed, sender, total)
+                .problems(dropped)
+                .is_empty();
         self.check(!blind, format!("self-check: the audit check of {sender} did not notice a removed or replayed delivery"));
         let used = if self.ctx.sabotage { &tampered } else { files };
         let report = audit::verify(used, sender, total);
@@ -427,7 +453,10 @@ pub fn plain_log(text: &str) -> String {
 
 /// How many log lines contain every one of `needles`.
 pub fn count_log_lines(text: &str, needles: &[&str]) -> usize {
-    plain_log(text).lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+    plain_log(text)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
 }
 
 /// The audit path helper.

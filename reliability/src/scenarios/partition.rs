@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
+use super::{
+    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
+};
 use crate::{netns::RX_IP, partition::Partition};
 
 /// Scenario name.
@@ -27,18 +29,28 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
 
     wait_produced(&tx, rate * 15, Duration::from_secs(60))?;
     let cut = Partition::start(&st.topo)?;
-    let noticed = tx.wait_metrics(Duration::from_secs(20), "sender notices the partition", |e| {
-        (e.value("telemetry_sender_connected", &[])? == 0.0).then(Instant::now)
-    });
+    let noticed = tx.wait_metrics(
+        Duration::from_secs(20),
+        "sender notices the partition",
+        |e| (e.value("telemetry_sender_connected", &[])? == 0.0).then(Instant::now),
+    );
     match noticed {
-        Ok(at) => st.note(format!("sender noticed the partition after {:.1} s", (at - cut.since).as_secs_f64())),
-        Err(e) => st.failures.push(format!("the partition was not noticed: {e:#}")),
+        Ok(at) => st.note(format!(
+            "sender noticed the partition after {:.1} s",
+            (at - cut.since).as_secs_f64()
+        )),
+        Err(e) => st
+            .failures
+            .push(format!("the partition was not noticed: {e:#}")),
     }
     let remaining = Duration::from_secs(30).saturating_sub(cut.since.elapsed());
     std::thread::sleep(remaining);
     let healed = cut.heal()?;
     let (last_at_heal, acked_at_heal) = positions(&tx)?;
-    st.note(format!("backlog at healing: {} records", last_at_heal - acked_at_heal));
+    st.note(format!(
+        "backlog at healing: {} records",
+        last_at_heal - acked_at_heal
+    ));
     if let Ok(at) = wait_acked(&tx, last_at_heal, Duration::from_secs(60)) {
         st.row.recovery = Some(at - healed);
     }

@@ -16,7 +16,9 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
+use super::{
+    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
+};
 use crate::{
     netns::{sh, unique_name, RX_IP},
     partition::Partition,
@@ -37,8 +39,18 @@ impl TmpfsMount {
     pub fn new(parent: &Path, size: &str) -> Result<Self> {
         let path = parent.join(unique_name("spoolfs"));
         std::fs::create_dir_all(&path)?;
-        sh("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", &path.display().to_string()])
-            .context("mounting a tmpfs for the spool")?;
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                &path.display().to_string(),
+            ],
+        )
+        .context("mounting a tmpfs for the spool")?;
         Ok(Self { path })
     }
 
@@ -74,7 +86,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     while cut.since.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
         if let Ok(e) = tx.scrape() {
-            peak_spool = peak_spool.max(e.value("telemetry_sender_spool_bytes", &[]).unwrap_or(0.0));
+            peak_spool =
+                peak_spool.max(e.value("telemetry_sender_spool_bytes", &[]).unwrap_or(0.0));
         }
         st.check(tx.is_running(), "the sender died while its disk was full");
         if !tx.is_running() {
@@ -82,7 +95,9 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         }
     }
     let e = tx.scrape()?;
-    let dropped_in_outage = e.value("telemetry_sender_records_dropped_total", &[]).unwrap_or(0.0) as u64;
+    let dropped_in_outage = e
+        .value("telemetry_sender_records_dropped_total", &[])
+        .unwrap_or(0.0) as u64;
     let healed = cut.heal()?;
     let (last_at_heal, _) = positions(&tx)?;
     if let Ok(at) = wait_acked(&tx, last_at_heal, Duration::from_secs(60)) {
@@ -92,8 +107,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         "spool peaked at {:.1} MiB on the 8 MiB filesystem; {dropped_in_outage} records dropped by policy during the outage",
         peak_spool / 1048576.0
     ));
-    st.check(dropped_in_outage > 0, "the disk never filled (no records dropped): the scenario did not test anything");
-    st.check(peak_spool <= 8.0 * 1048576.0, format!("spool grew to {peak_spool} bytes on an 8 MiB filesystem"));
+    st.check(
+        dropped_in_outage > 0,
+        "the disk never filled (no records dropped): the scenario did not test anything",
+    );
+    st.check(
+        peak_spool <= 8.0 * 1048576.0,
+        format!("spool grew to {peak_spool} bytes on an 8 MiB filesystem"),
+    );
     let log = super::plain_log(&tx.output());
     let bad: Vec<&str> = log
         .lines()
@@ -108,7 +129,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         total,
         Duration::from_secs(120),
     )?;
-    st.check(report.missing > 0, "nothing was lost although the disk filled");
+    st.check(
+        report.missing > 0,
+        "nothing was lost although the disk filled",
+    );
     drop(mount);
     Ok(st.outcome(Some(&report)))
 }

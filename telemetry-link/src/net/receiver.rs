@@ -292,12 +292,16 @@ fn endpoint_keys(state_dir: &std::path::Path) -> Result<EndpointKeys, StateError
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
             }
             b
         }
     };
-    let derived = ring::digest::digest(&ring::digest::SHA256, &[&secret[..], b"connection-id key"].concat());
+    let derived = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[&secret[..], b"connection-id key"].concat(),
+    );
     let mut cid = [0u8; 8];
     cid.copy_from_slice(&derived.as_ref()[..8]);
     Ok(EndpointKeys {
@@ -338,7 +342,9 @@ impl Receiver {
         let keys = endpoint_keys(&config.state_dir)?;
         let mut ep_cfg = quinn::EndpointConfig::new(Arc::new(keys.reset));
         let cid_key = keys.cid;
-        ep_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        ep_cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         ep_cfg.grease_quic_bit(false);
         let socket =
             std::net::UdpSocket::bind(config.listen).map_err(|source| ReceiverError::Bind {

@@ -54,7 +54,10 @@ impl FrameReader {
     }
 
     /// Like [`FrameReader::next`] with a deadline.
-    pub(crate) async fn next_within(&mut self, limit: Duration) -> Result<Option<&[u8]>, ReadError> {
+    pub(crate) async fn next_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<&[u8]>, ReadError> {
         match tokio::time::timeout(limit, self.next()).await {
             Ok(r) => r,
             Err(_) => Err(ReadError::Timeout),
