@@ -22,8 +22,10 @@ pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
 /// Default sender TTL.
 pub const DEFAULT_SENDER_TTL: Duration = Duration::from_secs(300);
 
-/// Command-line flags.
-#[derive(Debug, Parser, Default)]
+/// Command-line flags; the same fields, kebab-cased, are the keys of the
+/// TOML file.
+#[derive(Debug, Parser, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     name = "telemetry-receiver",
     version,
@@ -33,6 +35,7 @@ pub const DEFAULT_SENDER_TTL: Duration = Duration::from_secs(300);
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "TELEMETRY_RECEIVER_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// UDP address for the QUIC listener [default: 0.0.0.0:4433].
     #[arg(long, env = "TELEMETRY_RECEIVER_LISTEN")]
@@ -73,22 +76,6 @@ pub struct Args {
     pub demo: bool,
 }
 
-/// The TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    listen: Option<SocketAddr>,
-    metrics_listen: Option<SocketAddr>,
-    ca: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    allow_sender: Option<Vec<String>>,
-    sender_ttl: Option<HumanDuration>,
-    audit_log: Option<PathBuf>,
-    demo: Option<bool>,
-}
-
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -120,14 +107,14 @@ fn relative_to(base: Option<&Path>, p: PathBuf) -> PathBuf {
 impl Settings {
     /// Merges flags, environment and file.
     pub fn resolve(args: Args) -> Result<Settings> {
-        let file: FileConfig = match &args.config {
+        let file: Args = match &args.config {
             Some(p) => load_toml(p)?,
-            None => FileConfig::default(),
+            None => Args::default(),
         };
         // Paths in the file are relative to the file's directory.
         let base = args.config.as_deref().and_then(Path::parent);
         let file_path = |p: Option<PathBuf>| p.map(|p| relative_to(base, p));
-        let demo = args.demo || file.demo.unwrap_or(false);
+        let demo = args.demo || file.demo;
         let listen = match args.listen.or(file.listen) {
             Some(a) => a,
             None => DEFAULT_LISTEN.parse().context("default listen address")?,
@@ -170,7 +157,7 @@ impl Settings {
             (None, false) => Some(PathBuf::from("telemetry-receiver-state")),
         };
         let allow: Vec<String> = if args.allow_sender.is_empty() {
-            file.allow_sender.unwrap_or_default()
+            file.allow_sender
         } else {
             args.allow_sender
         };

@@ -30,8 +30,10 @@ pub enum SourceKind {
     Synthetic,
 }
 
-/// Command-line flags.
-#[derive(Debug, Parser, Default)]
+/// Command-line flags; the same fields, kebab-cased, are the keys of the
+/// TOML file (`receiver`, `namespace` for the repeatable ones).
+#[derive(Debug, Parser, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     name = "telemetry-sender",
     version,
@@ -41,6 +43,7 @@ pub enum SourceKind {
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "TELEMETRY_SENDER_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Record source [default: kube].
     #[arg(long, value_enum, env = "TELEMETRY_SENDER_SOURCE")]
@@ -51,6 +54,7 @@ pub struct Args {
         env = "TELEMETRY_SENDER_RECEIVER",
         value_delimiter = ','
     )]
+    #[serde(rename = "receiver")]
     pub receivers: Vec<String>,
     /// TLS server name the receiver's certificate must carry [default: the receiver's host].
     #[arg(long, env = "TELEMETRY_SENDER_SERVER_NAME")]
@@ -88,6 +92,7 @@ pub struct Args {
         env = "TELEMETRY_SENDER_NAMESPACE",
         value_delimiter = ','
     )]
+    #[serde(rename = "namespace")]
     pub namespaces: Vec<String>,
     /// Label selector for pods, HPAs and pod metrics.
     #[arg(long, env = "TELEMETRY_SENDER_LABEL_SELECTOR")]
@@ -119,35 +124,6 @@ pub struct Args {
     /// How long a graceful stop may keep sending before leaving the rest in the spool [default: 10s].
     #[arg(long, env = "TELEMETRY_SENDER_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<HumanDuration>,
-}
-
-/// The TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    source: Option<SourceKind>,
-    receiver: Option<Vec<String>>,
-    server_name: Option<String>,
-    ca: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    spool_dir: Option<PathBuf>,
-    spool_max_bytes: Option<ByteSize>,
-    fsync: Option<String>,
-    metrics_listen: Option<SocketAddr>,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-    namespace: Option<Vec<String>>,
-    label_selector: Option<String>,
-    metrics_interval: Option<HumanDuration>,
-    synthetic_series: Option<u32>,
-    synthetic_rate: Option<u64>,
-    synthetic_total: Option<u64>,
-    simulated_seed: Option<u64>,
-    bind: Option<SocketAddr>,
-    failback_after: Option<HumanDuration>,
-    connect_timeout: Option<HumanDuration>,
-    shutdown_timeout: Option<HumanDuration>,
 }
 
 /// Resolved settings.
@@ -214,9 +190,9 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy> {
 impl Settings {
     /// Merges flags, environment and file.
     pub fn resolve(args: Args) -> Result<Settings> {
-        let file: FileConfig = match &args.config {
+        let file: Args = match &args.config {
             Some(p) => load_toml(p)?,
-            None => FileConfig::default(),
+            None => Args::default(),
         };
         let base = args.config.as_deref().and_then(Path::parent);
         let rel = |p: Option<PathBuf>| {
@@ -226,7 +202,7 @@ impl Settings {
             })
         };
         let receivers = if args.receivers.is_empty() {
-            file.receiver.unwrap_or_default()
+            file.receivers
         } else {
             args.receivers
         };
@@ -267,7 +243,7 @@ impl Settings {
                 .context("default metrics address")?,
         };
         let namespaces = if args.namespaces.is_empty() {
-            file.namespace.unwrap_or_default()
+            file.namespaces
         } else {
             args.namespaces
         };

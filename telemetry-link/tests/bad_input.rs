@@ -5,23 +5,12 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use telemetry_certs::Validity;
-use telemetry_link::proto::{
-    message::{Batch, ErrorCode, Hello, Message, PROTOCOL_VERSION},
-    varint,
-};
+use telemetry_link::proto::message::{Batch, ErrorCode, Hello, Message};
 use telemetry_test_support::{
     link::{assert_exactly_once, metric, start_receiver, start_sender, Collector},
     pki::TestPki,
     raw,
 };
-
-fn init() {
-    telemetry_link::tls::install_default_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 async fn wait_metric(
     reg: &prometheus::Registry,
@@ -43,15 +32,7 @@ async fn wait_metric(
     }
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    recv.read_exact(&mut body).await?;
-    Ok(body)
-}
-
-/// Connects as `id`, says hello, returns the stream and the applied position.
+/// Connects as `id` (a certificate from `pki`) and says hello.
 async fn hello(
     ep: &quinn::Endpoint,
     pki: &TestPki,
@@ -59,45 +40,21 @@ async fn hello(
     id: &str,
     stream_id: u128,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u64)> {
-    let files = pki.sender(id)?;
-    let conn = raw::connect(
+    raw::hello(
         ep,
-        raw::client_config(&pki.ca_path(), Some(&files))?,
+        &pki.ca_path(),
+        &pki.sender(id)?,
         addr,
         "localhost",
-    )
-    .await?;
-    let h = Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
         stream_id,
-        last_seq: 0,
-        max_frame: 1 << 20,
-    });
-    let (send, mut recv) = raw::open_and_write(&conn, &raw::frame(&h)).await?;
-    let reply = read_frame(&mut recv).await?;
-    let applied = match Message::decode(&reply)? {
-        Message::Welcome(w) => w.applied_seq,
-        other => anyhow::bail!("expected welcome, got {other:?}"),
-    };
-    Ok((conn, send, recv, applied))
-}
-
-fn app_body(values: &[u64]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for v in values {
-        let mut env = vec![0u8]; // record envelope tag: application value
-        env.extend(postcard::to_allocvec(v).unwrap_or_default());
-        body.push(0u8); // entry control byte: app
-        varint::put_u64(&mut body, (env.len() - 1) as u64);
-        body.extend_from_slice(&env[1..]);
-    }
-    body
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing(
 ) -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;
@@ -213,7 +170,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
         max_frame: 1 << 20,
     });
     let (_s, mut r) = raw::open_and_write(&conn, &raw::frame(&v99)).await?;
-    match Message::decode(&read_frame(&mut r).await?)? {
+    match Message::decode(&raw::read_frame(&mut r).await?)? {
         Message::Refuse(f) => {
             assert_eq!(f.code, ErrorCode::UnsupportedVersion);
             assert!(f.reason.contains("99"), "{}", f.reason);
@@ -271,7 +228,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
 
     // A truncated batch body (one record announced, half of it sent).
     let (conn, mut s, _r, applied) = hello(&ep, &pki, addr, "proto", 7).await?;
-    let body = app_body(&[42]);
+    let body = raw::app_body(&[42u64]);
     let cut = Message::Batch(Batch {
         first_seq: applied + 1,
         count: 1,
@@ -285,7 +242,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
 
     // A batch that skips ahead without announcing the gap.
     let (conn, mut s, _r, applied) = hello(&ep, &pki, addr, "proto", 7).await?;
-    let body = app_body(&[1]);
+    let body = raw::app_body(&[1u64]);
     let gap = Message::Batch(Batch {
         first_seq: applied + 10,
         count: 1,
@@ -303,7 +260,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
     // session stays up, the handler sees each record once.
     let (conn, mut s, mut r, applied) = hello(&ep, &pki, addr, "replayer", 9).await?;
     assert_eq!(applied, 0);
-    let body = app_body(&[10, 20, 30]);
+    let body = raw::app_body(&[10u64, 20, 30]);
     let b = raw::frame(&Message::Batch(Batch {
         first_seq: 1,
         count: 3,
@@ -311,7 +268,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
     }));
     s.write_all(&b).await?;
     assert!(
-        matches!(Message::decode(&read_frame(&mut r).await?)?, Message::Ack(a) if a.applied_seq == 3)
+        matches!(Message::decode(&raw::read_frame(&mut r).await?)?, Message::Ack(a) if a.applied_seq == 3)
     );
     s.write_all(&b).await?;
     s.write_all(&b).await?;
@@ -400,7 +357,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_reports_clear_errors_for_refusals() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let collector = Collector::<u64>::new();
@@ -458,7 +415,7 @@ async fn sender_reports_clear_errors_for_refusals() -> anyhow::Result<()> {
 #[test]
 fn own_certificate_problems_name_the_file_and_the_reason() -> anyhow::Result<()> {
     use telemetry_link::tls::{Role, TlsError, TlsMaterial};
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let expired = pki.sender_valid("x", Validity::relative(-7200, -3600))?;
     let err = TlsMaterial::load(&expired, Role::Sender).unwrap_err();

@@ -9,14 +9,6 @@ use telemetry_test_support::{
     pki::TestPki,
 };
 
-fn init() {
-    telemetry_link::tls::install_default_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 async fn restart_on(
     pki: &TestPki,
     port: u16,
@@ -37,7 +29,7 @@ async fn restart_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_to_the_second_receiver_and_back_without_loss() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let (state_a, state_b, spool) = (
         tempfile::tempdir()?,
@@ -106,7 +98,7 @@ async fn fails_over_to_the_second_receiver_and_back_without_loss() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_overflow_during_an_outage_is_counted_and_reported_as_lost() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let collector = Collector::<u64>::new();

@@ -12,14 +12,6 @@ use telemetry_test_support::{
     process::ChildProcess,
 };
 
-fn init() {
-    telemetry_link::tls::install_default_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// Restarts a receiver on the same port, retrying while the old socket
 /// is released.
 async fn restart(
@@ -44,7 +36,7 @@ async fn restart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -> anyhow::Result<()>
 {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;
@@ -117,7 +109,7 @@ async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -
 #[tokio::test]
 #[ignore = "child-process entry point of sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing"]
 async fn child_sender_entry() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let env = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
     let tls = telemetry_link::TlsFiles {
         ca: env("CHILD_CA")?.into(),
@@ -174,7 +166,7 @@ fn spawn_sender(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() -> anyhow::Result<()>
 {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;
@@ -224,7 +216,7 @@ async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child-process entry point of receiver_killed_with_sigkill_is_reset_at_once_after_restart"]
 async fn child_receiver_entry() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let env = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
     let tls = telemetry_link::TlsFiles {
         ca: env("CHILD_CA")?.into(),
@@ -279,7 +271,7 @@ fn spawn_receiver(pki: &TestPki, listen: SocketAddr, state: &Path) -> anyhow::Re
 /// the sender reconnects at once — not after its idle timeout (30 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_killed_with_sigkill_is_reset_at_once_after_restart() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?

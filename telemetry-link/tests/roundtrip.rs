@@ -10,14 +10,6 @@ use telemetry_test_support::{
     pki::TestPki,
 };
 
-fn init() {
-    telemetry_link::tls::install_default_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 enum Rec {
     Text(String),
@@ -38,7 +30,7 @@ impl telemetry_link::Payload for Rec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_samples_arrive_once_in_order() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;
@@ -113,7 +105,7 @@ async fn records_and_samples_arrive_once_in_order() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_records_none_lost_or_doubled() -> anyhow::Result<()> {
-    init();
+    telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
     let spool = tempfile::tempdir()?;

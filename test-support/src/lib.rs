@@ -16,3 +16,13 @@ pub mod pki;
 pub mod process;
 pub mod prom;
 pub mod raw;
+
+/// Common start of a test: installs rustls' ring provider and a tracing
+/// subscriber writing through the test harness (level from `RUST_LOG`).
+pub fn init() {
+    telemetry_link::tls::install_default_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

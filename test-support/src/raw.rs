@@ -111,3 +111,58 @@ pub async fn attempt(
         Err(_) => Ok(conn),
     }
 }
+
+/// Reads one frame body (refusing bodies above 16 MiB).
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    anyhow::ensure!(
+        len <= telemetry_link::proto::frame::MAX_FRAME_LIMIT,
+        "frame of {len} bytes"
+    );
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// The batch body a correct sender would send for `records` on a fresh
+/// connection (encoded with the library's own encoder).
+pub fn app_body<T: telemetry_link::Payload>(records: &[T]) -> Vec<u8> {
+    let mut enc = telemetry_link::proto::batch::BatchEncoder::new(u32::MAX);
+    let mut body = Vec::new();
+    let mut envelope = Vec::new();
+    for r in records {
+        envelope.clear();
+        if telemetry_link::proto::record::encode_record(r, &mut envelope).is_ok() {
+            let _ = enc.push_record(&envelope, &mut body);
+        }
+    }
+    body
+}
+
+/// Connects presenting `identity`, says hello for `stream_id` and returns
+/// the connection, its stream and the receiver's applied position.
+pub async fn hello(
+    ep: &quinn::Endpoint,
+    ca: &std::path::Path,
+    identity: &TlsFiles,
+    addr: SocketAddr,
+    server_name: &str,
+    stream_id: u128,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u64)> {
+    use telemetry_link::proto::message::{Hello, PROTOCOL_VERSION};
+    let conn = connect(ep, client_config(ca, Some(identity))?, addr, server_name).await?;
+    let h = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        stream_id,
+        last_seq: 0,
+        max_frame: 1 << 20,
+    });
+    let (send, mut recv) = open_and_write(&conn, &frame(&h)).await?;
+    let reply = read_frame(&mut recv).await?;
+    match Message::decode(&reply)? {
+        Message::Welcome(w) => Ok((conn, send, recv, w.applied_seq)),
+        other => anyhow::bail!("expected welcome, got {other:?}"),
+    }
+}

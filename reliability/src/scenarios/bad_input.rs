@@ -28,10 +28,7 @@ use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use telemetry_certs::Validity;
 use telemetry_link::{
-    proto::{
-        message::{Batch, ErrorCode, Hello, Message, PROTOCOL_VERSION},
-        varint,
-    },
+    proto::message::{Batch, ErrorCode, Message},
     TlsFiles,
 };
 use telemetry_model::ClusterRecord;
@@ -140,26 +137,15 @@ impl Hostile<'_> {
         files: &TlsFiles,
         stream_id: u128,
     ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u64)> {
-        let conn = raw::connect(
+        raw::hello(
             ep,
-            raw::client_config(&self.ca, Some(files))?,
+            &self.ca,
+            files,
             self.target,
             &self.server_name,
-        )
-        .await?;
-        let h = Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
             stream_id,
-            last_seq: 0,
-            max_frame: 1 << 20,
-        });
-        let (send, mut recv) = raw::open_and_write(&conn, &raw::frame(&h)).await?;
-        let reply = read_frame(&mut recv).await?;
-        let applied = match Message::decode(&reply)? {
-            Message::Welcome(w) => w.applied_seq,
-            other => bail!("expected welcome, got {other:?}"),
-        };
-        Ok((conn, send, recv, applied))
+        )
+        .await
     }
 
     /// Says hello as `files`, writes `bytes(applied)` and returns the close code.
@@ -179,26 +165,6 @@ impl Hostile<'_> {
             raw::closed_with(&conn, Duration::from_secs(5)).await
         })
     }
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    recv.read_exact(&mut body).await?;
-    Ok(body)
-}
-
-/// A batch body of application records carrying `values`.
-fn app_body<T: serde::Serialize>(values: &[T]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for v in values {
-        let enc = postcard::to_allocvec(v).unwrap_or_default();
-        body.push(0u8);
-        varint::put_u64(&mut body, enc.len() as u64);
-        body.extend_from_slice(&enc);
-    }
-    body
 }
 
 /// A record the receiver's store accepts and ignores (an unknown snapshot's end).
@@ -387,7 +353,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         (
             "truncated postcard batch body",
             Box::new(|applied| {
-                let body = app_body(&[end(42), end(43)]);
+                let body = raw::app_body(&[end(42), end(43)]);
                 raw::frame(&Message::Batch(Batch {
                     first_seq: applied + 1,
                     count: 2,
@@ -460,14 +426,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             if applied != 0 {
                 bail!("replayer starts at {applied}");
             }
-            let body = app_body(&[end(10), end(20), end(30)]);
+            let body = raw::app_body(&[end(10), end(20), end(30)]);
             let b = raw::frame(&Message::Batch(Batch {
                 first_seq: 1,
                 count: 3,
                 body: &body,
             }));
             s.write_all(&b).await?;
-            match Message::decode(&read_frame(&mut r).await?)? {
+            match Message::decode(&raw::read_frame(&mut r).await?)? {
                 Message::Ack(a) if a.applied_seq == 3 => {}
                 other => bail!("expected ack 3, got {other:?}"),
             }
@@ -622,12 +588,12 @@ mod tests {
 
     #[test]
     fn app_bodies_encode_values() {
-        let b = app_body(&[1u64, 300]);
+        let b = raw::app_body(&[1u64, 300]);
         assert_eq!(b, vec![0, 1, 1, 0, 2, 0xac, 0x02]);
         let e = postcard::to_allocvec(&end(5)).unwrap();
         let mut want = vec![0, e.len() as u8];
         want.extend(e);
-        assert_eq!(app_body(&[end(5)]), want);
+        assert_eq!(raw::app_body(&[end(5)]), want);
         assert_eq!(frame_of(1, &[9]), vec![0, 0, 0, 2, 1, 9]);
     }
 }

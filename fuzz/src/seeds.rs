@@ -1,0 +1,406 @@
+//! Seed inputs built from valid encodings: real messages, real batch bodies
+//! from `BatchEncoder`, real spool directories written by `Spool`.
+//! `examples/gen_seeds.rs` writes them to `fuzz/seeds/<target>/`; the
+//! property tests also run them directly.
+
+use std::{fs, path::Path, sync::Arc};
+
+use telemetry_link::{
+    proto::{
+        batch::BatchEncoder,
+        frame::encode_frame,
+        message::{
+            Ack, Batch, ErrorCode, Hello, Message, Refusal, Skip, Welcome, PROTOCOL_VERSION,
+        },
+        record::{encode_app_bytes, encode_record, encode_sample_parts},
+    },
+    spool::{FsyncPolicy, Spool, SpoolConfig},
+    Sample, SeriesKey,
+};
+
+use crate::{
+    frame::{Chunking, Config},
+    spool::{kind, section},
+};
+
+fn key(i: usize) -> SeriesKey {
+    SeriesKey::new(
+        "telemetry_synthetic_value",
+        [("cluster", "c1".to_string()), ("series", i.to_string())],
+    )
+    .expect("valid key")
+}
+
+/// Record envelopes of every kind: application values, integer and float
+/// samples, repeats, special values.
+pub fn envelopes() -> Vec<Vec<u8>> {
+    let mut envs = Vec::new();
+    for (i, s) in ["hello", "", "a longer application record"]
+        .iter()
+        .enumerate()
+    {
+        let mut e = Vec::new();
+        encode_record(&s.to_string(), &mut e).expect("encodes");
+        envs.push(e);
+        let mut e = Vec::new();
+        encode_record(&(i as u64 * 1000), &mut e).expect("encodes");
+        envs.push(e);
+    }
+    let specials = [
+        0.0,
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        0.5,
+        9_007_199_254_740_992.0,
+    ];
+    for n in 0..24u64 {
+        let k = key((n % 5) as usize);
+        let ts = 1_700_000_000_000 + (n / 5) as i64 * 1000;
+        let v = if n % 7 == 6 {
+            specials[(n / 7) as usize % specials.len()]
+        } else {
+            n as f64
+        };
+        let mut e = Vec::new();
+        encode_sample_parts(ts, v, k.encoded(), &mut e);
+        envs.push(e);
+    }
+    let mut e = Vec::new();
+    encode_record(&Sample::new(Arc::new(key(9)), -5, 1.25), &mut e).expect("encodes");
+    envs.push(e);
+    let mut e = Vec::new();
+    encode_app_bytes(&[0xff, 0x01], &mut e);
+    envs.push(e);
+    envs
+}
+
+/// Batch bodies of one connection: (count, body).
+pub fn batch_bodies(max_series: u32, per_batch: usize) -> Vec<(u32, Vec<u8>)> {
+    let envs = envelopes();
+    let mut enc = BatchEncoder::new(max_series);
+    envs.chunks(per_batch.max(1))
+        .map(|c| {
+            let mut body = Vec::new();
+            for e in c {
+                enc.push_record(e, &mut body).expect("valid envelope");
+            }
+            (c.len() as u32, body)
+        })
+        .collect()
+}
+
+fn frame(m: &Message<'_>, out: &mut Vec<u8>) {
+    encode_frame(&m.to_vec(), usize::MAX, out).expect("fits");
+}
+
+/// A whole session, sender and receiver messages interleaved.
+pub fn session_stream(max_series: u32, per_batch: usize) -> Vec<u8> {
+    let mut w = Vec::new();
+    frame(
+        &Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            stream_id: 0x1234_5678_9abc_def0_1122_3344_5566_7788,
+            last_seq: 40,
+            max_frame: 1 << 20,
+        }),
+        &mut w,
+    );
+    frame(
+        &Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            applied_seq: 3,
+            max_frame: 1 << 20,
+            max_series,
+        }),
+        &mut w,
+    );
+    frame(
+        &Message::Skip(Skip {
+            from: 4,
+            to: 6,
+            lost: 2,
+        }),
+        &mut w,
+    );
+    let mut seq = 7;
+    for (count, body) in batch_bodies(max_series, per_batch) {
+        frame(
+            &Message::Batch(Batch {
+                first_seq: seq,
+                count,
+                body: &body,
+            }),
+            &mut w,
+        );
+        seq += u64::from(count);
+        frame(
+            &Message::Ack(Ack {
+                applied_seq: seq - 1,
+            }),
+            &mut w,
+        );
+    }
+    frame(&Message::Bye, &mut w);
+    w
+}
+
+/// Seeds for `frame_decoder`: (name, bytes).
+pub fn frame_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let modes = [
+        Chunking::Fixed,
+        Chunking::Random,
+        Chunking::Bytes,
+        Chunking::Whole,
+        Chunking::Wanted,
+        Chunking::WantedPlus,
+        Chunking::Alternate,
+        Chunking::Seeded,
+    ];
+    for (i, (max_series, per_batch)) in [(31u8, 4usize), (3, 7), (0, 5), (8, 40)]
+        .into_iter()
+        .enumerate()
+    {
+        let stream = session_stream(u32::from(max_series), per_batch);
+        let mode = modes[i * 2 % modes.len()];
+        let mut s = Config::bytes(13, max_series, mode, 5 + i as u8, 17).to_vec(); // max 4096
+        s.extend_from_slice(&stream);
+        out.push((format!("session-{i}"), s));
+        let mut s =
+            Config::bytes(12, max_series, modes[(i * 2 + 1) % modes.len()], 200, 3).to_vec(); // max 1024
+        s.extend_from_slice(&stream);
+        out.push((format!("session-{i}-1k"), s));
+    }
+    // Small frames only: the batches are refused as too large.
+    let mut s = Config::bytes(7, 4, Chunking::Wanted, 255, 0).to_vec();
+    s.extend_from_slice(&session_stream(4, 2));
+    out.push(("small-max".into(), s));
+    // Refusal, empty frames, unknown type, truncated tail.
+    let mut w = Vec::new();
+    frame(
+        &Message::Refuse(Refusal::new(
+            ErrorCode::UnsupportedVersion,
+            "version 9 unknown",
+        )),
+        &mut w,
+    );
+    encode_frame(&[], 10, &mut w).expect("fits");
+    encode_frame(&[200, 1, 2], 10, &mut w).expect("fits");
+    w.extend_from_slice(&[0, 0, 0, 9, 4, 1]);
+    let mut s = Config::bytes(9, 2, Chunking::Random, 9, 77).to_vec();
+    s.extend_from_slice(&w);
+    out.push(("refuse-empty-unknown-truncated".into(), s));
+    // An oversized header after a good frame.
+    let mut w = Vec::new();
+    frame(&Message::Bye, &mut w);
+    w.extend_from_slice(&u32::MAX.to_be_bytes());
+    w.extend_from_slice(&[1; 20]);
+    let mut s = Config::bytes(0xff, 2, Chunking::Bytes, 0, 0).to_vec();
+    s.extend_from_slice(&w);
+    out.push(("oversized".into(), s));
+    out
+}
+
+/// A spool directory written by the real `Spool`, as a `spool_reader`
+/// input.
+fn spool_input(
+    cfg_byte: u8,
+    read_byte: u8,
+    ack: u8,
+    seg_kind: u8,
+    build: impl FnOnce(&mut Spool),
+    appends: &[&[u8]],
+    keep_meta: bool,
+) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!(
+        "tl-fuzz-seed-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    let cfg = SpoolConfig {
+        max_record_bytes: crate::spool::MAX_RECORD[usize::from(cfg_byte & 7)],
+        segment_bytes: crate::spool::SEGMENT_BYTES[usize::from((cfg_byte >> 3) & 3)],
+        max_bytes: crate::spool::MAX_BYTES[usize::from((cfg_byte >> 5) & 3)],
+        fsync: FsyncPolicy::Never,
+    };
+    {
+        let (mut s, _) = Spool::open(&dir, cfg).expect("seed spool opens");
+        build(&mut s);
+        s.checkpoint().expect("checkpoint");
+    }
+    let mut out = vec![cfg_byte, read_byte, ack, 0];
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let bytes = fs::read(dir.join(&n)).expect("read");
+        if n.ends_with(".seg") {
+            section(seg_kind, &bytes, &mut out);
+        } else if n == "spool.meta" && keep_meta {
+            section(kind::META_FIX, &bytes[..bytes.len() - 4], &mut out);
+        }
+    }
+    for a in appends {
+        section(kind::APPEND, a, &mut out);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    out
+}
+
+fn payloads(n: usize, from: usize) -> Vec<Vec<u8>> {
+    let envs = envelopes();
+    (from..from + n)
+        .map(|i| envs[i % envs.len()].clone())
+        .collect()
+}
+
+/// Seeds for `spool_reader`: (name, bytes).
+pub fn spool_seeds() -> Vec<(String, Vec<u8>)> {
+    // cfg byte: max_record 4096 (6), segment 300 (2 << 3), max_bytes 1 MiB (2 << 5)
+    let small = 6 | (2 << 3) | (2 << 5);
+    // max_record 256 KiB (7), segment default (0), max_bytes 16 KiB (1 << 5)
+    let capped = 7 | (1 << 5);
+    // max_record 64 (4), segment 64 (1 << 3), max_bytes 2048 (0)
+    let tiny = 4 | (1 << 3);
+    let fix_all = kind::SEG | kind::FIX_HEADER | kind::RENUMBER | kind::FIX_CRC;
+    let mut out = Vec::new();
+    out.push((
+        "one-segment".into(),
+        spool_input(
+            6 | (3 << 3) | (2 << 5),
+            0x37,
+            3,
+            kind::SEG,
+            |s| {
+                s.append(&payloads(12, 0)).expect("append");
+            },
+            &[b"appended"],
+            true,
+        ),
+    ));
+    out.push((
+        "many-segments-acked".into(),
+        spool_input(
+            small,
+            0x24,
+            9,
+            fix_all,
+            |s| {
+                for i in 0..6 {
+                    s.append(&payloads(7, i * 7)).expect("append");
+                }
+                s.ack(15).expect("ack");
+            },
+            &[b"x", b"yy"],
+            true,
+        ),
+    ));
+    out.push((
+        "many-segments-no-meta".into(),
+        spool_input(
+            small,
+            0xc1,
+            0,
+            kind::SEG | kind::FIX_CRC,
+            |s| {
+                for i in 0..4 {
+                    s.append(&payloads(9, i * 9)).expect("append");
+                }
+            },
+            &[],
+            false,
+        ),
+    ));
+    out.push((
+        "advanced-gap".into(),
+        spool_input(
+            small,
+            0x52,
+            2,
+            fix_all,
+            |s| {
+                s.append(&payloads(5, 0)).expect("append");
+                s.advance_next_seq(20).expect("advance");
+                s.append(&payloads(5, 5)).expect("append");
+            },
+            &[b"after-gap"],
+            true,
+        ),
+    ));
+    out.push((
+        "cap-dropped".into(),
+        spool_input(
+            capped,
+            0xe9,
+            1,
+            fix_all,
+            |s| {
+                let big = vec![0x5a; 1500];
+                for _ in 0..12 {
+                    s.append(&[big.as_slice(), b"small"]).expect("append");
+                }
+            },
+            &[b"z"],
+            true,
+        ),
+    ));
+    out.push((
+        "tiny-segments".into(),
+        spool_input(
+            tiny,
+            0x10,
+            200,
+            fix_all,
+            |s| {
+                for i in 0..10 {
+                    s.append(&payloads(2, i * 2)).expect("append");
+                }
+                s.ack(3).expect("ack");
+            },
+            &[b"a", b"b", b"c"],
+            true,
+        ),
+    ));
+    out.push(("empty".into(), vec![small, 0, 0, 0]));
+    out
+}
+
+/// Seeds for `batch_roundtrip`: raw bytes that `arbitrary` turns into small
+/// structured inputs.
+pub fn batch_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut x: u32 = 0x1234_5678;
+    for i in 0..8 {
+        let mut v = Vec::with_capacity(512);
+        for _ in 0..(64 << (i % 4)) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            v.push((x >> 24) as u8);
+        }
+        out.push((format!("random-{i}"), v));
+    }
+    out
+}
+
+/// Writes every seed set under `root/<target>/`.
+pub fn write_all(root: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for (target, seeds) in [
+        ("frame_decoder", frame_seeds()),
+        ("spool_reader", spool_seeds()),
+        ("batch_roundtrip", batch_seeds()),
+    ] {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir)?;
+        for (name, bytes) in seeds {
+            fs::write(dir.join(name), bytes)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
