@@ -178,7 +178,7 @@ impl Chunker {
             Chunking::Wanted => wanted.min(self.param + 1),
             Chunking::WantedPlus => wanted + self.param,
             Chunking::Alternate => {
-                if self.n % 2 == 0 {
+                if self.n.is_multiple_of(2) {
                     1
                 } else {
                     (self.param + 1) * 7

@@ -24,11 +24,11 @@ pub mod spool;
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
-/// Whether checks for already reported, still open bugs are enabled
-/// (`TL_FUZZ_STRICT=1`). Off by default so that a long fuzzing run is not
-/// stopped over and over by a known finding; the regression tests turn it on.
+/// Whether the checks for the bugs found by fuzzing (F1–F8, all fixed) are
+/// enabled: on unless `TL_FUZZ_STRICT=0`, which only makes sense to fuzz an
+/// old revision without stopping over and over on a known finding.
 pub fn strict() -> bool {
     use std::sync::OnceLock;
     static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("TL_FUZZ_STRICT").is_some_and(|v| v != "0"))
+    *STRICT.get_or_init(|| std::env::var_os("TL_FUZZ_STRICT").is_none_or(|v| v != "0"))
 }

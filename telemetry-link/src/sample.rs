@@ -118,6 +118,13 @@ impl SeriesKey {
             return Err(SeriesError::Malformed);
         }
         Self::validate(&name, &labels)?;
+        // Exactly one spelling per series: no trailing bytes, no over-long
+        // varints (otherwise one series could have several keys).
+        let canonical =
+            postcard::to_allocvec(&(&name, &labels)).map_err(|_| SeriesError::Malformed)?;
+        if canonical != bytes {
+            return Err(SeriesError::Malformed);
+        }
         Ok(Self {
             name,
             labels,
@@ -199,6 +206,10 @@ mod tests {
         assert_eq!(SeriesKey::decode(a.encoded()).unwrap(), a);
     }
 
+    fn a_key() -> SeriesKey {
+        SeriesKey::new("m", [("a", "1")]).unwrap()
+    }
+
     #[test]
     fn bad_keys_are_refused() {
         assert_eq!(
@@ -217,5 +228,12 @@ mod tests {
         let unsorted = postcard::to_allocvec(&("m", vec![("b", "1"), ("a", "2")])).unwrap();
         assert_eq!(SeriesKey::decode(&unsorted), Err(SeriesError::Malformed));
         assert_eq!(SeriesKey::decode(&[0xff]), Err(SeriesError::Malformed));
+        // trailing bytes and over-long varints are not canonical (fuzzing, F6)
+        let mut trailing = a_key().encoded().to_vec();
+        trailing.push(0);
+        assert_eq!(SeriesKey::decode(&trailing), Err(SeriesError::Malformed));
+        let mut overlong = vec![0x81, 0x00]; // name length 1 spelled in two bytes
+        overlong.extend_from_slice(b"m\x00");
+        assert_eq!(SeriesKey::decode(&overlong), Err(SeriesError::Malformed));
     }
 }

@@ -778,6 +778,11 @@ async fn drive(
         address,
     } = session;
     let applied = welcome.applied_seq;
+    if applied > crate::spool::MAX_SEQ {
+        return SessionEnd::Lost(format!(
+            "receiver reported an impossible applied position {applied}"
+        ));
+    }
     if let Ok(mut c) = inner.current.lock() {
         *c = Some(conn.clone());
     }

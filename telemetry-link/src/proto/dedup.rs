@@ -107,6 +107,7 @@ impl StreamCursor {
         }
         let last_seq = first_seq
             .checked_add(u64::from(count) - 1)
+            .filter(|&l| l <= crate::spool::MAX_SEQ)
             .ok_or(SeqError::Overflow)?;
         let expected = self.applied.checked_add(1).ok_or(SeqError::Overflow)?;
         if first_seq > expected {
@@ -140,7 +141,7 @@ impl StreamCursor {
     pub fn apply_skip(&mut self, skip: &Skip) -> Result<SkipOutcome, SeqError> {
         let Skip { from, to, lost } = *skip;
         let bad = SeqError::BadSkip { from, to, lost };
-        if from == 0 || to < from || lost > to - from + 1 {
+        if from == 0 || to < from || to > crate::spool::MAX_SEQ || lost > to - from + 1 {
             return Err(bad);
         }
         let expected = self.applied.checked_add(1).ok_or(SeqError::Overflow)?;

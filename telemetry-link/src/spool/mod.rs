@@ -52,6 +52,11 @@ use format::{
 use ranges::RangeSet;
 
 const META_FILE: &str = "spool.meta";
+
+/// Highest sequence number a spool assigns (2^62): far beyond any real
+/// stream, and far enough from `u64::MAX` that sequence arithmetic anywhere
+/// cannot overflow. Headers or metadata beyond it are treated as corrupt.
+pub const MAX_SEQ: u64 = 1 << 62;
 const LOCK_FILE: &str = "LOCK";
 const SEGMENT_EXT: &str = "seg";
 const META_VERSION: u32 = 1;
@@ -142,6 +147,9 @@ pub enum SpoolError {
     /// Another process uses the directory.
     #[error("spool directory {0} is in use by another process")]
     Locked(PathBuf),
+    /// The stream reached [`MAX_SEQ`].
+    #[error("sequence numbers exhausted (2^62); start a new spool")]
+    SequenceExhausted,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -441,38 +449,92 @@ impl Spool {
         }
         report.created = meta.is_none() && files.is_empty();
 
+        // Segments are ordered by their checksummed headers; the file name is
+        // only a hint. A file whose header is unusable or belongs to another
+        // stream is set aside; a misnamed one gets its proper name back.
+        let mut ordered: Vec<(u64, PathBuf)> = Vec::new();
+        let mut quarantined: Vec<Quarantined> = Vec::new();
+        for (name_base, path) in files {
+            let header = read_header(&path)?.filter(|h| (1..=MAX_SEQ).contains(&h.base_seq));
+            let header = match (header, stream_id) {
+                (Some(h), None) => {
+                    stream_id = Some(h.stream_id);
+                    Some(h)
+                }
+                (Some(h), Some(s)) if h.stream_id == s => Some(h),
+                _ => None,
+            };
+            match header {
+                Some(h) => ordered.push((h.base_seq, path)),
+                None => {
+                    report.quarantined.push(quarantine(&path)?);
+                    quarantined.push(Quarantined::Unreadable { name_base });
+                }
+            }
+        }
+        ordered.sort();
+
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut created_here: HashSet<PathBuf> = HashSet::new();
-        for (_, path) in files {
+        for (base, mut path) in ordered {
             if created_here.contains(&path) {
                 continue;
             }
             let bytes = fs::read(&path).map_err(io_err(&path))?;
-            let header = match SegmentHeader::decode(&bytes) {
-                Ok(h) if h.base_seq > 0 && stream_id.is_none_or(|s| s == h.stream_id) => h,
-                _ => {
-                    report.quarantined.push(quarantine(&path)?);
-                    continue;
-                }
+            let Ok(header) = SegmentHeader::decode(&bytes) else {
+                report.quarantined.push(quarantine(&path)?);
+                quarantined.push(Quarantined::Unreadable { name_base: base });
+                continue;
             };
-            stream_id = Some(header.stream_id);
-            if let Some(prev) = segments.back() {
-                if header.base_seq <= prev.last || (prev.is_empty() && header.base_seq <= prev.base)
-                {
-                    // A leftover copy of records already loaded (a crash
-                    // during an earlier repair): the loaded copy wins.
-                    fs::remove_file(&path).map_err(io_err(&path))?;
-                    continue;
-                }
+            // Records overlapping those already loaded cannot come from this
+            // spool's own writes: set them aside rather than guess.
+            let overlaps = segments
+                .back()
+                .is_some_and(|prev| header.base_seq <= prev.last);
+            let proper = segment_path(&dir, header.base_seq);
+            if overlaps || (proper != path && proper.exists()) {
+                let pieces = scan_segment(
+                    &bytes,
+                    header.base_seq,
+                    max_record,
+                    &mut RecoveryReport::default(),
+                );
+                report.quarantined.push(quarantine(&path)?);
+                quarantined.push(Quarantined::Records(
+                    pieces
+                        .iter()
+                        .filter(|p| p.records > 0)
+                        .map(|p| (p.base, p.base + p.records - 1))
+                        .collect(),
+                ));
+                continue;
+            }
+            if proper != path {
+                fs::rename(&path, &proper).map_err(io_err(&path))?;
+                tracing::warn!(from = %path.display(), to = %proper.display(), "misnamed spool segment renamed");
+                path = proper;
             }
             let pieces = scan_segment(&bytes, header.base_seq, max_record, &mut report);
+            // Keep the pieces that hold records, each in the file named by
+            // its first sequence; an empty spool segment stays as it is.
+            let first_kept = pieces[0].records > 0 || pieces.iter().all(|p| p.records == 0);
+            let mut original_used = first_kept;
             for (i, piece) in pieces.iter().enumerate() {
-                let ppath = if i == 0 {
-                    path.clone()
+                let keep = if i == 0 {
+                    first_kept
                 } else {
-                    segment_path(&dir, piece.base)
+                    piece.records > 0
                 };
+                if !keep {
+                    continue;
+                }
+                let target = segment_path(&dir, piece.base);
                 if i > 0 {
+                    if target != path && target.exists() && !created_here.contains(&target) {
+                        // Another segment file owns these sequences; it is
+                        // loaded on its own.
+                        continue;
+                    }
                     let mut out = SegmentHeader {
                         stream_id: header.stream_id,
                         base_seq: piece.base,
@@ -480,8 +542,9 @@ impl Spool {
                     .encode()
                     .to_vec();
                     out.extend_from_slice(&bytes[piece.start..piece.end]);
-                    write_atomic(&ppath, &out).map_err(io_err(&ppath))?;
-                    created_here.insert(ppath.clone());
+                    write_atomic(&target, &out).map_err(io_err(&target))?;
+                    created_here.insert(target.clone());
+                    original_used |= target == path;
                 }
                 let len = if i == 0 {
                     piece.end as u64
@@ -492,20 +555,22 @@ impl Spool {
                     base: piece.base,
                     last: piece.base + piece.records - 1,
                     bytes: len,
-                    path: ppath,
+                    path: target,
                 });
             }
-            // Cut the first piece's file down to its valid end, after the
-            // other pieces are safely in their own files.
-            if let Some(first) = pieces.first() {
-                if (first.end as u64) < bytes.len() as u64 {
+            // Only after the other pieces are safely in their own files: cut
+            // the original down to its first piece, or remove it.
+            if first_kept {
+                if pieces[0].end < bytes.len() {
                     let f = OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(io_err(&path))?;
-                    f.set_len(first.end as u64).map_err(io_err(&path))?;
+                    f.set_len(pieces[0].end as u64).map_err(io_err(&path))?;
                     f.sync_all().map_err(io_err(&path))?;
                 }
+            } else if !original_used {
+                fs::remove_file(&path).map_err(io_err(&path))?;
             }
             for w in pieces.windows(2) {
                 let (from, to) = (w[0].base + w[0].records, w[1].base - 1);
@@ -524,6 +589,36 @@ impl Spool {
             .map_or(1, |s| (s.last + 1).max(s.base))
             .max(floor);
         let acked = meta.as_ref().map_or(0, |m| m.acked).min(next_seq - 1);
+        // What a quarantined segment held, and no loaded segment holds, is
+        // lost (unless it was acknowledged already).
+        let present: Vec<(u64, u64)> = segments
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| (s.base, s.last))
+            .collect();
+        for q in quarantined {
+            let ranges = match q {
+                Quarantined::Records(r) => r,
+                // Unreadable: from the name's sequence up to the next segment.
+                Quarantined::Unreadable { name_base } if (1..=MAX_SEQ).contains(&name_base) => {
+                    let end = segments
+                        .iter()
+                        .map(|s| s.base)
+                        .find(|&b| b > name_base)
+                        .unwrap_or(next_seq);
+                    vec![(name_base, end.saturating_sub(1))]
+                }
+                Quarantined::Unreadable { .. } => Vec::new(),
+            };
+            for (a, b) in ranges {
+                for (from, to) in missing_ranges(a.max(acked + 1), b, &present) {
+                    if dropped.count_in(from, to) < to - from + 1 {
+                        dropped.insert(from, to);
+                        report.lost_ranges.push((from, to));
+                    }
+                }
+            }
+        }
         // On a small filesystem, segments must be small enough that dropping
         // one frees useful room.
         let existing: u64 = segments.iter().map(|s| s.bytes).sum();
@@ -689,6 +784,9 @@ impl Spool {
                 dropped: 0,
             });
         }
+        if first_seq.saturating_add(payloads.len() as u64) > MAX_SEQ {
+            return Err(SpoolError::SequenceExhausted);
+        }
         let mut size = 0u64;
         for p in payloads {
             let len = p.as_ref().len();
@@ -847,6 +945,9 @@ impl Spool {
     /// spool lost its tail in a power cut): reusing those numbers would make
     /// the receiver drop new records as duplicates.
     pub fn advance_next_seq(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if seq > MAX_SEQ {
+            return Err(SpoolError::SequenceExhausted);
+        }
         if seq <= self.next_seq {
             return Ok(());
         }
@@ -905,25 +1006,32 @@ impl Spool {
         }
         let first_seq = cur.next_seq;
         let mut count = 0;
-        while count < max_records
-            && cur.next_seq <= seg.last
-            && (out.bytes() < max_bytes || count == 0)
-        {
+        // Set when the next record would exceed the byte budget: the batch
+        // is complete (the record starts the next one).
+        let mut full = false;
+        while !full && count < max_records && cur.next_seq <= seg.last {
+            if count > 0 && out.bytes() >= max_bytes {
+                break;
+            }
             let avail = seg.bytes.saturating_sub(cur.offset) as usize;
+            let budget_left = max_bytes.saturating_sub(out.bytes());
             let want = avail.min(
-                (max_bytes.saturating_sub(out.bytes())).max(RECORD_HEADER_LEN) + RECORD_HEADER_LEN,
+                budget_left
+                    .max(RECORD_HEADER_LEN)
+                    .saturating_add(RECORD_HEADER_LEN),
             );
             self.fill_scratch(&seg, cur.offset, want)?;
             let mut pos = 0;
             let mut progressed = false;
-            while count < max_records && (out.bytes() < max_bytes || count == 0) {
+            while count < max_records {
                 match parse_record(
                     &self.read_scratch[pos..],
                     self.cfg.max_record_bytes,
                     cur.next_seq,
                 ) {
                     Parsed::Record { payload, size, .. } => {
-                        if count > 0 && out.bytes() + payload.len() > max_bytes {
+                        if count > 0 && out.bytes().saturating_add(payload.len()) > max_bytes {
+                            full = true;
                             break;
                         }
                         out.push(payload);
@@ -941,6 +1049,7 @@ impl Spool {
                         // One record larger than the read: fetch it whole.
                         self.fill_scratch(&seg, cur.offset, n)?;
                     }
+                    // The rest of the chunk is a partial record: read on.
                     Parsed::Incomplete { .. } if progressed => break,
                     Parsed::Incomplete { .. } => {
                         // The segment claims this record is complete but it
@@ -1232,7 +1341,7 @@ fn decode_meta(bytes: &[u8]) -> Option<Meta> {
         return None;
     }
     let m: Meta = postcard::from_bytes(body).ok()?;
-    (m.version == META_VERSION).then_some(m)
+    (m.version == META_VERSION && m.next_seq_floor <= MAX_SEQ && m.acked <= MAX_SEQ).then_some(m)
 }
 
 fn records_or_empty(first_seq: u64, count: usize) -> ReadOutcome {
@@ -1261,6 +1370,48 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
         }
     }
     Ok(out)
+}
+
+/// A segment file set aside at open, and what it held.
+enum Quarantined {
+    /// No usable header: only its name hints at its first sequence.
+    Unreadable { name_base: u64 },
+    /// Valid records that could not be loaded (overlap or name clash).
+    Records(Vec<(u64, u64)>),
+}
+
+/// Reads and checks the header at the start of a segment file.
+fn read_header(path: &Path) -> Result<Option<SegmentHeader>, SpoolError> {
+    use std::io::Read;
+    let mut buf = [0u8; SEGMENT_HEADER_LEN];
+    let mut f = File::open(path).map_err(io_err(path))?;
+    match f.read_exact(&mut buf) {
+        Ok(()) => Ok(SegmentHeader::decode(&buf).ok()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// The parts of `from..=to` not covered by the sorted, disjoint `present`.
+fn missing_ranges(from: u64, to: u64, present: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    for &(a, b) in present {
+        if next > to {
+            break;
+        }
+        if b < next {
+            continue;
+        }
+        if a > next {
+            out.push((next, (a - 1).min(to)));
+        }
+        next = next.max(b.saturating_add(1));
+    }
+    if next <= to {
+        out.push((next, to));
+    }
+    out
 }
 
 fn quarantine(path: &Path) -> Result<PathBuf, SpoolError> {
