@@ -52,6 +52,7 @@ use telemetry_link::spool::{
         parse_record, record_crc, resync, Parsed, SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
     },
     Cursor, FsyncPolicy, ReadBuf, ReadOutcome, RecoveryReport, Spool, SpoolConfig, SpoolError,
+    MAX_SEQ,
 };
 
 use crate::alloc::Measure;
@@ -682,13 +683,10 @@ fn check(input: &Input, dir: &Path, input_len: usize, known_bugs: bool) {
     let before = s.stats();
     let payloads: Vec<&[u8]> = input.appends.iter().map(Vec::as_slice).collect();
     let mut appended: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    // KNOWN BUG (fuzz/README.md, "Findings", F4): appending when the
-    // sequence space is exhausted overflows.
-    let exhausted = before
-        .last_seq
-        .checked_add(payloads.len() as u64 + 1)
-        .is_none();
-    if !payloads.is_empty() && (known_bugs || !exhausted) {
+    // F4 (fixed): near the end of the sequence space (MAX_SEQ = 2^62) an
+    // append must be refused cleanly, never wrap.
+    let exhausted = (before.last_seq + 1).saturating_add(payloads.len() as u64) > MAX_SEQ;
+    if !payloads.is_empty() {
         match s.append(&payloads) {
             Ok(a) => {
                 assert_eq!(
@@ -726,6 +724,18 @@ fn check(input: &Input, dir: &Path, input_len: usize, known_bugs: bool) {
                 );
             }
             Err(SpoolError::BatchTooLarge { .. }) => {
+                assert_eq!(
+                    s.stats().last_seq,
+                    before.last_seq,
+                    "a refused append assigned sequences"
+                );
+            }
+            Err(SpoolError::SequenceExhausted) => {
+                assert!(
+                    exhausted,
+                    "append refused as exhausted at last_seq {}",
+                    before.last_seq
+                );
                 assert_eq!(
                     s.stats().last_seq,
                     before.last_seq,

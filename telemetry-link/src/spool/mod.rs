@@ -584,10 +584,21 @@ impl Spool {
 
         let stream_id = stream_id.unwrap_or_else(rand::random::<u128>);
         let floor = meta.as_ref().map_or(1, |m| m.next_seq_floor).max(1);
+        // Never reuse a sequence a valid record carried, even one in a
+        // quarantined file: it may have reached a receiver.
+        let quarantined_max = quarantined
+            .iter()
+            .filter_map(|q| match q {
+                Quarantined::Records(r) => r.iter().map(|&(_, b)| b).max(),
+                Quarantined::Unreadable { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
         let next_seq = segments
             .back()
             .map_or(1, |s| (s.last + 1).max(s.base))
-            .max(floor);
+            .max(floor)
+            .max(quarantined_max + 1);
         let acked = meta.as_ref().map_or(0, |m| m.acked).min(next_seq - 1);
         // What a quarantined segment held, and no loaded segment holds, is
         // lost (unless it was acknowledged already).
@@ -1341,7 +1352,7 @@ fn decode_meta(bytes: &[u8]) -> Option<Meta> {
         return None;
     }
     let m: Meta = postcard::from_bytes(body).ok()?;
-    (m.version == META_VERSION && m.next_seq_floor <= MAX_SEQ && m.acked <= MAX_SEQ).then_some(m)
+    (m.version == META_VERSION && m.next_seq_floor <= MAX_SEQ + 1 && m.acked <= MAX_SEQ).then_some(m)
 }
 
 fn records_or_empty(first_seq: u64, count: usize) -> ReadOutcome {
@@ -1449,6 +1460,11 @@ fn scan_segment(
     let mut off = SEGMENT_HEADER_LEN;
     let mut expected = base;
     while off < bytes.len() {
+        if expected > MAX_SEQ {
+            // No spool writes sequences beyond MAX_SEQ: the rest is not ours.
+            report.corrupt_bytes += (bytes.len() - off) as u64;
+            break;
+        }
         match parse_record(&bytes[off..], max_record, expected) {
             Parsed::Record { size, .. } => {
                 off += size;
