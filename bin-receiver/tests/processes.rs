@@ -497,7 +497,7 @@ fn certificates_rotate_without_a_restart_and_broken_files_keep_the_old_ones() ->
     std::fs::copy(&s.cert, certs.join("sender-rot.pem"))?;
     std::fs::copy(&s.key, certs.join("sender-rot.key"))?;
     let rx = start_receiver(&certs, &dir.path().join("state"), &[])?;
-    let (_tx, tx_metrics) = start_sender(
+    let (tx, tx_metrics) = start_sender(
         &certs,
         "rot",
         rx.quic,
@@ -563,6 +563,28 @@ fn certificates_rotate_without_a_restart_and_broken_files_keep_the_old_ones() ->
         rx.proc.output().contains("keeping"),
         "the failure is logged"
     );
+
+    // The sender side: a new certificate is loaded on SIGHUP, a broken one
+    // is refused and counted, and the session stays up throughout.
+    let renewed = pki.sender("rot")?;
+    std::fs::copy(&renewed.cert, certs.join("sender-rot.pem"))?;
+    std::fs::copy(&renewed.key, certs.join("sender-rot.key"))?;
+    tx.signal(libc::SIGHUP)?;
+    wait_metrics(tx_metrics, "sender reload counted", |e| {
+        e.value("telemetry_sender_tls_reloads_total", &[("result", "ok")])
+            .unwrap_or(0.0)
+            >= 1.0
+    })?;
+    std::fs::write(certs.join("sender-rot.key"), "not a key")?;
+    tx.signal(libc::SIGHUP)?;
+    wait_metrics(tx_metrics, "sender's failed reload counted", |e| {
+        e.value("telemetry_sender_tls_reloads_total", &[("result", "error")])
+            .unwrap_or(0.0)
+            >= 1.0
+    })?;
+    let s = scrape(tx_metrics)?;
+    assert_eq!(s.value("telemetry_sender_connected", &[]), Some(1.0));
+    assert_eq!(s.value("telemetry_sender_reconnects_total", &[]), Some(0.0));
 
     // Changed files are also picked up without a signal (polled every 5 s).
     let third = pki.receiver()?;

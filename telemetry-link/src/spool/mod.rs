@@ -1352,7 +1352,8 @@ fn decode_meta(bytes: &[u8]) -> Option<Meta> {
         return None;
     }
     let m: Meta = postcard::from_bytes(body).ok()?;
-    (m.version == META_VERSION && m.next_seq_floor <= MAX_SEQ + 1 && m.acked <= MAX_SEQ).then_some(m)
+    (m.version == META_VERSION && m.next_seq_floor <= MAX_SEQ + 1 && m.acked <= MAX_SEQ)
+        .then_some(m)
 }
 
 fn records_or_empty(first_seq: u64, count: usize) -> ReadOutcome {
