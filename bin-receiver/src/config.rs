@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use telemetry_link::TlsFiles;
-use telemetry_ops::config::{load_toml, HumanDuration};
+use telemetry_ops::config::{load_toml, missing_flags, HumanDuration};
 
 /// Default QUIC address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
@@ -135,18 +135,14 @@ impl Settings {
                 "in demo mode the certificates are made at start: leave out --ca, --cert and --key"
             ),
             (ca, cert, key) => {
-                let missing: Vec<&str> = [
+                let missing = missing_flags(&[
                     ("--ca", ca.is_none()),
                     ("--cert", cert.is_none()),
                     ("--key", key.is_none()),
-                ]
-                .iter()
-                .filter(|(_, m)| *m)
-                .map(|(n, _)| *n)
-                .collect();
+                ]);
                 bail!(
                     "missing {} (make certificates with `telemetry-certs init`, or try --demo)",
-                    missing.join(", ")
+                    missing
                 );
             }
         };

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use telemetry_link::{FsyncPolicy, TlsFiles};
-use telemetry_ops::config::{load_toml, ByteSize, HumanDuration};
+use telemetry_ops::config::{load_toml, missing_flags, ByteSize, HumanDuration};
 
 /// Default metrics address.
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9465";
@@ -217,18 +217,14 @@ impl Settings {
         let tls = match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
             (ca, cert, key) => {
-                let missing: Vec<&str> = [
+                let missing = missing_flags(&[
                     ("--ca", ca.is_none()),
                     ("--cert", cert.is_none()),
                     ("--key", key.is_none()),
-                ]
-                .iter()
-                .filter(|(_, m)| *m)
-                .map(|(n, _)| *n)
-                .collect();
+                ]);
                 bail!(
                     "missing {} (make certificates with `telemetry-certs init`)",
-                    missing.join(", ")
+                    missing
                 );
             }
         };

@@ -44,6 +44,17 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     })
 }
 
+/// The names of the flags that are missing (`(name, is_missing)` pairs),
+/// comma-separated, for a startup error.
+pub fn missing_flags(flags: &[(&'static str, bool)]) -> String {
+    flags
+        .iter()
+        .filter(|(_, missing)| *missing)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A duration written like `15s`, `5m`, `1h30m`, `250ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -125,6 +136,15 @@ mod tests {
     struct Demo {
         sender_ttl: Option<HumanDuration>,
         spool_max: Option<ByteSize>,
+    }
+
+    #[test]
+    fn missing_flags_are_listed() {
+        assert_eq!(
+            missing_flags(&[("--ca", true), ("--cert", false), ("--key", true)]),
+            "--ca, --key"
+        );
+        assert_eq!(missing_flags(&[("--ca", false)]), "");
     }
 
     #[test]
