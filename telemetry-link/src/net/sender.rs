@@ -802,6 +802,12 @@ async fn drive(
             Ok(n) => inner.metrics.records_acked.inc_by(n),
             Err(e) => return SessionEnd::Lost(format!("spool: {e}")),
         }
+        // Records dropped after being sent are settled now: those this
+        // receiver applied were delivered; the others are lost, counted here
+        // and in the skip the receiver is about to get.
+        if let Err(e) = spool.settle_uncertain(applied) {
+            return SessionEnd::Lost(format!("spool: {e}"));
+        }
         spool.stats()
     };
     inner.refresh_gauges(&start_stats);
@@ -850,7 +856,10 @@ async fn drive(
                 break 'session SessionEnd::Lost(format!("receiver sent a bad ack: {e}"));
             }
             let mut spool = inner.spool();
-            match spool.ack(acked) {
+            match spool
+                .ack(acked)
+                .and_then(|n| spool.settle_delivered(acked).map(|()| n))
+            {
                 Ok(n) => inner.metrics.records_acked.inc_by(n),
                 Err(e) => break 'session SessionEnd::Lost(format!("spool: {e}")),
             }
@@ -926,6 +935,7 @@ async fn drive(
                     break 'session SessionEnd::Lost(format!("write: {e}"));
                 }
                 window.on_sent(last_seq, len);
+                inner.spool().mark_sent(last_seq);
                 inner.metrics.bytes_sent.inc_by(len as u64);
                 continue;
             }

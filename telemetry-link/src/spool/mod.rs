@@ -20,9 +20,15 @@
 //!   All of it is reported in a [`RecoveryReport`]; nothing panics. Sequences
 //!   known to be lost are recorded as dropped so receivers learn of the gap.
 //! * **Bounded size.** The spool never holds more than
-//!   [`SpoolConfig::max_bytes`]. When an append needs room — or the disk is
-//!   full — whole segments are dropped, oldest first, and their unacknowledged
-//!   records are counted and remembered as dropped (see [`ranges`]).
+//!   [`SpoolConfig::max_bytes`] (nor more than its filesystem has room for).
+//!   When an append needs room — or the disk is full — whole segments are
+//!   dropped, oldest first, and their unacknowledged records are remembered as
+//!   dropped (see [`ranges`]). Records never handed to a connection are
+//!   counted as lost at once; records that had been sent may have been
+//!   applied by a receiver whose acknowledgement was lost, so they stay
+//!   *uncertain* until the next session's applied position settles them
+//!   ([`Spool::settle_uncertain`]): the sender's count of dropped records
+//!   then equals what the receiver is told it lost.
 //! * **Bounded memory.** Memory is O(number of segments) plus one read and
 //!   one write buffer; records are read back from the files, never kept.
 //! * **Exclusive use.** One process at a time: the directory is locked.
@@ -59,7 +65,7 @@ const META_FILE: &str = "spool.meta";
 pub const MAX_SEQ: u64 = 1 << 62;
 const LOCK_FILE: &str = "LOCK";
 const SEGMENT_EXT: &str = "seg";
-const META_VERSION: u32 = 1;
+const META_VERSION: u32 = 2;
 
 /// When appended data is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +218,12 @@ pub struct SpoolStats {
     pub last_seq: u64,
     /// Highest acknowledged sequence.
     pub acked_seq: u64,
-    /// Records dropped by the cap or lost to corruption, over the stream's life.
+    /// Records dropped by the cap or lost to corruption, over the stream's
+    /// life, that no receiver applied.
     pub dropped_total: u64,
+    /// Dropped records that had been sent before and whose fate the next
+    /// session settles (applied by the receiver, or lost).
+    pub uncertain: u64,
     /// Segment files.
     pub segments: usize,
 }
@@ -341,6 +351,7 @@ struct Meta {
     next_seq_floor: u64,
     dropped_total: u64,
     dropped: Vec<(u64, u64)>,
+    uncertain: Vec<(u64, u64)>,
 }
 
 /// The spool. Not thread-safe by itself; wrap it in a mutex to share.
@@ -356,6 +367,13 @@ pub struct Spool {
     next_seq: u64,
     acked: u64,
     dropped: RangeSet,
+    /// Dropped records that had been handed to a receiver before: a
+    /// receiver may have applied them. Settled by the next session's applied
+    /// position ([`Spool::settle_uncertain`]).
+    uncertain: RangeSet,
+    /// Highest sequence handed to a connection (everything present at open
+    /// counts as possibly sent by the previous process).
+    sent_hwm: u64,
     dropped_total: u64,
     total_bytes: u64,
     unsynced: bool,
@@ -438,7 +456,7 @@ impl Spool {
         };
 
         let mut stream_id = meta.as_ref().map(|m| m.stream_id);
-        let mut dropped =
+        let meta_dropped =
             RangeSet::from_ranges(meta.as_ref().map(|m| m.dropped.clone()).unwrap_or_default());
         let max_record = cfg.max_record_bytes;
 
@@ -575,7 +593,6 @@ impl Spool {
             for w in pieces.windows(2) {
                 let (from, to) = (w[0].base + w[0].records, w[1].base - 1);
                 if to >= from {
-                    dropped.insert(from, to);
                     report.lost_ranges.push((from, to));
                 }
             }
@@ -623,8 +640,7 @@ impl Spool {
             };
             for (a, b) in ranges {
                 for (from, to) in missing_ranges(a.max(acked + 1), b, &present) {
-                    if dropped.count_in(from, to) < to - from + 1 {
-                        dropped.insert(from, to);
+                    if meta_dropped.count_in(from, to) < to - from + 1 {
                         report.lost_ranges.push((from, to));
                     }
                 }
@@ -674,12 +690,12 @@ impl Spool {
             });
             f
         };
-        let dropped_total = meta.as_ref().map_or(0, |m| m.dropped_total)
-            + report
-                .lost_ranges
-                .iter()
-                .map(|&(a, b)| b - a + 1)
-                .sum::<u64>();
+        let dropped_total = meta.as_ref().map_or(0, |m| m.dropped_total);
+        let uncertain = RangeSet::from_ranges(
+            meta.as_ref()
+                .map(|m| m.uncertain.clone())
+                .unwrap_or_default(),
+        );
         let mut spool = Spool {
             active,
             dir,
@@ -690,7 +706,10 @@ impl Spool {
             reader: None,
             next_seq,
             acked,
-            dropped,
+            dropped: RangeSet::new(),
+            uncertain,
+            // The previous process may have sent anything it held.
+            sent_hwm: next_seq - 1,
             dropped_total,
             total_bytes: 0,
             unsynced: false,
@@ -701,6 +720,12 @@ impl Spool {
             _lock: lock,
         };
         spool.total_bytes = spool.segments.iter().map(|s| s.bytes).sum();
+        // Ranges dropped earlier (from the metadata) stay dropped; what this
+        // recovery lost goes through the same accounting as the cap's drops.
+        spool.dropped = meta_dropped;
+        for &(from, to) in &report.lost_ranges {
+            spool.mark_dropped(from, to);
+        }
         spool.refresh_cap(true);
         spool.write_meta()?;
         report.segments = spool.segments.len();
@@ -741,6 +766,7 @@ impl Spool {
             last_seq: self.next_seq - 1,
             acked_seq: self.acked,
             dropped_total: self.dropped_total,
+            uncertain: self.uncertain.count_in(0, u64::MAX),
             segments: self.segments.len(),
         }
     }
@@ -1145,8 +1171,7 @@ impl Spool {
         );
         let lost_from = seq.max(self.acked + 1);
         if seg.last >= lost_from {
-            self.dropped.insert(lost_from, seg.last);
-            self.dropped_total += seg.last - lost_from + 1;
+            self.mark_dropped(lost_from, seg.last);
         }
         let f = OpenOptions::new()
             .write(true)
@@ -1255,9 +1280,9 @@ impl Spool {
         };
         let from = seg.base.max(self.acked + 1);
         let n = seg.count_in(from, u64::MAX);
+        let mut certain = 0;
         if n > 0 {
-            self.dropped.insert(from, seg.last);
-            self.dropped_total += n;
+            certain = self.mark_dropped(from, seg.last);
             tracing::warn!(
                 first = from,
                 last = seg.last,
@@ -1271,7 +1296,68 @@ impl Spool {
         fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
         self.total_bytes -= seg.bytes;
         self.write_meta()?;
-        Ok(Some(n))
+        Ok(Some(certain))
+    }
+
+    /// Records `from..=to` as dropped. Those never handed to a connection are
+    /// lost for sure and counted now (returned); those that were sent may
+    /// have been applied, and wait for [`Spool::settle_uncertain`].
+    fn mark_dropped(&mut self, from: u64, to: u64) -> u64 {
+        if to < from {
+            return 0;
+        }
+        self.dropped.insert(from, to);
+        let sent_to = to.min(self.sent_hwm);
+        if from <= sent_to {
+            self.uncertain.insert(from, sent_to);
+        }
+        let certain_from = from.max(self.sent_hwm.saturating_add(1));
+        let certain = if certain_from <= to {
+            to - certain_from + 1
+        } else {
+            0
+        };
+        self.dropped_total += certain;
+        certain
+    }
+
+    /// Notes that sequences up to `seq` were handed to a connection.
+    pub fn mark_sent(&mut self, seq: u64) {
+        self.sent_hwm = self.sent_hwm.max(seq);
+    }
+
+    /// A receiver acknowledged up to `acked` during a session: dropped
+    /// records at or below it were delivered after all.
+    pub fn settle_delivered(&mut self, acked: u64) -> Result<(), SpoolError> {
+        if self.uncertain.is_empty() {
+            return Ok(());
+        }
+        let delivered = self.uncertain.intersect(0, acked);
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        for (a, b) in delivered {
+            self.dropped.remove(a, b);
+            self.uncertain.remove(a, b);
+        }
+        self.write_meta()
+    }
+
+    /// A session starts and the receiver has applied up to `applied`: every
+    /// uncertain dropped record is settled — delivered if at or below it,
+    /// lost (and counted) otherwise. Returns how many were lost.
+    pub fn settle_uncertain(&mut self, applied: u64) -> Result<u64, SpoolError> {
+        if self.uncertain.is_empty() {
+            return Ok(0);
+        }
+        for (a, b) in self.uncertain.intersect(0, applied) {
+            self.dropped.remove(a, b);
+        }
+        let lost = self.uncertain.count_in(applied.saturating_add(1), u64::MAX);
+        self.dropped_total += lost;
+        self.uncertain = RangeSet::new();
+        self.write_meta()?;
+        Ok(lost)
     }
 
     fn delete_acked_segments(&mut self) -> Result<(), SpoolError> {
@@ -1300,6 +1386,7 @@ impl Spool {
             next_seq_floor: self.next_seq,
             dropped_total: self.dropped_total,
             dropped: self.dropped.ranges().to_vec(),
+            uncertain: self.uncertain.ranges().to_vec(),
         };
         let path = self.dir.join(META_FILE);
         write_atomic(&path, &encode_meta(&meta)).map_err(io_err(&path))

@@ -62,6 +62,45 @@ impl RangeSet {
         }
     }
 
+    /// Removes `from..=to` from the set (splitting ranges as needed).
+    pub fn remove(&mut self, from: u64, to: u64) {
+        if to < from {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for &(a, b) in &self.ranges {
+            if b < from || a > to {
+                out.push((a, b));
+                continue;
+            }
+            if a < from {
+                out.push((a, from - 1));
+            }
+            if b > to {
+                out.push((to + 1, b));
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// The parts of the set inside `from..=to`.
+    pub fn intersect(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        if to < from {
+            return Vec::new();
+        }
+        let start = self.ranges.partition_point(|&(_, e)| e < from);
+        self.ranges[start..]
+            .iter()
+            .take_while(|&&(a, _)| a <= to)
+            .map(|&(a, b)| (a.max(from), b.min(to)))
+            .collect()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
     /// How many sequences of `from..=to` are in the set.
     pub fn count_in(&self, from: u64, to: u64) -> u64 {
         if to < from {
@@ -118,6 +157,14 @@ mod tests {
             prop_assert!(s.ranges().windows(2).all(|w| w[0].1 + 1 < w[1].0));
             let (from, to) = (q.0.min(q.1), q.0.max(q.1));
             prop_assert_eq!(s.count_in(from, to), model.range(from..=to).count() as u64);
+            let inside: u64 = s.intersect(from, to).iter().map(|(a, b)| b - a + 1).sum();
+            prop_assert_eq!(inside, s.count_in(from, to));
+            s.remove(from, to);
+            for x in from..=to {
+                model.remove(&x);
+            }
+            prop_assert_eq!(s.count_in(0, 300), model.len() as u64);
+            prop_assert!(s.ranges().windows(2).all(|w| w[0].1 < w[1].0));
         }
     }
 }
