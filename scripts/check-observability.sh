@@ -14,6 +14,7 @@
 # until the target has been scraped at least three times, so rate() and
 # increase() have two or more samples to work with.
 #
+# Annotation queries are checked without their final "> 0" filter.
 # A dashboard query fails when Prometheus returns an error, or when it returns
 # no series although every kube_*/telemetry_* metric it names is present in
 # the target (against the fixture, which has them all, a kube_*/telemetry_*
@@ -161,6 +162,25 @@ for svc in s.values():
 PYEOF
 fi
 
+run "compose wiring: Prometheus reaches the host's receiver" "$PY" - "$OBS" <<'PYEOF'
+import sys, yaml
+obs = sys.argv[1]
+s = yaml.safe_load(open(f"{obs}/docker-compose.yml"))["services"]
+assert {"prometheus", "grafana"} <= set(s), sorted(s)
+assert "host.docker.internal:host-gateway" in s["prometheus"].get("extra_hosts", []), "prometheus needs extra_hosts host.docker.internal:host-gateway"
+prom = yaml.safe_load(open(f"{obs}/prometheus/prometheus.yml"))
+jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+targets = [t for sc in jobs["telemetry-receiver"]["static_configs"] for t in sc["targets"]]
+assert targets == ["host.docker.internal:9464"], targets
+# The containerised receiver (profile "receiver") must publish that port.
+assert s["receiver"].get("profiles") == ["receiver"], "receiver is opt-in"
+assert "9464:9464/tcp" in s["receiver"]["ports"], s["receiver"]["ports"]
+for job in jobs.values():
+    for sd in job.get("file_sd_configs", []):
+        for f in sd["files"]:
+            assert isinstance(yaml.safe_load(open(f"{obs}/prometheus/{f}")), list), f
+PYEOF
+
 # --- 2. Live Prometheus against the target ----------------------------------
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
@@ -272,6 +292,12 @@ for path in sorted(glob.glob(f"{obs}/grafana/dashboards/*.json")):
                     queries.append((f"{p['title']} [{t['refId']}]", t["expr"], substitute(t["expr"])))
             walk(p.get("panels", []))
     walk(board.get("panels", []))
+    for a in board.get("annotations", {}).get("list", []):
+        if a.get("expr"):
+            # An annotation shows only the moments with an event: check the
+            # expression without its final "> 0" filter, which needs data.
+            unfiltered = re.sub(r"\s*>\s*0\s*$", "", a["expr"])
+            queries.append((f"annotation {a['name']}", a["expr"], substitute(unfiltered)))
 
 bad = 0
 rows = []
@@ -306,7 +332,22 @@ rules = [r for g in groups for r in g["rules"]]
 broken = [r for r in rules if r.get("health") not in ("ok", "unknown")]
 for r in broken:
     print(f"    rule {r['name']}: {r.get('health')} {r.get('lastError', '')}")
-print(f"    {len(queries)} queries, {bad} failed; {len(rules)} rules loaded, {len(broken)} unhealthy")
+# Every recording rule must return data, and every metric an alert reads must
+# exist in the target: an alert on a renamed metric would never fire.
+for r in rules:
+    names = set(re.findall(r"\b((?:kube|telemetry)_[a-zA-Z0-9_]+)\b", r["query"]))
+    missing = sorted(names - present)
+    if r["type"] == "recording":
+        res = api("/api/v1/query", query=r["query"])
+        n = len(res["data"]["result"]) if res.get("status") == "success" else -1
+        status = "ok" if n > 0 else ("ERROR " + res.get("error", "?") if n < 0 else "EMPTY")
+        print(f"    recording rule {r['name']}: {n} series, {status}")
+    else:
+        status = "MISSING " + ",".join(missing) if missing else "ok"
+        print(f"    alert {r['name']}: reads {', '.join(sorted(names)) or '(no kube_/telemetry_ metric)'}: {status}")
+    if status != "ok":
+        bad += 1
+print(f"    {len(queries)} queries, {len(rules)} rules loaded, {bad} failed, {len(broken)} unhealthy")
 sys.exit(1 if bad or broken or not queries or not rules else 0)
 PYEOF
 

@@ -82,11 +82,15 @@ fn cluster_records(cluster: usize) -> Vec<ClusterRecord> {
                     name: "app".into(),
                     cpu_cores: Some(0.25),
                     memory_bytes: Some(268_435_456.0),
+                    cpu_limit_cores: None,
+                    memory_limit_bytes: None,
                 },
                 ContainerRequests {
                     name: "istio-proxy".into(),
                     cpu_cores: Some(0.1),
                     memory_bytes: Some(134_217_728.0),
+                    cpu_limit_cores: None,
+                    memory_limit_bytes: None,
                 },
             ],
         }));
@@ -172,22 +176,6 @@ fn print_memory(when: &str) -> u64 {
     hwm
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("nproc {cpus}, {model}")
-}
-
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -214,7 +202,7 @@ fn measure(
 }
 
 fn main() {
-    println!("machine: {}", machine());
+    println!("machine: {}", telemetry_test_support::machine());
     print_memory("at start");
 
     let mut store = ClusterStore::new(StoreConfig::default());

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use telemetry_link::TlsFiles;
-use telemetry_ops::config::{load_toml, missing_flags, HumanDuration};
+use telemetry_ops::config::{load_toml, missing_flags, ByteSize, HumanDuration};
 
 /// Default QUIC address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
@@ -70,6 +70,19 @@ pub struct Args {
     /// file: an audit trail to verify delivery across restarts.
     #[arg(long, env = "TELEMETRY_RECEIVER_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// Forward every applied sample, with its original timestamp, to this
+    /// Prometheus remote-write URL (repeatable; comma-separated in the
+    /// environment), e.g. http://127.0.0.1:9090/api/v1/write.
+    #[arg(
+        long = "remote-write",
+        env = "TELEMETRY_RECEIVER_REMOTE_WRITE",
+        value_delimiter = ','
+    )]
+    pub remote_write: Vec<String>,
+    /// Byte cap of each remote-write endpoint's on-disk queue (under the
+    /// state directory); when full, its oldest samples are dropped [default: 1GiB].
+    #[arg(long, env = "TELEMETRY_RECEIVER_REMOTE_WRITE_QUEUE_BYTES")]
+    pub remote_write_queue_bytes: Option<ByteSize>,
     /// Run the demo: this receiver plus an in-process sender on a simulated
     /// cluster, over real QUIC and mutual TLS with certificates made at start.
     #[arg(long, env = "TELEMETRY_RECEIVER_DEMO")]
@@ -93,6 +106,10 @@ pub struct Settings {
     pub sender_ttl: Duration,
     /// Delivery audit log.
     pub audit_log: Option<PathBuf>,
+    /// Remote-write endpoints.
+    pub remote_write: Vec<String>,
+    /// Byte cap of each remote-write queue.
+    pub remote_write_queue_bytes: u64,
     /// Demo mode.
     pub demo: bool,
 }
@@ -177,6 +194,15 @@ impl Settings {
                 .or(file.sender_ttl)
                 .map_or(DEFAULT_SENDER_TTL, |d| d.0),
             audit_log: args.audit_log.or(file_path(file.audit_log)),
+            remote_write: if args.remote_write.is_empty() {
+                file.remote_write
+            } else {
+                args.remote_write
+            },
+            remote_write_queue_bytes: args
+                .remote_write_queue_bytes
+                .or(file.remote_write_queue_bytes)
+                .map_or(1 << 30, |b| b.0),
             demo,
         })
     }

@@ -1,7 +1,9 @@
 //! The link handler of the receiver: applies each sender's records to the
 //! shared [`ClusterStore`] under the sender's certificate identity (the
 //! `cluster` label), tracks connects/disconnects for the sender TTL, and
-//! optionally appends every delivery to an audit log
+//! optionally queues every delivery's samples for remote write before the
+//! link may acknowledge it, and optionally appends every delivery to an
+//! audit log
 //! (`<unix-ms> <sender> <first-seq> <count>` per line) so that delivery can
 //! be verified across receiver restarts.
 
@@ -13,10 +15,10 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use telemetry_link::{Delivery, Handler, HandlerError};
+use telemetry_link::{Delivery, Handler, HandlerError, PresentDelivery};
 use telemetry_model::ClusterRecord;
 
-use crate::store::ClusterStore;
+use crate::{remote_write::RemoteWrite, store::ClusterStore};
 
 /// Shared store handle.
 pub type SharedStore = Arc<Mutex<ClusterStore>>;
@@ -32,12 +34,24 @@ pub fn lock(store: &SharedStore) -> MutexGuard<'_, ClusterStore> {
 pub struct StoreHandler {
     store: SharedStore,
     audit: Option<Arc<Mutex<File>>>,
+    remote_write: Option<Arc<RemoteWrite>>,
 }
 
 impl StoreHandler {
     /// A handler writing into `store`.
     pub fn new(store: SharedStore) -> Self {
-        Self { store, audit: None }
+        Self {
+            store,
+            audit: None,
+            remote_write: None,
+        }
+    }
+
+    /// Also queues every delivery's samples for remote write; a batch is
+    /// acknowledged only once they are durably queued.
+    pub fn with_remote_write(mut self, remote_write: Arc<RemoteWrite>) -> Self {
+        self.remote_write = Some(remote_write);
+        self
     }
 
     /// Also appends every delivery to `path` (created if missing).
@@ -55,16 +69,51 @@ impl Handler<ClusterRecord> for StoreHandler {
             delivery.first_seq,
             delivery.records.len(),
         );
-        lock(&self.store).apply(&delivery.sender, delivery.records);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if let Some(rw) = &self.remote_write {
+            rw.forward(
+                &delivery.sender,
+                delivery.stream_id,
+                delivery.first_seq,
+                &delivery.records,
+                i64::try_from(ms).unwrap_or(i64::MAX),
+            )
+            .await?;
+        }
+        lock(&self.store).apply_delivery_at(
+            &delivery.sender,
+            delivery.stream_id,
+            delivery.first_seq,
+            delivery.records,
+            Instant::now(),
+        );
         if let Some(audit) = &self.audit {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
             let line = format!("{ms} {sender} {first} {count}\n");
             let mut f = audit.lock().unwrap_or_else(|p| p.into_inner());
             // One write per line: a crash leaves whole lines (or a torn last one).
             f.write_all(line.as_bytes())?;
         }
+        Ok(())
+    }
+
+    async fn present(&self, present: PresentDelivery<ClusterRecord>) -> Result<(), HandlerError> {
+        let records = present.records.len();
+        let applied = lock(&self.store).apply_present_at(
+            &present.sender,
+            present.stream_id,
+            present.covers_seq,
+            present.records,
+            Instant::now(),
+        );
+        tracing::info!(
+            sender = %present.sender,
+            covers_seq = present.covers_seq,
+            records,
+            applied,
+            "present state received ahead of the backlog"
+        );
         Ok(())
     }
 

@@ -23,6 +23,7 @@ use crate::{
     config::Settings,
     demo,
     handler::{lock, SharedStore, StoreHandler},
+    remote_write::{RemoteWrite, RemoteWriteConfig},
     store::{ClusterStore, StoreConfig},
 };
 
@@ -83,6 +84,18 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut cfg = ReceiverConfig::new(settings.listen, tls, &state_dir);
     cfg.allowed_senders = settings.allow_senders.clone();
     let mut handler = StoreHandler::new(store.clone());
+    let remote_write = if settings.remote_write.is_empty() {
+        None
+    } else {
+        let mut rw = RemoteWriteConfig::new(
+            settings.remote_write.clone(),
+            state_dir.join("remote-write"),
+        );
+        rw.max_queue_bytes = settings.remote_write_queue_bytes;
+        let rw = RemoteWrite::start(rw, &registry).context("starting remote write")?;
+        handler = handler.with_remote_write(rw.clone());
+        Some(rw)
+    };
     if let Some(path) = &settings.audit_log {
         handler = handler
             .with_audit_log(path)
@@ -144,6 +157,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         d.stop().await;
     }
     receiver.shutdown(Duration::from_secs(10)).await;
+    if let Some(rw) = remote_write {
+        rw.shutdown(Duration::from_secs(5)).await;
+        info!(
+            pending = rw.pending_samples(),
+            "remote write stopped; pending samples stay queued"
+        );
+    }
     let _ = stop_http.send(());
     match http_task.await {
         Ok(Ok(())) => {}

@@ -2,13 +2,14 @@
 //! `telemetry-certs`: series appear and pass `promtool check metrics`; a
 //! stopped sender's series go after the TTL; refusals are counted; bad
 //! certificate files are clear startup errors; certificates rotate without a
-//! restart; SIGTERM persists state and exits 0.
+//! restart; SIGTERM persists state and exits 0; remote write fills a
+//! receiver outage in a real Prometheus.
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{ensure, Context, Result};
@@ -18,6 +19,7 @@ use telemetry_test_support::{
     pki::TestPki,
     process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
     prom::{promtool_check, Exposition},
+    prometheus_server::{value_of, PrometheusServer},
     raw,
 };
 
@@ -52,6 +54,16 @@ struct Receiver {
 fn start_receiver(certs: &Path, state: &Path, extra: &[&str]) -> Result<Receiver> {
     let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+    start_receiver_at(certs, state, quic, metrics, extra)
+}
+
+fn start_receiver_at(
+    certs: &Path,
+    state: &Path,
+    quic: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> Result<Receiver> {
     let mut cmd = Command::new(receiver_bin());
     cmd.arg("--listen")
         .arg(quic.to_string())
@@ -594,5 +606,135 @@ fn certificates_rotate_without_a_restart_and_broken_files_keep_the_old_ones() ->
     wait_for(Duration::from_secs(20), "automatic reload", || {
         Ok((presented_cert(rx.quic, &pki.ca_path(), &probe)? == third_der).then_some(()))
     })?;
+    Ok(())
+}
+
+fn unix_now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Issue 7's acceptance test: a synthetic sender samples 4 series once per
+/// second each; the receiver forwards to a real Prometheus through remote
+/// write, is killed for 40 s while the sender keeps sampling, and comes
+/// back. Afterwards every second of the outage has its sample in
+/// Prometheus, with the time it was taken; consecutive samples of a series
+/// differ by exactly 4 (the synthetic counter is round-robin over 4 series),
+/// so none was lost or written twice; Prometheus refused no write.
+#[test]
+fn remote_write_fills_a_receiver_outage_in_prometheus() -> Result<()> {
+    const SERIES: usize = 4;
+    const OUTAGE: Duration = Duration::from_secs(40);
+    // The out-of-order window lets Prometheus accept samples older than what
+    // it already holds for a series (a replayed backlog, a receiver restart).
+    let config =
+        "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
+    let Some(prom) = PrometheusServer::start(config, &["--web.enable-remote-write-receiver"])?
+    else {
+        return Ok(());
+    };
+    let url = format!("http://{}/api/v1/write", prom.addr());
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &["rw"])?;
+    let state = dir.path().join("state");
+    let mut rx = start_receiver(&certs, &state, &["--remote-write", &url])?;
+    let (_tx, tx_metrics) = start_sender(
+        &certs,
+        "rw",
+        rx.quic,
+        &dir.path().join("spool"),
+        &[
+            "--source",
+            "synthetic",
+            "--synthetic-series",
+            "4",
+            "--synthetic-rate",
+            "4",
+        ],
+    )?;
+    let series = r#"telemetry_synthetic_value{cluster="rw"}"#;
+    wait_for(LIMIT, "4 synthetic series in Prometheus", || {
+        Ok(prom
+            .scalar(&format!("count({series})"))?
+            .filter(|n| *n == SERIES as f64))
+    })?;
+
+    let outage_start = unix_now_s();
+    rx.proc.kill_9()?;
+    std::thread::sleep(OUTAGE);
+    let outage_end = unix_now_s();
+    let rx = start_receiver_at(
+        &certs,
+        &state,
+        rx.quic,
+        rx.metrics,
+        &["--remote-write", &url],
+    )?;
+    let produced = scrape(tx_metrics)?
+        .value("telemetry_sender_last_seq", &[])
+        .context("sender last seq")?;
+    wait_metrics(rx.metrics, "the backlog applied and forwarded", |e| {
+        e.value("telemetry_link_applied_seq", &[("sender", "rw")])
+            .is_some_and(|applied| applied >= produced)
+            && e.sum("telemetry_remote_write_samples_pending", &[]) == 0.0
+            && e.sum("telemetry_remote_write_samples_sent_total", &[]) > 0.0
+    })?;
+    let e = scrape(rx.metrics)?;
+    assert_eq!(
+        e.sum("telemetry_remote_write_samples_failed_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        e.sum("telemetry_remote_write_samples_dropped_total", &[]),
+        0.0
+    );
+
+    // The raw samples around the outage, per series.
+    let window = (outage_end - outage_start).ceil() as u64 + 10;
+    let result = prom.query(&format!("{series}[{window}s]"), Some(outage_end + 5.0))?;
+    assert_eq!(result.len(), SERIES, "{result:?}");
+    for s in &result {
+        let name = s["metric"]["series"].as_str().unwrap_or("?").to_owned();
+        let samples: Vec<(f64, f64)> = s["values"]
+            .as_array()
+            .context("values")?
+            .iter()
+            .map(|pair| Ok((pair[0].as_f64().context("time")?, value_of(pair)?)))
+            .collect::<Result<_>>()?;
+        for pair in samples.windows(2) {
+            let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
+            assert_eq!(
+                v1 - v0,
+                SERIES as f64,
+                "series {name}: {v0} then {v1} at {t0}..{t1}"
+            );
+            assert!(
+                (0.5..=1.5).contains(&(t1 - t0)),
+                "series {name}: samples at {t0} and {t1}"
+            );
+        }
+        let in_outage = samples
+            .iter()
+            .filter(|(t, _)| (outage_start..=outage_end).contains(t))
+            .count();
+        assert!(
+            in_outage as f64 >= (outage_end - outage_start).floor() - 1.0,
+            "series {name}: {in_outage} samples in the {:.1} s outage",
+            outage_end - outage_start
+        );
+    }
+    // Prometheus answered every write with 2xx.
+    let own = Exposition::parse(&get(prom.addr(), "/metrics", &[])?.body)?;
+    let refused: f64 = own
+        .find(
+            "prometheus_http_requests_total",
+            &[("handler", "/api/v1/write")],
+        )
+        .filter(|s| !s.labels.get("code").is_some_and(|c| c.starts_with('2')))
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(refused, 0.0, "{}", prom.output());
     Ok(())
 }

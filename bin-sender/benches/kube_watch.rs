@@ -566,18 +566,6 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -639,9 +627,8 @@ fn main() {
 
     println!("kube_watch: sender RSS and CPU while watching a large cluster");
     println!(
-        "machine: {} CPUs ({}), load average at start {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
+        "machine: {}, load average at start {}",
+        telemetry_test_support::machine(),
         loadavg()
     );
     println!(

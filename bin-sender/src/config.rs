@@ -124,6 +124,10 @@ pub struct Args {
     /// How long a graceful stop may keep sending before leaving the rest in the spool [default: 10s].
     #[arg(long, env = "TELEMETRY_SENDER_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<HumanDuration>,
+    /// Do not send the present state ahead of the backlog after a reconnect
+    /// (the receiver then shows the present only once the backlog drained).
+    #[arg(long, env = "TELEMETRY_SENDER_NO_PRESENT")]
+    pub no_present: bool,
 }
 
 /// Resolved settings.
@@ -171,6 +175,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Graceful stop deadline.
     pub shutdown_timeout: Duration,
+    /// Send the present state ahead of the backlog after a reconnect.
+    pub present: bool,
 }
 
 /// Parses `batch`, `never` or a duration.
@@ -291,6 +297,7 @@ impl Settings {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .map_or(Duration::from_secs(10), |d| d.0),
+            present: !(args.no_present || file.no_present),
         })
     }
 }

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Settings, SourceKind},
     kube::{client_from, KubeSource, KubeSourceConfig},
+    sink::LinkSink,
 };
 
 /// Runs until SIGTERM/SIGINT (or until the source fails).
@@ -132,6 +133,7 @@ async fn run_source(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
+    let sink = LinkSink::new(sender.clone(), settings.present);
     match settings.source {
         SourceKind::Kube => {
             let client = client_from(settings.kubeconfig.clone(), settings.context.clone())
@@ -148,7 +150,7 @@ async fn run_source(
                     let _ = ready.send(true);
                 }
             });
-            let res = source.run(client, &sender, stop.clone()).await;
+            let res = source.run(client, &sink, stop.clone()).await;
             forward.abort();
             res.context("Kubernetes source")?;
         }
@@ -159,9 +161,7 @@ async fn run_source(
                 ..SimulatedClusterConfig::default()
             })
             .context("simulated cluster")?;
-            sim.run(&sender, stopped)
-                .await
-                .context("simulated source")?;
+            sim.run(&sink, stopped).await.context("simulated source")?;
         }
         SourceKind::Synthetic => {
             let _ = ready.send(true);
@@ -172,7 +172,7 @@ async fn run_source(
                 last_value: settings.synthetic_total,
             };
             let last = source
-                .run(&sender, stopped)
+                .run(&sink, stopped)
                 .await
                 .context("synthetic source")?;
             info!(last_value = last, "synthetic source finished producing");

@@ -364,12 +364,15 @@ fn pod(builder: PodBuilder, namespace: &str, name: &str) -> Pod {
     p
 }
 
-/// `shop/web-1`: owned by ReplicaSet web-5d8f, two containers with requests.
+/// `shop/web-1`: owned by ReplicaSet web-5d8f, two containers with requests
+/// (and limits on the first).
 fn web_1(phase: &str, placed: bool) -> Pod {
     let mut b = PodBuilder::new("shop", "web-1")
         .label("app", "web")
         .owner("ReplicaSet", "web-5d8f")
         .container("app", Some("250m"), Some("64Mi"))
+        .limit("cpu", "1")
+        .limit("memory", "128Mi")
         .container("sidecar", Some("1500000n"), Some("12345Ki"))
         .phase(phase);
     if placed {
@@ -550,6 +553,17 @@ fn cluster_life_reaches_the_receiver() {
             (req("app", "memory", "byte"), 67_108_864.0),
             (req("sidecar", "cpu", "core"), 0.0015),
             (req("sidecar", "memory", "byte"), 12_641_280.0),
+        ])
+    );
+    assert_eq!(
+        series(
+            &page,
+            "kube_pod_container_resource_limits",
+            &[("pod", "web-1")]
+        ),
+        sorted(vec![
+            (req("app", "cpu", "core"), 1.0),
+            (req("app", "memory", "byte"), 134_217_728.0),
         ])
     );
     assert_eq!(

@@ -442,6 +442,18 @@ fn check_message(frame: &[u8]) {
             assert!((MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.version))
         }
         Message::Refuse(r) => assert!(r.reason.len() <= MAX_REASON_LEN),
+        Message::Present(p) => {
+            // A part the assembler accepts holds exactly `count` records
+            // that stay inside the body.
+            let mut assembler = telemetry_link::proto::present::PresentAssembler::new(1 << 16);
+            if let Ok(Some(done)) = assembler.push(p) {
+                assert_eq!(done.count, u64::from(p.count), "present record count");
+                for record in telemetry_link::proto::present::records(&done.body) {
+                    let bytes = record.expect("an accepted present body is well-formed");
+                    let _ = decode_record::<Sample>(bytes);
+                }
+            }
+        }
         _ => {}
     }
     let again = m.to_vec();

@@ -141,6 +141,23 @@ pub fn session_stream(max_series: u32, per_batch: usize) -> Vec<u8> {
             &mut w,
         );
     }
+    let present: Vec<String> = (0..20).map(|i| format!("present-{i}")).collect();
+    let (body, _) = telemetry_link::proto::present::encode_body(&present).expect("encodes");
+    let parts = telemetry_link::proto::present::split_parts(&body, 64);
+    let n = parts.len();
+    for (i, (count, range)) in parts.into_iter().enumerate() {
+        frame(
+            &Message::Present(telemetry_link::proto::message::Present {
+                id: 1,
+                covers_seq: seq - 1,
+                part: i as u32,
+                last: i + 1 == n,
+                count,
+                body: &body[range],
+            }),
+            &mut w,
+        );
+    }
     frame(&Message::Bye, &mut w);
     w
 }

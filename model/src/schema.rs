@@ -143,11 +143,11 @@ pub struct PodInfo {
     pub created_by_kind: String,
     /// Name of the controlling owner, empty if none.
     pub created_by_name: String,
-    /// Containers with their resource requests.
+    /// Containers with their resource requests and limits.
     pub containers: Vec<ContainerRequests>,
 }
 
-/// A container's resource requests in base units.
+/// A container's resource requests and limits in base units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRequests {
     /// Container name.
@@ -156,6 +156,10 @@ pub struct ContainerRequests {
     pub cpu_cores: Option<f64>,
     /// Requested memory in bytes, if set.
     pub memory_bytes: Option<f64>,
+    /// CPU limit in cores, if set.
+    pub cpu_limit_cores: Option<f64>,
+    /// Memory limit in bytes, if set.
+    pub memory_limit_bytes: Option<f64>,
 }
 
 /// Resource usage of one pod from metrics.k8s.io.
@@ -270,6 +274,8 @@ mod tests {
                     name: "c".into(),
                     cpu_cores: Some(0.2),
                     memory_bytes: None,
+                    cpu_limit_cores: None,
+                    memory_limit_bytes: None,
                 }],
             }),
             ClusterRecord::SnapshotEnd { id: 1 },

@@ -267,7 +267,9 @@ impl SimulatedCluster {
                     Ok(()) => {
                         let generation = *connections.borrow_and_update();
                         tracing::debug!(generation, "link reconnected; re-sending the simulated snapshot");
-                        sink.send_batch(simulation.snapshot()).await?;
+                        let snapshot = simulation.snapshot();
+                        sink.set_present(&snapshot)?;
+                        sink.send_batch(snapshot).await?;
                     }
                     Err(_) => {
                         tracing::debug!("connection counter closed; no more reconnect snapshots");
@@ -435,6 +437,8 @@ impl Simulation {
                 name: self.config.deployment.clone(),
                 cpu_cores: Some(self.config.cpu_request_cores),
                 memory_bytes: None,
+                cpu_limit_cores: Some(self.config.cpu_limit_cores),
+                memory_limit_bytes: None,
             }],
         }
     }

@@ -25,6 +25,16 @@ pub trait RecordSink: Send + Sync {
     /// (re)established; sources send a full snapshot when it changes, so a
     /// restarted receiver converges.
     fn connections(&self) -> watch::Receiver<u64>;
+
+    /// Sets the source's present state (its current view), which travels to
+    /// the receiver ahead of any backlog. Sources call it when
+    /// [`RecordSink::connections`] changes, after every record that the
+    /// view reflects was handed to [`RecordSink::send_batch`]. Default:
+    /// ignored.
+    fn set_present(&self, records: &[ClusterRecord]) -> Result<(), SinkError> {
+        let _ = records;
+        Ok(())
+    }
 }
 
 /// An in-memory sink for tests: collects records, lets the test bump the
@@ -32,6 +42,7 @@ pub trait RecordSink: Send + Sync {
 #[derive(Debug)]
 pub struct VecSink {
     records: Mutex<Vec<ClusterRecord>>,
+    presents: Mutex<Vec<Vec<ClusterRecord>>>,
     connections: watch::Sender<u64>,
 }
 
@@ -39,6 +50,7 @@ impl Default for VecSink {
     fn default() -> Self {
         Self {
             records: Mutex::new(Vec::new()),
+            presents: Mutex::new(Vec::new()),
             connections: watch::channel(0).0,
         }
     }
@@ -63,6 +75,11 @@ impl VecSink {
             .unwrap_or_default()
     }
 
+    /// Every present set so far, oldest first.
+    pub fn presents(&self) -> Vec<Vec<ClusterRecord>> {
+        self.presents.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
     /// Simulates a (re)connection of the link.
     pub fn reconnect(&self) {
         self.connections.send_modify(|c| *c += 1);
@@ -81,6 +98,14 @@ impl RecordSink for VecSink {
     fn connections(&self) -> watch::Receiver<u64> {
         self.connections.subscribe()
     }
+
+    fn set_present(&self, records: &[ClusterRecord]) -> Result<(), SinkError> {
+        self.presents
+            .lock()
+            .map_err(|_| SinkError("poisoned".into()))?
+            .push(records.to_vec());
+        Ok(())
+    }
 }
 
 /// The production sink: the link's sender (spool + QUIC).
@@ -94,5 +119,11 @@ impl RecordSink for telemetry_link::Sender<ClusterRecord> {
 
     fn connections(&self) -> watch::Receiver<u64> {
         telemetry_link::Sender::connections(self)
+    }
+
+    fn set_present(&self, records: &[ClusterRecord]) -> Result<(), SinkError> {
+        telemetry_link::Sender::set_present(self, records)
+            .map(|_| ())
+            .map_err(|e| SinkError(e.to_string()))
     }
 }

@@ -27,6 +27,9 @@
 //!   `first_value > K` it emits nothing.
 //! - **Clean shutdown.** The `shutdown` future is checked between batches; a
 //!   batch handed to the sink is never abandoned halfway.
+//! - **The present on reconnect.** When the sink's connection counter
+//!   changes, the newest sample of every series becomes the sink's present
+//!   state, so a receiver shows current values before the backlog drains.
 
 use std::{
     future::Future,
@@ -95,6 +98,7 @@ impl SyntheticSource {
         }
         let keys = self.series_keys()?;
         let mut generator = ValueGenerator {
+            latest: vec![None; keys.len()],
             keys,
             next_value: self.first_value,
             last_value: self.last_value,
@@ -125,6 +129,8 @@ impl SyntheticSource {
 /// The counter and the series it rotates over.
 struct ValueGenerator {
     keys: Vec<Arc<SeriesKey>>,
+    /// Each series' newest sample (time, value), for the present state.
+    latest: Vec<Option<(i64, f64)>>,
     next_value: u64,
     last_value: Option<u64>,
 }
@@ -147,6 +153,30 @@ impl ValueGenerator {
         want.min(until - self.next_value + 1)
     }
 
+    /// The present state: the newest sample of every series emitted so far.
+    fn present(&self) -> Vec<ClusterRecord> {
+        self.keys
+            .iter()
+            .zip(&self.latest)
+            .filter_map(|(key, latest)| {
+                latest.map(|(t, v)| ClusterRecord::Sample(Sample::new(key.clone(), t, v)))
+            })
+            .collect()
+    }
+
+    /// Sets the present whenever the link (re)connected since the last call.
+    fn present_on_reconnect(
+        &self,
+        connections: &mut tokio::sync::watch::Receiver<u64>,
+        sink: &impl RecordSink,
+    ) -> Result<(), SinkError> {
+        if connections.has_changed().unwrap_or(false) {
+            connections.borrow_and_update();
+            sink.set_present(&self.present())?;
+        }
+        Ok(())
+    }
+
     /// The next `count` records (fewer when `last_value` is reached).
     fn next_batch(&mut self, count: u64) -> Vec<ClusterRecord> {
         let count = self.allowed(count);
@@ -155,7 +185,9 @@ impl ValueGenerator {
         let mut batch = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let value = self.next_value;
-            let key = &self.keys[(value % series) as usize];
+            let index = (value % series) as usize;
+            self.latest[index] = Some((timestamp_ms, value as f64));
+            let key = &self.keys[index];
             batch.push(ClusterRecord::Sample(Sample::new(
                 key.clone(),
                 timestamp_ms,
@@ -189,10 +221,13 @@ async fn run_unpaced<F: Future<Output = ()>>(
     sink: &impl RecordSink,
     shutdown: &mut std::pin::Pin<&mut F>,
 ) -> Result<(), SinkError> {
+    let mut connections = sink.connections();
+    connections.borrow_and_update();
     while !generator.is_finished() {
         if shutdown_requested(shutdown).await {
             return Ok(());
         }
+        generator.present_on_reconnect(&mut connections, sink)?;
         let batch = generator.next_batch(UNPACED_BATCH);
         sink.send_batch(batch).await?;
         tokio::task::yield_now().await;
@@ -212,10 +247,17 @@ async fn run_paced<F: Future<Output = ()>>(
     let mut ticks: u128 = 0;
     let mut sent: u128 = 0;
     ticker.tick().await;
+    let mut connections = sink.connections();
+    connections.borrow_and_update();
     while !generator.is_finished() {
         tokio::select! {
             biased;
             _ = shutdown.as_mut() => return Ok(()),
+            Ok(()) = connections.changed() => {
+                connections.borrow_and_update();
+                sink.set_present(&generator.present())?;
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         ticks += 1;

@@ -45,22 +45,6 @@ fn scaled(n: u64) -> u64 {
     ((n as f64) * scale()).max(1000.0) as u64
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
-}
-
 /// Counts deliveries; records latency when payloads carry send times.
 struct Counting {
     count: AtomicU64,
@@ -441,7 +425,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let pki = TestPki::new()?;
-        println!("telemetry-link benchmark — {}", machine());
+        println!("telemetry-link benchmark — {}", telemetry_test_support::machine());
         if cfg!(debug_assertions) {
             println!("(debug build: figures are meaningless; use cargo bench)");
         }

@@ -57,6 +57,16 @@
 //! * Wiping a receiver's state directory, or a sender's spool, starts that
 //!   sender's stream afresh.
 //!
+//! ## The present first
+//!
+//! After an outage the spooled backlog is history. [`Sender::set_present`]
+//! sends the application's current view on its own QUIC stream, beside the
+//! backlog, and the receiver hands it to [`Handler::present`] within a round
+//! trip of the reconnect however large the backlog is, with `covers_seq`
+//! telling which records are older than it. Presents are best effort (the
+//! newest one only, not retransmitted) and outside the guarantees above;
+//! the backlog still arrives exactly as promised.
+//!
 //! ## Example
 //!
 //! ```no_run
@@ -108,8 +118,8 @@ pub mod spool;
 pub mod tls;
 
 pub use net::{
-    Delivery, Handler, HandlerError, LinkStatus, Receiver, ReceiverConfig, Sender, SenderConfig,
-    TransportTuning,
+    Delivery, Handler, HandlerError, LinkStatus, PresentDelivery, Receiver, ReceiverConfig, Sender,
+    SenderConfig, TransportTuning,
 };
 pub use proto::record::Payload;
 pub use sample::{Sample, SeriesKey};

@@ -62,11 +62,48 @@ pub struct ReceiverMetrics {
     pub stream_resets: IntCounterVec,
     /// Certificate reloads, by result.
     pub tls_reloads: IntCounterVec,
+    /// Present states received, by sender and result.
+    pub presents: IntCounterVec,
 }
 
+/// Handshake refusal reasons exported at 0 from the start, so that
+/// `rate()`/`increase()` see the first refusal and alert rules find the
+/// series (others appear when they first happen).
+pub const HANDSHAKE_FAILURE_REASONS: [&str; 8] = [
+    "no_certificate",
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "not_allowed",
+    "bad_hello",
+    "unsupported_version",
+    "handshake_timeout",
+];
+
 impl ReceiverMetrics {
+    /// Exports a sender's counters at 0 when it first connects, so the
+    /// first duplicate or loss shows up in `increase()`.
+    pub fn init_sender(&self, sender: &str) {
+        for counter in [
+            &self.records_received,
+            &self.duplicates_dropped,
+            &self.records_lost,
+            &self.records_rejected,
+        ] {
+            counter.with_label_values(&[sender]);
+        }
+    }
+
     /// Creates and registers the metrics.
     pub fn register(reg: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::register_families(reg)?;
+        for reason in HANDSHAKE_FAILURE_REASONS {
+            metrics.handshake_failures.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
+
+    fn register_families(reg: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
             senders_connected: gauge(reg, "telemetry_link_senders_connected", "Senders with an established link session.")?,
             records_received: counter_vec(
@@ -117,6 +154,12 @@ impl ReceiverMetrics {
                 "UDP datagrams that cannot be QUIC packets for this endpoint, by reason.",
                 &["reason"],
             )?,
+            presents: counter_vec(
+                reg,
+                "telemetry_link_presents_total",
+                "Present states received per sender, by result: applied, refused (malformed or too large), abandoned (the sender replaced or the connection dropped it), handler_error.",
+                &["sender", "result"],
+            )?,
             stream_resets: counter_vec(
                 reg,
                 "telemetry_link_stream_resets_total",
@@ -150,6 +193,8 @@ pub struct SenderMetrics {
     pub spool_records: IntGauge,
     /// Bytes the spool uses on disk.
     pub spool_bytes: IntGauge,
+    /// Bytes the spool may use before dropping its oldest records.
+    pub spool_capacity_bytes: IntGauge,
     /// 1 while a session with a receiver is established.
     pub connected: IntGauge,
     /// Sessions established after the first one.
@@ -160,6 +205,8 @@ pub struct SenderMetrics {
     pub bytes_sent: IntCounter,
     /// Certificate reloads, by result.
     pub tls_reloads: IntCounterVec,
+    /// Present states sent completely.
+    pub presents_sent: IntCounter,
 }
 
 impl SenderMetrics {
@@ -177,6 +224,11 @@ impl SenderMetrics {
             acked_seq: gauge(reg, "telemetry_sender_acked_seq", "Highest sequence number acknowledged by a receiver.")?,
             spool_records: gauge(reg, "telemetry_sender_spool_records", "Records in the spool awaiting acknowledgement.")?,
             spool_bytes: gauge(reg, "telemetry_sender_spool_bytes", "Bytes the spool occupies on disk.")?,
+            spool_capacity_bytes: gauge(
+                reg,
+                "telemetry_sender_spool_capacity_bytes",
+                "Bytes the spool may occupy before it drops its oldest records (the configured cap, or less when its filesystem has less room).",
+            )?,
             connected: gauge(reg, "telemetry_sender_connected", "1 while a link session with a receiver is established.")?,
             reconnects: counter(reg, "telemetry_sender_reconnects_total", "Link sessions established after the first one.")?,
             connect_failures: counter_vec(
@@ -186,6 +238,11 @@ impl SenderMetrics {
                 &["reason"],
             )?,
             bytes_sent: counter(reg, "telemetry_sender_bytes_sent_total", "Bytes of link frames written (before QUIC and UDP overhead).")?,
+            presents_sent: counter(
+                reg,
+                "telemetry_sender_presents_sent_total",
+                "Present states (the current view, sent ahead of the backlog) sent completely to a receiver.",
+            )?,
             tls_reloads: counter_vec(
                 reg,
                 "telemetry_sender_tls_reloads_total",

@@ -11,7 +11,10 @@ use std::{
 };
 
 use telemetry_link::{
-    net::{Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender, SenderConfig},
+    net::{
+        Delivery, Handler, HandlerError, PresentDelivery, Receiver, ReceiverConfig, Sender,
+        SenderConfig,
+    },
     Payload,
 };
 
@@ -26,6 +29,19 @@ pub struct SenderLog<T> {
     pub order_violations: u64,
     /// Connect notifications.
     pub connects: u64,
+    /// Presents received, in arrival order.
+    pub presents: Vec<PresentLog<T>>,
+}
+
+/// A present as a [`Collector`] saw it.
+#[derive(Debug, Clone)]
+pub struct PresentLog<T> {
+    /// Its `covers_seq`.
+    pub covers_seq: u64,
+    /// Its records.
+    pub records: Vec<T>,
+    /// Batch records delivered before it arrived.
+    pub after_records: usize,
 }
 
 impl<T> Default for SenderLog<T> {
@@ -34,6 +50,7 @@ impl<T> Default for SenderLog<T> {
             records: Vec::new(),
             order_violations: 0,
             connects: 0,
+            presents: Vec::new(),
         }
     }
 }
@@ -118,6 +135,18 @@ impl<T: Payload + Clone> Handler<T> for Collector<T> {
         for (i, r) in d.records.into_iter().enumerate() {
             log.records.push((d.first_seq + i as u64, r));
         }
+        Ok(())
+    }
+
+    async fn present(&self, p: PresentDelivery<T>) -> Result<(), HandlerError> {
+        let mut logs = self.logs.lock().map_err(|_| "poisoned")?;
+        let log = logs.entry(p.sender.to_string()).or_default();
+        let after_records = log.records.len();
+        log.presents.push(PresentLog {
+            covers_seq: p.covers_seq,
+            records: p.records,
+            after_records,
+        });
         Ok(())
     }
 

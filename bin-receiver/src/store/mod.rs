@@ -10,6 +10,15 @@
 //! - Records are applied in order; upserts replace an object's state, deletes
 //!   remove all of an object's series at once, and a snapshot replaces the
 //!   cluster's state for its kinds at its end (details in `store/objects.rs`).
+//! - The present comes first: a sender's present state
+//!   ([`ClusterStore::apply_present_at`]) is applied as it arrives, ahead of
+//!   its backlog. Records of the same stream up to the present's
+//!   `covers_seq` that arrive afterwards are history: they do not change
+//!   object state (pods, HPAs, snapshots), a sample or a pod's usage only
+//!   replaces an older measurement, and scale events still count (each
+//!   once). So `/metrics` shows the present within a round trip of the
+//!   reconnect and never moves back while the backlog drains. A present
+//!   older than records already applied is ignored.
 //! - Generic samples become gauges named by the sample's metric with its
 //!   labels plus `cluster` (overriding a `cluster` label sent by the sender);
 //!   the last value wins (details in `store/samples.rs`).
@@ -101,6 +110,10 @@ struct ClusterState {
     last_seen_unix: f64,
     objects: ClusterObjects,
     samples: ClusterSamples,
+    /// Stream and sequence of the last present applied.
+    present: Option<(u128, u64)>,
+    /// Stream and highest sequence applied from deliveries.
+    applied: Option<(u128, u64)>,
 }
 
 impl ClusterState {
@@ -113,6 +126,8 @@ impl ClusterState {
             last_seen_unix: 0.0,
             objects: ClusterObjects::default(),
             samples: ClusterSamples::default(),
+            present: None,
+            applied: None,
         }
     }
 }
@@ -193,13 +208,80 @@ impl ClusterStore {
         self.apply_at(cluster, records, Instant::now());
     }
 
-    /// Applies `records` from `cluster`'s sender, in order, at `now`. A
-    /// cluster first seen here counts as connected; records for an expired
-    /// cluster start its TTL again (a connect should have come first).
+    /// Applies `records` from `cluster`'s sender, in order, at `now`, as
+    /// news (none of them is history). A cluster first seen here counts as
+    /// connected; records for an expired cluster start its TTL again (a
+    /// connect should have come first).
     pub fn apply_at(
         &mut self,
         cluster: &str,
         records: impl IntoIterator<Item = ClusterRecord>,
+        now: Instant,
+    ) {
+        self.apply_records(cluster, records.into_iter().map(|r| (r, false)), now);
+    }
+
+    /// Applies a delivery: `records` are sequence numbers `first_seq..` of
+    /// `cluster`'s stream `stream_id`. Those the last present covers are
+    /// history (see the module documentation).
+    pub fn apply_delivery_at(
+        &mut self,
+        cluster: &str,
+        stream_id: u128,
+        first_seq: u64,
+        records: Vec<ClusterRecord>,
+        now: Instant,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let last_seq = first_seq + records.len() as u64 - 1;
+        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
+        let covers = match state.present {
+            Some((stream, covers)) if stream == stream_id => covers,
+            _ => 0,
+        };
+        state.applied = Some((stream_id, last_seq));
+        let tagged = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r, first_seq + i as u64 <= covers));
+        self.apply_records(cluster, tagged, now);
+    }
+
+    /// Applies a sender's present state (its current view, ahead of its
+    /// backlog), unless records newer than it were applied already.
+    /// Returns whether it was applied.
+    pub fn apply_present_at(
+        &mut self,
+        cluster: &str,
+        stream_id: u128,
+        covers_seq: u64,
+        records: Vec<ClusterRecord>,
+        now: Instant,
+    ) -> bool {
+        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
+        let stale = |seen: Option<(u128, u64)>| {
+            seen.is_some_and(|(stream, seq)| stream == stream_id && seq > covers_seq)
+        };
+        if stale(state.applied) || stale(state.present) {
+            tracing::debug!(
+                cluster,
+                covers_seq,
+                "present older than what is applied; ignored"
+            );
+            return false;
+        }
+        state.present = Some((stream_id, covers_seq));
+        self.apply_records(cluster, records.into_iter().map(|r| (r, false)), now);
+        true
+    }
+
+    /// Applies `(record, history)` pairs in order.
+    fn apply_records(
+        &mut self,
+        cluster: &str,
+        records: impl IntoIterator<Item = (ClusterRecord, bool)>,
         now: Instant,
     ) {
         let limits = ObjectLimits {
@@ -214,23 +296,33 @@ impl ClusterStore {
             state.link = LinkState::Disconnected { since: now };
         }
         state.last_seen_unix = last_seen;
-        for record in records {
+        for (record, history) in records {
             match &record {
+                // Object state from history is older than the present.
+                ClusterRecord::SnapshotBegin { .. }
+                | ClusterRecord::SnapshotEnd { .. }
+                | ClusterRecord::PodUpsert(_)
+                | ClusterRecord::PodDelete(_)
+                | ClusterRecord::HpaUpsert(_)
+                | ClusterRecord::HpaDelete(_)
+                    if history => {}
                 ClusterRecord::SnapshotBegin { id, kinds } => {
                     state.objects.snapshot_begin(cluster, *id, kinds, limits)
                 }
                 ClusterRecord::SnapshotEnd { id } => state.objects.snapshot_end(cluster, *id),
                 ClusterRecord::PodUpsert(pod) => state.objects.upsert_pod(pod),
                 ClusterRecord::PodDelete(pod) => state.objects.delete_pod(pod),
-                ClusterRecord::PodUsage(usage) => state.objects.pod_usage(usage),
+                ClusterRecord::PodUsage(usage) => state.objects.pod_usage(usage, history),
                 ClusterRecord::HpaUpsert(hpa) => state.objects.upsert_hpa(hpa),
                 ClusterRecord::HpaDelete(hpa) => state.objects.delete_hpa(hpa),
                 ClusterRecord::ScaleEvent(event) => state.objects.scale_event(event, limits),
-                ClusterRecord::Sample(sample) => {
-                    state
-                        .samples
-                        .apply(cluster, sample, max_series, render::is_store_family_name)
-                }
+                ClusterRecord::Sample(sample) => state.samples.apply(
+                    cluster,
+                    sample,
+                    history,
+                    max_series,
+                    render::is_store_family_name,
+                ),
             }
         }
     }

@@ -29,7 +29,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use telemetry_model::{
-    ContainerUsage, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage, ScaleEvent,
+    ContainerRequests, ContainerUsage, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage,
+    ScaleEvent,
 };
 
 use telemetry_ops::exposition::push_label;
@@ -48,6 +49,39 @@ pub(super) struct PodSeries {
     pub uid_len: usize,
     /// `(,container="…",resource="…",unit="…", request)` per request.
     pub requests: Vec<(String, f64)>,
+    /// The same for limits.
+    pub limits: Vec<(String, f64)>,
+}
+
+/// `(,container="…",resource="…",unit="…", value)` for each container's cpu
+/// and memory value that `pick` returns and that is set; a container name
+/// repeated in one pod keeps its last value.
+fn resource_fragments(
+    pod: &PodInfo,
+    pick: impl Fn(&ContainerRequests) -> [Option<f64>; 2],
+) -> Vec<(String, f64)> {
+    let mut series: Vec<(String, f64)> = Vec::with_capacity(pod.containers.len() * 2);
+    for container in &pod.containers {
+        let [cpu, memory] = pick(container);
+        for (resource, unit, value) in [("cpu", "core", cpu), ("memory", "byte", memory)] {
+            let Some(value) = value else { continue };
+            let mut fragment = String::with_capacity(64);
+            fragment.push(',');
+            push_label(&mut fragment, "container", &container.name);
+            fragment.push(',');
+            push_label(&mut fragment, "resource", resource);
+            fragment.push(',');
+            push_label(&mut fragment, "unit", unit);
+            match series
+                .iter_mut()
+                .find(|(existing, _)| *existing == fragment)
+            {
+                Some(existing) => existing.1 = value,
+                None => series.push((fragment, value)),
+            }
+        }
+    }
+    series
 }
 
 impl PodSeries {
@@ -65,34 +99,14 @@ impl PodSeries {
             info_tail.push(',');
             push_label(&mut info_tail, name, value);
         }
-        let mut requests: Vec<(String, f64)> = Vec::with_capacity(pod.containers.len() * 2);
-        for container in &pod.containers {
-            for (resource, unit, value) in [
-                ("cpu", "core", container.cpu_cores),
-                ("memory", "byte", container.memory_bytes),
-            ] {
-                let Some(value) = value else { continue };
-                let mut fragment = String::with_capacity(64);
-                fragment.push(',');
-                push_label(&mut fragment, "container", &container.name);
-                fragment.push(',');
-                push_label(&mut fragment, "resource", resource);
-                fragment.push(',');
-                push_label(&mut fragment, "unit", unit);
-                match requests
-                    .iter_mut()
-                    .find(|(existing, _)| *existing == fragment)
-                {
-                    Some(existing) => existing.1 = value,
-                    None => requests.push((fragment, value)),
-                }
-            }
-        }
+        let requests = resource_fragments(pod, |c| [c.cpu_cores, c.memory_bytes]);
+        let limits = resource_fragments(pod, |c| [c.cpu_limit_cores, c.memory_limit_bytes]);
         Self {
             phase: pod.phase,
             info_tail,
             uid_len,
             requests,
+            limits,
         }
     }
 
@@ -126,6 +140,8 @@ pub(super) struct PodSlot {
     pub pod: Option<PodSeries>,
     /// Latest usage per container.
     pub usage: Vec<ContainerUsageSeries>,
+    /// metrics-server's timestamp of that usage.
+    usage_ms: i64,
 }
 
 impl PodSlot {
@@ -140,6 +156,7 @@ impl PodSlot {
             ns_pod,
             pod: None,
             usage: Vec::new(),
+            usage_ms: i64::MIN,
         }
     }
 
@@ -393,16 +410,24 @@ impl ClusterObjects {
         remove(&mut self.pods, &pod.namespace, &pod.name);
     }
 
-    pub fn pod_usage(&mut self, usage: &PodUsage) {
+    /// Applies a pod's usage. A `history` record (older than the present
+    /// the sender sent) only replaces an older measurement of a known pod.
+    pub fn pod_usage(&mut self, usage: &PodUsage, history: bool) {
         match self
             .pods
             .get_mut(&usage.namespace)
             .and_then(|m| m.get_mut(&usage.pod))
         {
-            Some(slot) => slot.set_usage(&usage.containers),
+            Some(slot) if history && usage.timestamp_ms <= slot.usage_ms => {}
+            Some(slot) => {
+                slot.set_usage(&usage.containers);
+                slot.usage_ms = usage.timestamp_ms;
+            }
+            None if history => {}
             None => {
                 let mut slot = PodSlot::new(&usage.namespace, &usage.pod);
                 slot.set_usage(&usage.containers);
+                slot.usage_ms = usage.timestamp_ms;
                 self.pods
                     .entry(usage.namespace.clone())
                     .or_default()

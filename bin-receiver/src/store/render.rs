@@ -37,6 +37,11 @@ pub const POD_CONTAINER_RESOURCE_REQUESTS: FamilyDesc = gauge(
     "kube_pod_container_resource_requests",
     "The number of requested request resource by a container (cpu in cores, memory in bytes).",
 );
+/// `kube_pod_container_resource_limits{cluster,namespace,pod,container,resource,unit}`.
+pub const POD_CONTAINER_RESOURCE_LIMITS: FamilyDesc = gauge(
+    "kube_pod_container_resource_limits",
+    "The number of requested limit resource by a container (cpu in cores, memory in bytes).",
+);
 /// `kube_pod_container_cpu_usage_cores{cluster,namespace,pod,container}`.
 pub const POD_CONTAINER_CPU_USAGE: FamilyDesc = gauge(
     "kube_pod_container_cpu_usage_cores",
@@ -98,10 +103,11 @@ pub const SAMPLE_HELP: &str =
     "Series sent by the cluster's telemetry sender (last value received).";
 
 /// The store's own families, in rendering order.
-pub const STORE_FAMILIES: [FamilyDesc; 14] = [
+pub const STORE_FAMILIES: [FamilyDesc; 15] = [
     POD_INFO,
     POD_STATUS_PHASE,
     POD_CONTAINER_RESOURCE_REQUESTS,
+    POD_CONTAINER_RESOURCE_LIMITS,
     POD_CONTAINER_CPU_USAGE,
     POD_CONTAINER_MEMORY_WORKING_SET,
     NAMESPACE_PODS_RUNNING,
@@ -190,13 +196,21 @@ impl ClusterStore {
             }
         }
 
-        POD_CONTAINER_RESOURCE_REQUESTS.write_header(out, format);
-        for (cluster, slot, pod) in self.pods() {
-            for (fragment, value) in &pod.requests {
-                open(out, &POD_CONTAINER_RESOURCE_REQUESTS, cluster);
-                out.push_str(&slot.ns_pod);
-                out.push_str(fragment);
-                push_value_line_end(out, *value);
+        for (family, pick) in [
+            (
+                &POD_CONTAINER_RESOURCE_REQUESTS,
+                (|pod| &pod.requests) as fn(&PodSeries) -> &Vec<(String, f64)>,
+            ),
+            (&POD_CONTAINER_RESOURCE_LIMITS, |pod| &pod.limits),
+        ] {
+            family.write_header(out, format);
+            for (cluster, slot, pod) in self.pods() {
+                for (fragment, value) in pick(pod) {
+                    open(out, family, cluster);
+                    out.push_str(&slot.ns_pod);
+                    out.push_str(fragment);
+                    push_value_line_end(out, *value);
+                }
             }
         }
 
@@ -316,7 +330,11 @@ impl ClusterStore {
     pub fn series_count(&self) -> usize {
         let mut count = 0;
         for (_, slot, pod) in self.pods() {
-            count += 1 + PodPhase::ALL.len() + pod.requests.len() + 2 * slot.usage.len();
+            count += 1
+                + PodPhase::ALL.len()
+                + pod.requests.len()
+                + pod.limits.len()
+                + 2 * slot.usage.len();
         }
         for cluster in self.clusters.values() {
             count += cluster

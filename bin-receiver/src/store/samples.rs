@@ -6,7 +6,9 @@
 //! grouped by metric name so that a page can write each family once.
 //!
 //! What it guarantees:
-//! - The last value received wins (arrival order, which the link keeps).
+//! - The last value received wins (arrival order, which the link keeps),
+//!   except that a `history` sample (older than the sender's present) never
+//!   replaces a value with a newer timestamp.
 //! - A series is rendered with `cluster` first, then its own labels in name
 //!   order; a `cluster` label sent by the sender is dropped (the receiver's
 //!   identity of the sender overrides it).
@@ -35,6 +37,8 @@ pub(super) struct SampleSeries {
     pub labels: String,
     /// Latest value.
     pub value: f64,
+    /// Its timestamp (ms since the epoch, as the sender stamped it).
+    pub timestamp_ms: i64,
 }
 
 /// Why a sample's series is refused.
@@ -76,11 +80,12 @@ impl ClusterSamples {
     }
 
     /// Records `sample`; `reserved` tells whether a name belongs to the
-    /// receiver.
+    /// receiver; a `history` sample only replaces an older one.
     pub fn apply(
         &mut self,
         cluster: &str,
         sample: &Sample,
+        history: bool,
         max_series: usize,
         reserved: impl Fn(&str) -> bool,
     ) {
@@ -90,7 +95,10 @@ impl ClusterSamples {
             .get_mut(key.name())
             .and_then(|family| family.get_mut(key.encoded()))
         {
-            series.value = sample.value;
+            if !history || sample.timestamp_ms > series.timestamp_ms {
+                series.value = sample.value;
+                series.timestamp_ms = sample.timestamp_ms;
+            }
             return;
         }
         let checked = check(key, &reserved).and_then(|labels| {
@@ -111,6 +119,7 @@ impl ClusterSamples {
                         SampleSeries {
                             labels,
                             value: sample.value,
+                            timestamp_ms: sample.timestamp_ms,
                         },
                     );
             }

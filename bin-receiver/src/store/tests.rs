@@ -36,11 +36,15 @@ fn pod(namespace: &str, name: &str, phase: PodPhase) -> PodInfo {
                 name: "app".into(),
                 cpu_cores: Some(0.25),
                 memory_bytes: Some(134_217_728.0),
+                cpu_limit_cores: Some(0.5),
+                memory_limit_bytes: Some(268_435_456.0),
             },
             ContainerRequests {
                 name: "sidecar".into(),
                 cpu_cores: Some(0.01),
                 memory_bytes: None,
+                cpu_limit_cores: None,
+                memory_limit_bytes: None,
             },
         ],
     }
@@ -171,6 +175,13 @@ fn a_pod_renders_info_phase_requests_and_namespace_count_with_exact_labels() {
             r#"kube_pod_container_resource_requests{cluster="prod",namespace="web",pod="web-1",container="app",resource="cpu",unit="core"} 0.25"#,
             r#"kube_pod_container_resource_requests{cluster="prod",namespace="web",pod="web-1",container="app",resource="memory",unit="byte"} 134217728"#,
             r#"kube_pod_container_resource_requests{cluster="prod",namespace="web",pod="web-1",container="sidecar",resource="cpu",unit="core"} 0.01"#,
+        ]
+    );
+    assert_eq!(
+        lines(&page, "kube_pod_container_resource_limits"),
+        vec![
+            r#"kube_pod_container_resource_limits{cluster="prod",namespace="web",pod="web-1",container="app",resource="cpu",unit="core"} 0.5"#,
+            r#"kube_pod_container_resource_limits{cluster="prod",namespace="web",pod="web-1",container="app",resource="memory",unit="byte"} 268435456"#,
         ]
     );
     assert_eq!(
@@ -849,4 +860,125 @@ fn the_simulated_cluster_feeds_a_consistent_store() {
         );
     }
     assert_promtool_clean(&page);
+}
+
+fn timed(name: &str, series: &str, timestamp_ms: i64, value: f64) -> ClusterRecord {
+    let key = SeriesKey::new(name, [("series", series)]).unwrap();
+    ClusterRecord::Sample(Sample::new(Arc::new(key), timestamp_ms, value))
+}
+
+fn timed_usage(name: &str, timestamp_ms: i64, cpu: f64) -> ClusterRecord {
+    let mut u = usage("web", name, cpu, 1.0);
+    u.timestamp_ms = timestamp_ms;
+    ClusterRecord::PodUsage(u)
+}
+
+#[test]
+fn the_present_comes_first_and_the_backlog_never_moves_it_back() {
+    let mut s = store();
+    let now = Instant::now();
+    // The present: pod a Running, 0.5 cores at t=900, the sample at 50.
+    let present = vec![
+        ClusterRecord::SnapshotBegin {
+            id: 9,
+            kinds: vec![ObjectKind::Pod, ObjectKind::Hpa],
+        },
+        ClusterRecord::PodUpsert(pod("web", "a", PodPhase::Running)),
+        ClusterRecord::HpaUpsert(hpa("web", "api", 3)),
+        ClusterRecord::SnapshotEnd { id: 9 },
+        timed_usage("a", 900, 0.5),
+        timed("x", "0", 1000, 50.0),
+    ];
+    assert!(s.apply_present_at("prod", 7, 100, present, now));
+    // The backlog (sequence 1..=6, all covered): older states, a pod that
+    // was deleted before the present, older and newer samples.
+    s.apply_delivery_at(
+        "prod",
+        7,
+        1,
+        vec![
+            ClusterRecord::PodUpsert(pod("web", "a", PodPhase::Pending)),
+            ClusterRecord::PodUpsert(pod("web", "gone", PodPhase::Running)),
+            timed("x", "0", 500, 10.0),
+            timed_usage("a", 800, 0.1),
+            ClusterRecord::ScaleEvent(scale("web", "api", 1, 3, "e1")),
+            ClusterRecord::HpaUpsert(hpa("web", "api", 1)),
+        ],
+        now,
+    );
+    let p = page(&s);
+    assert!(p.contains(r#"kube_pod_status_phase{cluster="prod",namespace="web",pod="a",uid="uid-a",phase="Running"} 1"#), "{p}");
+    assert!(
+        !p.contains(r#"pod="gone""#),
+        "a pod from history does not come back"
+    );
+    assert_eq!(lines(&p, "x"), vec![r#"x{cluster="prod",series="0"} 50"#]);
+    assert_eq!(
+        lines(&p, "kube_pod_container_cpu_usage_cores"),
+        vec![
+            r#"kube_pod_container_cpu_usage_cores{cluster="prod",namespace="web",pod="a",container="app"} 0.5"#
+        ]
+    );
+    assert_eq!(
+        lines(&p, "kube_horizontalpodautoscaler_status_current_replicas"),
+        vec![
+            r#"kube_horizontalpodautoscaler_status_current_replicas{cluster="prod",namespace="web",horizontalpodautoscaler="api"} 3"#
+        ]
+    );
+    assert_eq!(
+        lines(&p, "kube_horizontalpodautoscaler_scale_events_total"),
+        vec![
+            r#"kube_horizontalpodautoscaler_scale_events_total{cluster="prod",namespace="web",horizontalpodautoscaler="api",direction="up"} 1"#,
+            r#"kube_horizontalpodautoscaler_scale_events_total{cluster="prod",namespace="web",horizontalpodautoscaler="api",direction="down"} 0"#,
+        ],
+        "scale events from history still count"
+    );
+
+    // Covered history newer than the present's values still moves forward.
+    s.apply_delivery_at(
+        "prod",
+        7,
+        7,
+        vec![timed("x", "0", 1500, 60.0), timed_usage("a", 950, 0.7)],
+        now,
+    );
+    let p = page(&s);
+    assert_eq!(lines(&p, "x"), vec![r#"x{cluster="prod",series="0"} 60"#]);
+    assert!(p.contains(r#"pod="a",container="app"} 0.7"#));
+
+    // After covers_seq, records are news again.
+    s.apply_delivery_at(
+        "prod",
+        7,
+        101,
+        vec![ClusterRecord::PodUpsert(pod("web", "a", PodPhase::Failed))],
+        now,
+    );
+    assert!(page(&s).contains(r#"pod="a",uid="uid-a",phase="Failed"} 1"#));
+}
+
+#[test]
+fn a_present_older_than_what_is_applied_is_ignored_and_another_stream_is_news() {
+    let mut s = store();
+    let now = Instant::now();
+    s.apply_delivery_at(
+        "prod",
+        7,
+        1,
+        (1..=200).map(|i| timed("x", "0", i, i as f64)).collect(),
+        now,
+    );
+    assert!(!s.apply_present_at("prod", 7, 150, vec![timed("x", "0", 150, 150.0)], now));
+    assert_eq!(
+        lines(&page(&s), "x"),
+        vec![r#"x{cluster="prod",series="0"} 200"#]
+    );
+    // A present of the current position is fine.
+    assert!(s.apply_present_at("prod", 7, 200, vec![timed("x", "0", 300, 300.0)], now));
+    // A new stream (the sender's spool was recreated): nothing is covered.
+    s.apply_delivery_at("prod", 8, 1, vec![timed("x", "0", 5, 5.0)], now);
+    assert_eq!(
+        lines(&page(&s), "x"),
+        vec![r#"x{cluster="prod",series="0"} 5"#]
+    );
 }

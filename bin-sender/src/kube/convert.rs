@@ -135,7 +135,7 @@ fn spec_quantity(q: Option<&Quantity>, what: &str, object: &ObjectRef) -> Option
     }
 }
 
-/// A pod's state: phase, node, IP, controlling owner and container requests.
+/// A pod's state: phase, node, IP, controlling owner and container requests and limits.
 pub fn pod_info(pod: &Pod) -> PodInfo {
     let object = pod_ref(pod);
     let spec = pod.spec.as_ref();
@@ -152,19 +152,20 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
         .unwrap_or_default()
         .iter()
         .map(|c| {
-            let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            let resources = c.resources.as_ref();
+            let requests = resources.and_then(|r| r.requests.as_ref());
+            let limits = resources.and_then(|r| r.limits.as_ref());
+            let quantity = |map: Option<&std::collections::BTreeMap<String, Quantity>>,
+                            resource: &str,
+                            field: &str| {
+                spec_quantity(map.and_then(|m| m.get(resource)), field, &object)
+            };
             ContainerRequests {
                 name: c.name.clone(),
-                cpu_cores: spec_quantity(
-                    requests.and_then(|r| r.get("cpu")),
-                    "requests.cpu",
-                    &object,
-                ),
-                memory_bytes: spec_quantity(
-                    requests.and_then(|r| r.get("memory")),
-                    "requests.memory",
-                    &object,
-                ),
+                cpu_cores: quantity(requests, "cpu", "requests.cpu"),
+                memory_bytes: quantity(requests, "memory", "requests.memory"),
+                cpu_limit_cores: quantity(limits, "cpu", "limits.cpu"),
+                memory_limit_bytes: quantity(limits, "memory", "limits.memory"),
             }
         })
         .collect();
@@ -308,7 +309,7 @@ mod tests {
             "spec": {
                 "nodeName": "node-a",
                 "containers": [
-                    {"name": "app", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                    {"name": "app", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "500m"}}},
                     {"name": "sidecar", "resources": {"requests": {"cpu": "1500000n"}}},
                     {"name": "bare"}
                 ]
@@ -335,17 +336,23 @@ mod tests {
                 ContainerRequests {
                     name: "app".into(),
                     cpu_cores: Some(0.25),
-                    memory_bytes: Some(67_108_864.0)
+                    memory_bytes: Some(67_108_864.0),
+                    cpu_limit_cores: Some(0.5),
+                    memory_limit_bytes: None,
                 },
                 ContainerRequests {
                     name: "sidecar".into(),
                     cpu_cores: Some(0.0015),
-                    memory_bytes: None
+                    memory_bytes: None,
+                    cpu_limit_cores: None,
+                    memory_limit_bytes: None,
                 },
                 ContainerRequests {
                     name: "bare".into(),
                     cpu_cores: None,
-                    memory_bytes: None
+                    memory_bytes: None,
+                    cpu_limit_cores: None,
+                    memory_limit_bytes: None,
                 },
             ]
         );

@@ -430,11 +430,18 @@ impl KubeSource {
                     match changed {
                         Ok(()) => {
                             let n = *conns.borrow_and_update();
-                            runner.on_reconnect(n);
+                            // Everything the store reflects goes to the spool
+                            // first, so the present covers it.
+                            match runner.batch.flush(sink).await {
+                                Ok(()) => runner.on_reconnect(n, sink).map_err(KubeSourceError::from),
+                                Err(e) => Err(e.into()),
+                            }
                         }
-                        Err(_) => conns_open = false,
+                        Err(_) => {
+                            conns_open = false;
+                            Ok(())
+                        }
                     }
-                    Ok(())
                 }
                 usage = usage_rx.recv(), if usage_open => {
                     match usage {
@@ -838,7 +845,10 @@ impl Runner {
         }
     }
 
-    fn on_reconnect(&mut self, connection: u64) {
+    /// After a (re)connection: the full state becomes the sink's present
+    /// (it reaches the receiver ahead of any backlog) and is queued as a
+    /// snapshot behind the backlog.
+    fn on_reconnect(&mut self, connection: u64, sink: &impl RecordSink) -> Result<(), SinkError> {
         let mut kinds = Vec::new();
         if self.pods_ready {
             kinds.push(ObjectKind::Pod);
@@ -851,7 +861,7 @@ impl Runner {
                 connection,
                 "link reconnected before the first lists; the initial snapshots follow"
             );
-            return;
+            return Ok(());
         }
         tracing::info!(
             connection,
@@ -859,7 +869,10 @@ impl Runner {
             "link reconnected; re-sending a full snapshot"
         );
         let id = self.snapshot_id();
-        self.batch.extend(self.store.snapshot(id, &kinds, true));
+        let snapshot = self.store.snapshot(id, &kinds, true);
+        sink.set_present(&snapshot)?;
+        self.batch.extend(snapshot);
+        Ok(())
     }
 }
 

@@ -11,8 +11,8 @@ mod stream;
 use std::{sync::Arc, time::Duration};
 
 pub use receiver::{
-    Delivery, Handler, HandlerError, ReadyHandle, Receiver, ReceiverConfig, ReceiverError,
-    ReceiverLimits,
+    Delivery, Handler, HandlerError, PresentDelivery, ReadyHandle, Receiver, ReceiverConfig,
+    ReceiverError, ReceiverLimits,
 };
 pub use sender::{LinkStatus, SendError, Sender, SenderConfig, SenderError, ShutdownReport};
 
@@ -52,9 +52,17 @@ impl TransportTuning {
         t.max_idle_timeout(Some(idle));
         t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window));
         t.receive_window(quinn::VarInt::from_u32(self.connection_window));
-        t.send_window(u64::from(self.connection_window));
+        // Unacknowledged data buffered for sending, over all streams. The
+        // backlog alone may buffer up to its window (16 MiB by default); the
+        // headroom above it lets a present state through while a slow
+        // receiver holds the backlog. What is buffered is bounded by what
+        // the sender writes, not by this number.
+        t.send_window(4 * u64::from(self.connection_window));
         t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(u32::from(accept_streams)));
-        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        // The receiver takes present states on unidirectional streams, one
+        // at a time (two, so a new one can open while an abandoned one is
+        // being discarded); the sender accepts none.
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(if accept_streams { 2 } else { 0 }));
         Arc::new(t)
     }
 }

@@ -50,7 +50,8 @@ use crate::{
         dedup::{SeqError, StreamCursor},
         frame::{FrameError, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
         message::{Ack, ErrorCode, Message, MessageError, Refusal, Welcome, PROTOCOL_VERSION},
-        record::Payload,
+        present::{self, PresentAssembler},
+        record::{decode_record, Payload},
     },
     receiver_state::{StateError, StateStore},
     sample::Sample,
@@ -65,9 +66,30 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Delivery<T> {
     /// The sender's identity (from its certificate).
     pub sender: Arc<str>,
+    /// The sender's stream (its spool's id): sequence numbers restart at 1
+    /// when a sender starts a new stream, so `(stream_id, seq)` names a
+    /// record.
+    pub stream_id: u128,
     /// Sequence number of `records[0]`.
     pub first_seq: u64,
     /// The records, in sequence order.
+    pub records: Vec<T>,
+}
+
+/// A sender's present state: its current view, sent on its own stream
+/// ahead of or beside its backlog (see [`crate::Sender::set_present`]).
+/// Not sequenced and not acknowledged; a handler applies it to show the
+/// present at once, and treats records of the same stream up to
+/// `covers_seq` that arrive afterwards as history (older than the present).
+#[derive(Debug)]
+pub struct PresentDelivery<T> {
+    /// The sender's identity (from its certificate).
+    pub sender: Arc<str>,
+    /// The sender's stream.
+    pub stream_id: u128,
+    /// The sender's last sequence number when it took the present.
+    pub covers_seq: u64,
+    /// The present's records.
     pub records: Vec<T>,
 }
 
@@ -79,6 +101,17 @@ pub trait Handler<T>: Send + Sync + 'static {
         &self,
         delivery: Delivery<T>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// A sender's present state arrived (default: ignored). It may arrive
+    /// while [`Handler::handle`] runs for the same sender's backlog. An
+    /// error is logged and counted; the session goes on.
+    fn present(
+        &self,
+        present: PresentDelivery<T>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = present;
+        async { Ok(()) }
+    }
 
     /// A session with `sender` was established.
     fn sender_connected(&self, sender: &str) {
@@ -108,6 +141,9 @@ pub struct ReceiverLimits {
     /// Frames applied before the state is persisted and acknowledged, when
     /// more are already waiting (group commit).
     pub max_frames_per_commit: usize,
+    /// Largest present state accepted (bytes of records); a larger one is
+    /// refused and counted, the session goes on.
+    pub max_present_bytes: usize,
 }
 
 impl Default for ReceiverLimits {
@@ -119,6 +155,7 @@ impl Default for ReceiverLimits {
             max_pending_handshakes: 64,
             hello_timeout: Duration::from_secs(5),
             max_frames_per_commit: 64,
+            max_present_bytes: 64 << 20,
         }
     }
 }
@@ -809,7 +846,7 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
     }
     let max_frame = (hello.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT);
     let welcome = Message::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
+        version: hello.version.min(PROTOCOL_VERSION),
         applied_seq: cursor.applied(),
         max_frame: shared.limits.max_frame as u32,
         max_series: shared.limits.max_series,
@@ -824,6 +861,7 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
     let sender: Arc<str> = Arc::from(identity.as_str());
     info!(%remote, sender = %sender, applied = cursor.applied(), last = hello.last_seq, "sender connected");
     shared.metrics.senders_connected.inc();
+    shared.metrics.init_sender(&sender);
     shared.handler.sender_connected(&sender);
     let mut session = Session::<T, H> {
         shared,
@@ -836,7 +874,11 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
         max_frame,
         _payload: std::marker::PhantomData,
     };
-    let end = session.run(&mut reader).await;
+    let stream_id = cursor.stream_id();
+    let end = tokio::select! {
+        end = session.run(&mut reader) => end,
+        never = receive_presents::<T, H>(&conn, shared, &sender, stream_id) => match never {},
+    };
     shared.metrics.senders_connected.dec();
     shared.handler.sender_disconnected(&sender);
     match end {
@@ -874,6 +916,100 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
                 .is_some_and(|c| c.stable_id() == conn.stable_id())
             {
                 slot.current = None;
+            }
+        }
+    }
+}
+
+/// Reads the presents a sender sends on unidirectional streams, one stream
+/// at a time, and hands each complete one to the handler. A malformed or
+/// oversized present is refused (its stream stopped) and counted; the
+/// session goes on. Runs until the connection ends (then never returns:
+/// the batch session decides how the connection ended).
+async fn receive_presents<T: Payload, H: Handler<T>>(
+    conn: &quinn::Connection,
+    shared: &Shared<H>,
+    sender: &Arc<str>,
+    stream_id: u128,
+) -> std::convert::Infallible {
+    let count = |result: &str| {
+        shared
+            .metrics
+            .presents
+            .with_label_values(&[sender, result])
+            .inc();
+    };
+    loop {
+        let Ok(recv) = conn.accept_uni().await else {
+            return std::future::pending().await;
+        };
+        let mut reader = FrameReader::new(recv, shared.limits.max_frame);
+        let mut assembler = PresentAssembler::new(shared.limits.max_present_bytes);
+        let assembled = loop {
+            let frame = match reader.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(ReadError::Stream(_)) => break Err("abandoned"),
+                Err(e) => {
+                    debug!(sender = %sender, error = %e, "unreadable present stream");
+                    break Err("refused");
+                }
+            };
+            let part = match Message::decode(frame) {
+                Ok(Message::Present(part)) => part,
+                Ok(other) => {
+                    debug!(sender = %sender, kind = ?other.message_type(), "unexpected message on a present stream");
+                    break Err("refused");
+                }
+                Err(e) => {
+                    debug!(sender = %sender, error = %e, "malformed present part");
+                    break Err("refused");
+                }
+            };
+            match assembler.push(&part) {
+                Ok(Some(done)) => break Ok(done),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(sender = %sender, error = %e, "refusing a present");
+                    break Err("refused");
+                }
+            }
+        };
+        let done = match assembled {
+            Ok(done) => done,
+            Err(result) => {
+                reader.stop();
+                count(result);
+                continue;
+            }
+        };
+        let records: Result<Vec<T>, String> = present::records(&done.body)
+            .map(|r| {
+                r.map_err(|e| e.to_string())
+                    .and_then(|bytes| decode_record::<T>(bytes).map_err(|e| e.to_string()))
+            })
+            .collect();
+        let records = match records {
+            Ok(records) => records,
+            Err(e) => {
+                warn!(sender = %sender, error = %e, "refusing a present with an undecodable record");
+                count("refused");
+                continue;
+            }
+        };
+        let delivery = PresentDelivery {
+            sender: sender.clone(),
+            stream_id,
+            covers_seq: done.covers_seq,
+            records,
+        };
+        match shared.handler.present(delivery).await {
+            Ok(()) => {
+                debug!(sender = %sender, id = done.id, covers_seq = done.covers_seq, records = done.count, "present applied");
+                count("applied");
+            }
+            Err(e) => {
+                warn!(sender = %sender, error = %e, "handler failed on a present");
+                count("handler_error");
             }
         }
     }
@@ -1070,6 +1206,7 @@ impl<T: Payload, H: Handler<T>> Session<'_, T, H> {
                     let delivered = records.len() as u64;
                     let delivery = Delivery {
                         sender: self.sender.clone(),
+                        stream_id: self.cursor.stream_id(),
                         first_seq,
                         records,
                     };

@@ -23,7 +23,10 @@ use std::{
     marker::PhantomData,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -47,7 +50,11 @@ use crate::{
     proto::{
         batch::{BatchEncoder, ENTRY_OVERHEAD},
         frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
-        message::{Batch, ErrorCode, Hello, Message, Skip, Welcome, PROTOCOL_VERSION},
+        message::{
+            Batch, ErrorCode, Hello, Message, Present, Skip, Welcome, PRESENT_VERSION,
+            PROTOCOL_VERSION,
+        },
+        present,
         record::{encode_record, Payload},
         window::{SendWindow, WindowLimits},
     },
@@ -183,6 +190,18 @@ struct Inner {
     endpoint: quinn::Endpoint,
     /// The current session's connection, for statistics.
     current: Mutex<Option<quinn::Connection>>,
+    /// The newest present state set by the application.
+    present: watch::Sender<Option<Arc<PresentState>>>,
+    /// Id of the newest present sent completely to some session.
+    present_sent: Arc<AtomicU64>,
+}
+
+/// A present state, encoded once, sent to every session after it was set.
+#[derive(Debug)]
+struct PresentState {
+    id: u64,
+    covers_seq: u64,
+    body: Vec<u8>,
 }
 
 impl Inner {
@@ -199,6 +218,7 @@ impl Inner {
         m.acked_seq.set(stats.acked_seq as i64);
         m.spool_records.set(stats.records as i64);
         m.spool_bytes.set(stats.bytes as i64);
+        m.spool_capacity_bytes.set(stats.cap_bytes as i64);
         let dropped = m.records_dropped.get();
         if stats.dropped_total > dropped {
             m.records_dropped.inc_by(stats.dropped_total - dropped);
@@ -297,6 +317,8 @@ impl<T: Payload> Sender<T> {
             task: Mutex::new(None),
             endpoint,
             current: Mutex::new(None),
+            present: watch::channel(None).0,
+            present_sent: Arc::new(AtomicU64::new(0)),
         });
         inner.refresh_gauges(&stats);
         info!(
@@ -344,6 +366,33 @@ impl<T: Payload> Sender<T> {
     pub fn send_batch_blocking(&self, records: &[T]) -> Result<Appended, SendError> {
         let (data, ends) = encode_all(records)?;
         self.inner.append(&data, &ends)
+    }
+
+    /// Sets the application's present state: its current view (typically
+    /// a full snapshot, plus the latest sample of each series), sent to the
+    /// receiver on its own QUIC stream, ahead of or beside the backlog, so
+    /// that the receiver can show the present at once while history drains
+    /// behind it. Not spooled: only the newest present is kept, in memory.
+    /// It is sent at once to the established session, or else to the next
+    /// one; a newer present replaces one not sent yet (and abandons one
+    /// being sent). The usual caller sets it whenever
+    /// [`Sender::connections`] changes. Returns `covers_seq`: the last
+    /// sequence number assigned, which every record older than the present
+    /// has.
+    ///
+    /// Receivers speaking protocol version 1 do not get presents.
+    pub fn set_present(&self, records: &[T]) -> Result<u64, SendError> {
+        let (body, _) = present::encode_body(records)?;
+        let covers_seq = self.inner.spool().last_seq();
+        self.inner.present.send_modify(|p| {
+            let id = p.as_ref().map_or(1, |old| old.id + 1);
+            *p = Some(Arc::new(PresentState {
+                id,
+                covers_seq,
+                body,
+            }));
+        });
+        Ok(covers_seq)
     }
 
     /// Spool counters.
@@ -704,9 +753,30 @@ async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
                     receiver: Some(session.address.clone()),
                     last_error: None,
                 });
+                // Presents set from now on (sources react to the
+                // connection counter) go to this session, on their own stream.
+                let pusher = (session.welcome.version >= PRESENT_VERSION).then(|| {
+                    let mut presents = inner.present.subscribe();
+                    let unsent = presents
+                        .borrow_and_update()
+                        .as_ref()
+                        .is_some_and(|p| p.id > inner.present_sent.load(Ordering::Acquire));
+                    if unsent {
+                        presents.mark_changed();
+                    }
+                    let max_frame = (session.welcome.max_frame as usize).min(cfg.max_frame);
+                    AbortOnDrop(tokio::spawn(push_presents(
+                        session.conn.clone(),
+                        presents,
+                        max_frame,
+                        inner.metrics.presents_sent.clone(),
+                        inner.present_sent.clone(),
+                    )))
+                });
                 inner.connections.send_modify(|c| *c += 1);
                 info!(receiver = %session.address, applied = session.welcome.applied_seq, "link session established");
                 let end = drive(&inner, &cfg, session, failover.is_failed_over()).await;
+                drop(pusher);
                 inner.metrics.connected.set(0);
                 match end {
                     SessionEnd::Stopped => {
@@ -751,6 +821,79 @@ async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
         .endpoint
         .close(close_code(ErrorCode::NoError), b"sender stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Room for a [`Present`]'s header fields inside a frame.
+const PRESENT_OVERHEAD: usize = 64;
+
+/// Sends every present set during a session (and one left unsent before
+/// it) on a new unidirectional stream; a newer present abandons (resets) an
+/// older one still being sent.
+async fn push_presents(
+    conn: quinn::Connection,
+    mut presents: watch::Receiver<Option<Arc<PresentState>>>,
+    max_frame: usize,
+    sent: prometheus::IntCounter,
+    sent_id: Arc<AtomicU64>,
+) {
+    let mut buf = Vec::new();
+    while presents.changed().await.is_ok() {
+        let Some(state) = presents.borrow_and_update().clone() else {
+            continue;
+        };
+        let Ok(mut stream) = conn.open_uni().await else {
+            return;
+        };
+        // Ahead of the backlog's queued packets.
+        let _ = stream.set_priority(1);
+        let parts = present::split_parts(
+            &state.body,
+            max_frame.saturating_sub(PRESENT_OVERHEAD).max(1),
+        );
+        let n = parts.len();
+        let mut complete = true;
+        for (i, (count, range)) in parts.into_iter().enumerate() {
+            if presents.has_changed().unwrap_or(true) {
+                let _ = stream.reset(0u32.into());
+                complete = false;
+                break;
+            }
+            let part = Message::Present(Present {
+                id: state.id,
+                covers_seq: state.covers_seq,
+                part: i as u32,
+                last: i + 1 == n,
+                count,
+                body: &state.body[range],
+            });
+            if write_message(&mut stream, &part, max_frame, &mut buf)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if complete {
+            let _ = stream.finish();
+            sent.inc();
+            sent_id.fetch_max(state.id, Ordering::AcqRel);
+            debug!(
+                id = state.id,
+                covers_seq = state.covers_seq,
+                bytes = state.body.len(),
+                "present sent"
+            );
+        }
+    }
 }
 
 async fn sleep_or_stop(delay: Duration, stopping: &mut watch::Receiver<Option<Instant>>) {

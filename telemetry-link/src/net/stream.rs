@@ -53,6 +53,11 @@ impl FrameReader {
         Ok(self.decoder.next_frame()?)
     }
 
+    /// Tells the peer to stop sending on this stream (nothing more is read).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.recv.stop(0u32.into());
+    }
+
     /// Like [`FrameReader::next`] with a deadline.
     pub(crate) async fn next_within(
         &mut self,

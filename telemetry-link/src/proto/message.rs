@@ -13,8 +13,12 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks. Version 2 added [`Present`]
+/// (the present-state lane); a version-1 peer is still served, without it.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// First protocol version with [`Present`].
+pub const PRESENT_VERSION: u16 = 2;
 
 /// Oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -45,6 +49,9 @@ pub enum MessageType {
     Ack = 6,
     /// Sender → receiver, the sender is closing after its last ack.
     Bye = 7,
+    /// Sender → receiver, on its own unidirectional stream: part of the
+    /// sender's present state (protocol version 2).
+    Present = 8,
 }
 
 impl MessageType {
@@ -57,6 +64,7 @@ impl MessageType {
             5 => Self::Skip,
             6 => Self::Ack,
             7 => Self::Bye,
+            8 => Self::Present,
             _ => return None,
         })
     }
@@ -225,6 +233,28 @@ pub struct Ack {
     pub applied_seq: u64,
 }
 
+/// One part of a present state: the sender's current view, sent on its own
+/// unidirectional stream ahead of (or beside) its backlog. Parts of one
+/// present share `id`, are numbered from 0 and the last has `last` set;
+/// `body` holds `count` records, each a varint length and an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Present<'a> {
+    /// Identifies the present (increases with every new present).
+    pub id: u64,
+    /// The sender's last sequence number when it took the present: every
+    /// record up to it is older than the present.
+    pub covers_seq: u64,
+    /// Part number, from 0.
+    pub part: u32,
+    /// This is the last part.
+    pub last: bool,
+    /// Records in `body`.
+    pub count: u32,
+    /// The records.
+    #[serde(borrow)]
+    pub body: &'a [u8],
+}
+
 /// A decoded message borrowing from the frame it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -242,6 +272,8 @@ pub enum Message<'a> {
     Ack(Ack),
     /// The sender is done with this connection.
     Bye,
+    /// See [`Present`].
+    Present(Present<'a>),
 }
 
 /// Why a frame body is not a valid message.
@@ -283,6 +315,7 @@ impl Message<'_> {
             Message::Skip(_) => MessageType::Skip,
             Message::Ack(_) => MessageType::Ack,
             Message::Bye => MessageType::Bye,
+            Message::Present(_) => MessageType::Present,
         }
     }
 
@@ -297,6 +330,7 @@ impl Message<'_> {
             Message::Skip(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Ack(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Bye => Ok(()),
+            Message::Present(m) => postcard::to_io(m, &mut *out).map(|_| ()),
         };
         // Writing into a Vec cannot fail, and every field type is serializable.
         debug_assert!(res.is_ok());
@@ -339,6 +373,7 @@ impl Message<'_> {
                 }
                 Message::Bye
             }
+            MessageType::Present => Message::Present(whole(kind, body)?),
         })
     }
 }
@@ -410,6 +445,14 @@ mod tests {
             }),
             Message::Ack(Ack { applied_seq: 5 }),
             Message::Bye,
+            Message::Present(Present {
+                id: 3,
+                covers_seq: 99,
+                part: 1,
+                last: true,
+                count: 1,
+                body: b"\x02\x00\x01",
+            }),
         ]
     }
 
@@ -482,7 +525,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_messages_are_errors(idx in 0usize..7, cut in 0usize..64) {
+        fn truncated_messages_are_errors(idx in 0usize..8, cut in 0usize..64) {
             let m = &samples()[idx];
             let bytes = m.to_vec();
             if cut < bytes.len() && !matches!(m, Message::Bye) {

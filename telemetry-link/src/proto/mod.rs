@@ -12,6 +12,7 @@ pub mod batch;
 pub mod dedup;
 pub mod frame;
 pub mod message;
+pub mod present;
 pub mod record;
 pub mod varint;
 pub mod window;

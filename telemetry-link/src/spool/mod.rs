@@ -226,6 +226,9 @@ pub struct SpoolStats {
     pub uncertain: u64,
     /// Segment files.
     pub segments: usize,
+    /// Bytes the spool may use before it drops its oldest records: the
+    /// configured cap, lowered to what its filesystem has room for.
+    pub cap_bytes: u64,
 }
 
 /// What a read produced.
@@ -768,6 +771,7 @@ impl Spool {
             dropped_total: self.dropped_total,
             uncertain: self.uncertain.count_in(0, u64::MAX),
             segments: self.segments.len(),
+            cap_bytes: self.effective_cap,
         }
     }
 
@@ -998,6 +1002,18 @@ impl Spool {
     pub fn checkpoint(&mut self) -> Result<(), SpoolError> {
         self.sync()?;
         self.write_meta()
+    }
+
+    /// The oldest sequence still held and not acknowledged (`last_seq + 1`
+    /// when there is none): everything before it was acknowledged or
+    /// dropped.
+    pub fn oldest_unacked_seq(&self) -> u64 {
+        let first_held = self
+            .segments
+            .iter()
+            .find(|s| !s.is_empty() && s.last > self.acked)
+            .map_or(self.next_seq, |s| s.base);
+        first_held.max(self.acked + 1)
     }
 
     /// A cursor that will read from `seq` on.

@@ -121,6 +121,20 @@ impl PodBuilder {
         self
     }
 
+    /// Sets a limit (`resource` = `cpu` or `memory`) on the last container
+    /// added.
+    pub fn limit(mut self, resource: &str, quantity: &str) -> Self {
+        if let Some(container) = self.0.spec.as_mut().and_then(|s| s.containers.last_mut()) {
+            container
+                .resources
+                .get_or_insert_with(ResourceRequirements::default)
+                .limits
+                .get_or_insert_with(BTreeMap::new)
+                .insert(resource.to_owned(), Quantity(quantity.to_owned()));
+        }
+        self
+    }
+
     /// The pod.
     pub fn build(self) -> Pod {
         self.0

@@ -1,0 +1,215 @@
+//! One HTTP POST of a remote-write request, and what its answer means.
+//!
+//! What it owns: the request headers of remote-write 1.0
+//! (`Content-Encoding: snappy`, `Content-Type: application/x-protobuf`,
+//! `X-Prometheus-Remote-Write-Version: 0.1.0`, a `User-Agent`), a timeout,
+//! http and https (rustls with the ring provider, the system's roots), and
+//! the retry classification: 5xx, 429 and transport errors are retried;
+//! any other status outside 2xx is final.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+/// Outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx: written.
+    Sent,
+    /// Worth retrying (5xx, 429, timeout, connection failure); the
+    /// server's `Retry-After` in seconds when it gave one.
+    Retry {
+        /// What happened.
+        reason: String,
+        /// `Retry-After`, seconds.
+        retry_after: Option<u64>,
+    },
+    /// Refused for good (other 4xx, and anything else unexpected).
+    Refused {
+        /// Status and the start of the body.
+        reason: String,
+    },
+}
+
+/// A client for one endpoint.
+#[derive(Clone)]
+pub struct RemoteWriteClient {
+    uri: Uri,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL does not parse or is not http(s).
+    #[error("remote-write URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The system's root certificates could not be loaded.
+    #[error("loading the system's root certificates for https: {0}")]
+    Roots(std::io::Error),
+}
+
+impl RemoteWriteClient {
+    /// A client posting to `url` (http:// or https://).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(format!("{e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(bad("the scheme must be http or https".into())),
+        }
+        if uri.host().is_none() {
+            return Err(bad("no host".into()));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(ClientError::Roots)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Self {
+            uri,
+            client,
+            timeout,
+        })
+    }
+
+    /// The endpoint, for logs and metric labels.
+    pub fn endpoint(&self) -> String {
+        self.uri.to_string()
+    }
+
+    /// Posts `body` (a snappy-compressed WriteRequest) once.
+    pub async fn post(&self, body: Vec<u8>) -> Outcome {
+        let request = Request::post(self.uri.clone())
+            .header(header::CONTENT_ENCODING, "snappy")
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .header(
+                header::USER_AGENT,
+                concat!("telemetry-receiver/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Refused {
+                    reason: format!("building the request: {e}"),
+                }
+            }
+        };
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Err(_) => {
+                return Outcome::Retry {
+                    reason: format!("no answer within {:?}", self.timeout),
+                    retry_after: None,
+                }
+            }
+            Ok(Err(e)) => {
+                return Outcome::Retry {
+                    reason: format!("{e}"),
+                    retry_after: None,
+                }
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // Read (a bounded prefix of) the body: it says why, and reading it
+        // lets the connection be reused.
+        let body = match tokio::time::timeout(self.timeout, response.into_body().collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => Bytes::new(),
+        };
+        let text = String::from_utf8_lossy(&body[..body.len().min(512)])
+            .trim()
+            .to_owned();
+        classify(status, &text, retry_after)
+    }
+}
+
+/// What a status means for the batch.
+pub fn classify(status: StatusCode, body: &str, retry_after: Option<u64>) -> Outcome {
+    let reason = if body.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {body}")
+    };
+    if status.is_success() {
+        Outcome::Sent
+    } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        Outcome::Retry {
+            reason,
+            retry_after,
+        }
+    } else {
+        Outcome::Refused { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_5xx_and_429_only() {
+        assert_eq!(classify(StatusCode::NO_CONTENT, "", None), Outcome::Sent);
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, "", None),
+            Outcome::Retry { .. }
+        ));
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, "slow down", Some(3)),
+            Outcome::Retry {
+                reason: "429 Too Many Requests: slow down".into(),
+                retry_after: Some(3)
+            }
+        );
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, "out of order sample", None),
+            Outcome::Refused { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, "", None),
+            Outcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn refuses_urls_it_cannot_post_to() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        for url in ["ftp://x/api/v1/write", "not a url", "/api/v1/write"] {
+            assert!(
+                RemoteWriteClient::new(url, Duration::from_secs(1)).is_err(),
+                "{url}"
+            );
+        }
+        assert!(RemoteWriteClient::new(
+            "http://127.0.0.1:9090/api/v1/write",
+            Duration::from_secs(1)
+        )
+        .is_ok());
+    }
+}
