@@ -738,3 +738,152 @@ fn remote_write_fills_a_receiver_outage_in_prometheus() -> Result<()> {
     assert_eq!(refused, 0.0, "{}", prom.output());
     Ok(())
 }
+
+/// What a receiver acknowledged is not lost when it crashes before the
+/// remote-write endpoint took it: the receiver forwards to an address where
+/// no Prometheus runs yet, applies (and acks) 40 records, is killed with
+/// SIGKILL; Prometheus comes up there; the restarted receiver drains its
+/// queue, and Prometheus holds each of the 40 values exactly once.
+#[test]
+fn acked_samples_survive_a_receiver_crash_before_the_endpoint_took_them() -> Result<()> {
+    const TOTAL: u64 = 40;
+    let prom_addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+    let url = format!("http://{prom_addr}/api/v1/write");
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &["crash"])?;
+    let state = dir.path().join("state");
+    let mut rx = start_receiver(&certs, &state, &["--remote-write", &url])?;
+    let (_tx, _) = start_sender(
+        &certs,
+        "crash",
+        rx.quic,
+        &dir.path().join("spool"),
+        &[
+            "--source",
+            "synthetic",
+            "--synthetic-series",
+            "2",
+            "--synthetic-rate",
+            "200",
+            "--synthetic-total",
+            &TOTAL.to_string(),
+        ],
+    )?;
+    wait_metrics(rx.metrics, "all records applied and queued", |e| {
+        e.value("telemetry_link_applied_seq", &[("sender", "crash")]) == Some(TOTAL as f64)
+            && e.sum("telemetry_remote_write_samples_pending", &[]) == TOTAL as f64
+    })?;
+    rx.proc.kill_9()?;
+
+    let config =
+        "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
+    let Some(prom) =
+        PrometheusServer::start_at(prom_addr, config, &["--web.enable-remote-write-receiver"])?
+    else {
+        return Ok(());
+    };
+    let rx = start_receiver_at(
+        &certs,
+        &state,
+        rx.quic,
+        rx.metrics,
+        &["--remote-write", &url],
+    )?;
+    wait_metrics(rx.metrics, "the queue drained", |e| {
+        e.sum("telemetry_remote_write_samples_sent_total", &[]) >= TOTAL as f64
+            && e.sum("telemetry_remote_write_samples_pending", &[]) == 0.0
+    })?;
+    let result = prom.query(r#"telemetry_synthetic_value{cluster="crash"}[1h]"#, None)?;
+    let mut values: Vec<u64> = result
+        .iter()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .map(|pair| value_of(&pair).map(|v| v as u64))
+        .collect::<Result<_>>()?;
+    values.sort_unstable();
+    eprintln!(
+        "Prometheus holds {} samples after the crash and restart",
+        values.len()
+    );
+    assert_eq!(values, (1..=TOTAL).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Kubernetes state goes through remote write under the same names and
+/// labels as on `/metrics`: the demo's simulated cluster, forwarded to a
+/// real Prometheus, shows every `kube_*` family the receiver's page has.
+#[test]
+fn kubernetes_series_reach_prometheus_under_their_metrics_names() -> Result<()> {
+    let config =
+        "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
+    let Some(prom) = PrometheusServer::start(config, &["--web.enable-remote-write-receiver"])?
+    else {
+        return Ok(());
+    };
+    let url = format!("http://{}/api/v1/write", prom.addr());
+    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+    let mut cmd = Command::new(receiver_bin());
+    cmd.args(["--demo", "--listen"])
+        .arg(quic.to_string())
+        .arg("--metrics-listen")
+        .arg(metrics.to_string())
+        .args(["--remote-write", &url]);
+    let _demo = ChildProcess::spawn("demo", cmd)?;
+    let page = wait_metrics(metrics, "the demo's pods and HPA", |e| {
+        e.count("kube_pod_info", &[("cluster", "demo")]) > 0
+            && e.count(
+                "kube_horizontalpodautoscaler_spec_max_replicas",
+                &[("cluster", "demo")],
+            ) > 0
+            && e.count("kube_pod_container_cpu_usage_cores", &[("cluster", "demo")]) > 0
+    })?;
+    let mut on_page: Vec<String> = page
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("kube_")
+                && s.labels.get("cluster").map(String::as_str) == Some("demo")
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    on_page.sort();
+    on_page.dedup();
+    let names = wait_for(LIMIT, "the same kube_* families in Prometheus", || {
+        let result = prom.query(
+            r#"count by (__name__) ({cluster="demo", __name__=~"kube_.*"})"#,
+            None,
+        )?;
+        let mut names: Vec<String> = result
+            .iter()
+            .filter_map(|s| s["metric"]["__name__"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(on_page.iter().all(|n| names.contains(n)).then_some(names))
+    })?;
+    // The same label names too, for one family.
+    let info = prom.query(r#"kube_pod_info{cluster="demo"}"#, None)?;
+    let mut labels: Vec<String> = info[0]["metric"]
+        .as_object()
+        .context("labels")?
+        .keys()
+        .filter(|k| k.as_str() != "__name__")
+        .cloned()
+        .collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "cluster",
+            "created_by_kind",
+            "created_by_name",
+            "namespace",
+            "node",
+            "pod",
+            "pod_ip",
+            "uid"
+        ]
+    );
+    eprintln!("kube_* families via remote write: {names:?}");
+    Ok(())
+}

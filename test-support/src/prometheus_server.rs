@@ -24,6 +24,11 @@ impl PrometheusServer {
     /// installed and the environment variable `CI` is not set (a notice is
     /// printed); under `CI` a missing binary is an error.
     pub fn start(config: &str, flags: &[&str]) -> Result<Option<Self>> {
+        Self::start_at(([127, 0, 0, 1], free_tcp_port()?).into(), config, flags)
+    }
+
+    /// [`PrometheusServer::start`] on a given address.
+    pub fn start_at(addr: SocketAddr, config: &str, flags: &[&str]) -> Result<Option<Self>> {
         if Command::new("prometheus")
             .arg("--version")
             .output()
@@ -38,7 +43,6 @@ impl PrometheusServer {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
