@@ -79,6 +79,14 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub remote_write: Vec<String>,
+    /// Extra HTTP header on every remote-write request, "Name: value"
+    /// (repeatable; one header in the environment variable), e.g.
+    /// "X-Scope-OrgID: tenant-1" for Mimir or "Authorization: Bearer TOKEN".
+    #[arg(
+        long = "remote-write-header",
+        env = "TELEMETRY_RECEIVER_REMOTE_WRITE_HEADER"
+    )]
+    pub remote_write_header: Vec<String>,
     /// Byte cap of each remote-write endpoint's on-disk queue (under the
     /// state directory); when full, its oldest samples are dropped [default: 1GiB].
     #[arg(long, env = "TELEMETRY_RECEIVER_REMOTE_WRITE_QUEUE_BYTES")]
@@ -108,6 +116,8 @@ pub struct Settings {
     pub audit_log: Option<PathBuf>,
     /// Remote-write endpoints.
     pub remote_write: Vec<String>,
+    /// Extra remote-write headers.
+    pub remote_write_headers: Vec<String>,
     /// Byte cap of each remote-write queue.
     pub remote_write_queue_bytes: u64,
     /// Demo mode.
@@ -198,6 +208,11 @@ impl Settings {
                 file.remote_write
             } else {
                 args.remote_write
+            },
+            remote_write_headers: if args.remote_write_header.is_empty() {
+                file.remote_write_header
+            } else {
+                args.remote_write_header
             },
             remote_write_queue_bytes: args
                 .remote_write_queue_bytes

@@ -92,6 +92,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             state_dir.join("remote-write"),
         );
         rw.max_queue_bytes = settings.remote_write_queue_bytes;
+        rw.headers = settings.remote_write_headers.clone();
         let rw = RemoteWrite::start(rw, &registry).context("starting remote write")?;
         handler = handler.with_remote_write(rw.clone());
         Some(rw)

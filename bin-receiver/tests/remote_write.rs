@@ -123,7 +123,9 @@ async fn retries_5xx_and_429_and_sends_a_valid_request() {
     let (addr, seen) = endpoint(any_port(), vec![503, 429, 204]);
     let dir = tempfile::tempdir().unwrap();
     let registry = prometheus::Registry::new();
-    let rw = RemoteWrite::start(config(addr, dir.path()), &registry).unwrap();
+    let mut cfg = config(addr, dir.path());
+    cfg.headers = vec!["X-Scope-OrgID: tenant-1".into()];
+    let rw = RemoteWrite::start(cfg, &registry).unwrap();
     rw.forward("lab", 1, 1, &samples(10), 0).await.unwrap();
     let endpoint = format!("http://{addr}/api/v1/write");
     let m = |name: &str| metric(&registry, name, &[("endpoint", &endpoint)]);
@@ -150,6 +152,10 @@ async fn retries_5xx_and_429_and_sends_a_valid_request() {
     assert_eq!(
         header(&seen[2], "content-encoding").as_deref(),
         Some("snappy")
+    );
+    assert_eq!(
+        header(&seen[2], "x-scope-orgid").as_deref(),
+        Some("tenant-1")
     );
     assert_eq!(
         header(&seen[2], "content-type").as_deref(),

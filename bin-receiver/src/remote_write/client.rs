@@ -41,6 +41,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct RemoteWriteClient {
     uri: Uri,
+    headers: Vec<(header::HeaderName, header::HeaderValue)>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
@@ -59,11 +60,28 @@ pub enum ClientError {
     /// The system's root certificates could not be loaded.
     #[error("loading the system's root certificates for https: {0}")]
     Roots(std::io::Error),
+    /// An extra header is not `Name: value` with a valid name and value.
+    #[error(
+        "remote-write header {0:?}: expected \"Name: value\" with a valid header name and value"
+    )]
+    BadHeader(String),
+}
+
+/// Parses `Name: value` (e.g. `X-Scope-OrgID: tenant-1`,
+/// `Authorization: Bearer …`).
+pub fn parse_header(text: &str) -> Result<(header::HeaderName, header::HeaderValue), ClientError> {
+    let bad = || ClientError::BadHeader(text.split(':').next().unwrap_or("").to_owned());
+    let (name, value) = text.split_once(':').ok_or_else(bad)?;
+    let name = header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+    let mut value = header::HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 impl RemoteWriteClient {
-    /// A client posting to `url` (http:// or https://).
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, ClientError> {
+    /// A client posting to `url` (http:// or https://) with the extra
+    /// `headers` (`Name: value`) on every request.
+    pub fn new(url: &str, headers: &[String], timeout: Duration) -> Result<Self, ClientError> {
         let bad = |reason: String| ClientError::BadUrl {
             url: url.to_owned(),
             reason,
@@ -76,6 +94,16 @@ impl RemoteWriteClient {
         if uri.host().is_none() {
             return Err(bad("no host".into()));
         }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(bad(
+                "credentials in the URL are not supported; use --remote-write-header \"Authorization: ...\""
+                    .into(),
+            ));
+        }
+        let headers = headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<Result<Vec<_>, _>>()?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider)
@@ -86,6 +114,7 @@ impl RemoteWriteClient {
         let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Self {
             uri,
+            headers,
             client,
             timeout,
         })
@@ -98,7 +127,11 @@ impl RemoteWriteClient {
 
     /// Posts `body` (a snappy-compressed WriteRequest) once.
     pub async fn post(&self, body: Vec<u8>) -> Outcome {
-        let request = Request::post(self.uri.clone())
+        let mut request = Request::post(self.uri.clone());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request
             .header(header::CONTENT_ENCODING, "snappy")
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0")
@@ -200,16 +233,22 @@ mod tests {
     #[test]
     fn refuses_urls_it_cannot_post_to() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        for url in ["ftp://x/api/v1/write", "not a url", "/api/v1/write"] {
+        let t = Duration::from_secs(1);
+        for url in [
+            "ftp://x/api/v1/write",
+            "not a url",
+            "/api/v1/write",
+            "http://user:secret@mimir/api/v1/push",
+        ] {
+            assert!(RemoteWriteClient::new(url, &[], t).is_err(), "{url}");
+        }
+        let url = "http://127.0.0.1:9090/api/v1/write";
+        assert!(RemoteWriteClient::new(url, &["X-Scope-OrgID: tenant-1".into()], t).is_ok());
+        for header in ["no colon", "bad name: x", "X-Ok: bad\nvalue"] {
             assert!(
-                RemoteWriteClient::new(url, Duration::from_secs(1)).is_err(),
-                "{url}"
+                RemoteWriteClient::new(url, &[header.into()], t).is_err(),
+                "{header}"
             );
         }
-        assert!(RemoteWriteClient::new(
-            "http://127.0.0.1:9090/api/v1/write",
-            Duration::from_secs(1)
-        )
-        .is_ok());
     }
 }

@@ -58,6 +58,9 @@ use self::{
 pub struct RemoteWriteConfig {
     /// Endpoints (`http(s)://host:port/api/v1/write`).
     pub urls: Vec<String>,
+    /// Extra headers on every request (`Name: value`), e.g. a tenant id or
+    /// `Authorization`.
+    pub headers: Vec<String>,
     /// Directory holding one queue per endpoint.
     pub queue_dir: PathBuf,
     /// Byte cap of each endpoint's queue.
@@ -73,6 +76,7 @@ impl RemoteWriteConfig {
     pub fn new(urls: Vec<String>, queue_dir: PathBuf) -> Self {
         Self {
             urls,
+            headers: Vec::new(),
             queue_dir,
             max_queue_bytes: 1 << 30,
             max_samples_per_request: 2000,
@@ -200,7 +204,7 @@ impl RemoteWrite {
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut endpoints = Vec::new();
         for url in &cfg.urls {
-            let client = RemoteWriteClient::new(url, cfg.timeout)?;
+            let client = RemoteWriteClient::new(url, &cfg.headers, cfg.timeout)?;
             let name = client.endpoint();
             let dir = cfg.queue_dir.join(dir_name(&name));
             let spool = SpoolConfig {
@@ -308,18 +312,16 @@ impl RemoteWrite {
     pub async fn shutdown(&self, deadline: Duration) {
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        let all = futures_join(tasks);
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
         if tokio::time::timeout(deadline, all).await.is_err() {
             tracing::warn!(
                 "remote write: requests still in flight at the shutdown deadline; they stay queued"
             );
         }
-    }
-}
-
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
     }
 }
 
@@ -363,7 +365,8 @@ async fn drain(
                 tokio::select! {
                     _ = endpoint.wake.notified() => {}
                     _ = stop.changed() => return,
-                    // A push's notify can race with this check; poll too.
+                    // A push notifies (the permit is kept if nobody
+                    // waits); the poll is only a safety net.
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
