@@ -725,6 +725,20 @@ fn remote_write_fills_a_receiver_outage_in_prometheus() -> Result<()> {
             outage_end - outage_start
         );
     }
+    // The same with count_over_time over the outage's whole seconds.
+    let whole = (outage_end - outage_start).floor() as u64;
+    let counts = prom.query(
+        &format!("count_over_time({series}[{whole}s])"),
+        Some(outage_start + whole as f64),
+    )?;
+    assert_eq!(counts.len(), SERIES);
+    for c in &counts {
+        let n = value_of(&c["value"])?;
+        assert!(
+            (whole as f64 - 1.0..=whole as f64 + 1.0).contains(&n),
+            "count_over_time over {whole} s of outage: {n} samples ({c})"
+        );
+    }
     // Prometheus answered every write with 2xx.
     let own = Exposition::parse(&get(prom.addr(), "/metrics", &[])?.body)?;
     let refused: f64 = own
