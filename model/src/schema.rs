@@ -43,6 +43,28 @@ pub enum ClusterRecord {
     ScaleEvent(ScaleEvent),
     /// A generic metric sample (the synthetic source; embedders' own series).
     Sample(Sample),
+    /// The records that follow (until the next one of these) were observed
+    /// at this time (ms since the epoch). Object state carries no time of
+    /// its own; the link sink puts one in front of every batch with object
+    /// state, so history forwarded by the receiver keeps when it happened.
+    ObservedAt {
+        /// Milliseconds since the Unix epoch.
+        unix_ms: i64,
+    },
+}
+
+impl ClusterRecord {
+    /// True for records that carry their own measurement time (samples,
+    /// usage, scale events) or none is needed.
+    pub fn is_timestamped(&self) -> bool {
+        matches!(
+            self,
+            ClusterRecord::Sample(_)
+                | ClusterRecord::PodUsage(_)
+                | ClusterRecord::ScaleEvent(_)
+                | ClusterRecord::ObservedAt { .. }
+        )
+    }
 }
 
 impl Payload for ClusterRecord {

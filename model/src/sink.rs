@@ -108,9 +108,27 @@ impl RecordSink for VecSink {
     }
 }
 
-/// The production sink: the link's sender (spool + QUIC).
+/// Puts a [`ClusterRecord::ObservedAt`] with the current time in front of
+/// `records` when they hold object state (records without a time of their
+/// own); batches of samples, usage and scale events are left alone.
+pub fn stamp_observed(records: Vec<ClusterRecord>) -> Vec<ClusterRecord> {
+    if records.iter().all(ClusterRecord::is_timestamped) {
+        return records;
+    }
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut stamped = Vec::with_capacity(records.len() + 1);
+    stamped.push(ClusterRecord::ObservedAt { unix_ms });
+    stamped.extend(records);
+    stamped
+}
+
+/// The production sink: the link's sender (spool + QUIC). Batches with
+/// object state get their observation time ([`stamp_observed`]).
 impl RecordSink for telemetry_link::Sender<ClusterRecord> {
     async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
+        let records = stamp_observed(records);
         telemetry_link::Sender::send_batch(self, &records)
             .await
             .map(|_| ())
@@ -125,5 +143,30 @@ impl RecordSink for telemetry_link::Sender<ClusterRecord> {
         telemetry_link::Sender::set_present(self, records)
             .map(|_| ())
             .map_err(|e| SinkError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use telemetry_link::{Sample, SeriesKey};
+
+    use super::*;
+    use crate::schema::ObjectRef;
+
+    #[test]
+    fn only_batches_with_object_state_get_an_observation_time() {
+        let key = std::sync::Arc::new(SeriesKey::new("m", [("a", "b")]).unwrap());
+        let samples = vec![ClusterRecord::Sample(Sample::new(key, 5, 1.0))];
+        assert_eq!(stamp_observed(samples.clone()), samples);
+        let delete = ClusterRecord::PodDelete(ObjectRef {
+            namespace: "n".into(),
+            name: "p".into(),
+        });
+        let stamped = stamp_observed(vec![delete.clone()]);
+        assert_eq!(stamped.len(), 2);
+        assert!(
+            matches!(stamped[0], ClusterRecord::ObservedAt { unix_ms } if unix_ms > 1_600_000_000_000)
+        );
+        assert_eq!(stamped[1], delete);
     }
 }

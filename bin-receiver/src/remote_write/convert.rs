@@ -10,8 +10,11 @@
 //! What it guarantees:
 //! - Samples keep the time the sender measured them where the record has
 //!   one (`Sample`, `PodUsage`, `ScaleEvent`); object state (upserts,
-//!   deletes, snapshots) has none in the record and is stamped with the
-//!   `now_ms` the caller passes (the time the receiver applied it).
+//!   deletes, snapshots) takes the time of the last
+//!   [`ClusterRecord::ObservedAt`] of its sender (the sender's sink puts one
+//!   in front of every batch with object state), or the `now_ms` the caller
+//!   passes when none was seen yet (the first records after a receiver
+//!   restart that resumed in the middle of a batch).
 //! - A series that an object had and no longer has gets one sample with the
 //!   staleness-marker NaN ([`STALE_NAN`]), as Prometheus itself writes when a
 //!   scraped series disappears.
@@ -87,6 +90,8 @@ struct ClusterSeries {
     scale_counts: HashMap<(String, String, &'static str), u64>,
     scale_keys: HashSet<String>,
     scale_key_order: VecDeque<String>,
+    /// The sender's last `ObservedAt`.
+    observed_ms: Option<i64>,
 }
 
 /// Converts records into remote_write samples; one per receiver.
@@ -112,7 +117,9 @@ impl SeriesTracker {
         let mut out = Vec::new();
         let mut touched_namespaces = BTreeSet::new();
         for record in records {
+            let now_ms = state.observed_ms.unwrap_or(now_ms);
             match record {
+                ClusterRecord::ObservedAt { unix_ms } => state.observed_ms = Some(*unix_ms),
                 ClusterRecord::SnapshotBegin { id, kinds } => {
                     if state.snapshots.len() >= MAX_OPEN_SNAPSHOTS {
                         state.snapshots.pop_front();
@@ -246,6 +253,7 @@ impl SeriesTracker {
                 }
             }
         }
+        let now_ms = state.observed_ms.unwrap_or(now_ms);
         for namespace in touched_namespaces {
             let running = state.running.get(&namespace).copied().unwrap_or(0);
             let labels = series(
@@ -601,6 +609,47 @@ mod tests {
         // info + 5 phases + request + limit + 2 usage + the namespace's running count.
         assert_eq!(out.iter().filter(|s| s.is_stale()).count(), 11, "{out:#?}");
         assert!(out.iter().all(|s| s.timestamp_ms == 3000));
+    }
+
+    #[test]
+    fn object_state_takes_the_observed_time_of_its_batch() {
+        let mut t = SeriesTracker::new();
+        let out = t.convert(
+            "prod",
+            &[ClusterRecord::PodUpsert(pod("a", PodPhase::Running, "n1"))],
+            9000,
+        );
+        assert!(
+            out.iter().all(|s| s.timestamp_ms == 9000),
+            "no observation time yet: apply time"
+        );
+        let out = t.convert(
+            "prod",
+            &[
+                ClusterRecord::ObservedAt { unix_ms: 1234 },
+                ClusterRecord::PodUpsert(pod("a", PodPhase::Failed, "n1")),
+            ],
+            9999,
+        );
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|s| s.timestamp_ms == 1234), "{out:#?}");
+        // It holds for the sender's next records too, until the next one.
+        let out = t.convert(
+            "prod",
+            &[ClusterRecord::PodDelete(ObjectRef {
+                namespace: "web".into(),
+                name: "a".into(),
+            })],
+            20_000,
+        );
+        assert!(out.iter().all(|s| s.timestamp_ms == 1234 && s.is_stale()));
+        // Another sender's clock is its own.
+        let out = t.convert(
+            "other",
+            &[ClusterRecord::PodUpsert(pod("b", PodPhase::Running, "n1"))],
+            777,
+        );
+        assert!(out.iter().all(|s| s.timestamp_ms == 777));
     }
 
     #[test]

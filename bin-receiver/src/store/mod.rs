@@ -306,6 +306,7 @@ impl ClusterStore {
                 | ClusterRecord::HpaUpsert(_)
                 | ClusterRecord::HpaDelete(_)
                     if history => {}
+                ClusterRecord::ObservedAt { .. } => {}
                 ClusterRecord::SnapshotBegin { id, kinds } => {
                     state.objects.snapshot_begin(cluster, *id, kinds, limits)
                 }
