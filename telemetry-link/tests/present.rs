@@ -131,3 +131,45 @@ async fn an_oversized_present_is_refused_and_the_session_goes_on() -> anyhow::Re
     receiver.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_falls_back_to_a_version_1_receiver_without_presents() -> anyhow::Result<()> {
+    telemetry_test_support::init();
+    let pki = TestPki::new()?;
+    let state = tempfile::tempdir()?;
+    let spool = tempfile::tempdir()?;
+    let collector = Collector::<u64>::new();
+    let (receiver, rx_reg) =
+        start_receiver::<u64, _>(&pki, 0, state.path(), collector.clone(), |c| {
+            c.limits.max_protocol_version = 1;
+        })
+        .await?;
+    let (sender, tx_reg) =
+        start_sender::<u64>(&pki, "s1", &[receiver.local_addr()], spool.path(), |_| {}).await?;
+    let _presenter = present_on_connect(&sender, 3);
+    sender.send_batch(&[1, 2, 3]).await?;
+    collector.wait_for("s1", 3, Duration::from_secs(30)).await?;
+    let log = collector.log("s1");
+    assert_exactly_once(log.records.iter().map(|(s, _)| *s), 3);
+    assert_eq!(log.connects, 1);
+    assert!(
+        log.presents.is_empty(),
+        "a version-1 session has no present lane"
+    );
+    assert_eq!(
+        metric(
+            &rx_reg,
+            "telemetry_link_handshake_failures_total",
+            &[("reason", "unsupported_version")]
+        ),
+        1.0,
+        "one refused version-2 hello, then version 1"
+    );
+    assert_eq!(
+        metric(&tx_reg, "telemetry_sender_presents_sent_total", &[]),
+        0.0
+    );
+    sender.shutdown(Duration::from_secs(5)).await;
+    receiver.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -49,7 +49,10 @@ use crate::{
         batch::{BatchDecoder, BatchError, Entry, DEFAULT_MAX_SERIES},
         dedup::{SeqError, StreamCursor},
         frame::{FrameError, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
-        message::{Ack, ErrorCode, Message, MessageError, Refusal, Welcome, PROTOCOL_VERSION},
+        message::{
+            Ack, ErrorCode, Message, MessageError, Refusal, Welcome, MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+        },
         present::{self, PresentAssembler},
         record::{decode_record, Payload},
     },
@@ -144,6 +147,10 @@ pub struct ReceiverLimits {
     /// Largest present state accepted (bytes of records); a larger one is
     /// refused and counted, the session goes on.
     pub max_present_bytes: usize,
+    /// Newest protocol version spoken (at most [`PROTOCOL_VERSION`]): pins
+    /// a receiver to an older version during a staged upgrade; senders fall
+    /// back to it.
+    pub max_protocol_version: u16,
 }
 
 impl Default for ReceiverLimits {
@@ -156,6 +163,7 @@ impl Default for ReceiverLimits {
             hello_timeout: Duration::from_secs(5),
             max_frames_per_commit: 64,
             max_present_bytes: 64 << 20,
+            max_protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -736,7 +744,12 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
     let mut reader = FrameReader::new(recv, shared.limits.max_frame);
     let mut buf = Vec::new();
     let hello = match reader.next_within(shared.limits.hello_timeout).await {
-        Ok(Some(frame)) => match Message::decode(frame) {
+        Ok(Some(frame)) => match Message::decode(frame).and_then(|m| match m {
+            Message::Hello(h) if h.version > shared.limits.max_protocol_version => {
+                Err(MessageError::UnsupportedVersion(h.version))
+            }
+            other => Ok(other),
+        }) {
             Ok(Message::Hello(h)) => h,
             Ok(_) => {
                 fail("bad_hello");
@@ -749,10 +762,14 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
             }
             Err(MessageError::UnsupportedVersion(v)) => {
                 fail("unsupported_version");
-                let reason = format!("protocol version {v} is not supported; this receiver speaks {PROTOCOL_VERSION}");
+                let max = shared.limits.max_protocol_version.min(PROTOCOL_VERSION);
+                let reason = format!(
+                    "protocol version {v} is not supported; this receiver speaks {MIN_PROTOCOL_VERSION}..={max}"
+                );
                 warn!(%remote, sender = %identity, "{reason}");
-                let refusal =
-                    Message::Refuse(Refusal::new(ErrorCode::UnsupportedVersion, reason.clone()));
+                let mut refusal = Refusal::new(ErrorCode::UnsupportedVersion, reason.clone());
+                refusal.max_version = max;
+                let refusal = Message::Refuse(refusal);
                 let _ = write_message(&mut send, &refusal, shared.limits.max_frame, &mut buf).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
@@ -846,7 +863,7 @@ async fn serve<T: Payload, H: Handler<T>>(incoming: quinn::Incoming, shared: &Sh
     }
     let max_frame = (hello.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT);
     let welcome = Message::Welcome(Welcome {
-        version: hello.version.min(PROTOCOL_VERSION),
+        version: hello.version.min(shared.limits.max_protocol_version),
         applied_seq: cursor.applied(),
         max_frame: shared.limits.max_frame as u32,
         max_series: shared.limits.max_series,

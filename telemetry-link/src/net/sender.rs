@@ -51,8 +51,8 @@ use crate::{
         batch::{BatchEncoder, ENTRY_OVERHEAD},
         frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
         message::{
-            Batch, ErrorCode, Hello, Message, Present, Skip, Welcome, PRESENT_VERSION,
-            PROTOCOL_VERSION,
+            Batch, ErrorCode, Hello, Message, Present, Skip, Welcome, MIN_PROTOCOL_VERSION,
+            PRESENT_VERSION, PROTOCOL_VERSION,
         },
         present,
         record::{encode_record, Payload},
@@ -519,6 +519,8 @@ enum ConnectError {
     Connection(#[from] quinn::ConnectionError),
     #[error("refused by the receiver ({code}): {reason}")]
     Refused { code: String, reason: String },
+    #[error("the receiver speaks protocol versions {min}..={max} only")]
+    OlderReceiver { min: u16, max: u16 },
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("TLS: {0}")]
@@ -542,7 +544,8 @@ impl ConnectError {
                 "tls_refused"
             }
             ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(_))
-            | ConnectError::Refused { .. } => "refused",
+            | ConnectError::Refused { .. }
+            | ConnectError::OlderReceiver { .. } => "refused",
             ConnectError::Connection(quinn::ConnectionError::TimedOut) => "timeout",
             ConnectError::Connection(_) => "connection",
             ConnectError::Protocol(_) => "protocol",
@@ -573,10 +576,35 @@ fn server_name_for(address: &str, configured: Option<&str>) -> String {
         .to_owned()
 }
 
+/// Connects with the newest protocol version; a receiver that refuses it
+/// but speaks an older one this sender also speaks gets a second attempt in
+/// that version (a v2 sender keeps working with v1 receivers, without the
+/// present lane).
 async fn connect(
     inner: &Inner,
     cfg: &SenderConfig,
     address: &str,
+) -> Result<Established, ConnectError> {
+    match connect_with_version(inner, cfg, address, PROTOCOL_VERSION).await {
+        Err(ConnectError::OlderReceiver { min, max })
+            if max < PROTOCOL_VERSION && max >= MIN_PROTOCOL_VERSION && min <= max =>
+        {
+            info!(
+                receiver = address,
+                version = max,
+                "receiver speaks an older protocol; using it"
+            );
+            connect_with_version(inner, cfg, address, max).await
+        }
+        other => other,
+    }
+}
+
+async fn connect_with_version(
+    inner: &Inner,
+    cfg: &SenderConfig,
+    address: &str,
+    version: u16,
 ) -> Result<Established, ConnectError> {
     let addr = tokio::net::lookup_host(address)
         .await
@@ -608,7 +636,7 @@ async fn connect(
         let hello = {
             let spool = inner.spool();
             Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                version,
                 stream_id: spool.stream_id(),
                 last_seq: spool.last_seq(),
                 max_frame: cfg.max_frame as u32,
@@ -644,6 +672,12 @@ async fn connect(
                 welcome,
                 address: address.to_owned(),
             }),
+            Message::Refuse(r) if r.code == ErrorCode::UnsupportedVersion => {
+                Err(ConnectError::OlderReceiver {
+                    min: r.min_version,
+                    max: r.max_version,
+                })
+            }
             Message::Refuse(r) => Err(ConnectError::Refused {
                 code: r.code.to_string(),
                 reason: r.reason,
