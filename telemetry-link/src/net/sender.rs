@@ -587,7 +587,7 @@ async fn connect(
 ) -> Result<Established, ConnectError> {
     match connect_with_version(inner, cfg, address, PROTOCOL_VERSION).await {
         Err(ConnectError::OlderReceiver { min, max })
-            if max < PROTOCOL_VERSION && max >= MIN_PROTOCOL_VERSION && min <= max =>
+            if (MIN_PROTOCOL_VERSION..PROTOCOL_VERSION).contains(&max) && min <= max =>
         {
             info!(
                 receiver = address,
