@@ -25,26 +25,20 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use telemetry_test_support::{
-    http::{get, wait_for},
+    binaries::{certs_init, receiver_command, receiver_tls, sender_command, sender_tls},
+    http::wait_for,
     process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
-    prom::Exposition,
+    prom::scrape,
     prometheus_server::PrometheusServer,
 };
 
 const SERIES: u64 = 1_000;
 const RATE: u64 = 50_000;
-
-fn scrape(addr: SocketAddr) -> Result<Exposition> {
-    let r = get(addr, "/metrics", &[])?;
-    ensure!(r.status == 200, "/metrics answered {}", r.status);
-    Exposition::parse(&r.body)
-}
 
 struct Outcome {
     backlog: u64,
@@ -60,20 +54,14 @@ fn run(certs: &Path, backlog: u64, present: bool, remote_write: Option<&str>) ->
     let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
     let rx_metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
     let tx_metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    let mut sender = Command::new(workspace_binary("telemetry-sender")?);
+    let mut sender = sender_command(
+        workspace_binary("telemetry-sender")?,
+        quic,
+        &sender_tls(certs, "bench"),
+        &dir.path().join("spool"),
+        tx_metrics,
+    );
     sender
-        .arg("--receiver")
-        .arg(quic.to_string())
-        .args(["--server-name", "localhost", "--ca"])
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("sender-bench.pem"))
-        .arg("--key")
-        .arg(certs.join("sender-bench.key"))
-        .arg("--spool-dir")
-        .arg(dir.path().join("spool"))
-        .arg("--metrics-listen")
-        .arg(tx_metrics.to_string())
         .args(["--source", "synthetic", "--synthetic-series"])
         .arg(SERIES.to_string())
         .arg("--synthetic-rate")
@@ -91,20 +79,13 @@ fn run(certs: &Path, backlog: u64, present: bool, remote_write: Option<&str>) ->
             .then_some(()))
     })?;
 
-    let mut receiver = Command::new(env!("CARGO_BIN_EXE_telemetry-receiver"));
-    receiver
-        .arg("--listen")
-        .arg(quic.to_string())
-        .arg("--metrics-listen")
-        .arg(rx_metrics.to_string())
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("receiver.pem"))
-        .arg("--key")
-        .arg(certs.join("receiver.key"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"));
+    let mut receiver = receiver_command(
+        env!("CARGO_BIN_EXE_telemetry-receiver"),
+        quic,
+        rx_metrics,
+        &receiver_tls(certs),
+        &dir.path().join("state"),
+    );
     if let Some(url) = remote_write {
         receiver.args(["--remote-write", url]);
     }
@@ -177,16 +158,7 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let certs = tempfile::tempdir()?;
-    let out = Command::new(workspace_binary("telemetry-certs")?)
-        .args(["init", "--out"])
-        .arg(certs.path())
-        .args(["--sender", "bench"])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "telemetry-certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    certs_init(certs.path(), &["bench"])?;
 
     println!("present_first — {}", telemetry_test_support::machine());
     println!(
@@ -198,11 +170,9 @@ fn main() -> Result<()> {
     // The same with the receiver also forwarding to a real Prometheus
     // (remote write: every delivery is queued durably before its ack, so the
     // backlog drains slower).
-    let config =
-        "global:\n  scrape_interval: 1m\nstorage:\n  tsdb:\n    out_of_order_time_window: 1d\n";
-    match PrometheusServer::start(config, &["--web.enable-remote-write-receiver"])? {
+    match PrometheusServer::remote_write_receiver(None)? {
         Some(prom) => {
-            let url = format!("http://{}/api/v1/write", prom.addr());
+            let url = prom.remote_write_url();
             runs.push((
                 "remote write, present",
                 run(certs.path(), backlog, true, Some(&url))?,

@@ -15,10 +15,11 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use telemetry_certs::Validity;
 use telemetry_test_support::{
+    binaries::{certs_init, receiver_command, receiver_tls, sender_command, sender_tls},
     http::{get, wait_for},
     pki::TestPki,
     process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
-    prom::{promtool_check, Exposition},
+    prom::{promtool_check, scrape, Exposition},
     prometheus_server::{value_of, PrometheusServer},
     raw,
 };
@@ -27,22 +28,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn receiver_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_telemetry-receiver"))
-}
-
-/// `telemetry-certs init` into `dir`.
-fn make_certs(dir: &Path, senders: &[&str]) -> Result<()> {
-    let mut cmd = Command::new(workspace_binary("telemetry-certs")?);
-    cmd.args(["init", "--out"]).arg(dir);
-    for s in senders {
-        cmd.args(["--sender", s]);
-    }
-    let out = cmd.output()?;
-    ensure!(
-        out.status.success(),
-        "telemetry-certs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 struct Receiver {
@@ -64,20 +49,8 @@ fn start_receiver_at(
     metrics: SocketAddr,
     extra: &[&str],
 ) -> Result<Receiver> {
-    let mut cmd = Command::new(receiver_bin());
-    cmd.arg("--listen")
-        .arg(quic.to_string())
-        .arg("--metrics-listen")
-        .arg(metrics.to_string())
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("receiver.pem"))
-        .arg("--key")
-        .arg(certs.join("receiver.key"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra);
+    let mut cmd = receiver_command(receiver_bin(), quic, metrics, &receiver_tls(certs), state);
+    cmd.args(extra);
     let proc = ChildProcess::spawn("receiver", cmd)?;
     wait_for(LIMIT, "receiver /readyz", || {
         Ok((get(metrics, "/readyz", &[])?.status == 200).then_some(()))
@@ -98,28 +71,15 @@ fn start_sender(
     extra: &[&str],
 ) -> Result<(ChildProcess, SocketAddr)> {
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    let mut cmd = Command::new(workspace_binary("telemetry-sender")?);
-    cmd.arg("--receiver")
-        .arg(quic.to_string())
-        .args(["--server-name", "localhost"])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join(format!("sender-{id}.pem")))
-        .arg("--key")
-        .arg(certs.join(format!("sender-{id}.key")))
-        .arg("--spool-dir")
-        .arg(spool)
-        .arg("--metrics-listen")
-        .arg(metrics.to_string())
-        .args(extra);
+    let mut cmd = sender_command(
+        workspace_binary("telemetry-sender")?,
+        quic,
+        &sender_tls(certs, id),
+        spool,
+        metrics,
+    );
+    cmd.args(extra);
     Ok((ChildProcess::spawn(&format!("sender-{id}"), cmd)?, metrics))
-}
-
-fn scrape(addr: SocketAddr) -> Result<Exposition> {
-    let r = get(addr, "/metrics", &[])?;
-    ensure!(r.status == 200, "/metrics answered {}", r.status);
-    Exposition::parse(&r.body)
 }
 
 fn wait_metrics(
@@ -137,7 +97,7 @@ fn wait_metrics(
 fn simulated_cluster_series_appear_and_pass_promtool() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    make_certs(&certs, &["lab"])?;
+    certs_init(&certs, &["lab"])?;
     let rx = start_receiver(&certs, &dir.path().join("state"), &[])?;
     let (mut tx, tx_metrics) = start_sender(
         &certs,
@@ -231,7 +191,7 @@ fn simulated_cluster_series_appear_and_pass_promtool() -> Result<()> {
 fn a_sender_gone_past_the_ttl_loses_its_series_and_sigterm_persists_state() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    make_certs(&certs, &["short"])?;
+    certs_init(&certs, &["short"])?;
     let state = dir.path().join("state");
     let mut rx = start_receiver(&certs, &state, &["--sender-ttl", "2s"])?;
     let (mut tx, _) = start_sender(
@@ -626,18 +586,13 @@ fn unix_now_s() -> f64 {
 fn remote_write_fills_a_receiver_outage_in_prometheus() -> Result<()> {
     const SERIES: usize = 4;
     const OUTAGE: Duration = Duration::from_secs(40);
-    // The out-of-order window lets Prometheus accept samples older than what
-    // it already holds for a series (a replayed backlog, a receiver restart).
-    let config =
-        "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
-    let Some(prom) = PrometheusServer::start(config, &["--web.enable-remote-write-receiver"])?
-    else {
+    let Some(prom) = PrometheusServer::remote_write_receiver(None)? else {
         return Ok(());
     };
-    let url = format!("http://{}/api/v1/write", prom.addr());
+    let url = prom.remote_write_url();
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    make_certs(&certs, &["rw"])?;
+    certs_init(&certs, &["rw"])?;
     let state = dir.path().join("state");
     let mut rx = start_receiver(&certs, &state, &["--remote-write", &url])?;
     let (_tx, tx_metrics) = start_sender(
@@ -765,7 +720,7 @@ fn acked_samples_survive_a_receiver_crash_before_the_endpoint_took_them() -> Res
     let url = format!("http://{prom_addr}/api/v1/write");
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    make_certs(&certs, &["crash"])?;
+    certs_init(&certs, &["crash"])?;
     let state = dir.path().join("state");
     let mut rx = start_receiver(&certs, &state, &["--remote-write", &url])?;
     let (_tx, _) = start_sender(
@@ -790,11 +745,7 @@ fn acked_samples_survive_a_receiver_crash_before_the_endpoint_took_them() -> Res
     })?;
     rx.proc.kill_9()?;
 
-    let config =
-        "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
-    let Some(prom) =
-        PrometheusServer::start_at(prom_addr, config, &["--web.enable-remote-write-receiver"])?
-    else {
+    let Some(prom) = PrometheusServer::remote_write_receiver(Some(prom_addr))? else {
         return Ok(());
     };
     let rx = start_receiver_at(
@@ -828,13 +779,10 @@ fn acked_samples_survive_a_receiver_crash_before_the_endpoint_took_them() -> Res
 /// real Prometheus, shows every `kube_*` family the receiver's page has.
 #[test]
 fn kubernetes_series_reach_prometheus_under_their_metrics_names() -> Result<()> {
-    let config =
-        "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
-    let Some(prom) = PrometheusServer::start(config, &["--web.enable-remote-write-receiver"])?
-    else {
+    let Some(prom) = PrometheusServer::remote_write_receiver(None)? else {
         return Ok(());
     };
-    let url = format!("http://{}/api/v1/write", prom.addr());
+    let url = prom.remote_write_url();
     let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
     let mut cmd = Command::new(receiver_bin());

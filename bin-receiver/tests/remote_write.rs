@@ -15,7 +15,9 @@ use prost::Message;
 use telemetry_link::{Sample, SeriesKey};
 use telemetry_model::ClusterRecord;
 use telemetry_receiver::remote_write::{wire::WriteRequest, RemoteWrite, RemoteWriteConfig};
-use telemetry_test_support::link::metric;
+use telemetry_test_support::link::{eventually, metric};
+
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// One request as the endpoint saw it.
 #[derive(Debug, Clone)]
@@ -106,17 +108,6 @@ fn config(addr: SocketAddr, dir: &std::path::Path) -> RemoteWriteConfig {
     cfg
 }
 
-async fn wait(what: &str, mut done: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_5xx_and_429_and_sends_a_valid_request() {
     telemetry_test_support::init();
@@ -129,10 +120,11 @@ async fn retries_5xx_and_429_and_sends_a_valid_request() {
     rw.forward("lab", 1, 1, &samples(10), 0).await.unwrap();
     let endpoint = format!("http://{addr}/api/v1/write");
     let m = |name: &str| metric(&registry, name, &[("endpoint", &endpoint)]);
-    wait("the samples accepted", || {
+    eventually(LIMIT, "the samples accepted", || {
         m("telemetry_remote_write_samples_sent_total") == 10.0
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(
         m("telemetry_remote_write_samples_retried_total"),
         20.0,
@@ -199,15 +191,17 @@ async fn a_4xx_is_not_retried_and_counts_as_failed() {
     rw.forward("lab", 1, 1, &samples(4), 0).await.unwrap();
     let endpoint = format!("http://{addr}/api/v1/write");
     let m = |name: &str| metric(&registry, name, &[("endpoint", &endpoint)]);
-    wait("the refusal counted", || {
+    eventually(LIMIT, "the refusal counted", || {
         m("telemetry_remote_write_samples_failed_total") == 4.0
     })
-    .await;
+    .await
+    .unwrap();
     rw.forward("lab", 1, 5, &samples(3), 0).await.unwrap();
-    wait("the next batch accepted", || {
+    eventually(LIMIT, "the next batch accepted", || {
         m("telemetry_remote_write_samples_sent_total") == 3.0
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(m("telemetry_remote_write_samples_retried_total"), 0.0);
     assert_eq!(
         seen.lock().unwrap().len(),
@@ -242,10 +236,11 @@ async fn unsent_samples_survive_a_restart_and_a_redelivery_is_not_queued_twice()
     rw.forward("lab", 1, 1, &samples(6), 0).await.unwrap();
     let endpoint = format!("http://{addr}/api/v1/write");
     let m = |name: &str| metric(&registry, name, &[("endpoint", &endpoint)]);
-    wait("the queued samples sent", || {
+    eventually(LIMIT, "the queued samples sent", || {
         m("telemetry_remote_write_samples_sent_total") == 6.0
     })
-    .await;
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         m("telemetry_remote_write_samples_sent_total"),

@@ -15,7 +15,6 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -26,6 +25,7 @@ use k8s_openapi::{
 };
 use telemetry_link::tls::TlsFiles;
 use telemetry_test_support::{
+    binaries::{receiver_command, sender_command},
     http::{get, wait_for},
     kube_api::{
         objects::{now_time, pod_metrics, rescale_event, HpaBuilder, PodBuilder},
@@ -33,7 +33,7 @@ use telemetry_test_support::{
     },
     pki::TestPki,
     process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
-    prom::Exposition,
+    prom::{scrape, Exposition},
 };
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
@@ -83,20 +83,8 @@ fn start_receiver(tls: &TlsFiles) -> Receiver {
     let state = tempfile::tempdir().unwrap();
     let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port().unwrap()).into();
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port().unwrap()).into();
-    let mut cmd = Command::new(bin);
-    cmd.arg("--listen")
-        .arg(quic.to_string())
-        .arg("--metrics-listen")
-        .arg(metrics.to_string())
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("RUST_LOG", "info");
+    let mut cmd = receiver_command(bin, quic, metrics, tls, state.path());
+    cmd.env("RUST_LOG", "info");
     let proc = ChildProcess::spawn("telemetry-receiver", cmd).unwrap();
     let receiver = Receiver {
         proc,
@@ -129,22 +117,16 @@ fn start_sender(
     extra: &[&str],
 ) -> Sender {
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port().unwrap()).into();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telemetry-sender"));
+    let mut cmd = sender_command(
+        env!("CARGO_BIN_EXE_telemetry-sender"),
+        receiver,
+        tls,
+        spool,
+        metrics,
+    );
     cmd.args(["--source", "kube", "--kubeconfig"])
         .arg(kubeconfig)
-        .arg("--receiver")
-        .arg(receiver.to_string())
-        .args(["--server-name", "localhost", "--metrics-interval", "1s"])
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("--spool-dir")
-        .arg(spool)
-        .arg("--metrics-listen")
-        .arg(metrics.to_string())
+        .args(["--metrics-interval", "1s"])
         .args(extra)
         .env("RUST_LOG", "info");
     Sender {
@@ -204,12 +186,6 @@ fn strip_ansi(text: &str) -> String {
 // ---------------------------------------------------------------------------
 // The receiver's /metrics
 // ---------------------------------------------------------------------------
-
-fn scrape(addr: SocketAddr) -> anyhow::Result<Exposition> {
-    let r = get(addr, "/metrics", &[])?;
-    anyhow::ensure!(r.status == 200, "/metrics answered {}", r.status);
-    Exposition::parse(&r.body)
-}
 
 /// Polls the receiver until `pred` holds for its page; on timeout panics
 /// with the cluster's kube_* series and both processes' output.

@@ -629,6 +629,30 @@ mod tests {
         (addr, count)
     }
 
+    /// A proxy in front of `target` with `faults` and the default limits.
+    fn proxy(target: SocketAddr, faults: Faults) -> FaultProxy {
+        FaultProxy::start(
+            loopback(),
+            target,
+            factory(),
+            ProxyConfig {
+                faults,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// The `u32`s the client receives until its read times out.
+    fn received(c: &std::net::UdpSocket) -> Vec<u32> {
+        let mut order = Vec::new();
+        let mut buf = [0u8; 16];
+        while let Ok(n) = c.recv(&mut buf) {
+            order.push(u32::from_be_bytes(buf[..n].try_into().unwrap()));
+        }
+        order
+    }
+
     fn client() -> std::net::UdpSocket {
         let c = loopback();
         c.set_read_timeout(Some(Duration::from_millis(500)))
@@ -643,16 +667,7 @@ mod tests {
             delay: Duration::from_millis(40),
             ..Faults::default()
         };
-        let p = FaultProxy::start(
-            loopback(),
-            target,
-            factory(),
-            ProxyConfig {
-                faults,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = proxy(target, faults);
         let c = client();
         let start = std::time::Instant::now();
         c.send_to(b"ping", p.listen_addr()).unwrap();
@@ -683,25 +698,12 @@ mod tests {
             duplicate: 0.5,
             drop: 0.0,
         };
-        let p = FaultProxy::start(
-            loopback(),
-            target,
-            factory(),
-            ProxyConfig {
-                faults,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = proxy(target, faults);
         let c = client();
         for i in 0..200u32 {
             c.send_to(&i.to_be_bytes(), p.listen_addr()).unwrap();
         }
-        let mut order = Vec::new();
-        let mut buf = [0u8; 16];
-        while let Ok(n) = c.recv(&mut buf) {
-            order.push(u32::from_be_bytes(buf[..n].try_into().unwrap()));
-        }
+        let order = received(&c);
         let st = p.stats();
         assert!(st.duplicated > 50, "{st:?}");
         assert!(st.reordered > 10, "{st:?}");
@@ -730,26 +732,13 @@ mod tests {
             drop: 0.3,
             ..Faults::default()
         };
-        let p = FaultProxy::start(
-            loopback(),
-            target,
-            factory(),
-            ProxyConfig {
-                faults,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = proxy(target, faults);
         let c = client();
         for i in 0..300u32 {
             c.send_to(&i.to_be_bytes(), p.listen_addr()).unwrap();
             std::thread::sleep(Duration::from_micros(200));
         }
-        let mut order = Vec::new();
-        let mut buf = [0u8; 16];
-        while let Ok(n) = c.recv(&mut buf) {
-            order.push(u32::from_be_bytes(buf[..n].try_into().unwrap()));
-        }
+        let order = received(&c);
         assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
         // Kept with probability 0.7 each way: ~49% come back.
         assert!((90..210).contains(&order.len()), "{}", order.len());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use telemetry_link::Sender;
 use telemetry_test_support::{
-    link::{assert_exactly_once, metric, start_receiver, start_sender, Collector},
+    link::{assert_exactly_once, eventually, metric, start_receiver, start_sender, Collector},
     pki::TestPki,
     process::free_udp_port,
 };
@@ -97,30 +97,21 @@ async fn an_oversized_present_is_refused_and_the_session_goes_on() -> anyhow::Re
     collector.wait_for("s1", 3, Duration::from_secs(30)).await?;
     let big: Vec<u64> = (0..10_000).collect();
     sender.set_present(&big)?;
-    let start = tokio::time::Instant::now();
-    while metric(
-        &rx_reg,
-        "telemetry_link_presents_total",
-        &[("sender", "s1"), ("result", "refused")],
-    ) < 1.0
-    {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "no refusal counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), "the refusal counted", || {
+        metric(
+            &rx_reg,
+            "telemetry_link_presents_total",
+            &[("sender", "s1"), ("result", "refused")],
+        ) >= 1.0
+    })
+    .await?;
     sender.set_present(&[7])?;
     sender.send_batch(&[4, 5]).await?;
     collector.wait_for("s1", 5, Duration::from_secs(30)).await?;
-    let start = tokio::time::Instant::now();
-    while collector.log("s1").presents.is_empty() {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "the small present never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), "the small present", || {
+        !collector.log("s1").presents.is_empty()
+    })
+    .await?;
     let log = collector.log("s1");
     assert_eq!(log.presents.len(), 1);
     assert_eq!(log.presents[0].records, vec![7]);

@@ -145,21 +145,10 @@ fn spawn_sender(
     spool: &Path,
     total: u64,
 ) -> anyhow::Result<ChildProcess> {
-    let tls = pki.sender("child")?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "child_sender_entry",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("CHILD_CA", &tls.ca)
-    .env("CHILD_CERT", &tls.cert)
-    .env("CHILD_KEY", &tls.key)
-    .env("CHILD_RECEIVER", addr.to_string())
-    .env("CHILD_SPOOL", spool)
-    .env("CHILD_TOTAL", total.to_string());
+    let mut cmd = child_command("child_sender_entry", &pki.sender("child")?)?;
+    cmd.env("CHILD_RECEIVER", addr.to_string())
+        .env("CHILD_SPOOL", spool)
+        .env("CHILD_TOTAL", total.to_string());
     ChildProcess::spawn("sender-child", cmd)
 }
 
@@ -238,21 +227,27 @@ async fn child_receiver_entry() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_receiver(pki: &TestPki, listen: SocketAddr, state: &Path) -> anyhow::Result<ChildProcess> {
-    let tls = pki.receiver()?;
+/// This test binary running only the ignored test `entry`, with the TLS
+/// files in `CHILD_CA`, `CHILD_CERT` and `CHILD_KEY`.
+fn child_command(entry: &str, tls: &telemetry_link::TlsFiles) -> anyhow::Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args([
         "--ignored",
         "--exact",
-        "child_receiver_entry",
+        entry,
         "--nocapture",
         "--test-threads=1",
     ])
     .env("CHILD_CA", &tls.ca)
     .env("CHILD_CERT", &tls.cert)
-    .env("CHILD_KEY", &tls.key)
-    .env("CHILD_LISTEN", listen.to_string())
-    .env("CHILD_STATE", state);
+    .env("CHILD_KEY", &tls.key);
+    Ok(cmd)
+}
+
+fn spawn_receiver(pki: &TestPki, listen: SocketAddr, state: &Path) -> anyhow::Result<ChildProcess> {
+    let mut cmd = child_command("child_receiver_entry", &pki.receiver()?)?;
+    cmd.env("CHILD_LISTEN", listen.to_string())
+        .env("CHILD_STATE", state);
     let child = ChildProcess::spawn("receiver-child", cmd)?;
     let limit = std::time::Instant::now() + Duration::from_secs(30);
     while !child.output().contains("child receiver listening") {

@@ -1,6 +1,7 @@
 //! Helpers shared by the workspace's tests (never used in production code).
 //!
 //! * [`pki`]: a CA and certificates in a temporary directory.
+//! * [`binaries`]: command lines of the workspace's binaries, `telemetry-certs init`.
 //! * [`process`]: child processes that are killed on drop, with signals.
 //! * [`http`]: a tiny HTTP/1.1 GET client and a polling helper.
 //! * [`prom`]: a parser for the Prometheus text format, for assertions.
@@ -9,6 +10,7 @@
 //! * [`link`]: a collecting handler and receiver/sender starters for link tests.
 //! * [`raw`]: hand-built QUIC peers that break the rules, for bad-input tests.
 
+pub mod binaries;
 pub mod http;
 #[cfg(feature = "kube")]
 pub mod kube_api;

@@ -157,6 +157,24 @@ impl<T: Payload + Clone> Handler<T> for Collector<T> {
     }
 }
 
+/// Polls `cond` every 20 ms until it holds; an error naming `what` after
+/// `limit`.
+pub async fn eventually(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Asserts that `seqs` is exactly `1..=n` (nothing lost, nothing twice).
 pub fn assert_exactly_once(seqs: impl IntoIterator<Item = u64>, n: u64) {
     let mut v: Vec<u64> = seqs.into_iter().collect();

@@ -236,6 +236,13 @@ pub fn check_openmetrics_structure(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET /metrics` from `addr`, parsed; an error unless it answers 200.
+pub fn scrape(addr: std::net::SocketAddr) -> Result<Exposition> {
+    let r = crate::http::get(addr, "/metrics", &[])?;
+    anyhow::ensure!(r.status == 200, "/metrics answered {}", r.status);
+    Exposition::parse(&r.body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,26 @@ impl PrometheusServer {
         }))
     }
 
+    /// A Prometheus that accepts remote writes
+    /// (`--web.enable-remote-write-receiver`) with a one-hour out-of-order
+    /// window, so that history older than a series' newest sample (a
+    /// replayed backlog, a receiver restart) is accepted; on `addr`, or any
+    /// free port. `Ok(None)` as in [`PrometheusServer::start`].
+    pub fn remote_write_receiver(addr: Option<SocketAddr>) -> Result<Option<Self>> {
+        const CONFIG: &str =
+            "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
+        let addr = match addr {
+            Some(a) => a,
+            None => ([127, 0, 0, 1], free_tcp_port()?).into(),
+        };
+        Self::start_at(addr, CONFIG, &["--web.enable-remote-write-receiver"])
+    }
+
+    /// Its remote-write URL.
+    pub fn remote_write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.addr)
+    }
+
     /// Its HTTP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -22,11 +22,19 @@
 //!   [`SCALE_EVENT_KEYS`] keys per cluster are remembered) and only when the
 //!   size changed, like the `/metrics` counter.
 //! - Labels are sorted by name with `__name__` first; `cluster` is the
-//!   sender's certificate identity, never what a sample says.
+//!   sender's certificate identity, never what a sample says. Family names
+//!   are the `/metrics` renderer's ([`crate::store::render`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use telemetry_model::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase};
+
+use crate::store::render::{
+    HPA_SCALE_EVENTS, HPA_SPEC_MAX_REPLICAS, HPA_SPEC_MIN_REPLICAS, HPA_SPEC_TARGET_METRIC,
+    HPA_STATUS_CURRENT_REPLICAS, HPA_STATUS_DESIRED_REPLICAS, NAMESPACE_PODS_RUNNING,
+    POD_CONTAINER_CPU_USAGE, POD_CONTAINER_MEMORY_WORKING_SET, POD_CONTAINER_RESOURCE_LIMITS,
+    POD_CONTAINER_RESOURCE_REQUESTS, POD_INFO, POD_STATUS_PHASE,
+};
 
 /// Prometheus' staleness marker (`value.StaleNaN`).
 pub const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
@@ -92,6 +100,9 @@ struct ClusterSeries {
     scale_key_order: VecDeque<String>,
     /// The sender's last `ObservedAt`.
     observed_ms: Option<i64>,
+    /// Pod entries per namespace (a namespace without any loses its
+    /// running-pods series).
+    pods: HashMap<String, usize>,
 }
 
 /// Converts records into remote_write samples; one per receiver.
@@ -113,10 +124,29 @@ impl SeriesTracker {
         records: &[ClusterRecord],
         now_ms: i64,
     ) -> Vec<RwSample> {
-        let state = self.clusters.entry(cluster.to_owned()).or_default();
+        self.convert_records(cluster, records, now_ms).samples
+    }
+
+    /// [`SeriesTracker::convert`], also telling where each record's samples
+    /// start.
+    pub fn convert_records(
+        &mut self,
+        cluster: &str,
+        records: &[ClusterRecord],
+        now_ms: i64,
+    ) -> Converted {
+        if !self.clusters.contains_key(cluster) {
+            self.clusters
+                .insert(cluster.to_owned(), ClusterSeries::default());
+        }
+        let Some(state) = self.clusters.get_mut(cluster) else {
+            return Converted::default();
+        };
         let mut out = Vec::new();
+        let mut starts = Vec::with_capacity(records.len());
         let mut touched_namespaces = BTreeSet::new();
         for record in records {
+            starts.push(out.len());
             let now_ms = state.observed_ms.unwrap_or(now_ms);
             match record {
                 ClusterRecord::ObservedAt { unix_ms } => state.observed_ms = Some(*unix_ms),
@@ -188,11 +218,8 @@ impl SeriesTracker {
                             ("container", c.name.as_str()),
                         ];
                         for (name, value) in [
-                            ("kube_pod_container_cpu_usage_cores", c.cpu_cores),
-                            (
-                                "kube_pod_container_memory_working_set_bytes",
-                                c.memory_bytes,
-                            ),
+                            (POD_CONTAINER_CPU_USAGE.name, c.cpu_cores),
+                            (POD_CONTAINER_MEMORY_WORKING_SET.name, c.memory_bytes),
                         ] {
                             let labels = series(name, &base);
                             now_usage.insert(labels.clone());
@@ -203,7 +230,7 @@ impl SeriesTracker {
                             });
                         }
                     }
-                    let obj = state.objects.entry(key).or_default();
+                    let obj = state.object(key);
                     for gone in obj.usage.difference(&now_usage) {
                         out.push(stale(gone.clone(), usage.timestamp_ms));
                     }
@@ -223,7 +250,7 @@ impl SeriesTracker {
                     *count += 1;
                     out.push(RwSample {
                         labels: series(
-                            "kube_horizontalpodautoscaler_scale_events_total",
+                            HPA_SCALE_EVENTS.name,
                             &[
                                 ("cluster", cluster),
                                 ("namespace", &event.namespace),
@@ -257,10 +284,10 @@ impl SeriesTracker {
         for namespace in touched_namespaces {
             let running = state.running.get(&namespace).copied().unwrap_or(0);
             let labels = series(
-                "kube_namespace_pods_running",
+                NAMESPACE_PODS_RUNNING.name,
                 &[("cluster", cluster), ("namespace", &namespace)],
             );
-            let value = if running > 0 || state.has_pods_in(&namespace) {
+            let value = if running > 0 || state.pods.contains_key(&namespace) {
                 running as f64
             } else {
                 state.running.remove(&namespace);
@@ -272,7 +299,32 @@ impl SeriesTracker {
                 value,
             });
         }
-        out
+        Converted {
+            samples: out,
+            starts,
+        }
+    }
+}
+
+/// Samples of a run of records.
+#[derive(Debug, Default)]
+pub struct Converted {
+    /// In record order; the running-pod counts of the namespaces the run
+    /// touched come last.
+    pub samples: Vec<RwSample>,
+    /// `starts[i]`: index of record `i`'s first sample.
+    pub starts: Vec<usize>,
+}
+
+impl Converted {
+    /// The samples of records `first..` (and the namespace counts).
+    pub fn from_record(&self, first: usize) -> &[RwSample] {
+        let start = self
+            .starts
+            .get(first)
+            .copied()
+            .unwrap_or(self.samples.len());
+        &self.samples[start..]
     }
 }
 
@@ -294,14 +346,15 @@ impl ClusterSeries {
         out: &mut Vec<RwSample>,
     ) {
         self.clock += 1;
+        let tick = self.clock;
         let namespace = key.1.clone();
-        let obj = self.objects.entry(key).or_default();
+        let obj = self.object(key);
         let now: HashSet<Labels> = samples.iter().map(|(l, _)| l.clone()).collect();
         for gone in obj.state.difference(&now) {
             out.push(stale(gone.clone(), now_ms));
         }
         obj.state = now;
-        obj.tick = self.clock;
+        obj.tick = tick;
         if obj.running != running {
             obj.running = running;
             *self.running.entry(namespace).or_insert(0) += if running { 1 } else { -1 };
@@ -326,12 +379,22 @@ impl ClusterSeries {
         if obj.running {
             *self.running.entry(key.1.clone()).or_insert(0) -= 1;
         }
+        if key.0 == ObjectKind::Pod {
+            if let Some(n) = self.pods.get_mut(&key.1) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pods.remove(&key.1);
+                }
+            }
+        }
     }
 
-    fn has_pods_in(&self, namespace: &str) -> bool {
-        self.objects
-            .keys()
-            .any(|(kind, ns, _)| *kind == ObjectKind::Pod && ns == namespace)
+    /// The object's entry, created (and counted) when new.
+    fn object(&mut self, key: (ObjectKind, String, String)) -> &mut ObjectSeries {
+        if key.0 == ObjectKind::Pod && !self.objects.contains_key(&key) {
+            *self.pods.entry(key.1.clone()).or_insert(0) += 1;
+        }
+        self.objects.entry(key).or_default()
     }
 
     fn scale_key_is_new(&mut self, key: &str) -> bool {
@@ -356,7 +419,7 @@ fn pod_series(cluster: &str, pod: &PodInfo) -> Vec<(Labels, f64)> {
     let name = pod.name.as_str();
     let mut out = vec![(
         series(
-            "kube_pod_info",
+            POD_INFO.name,
             &[
                 ("cluster", cluster),
                 ("namespace", ns),
@@ -373,7 +436,7 @@ fn pod_series(cluster: &str, pod: &PodInfo) -> Vec<(Labels, f64)> {
     for phase in PodPhase::ALL {
         out.push((
             series(
-                "kube_pod_status_phase",
+                POD_STATUS_PHASE.name,
                 &[
                     ("cluster", cluster),
                     ("namespace", ns),
@@ -388,25 +451,25 @@ fn pod_series(cluster: &str, pod: &PodInfo) -> Vec<(Labels, f64)> {
     for c in &pod.containers {
         for (metric, resource, unit, value) in [
             (
-                "kube_pod_container_resource_requests",
+                POD_CONTAINER_RESOURCE_REQUESTS.name,
                 "cpu",
                 "core",
                 c.cpu_cores,
             ),
             (
-                "kube_pod_container_resource_requests",
+                POD_CONTAINER_RESOURCE_REQUESTS.name,
                 "memory",
                 "byte",
                 c.memory_bytes,
             ),
             (
-                "kube_pod_container_resource_limits",
+                POD_CONTAINER_RESOURCE_LIMITS.name,
                 "cpu",
                 "core",
                 c.cpu_limit_cores,
             ),
             (
-                "kube_pod_container_resource_limits",
+                POD_CONTAINER_RESOURCE_LIMITS.name,
                 "memory",
                 "byte",
                 c.memory_limit_bytes,
@@ -439,22 +502,10 @@ fn hpa_series(cluster: &str, hpa: &HpaInfo) -> Vec<(Labels, f64)> {
         ("horizontalpodautoscaler", hpa.name.as_str()),
     ];
     let mut out: Vec<(Labels, f64)> = [
-        (
-            "kube_horizontalpodautoscaler_spec_min_replicas",
-            hpa.min_replicas,
-        ),
-        (
-            "kube_horizontalpodautoscaler_spec_max_replicas",
-            hpa.max_replicas,
-        ),
-        (
-            "kube_horizontalpodautoscaler_status_current_replicas",
-            hpa.current_replicas,
-        ),
-        (
-            "kube_horizontalpodautoscaler_status_desired_replicas",
-            hpa.desired_replicas,
-        ),
+        (HPA_SPEC_MIN_REPLICAS.name, hpa.min_replicas),
+        (HPA_SPEC_MAX_REPLICAS.name, hpa.max_replicas),
+        (HPA_STATUS_CURRENT_REPLICAS.name, hpa.current_replicas),
+        (HPA_STATUS_DESIRED_REPLICAS.name, hpa.desired_replicas),
     ]
     .into_iter()
     .map(|(name, v)| (series(name, &base), f64::from(v)))
@@ -463,10 +514,7 @@ fn hpa_series(cluster: &str, hpa: &HpaInfo) -> Vec<(Labels, f64)> {
         let mut pairs = base.to_vec();
         pairs.push(("metric_name", &t.metric_name));
         pairs.push(("metric_target_type", &t.target_type));
-        out.push((
-            series("kube_horizontalpodautoscaler_spec_target_metric", &pairs),
-            t.value,
-        ));
+        out.push((series(HPA_SPEC_TARGET_METRIC.name, &pairs), t.value));
     }
     dedup_last_wins(out)
 }
@@ -650,6 +698,25 @@ mod tests {
             777,
         );
         assert!(out.iter().all(|s| s.timestamp_ms == 777));
+    }
+
+    #[test]
+    fn samples_from_a_record_on_keep_the_namespace_counts() {
+        let mut t = SeriesTracker::new();
+        let key = Arc::new(SeriesKey::new("m", [("s", "0")]).unwrap());
+        let records = [
+            ClusterRecord::Sample(Sample::new(key.clone(), 1, 1.0)),
+            ClusterRecord::PodUpsert(pod("a", PodPhase::Running, "n1")),
+            ClusterRecord::Sample(Sample::new(key, 2, 2.0)),
+        ];
+        let c = t.convert_records("prod", &records, 0);
+        assert_eq!(c.starts.len(), 3);
+        assert_eq!(c.from_record(0).len(), c.samples.len());
+        let tail = c.from_record(2);
+        assert_eq!(tail.len(), 2, "the last sample and the namespace count");
+        assert_eq!((tail[0].timestamp_ms, tail[0].value), (2, 2.0));
+        assert_eq!(name_of(&tail[1]), "kube_namespace_pods_running");
+        assert!(c.from_record(3).is_empty());
     }
 
     #[test]

@@ -49,7 +49,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use self::{
     client::{ClientError, Outcome, RemoteWriteClient},
-    convert::{RwSample, SeriesTracker},
+    convert::SeriesTracker,
     queue::{EndpointQueue, QueueError},
 };
 
@@ -258,35 +258,28 @@ impl RemoteWrite {
         if records.is_empty() {
             return Ok(());
         }
-        let (samples, ends) = {
-            let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-            let mut samples: Vec<RwSample> = Vec::new();
-            let mut ends = Vec::with_capacity(records.len());
-            for record in records {
-                samples.extend(tracker.convert(sender, std::slice::from_ref(record), now_ms));
-                ends.push(samples.len());
-            }
-            (samples, ends)
-        };
-        let samples = Arc::new(samples);
-        let last_seq = first_seq + records.len() as u64 - 1;
+        let converted = Arc::new(
+            self.tracker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .convert_records(sender, records, now_ms),
+        );
+        let records_len = records.len() as u64;
+        let last_seq = first_seq + records_len - 1;
         for endpoint in &self.endpoints {
-            let (endpoint, samples, ends, sender) = (
-                endpoint.clone(),
-                samples.clone(),
-                ends.clone(),
-                sender.to_owned(),
-            );
+            let (endpoint, converted, sender) =
+                (endpoint.clone(), converted.clone(), sender.to_owned());
             tokio::task::spawn_blocking(move || -> Result<(), RemoteWriteError> {
                 let mut queue = endpoint.queue();
-                let skip = queue.already_queued(&sender, stream_id, first_seq).min(ends.len() as u64) as usize;
-                if skip == ends.len() {
+                let skip = queue.already_queued(&sender, stream_id, first_seq);
+                if skip >= records_len {
                     tracing::info!(endpoint = %endpoint.name, %sender, first_seq, "delivery already queued (redelivered after a restart)");
                     return Ok(());
                 }
-                let start = if skip == 0 { 0 } else { ends[skip - 1] };
+                // `skip < records_len`, so it fits a usize.
+                let samples = converted.from_record(skip as usize);
                 let dropped = queue
-                    .push(&sender, stream_id, last_seq, &samples[start..])
+                    .push(&sender, stream_id, last_seq, samples)
                     .map_err(|source| RemoteWriteError::Queue { endpoint: endpoint.name.clone(), source })?;
                 endpoint.count_dropped(dropped);
                 endpoint.refresh(&queue);

@@ -35,8 +35,8 @@ use telemetry_model::ClusterRecord;
 use telemetry_test_support::{prom::Exposition, raw};
 
 use super::{
-    audit_source, count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage,
-    RX_METRICS_PORT, SENDER_ID,
+    count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
+    SENDER_ID,
 };
 use crate::{
     audit::AuditFile,
@@ -518,10 +518,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         reconnects == 0.0,
         format!("the good sender reconnected {reconnects} times during the attack"),
     );
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(120),
     )?;

@@ -129,10 +129,10 @@ pub fn sender(ctx: &Ctx) -> Result<Outcome> {
     st.note(format!(
         "sender restarts that repaired the spool (torn tail after SIGKILL): {recovered_unclean}"
     ));
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(120),
     )?;

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{
-    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
-};
+use super::{positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
 use crate::{netns::RX_IP, partition::Partition, rss::RssSampler};
 
 /// Scenario name.
@@ -91,10 +89,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         Err(e) => st.failures.push(format!("backlog not drained: {e:#}")),
     }
     drop(sampler);
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(300),
     )?;

@@ -11,7 +11,7 @@ use std::{net::UdpSocket, sync::Arc, time::Duration};
 
 use anyhow::Result;
 
-use super::{audit_source, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
+use super::{wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
 use crate::{
     loss::{dropped_packets, set_loss},
     netns::{enter_and_run, Side, RX_IP},
@@ -76,10 +76,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     st.check(ps.duplicated > 0, "the proxy duplicated nothing");
     let sessions = super::count_log_lines(&rx.output(), &["sender connected"]);
     st.note(format!("sessions established under loss: {sessions}"));
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(180),
     )?;

@@ -17,8 +17,7 @@ use std::{
 use anyhow::Result;
 
 use super::{
-    audit_source, count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage,
-    RX_METRICS_PORT,
+    count_log_lines, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
 };
 use crate::netns::{Side, Topology, RX_IP, TX_IP};
 
@@ -96,10 +95,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         format!("the sender reconnected ({before} -> {after}): new handshake instead of migration"),
     );
     st.check(rebound == 1, "the sender did not log the rebind");
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(60),
     )?;

@@ -248,6 +248,25 @@ impl<'a> Stage<'a> {
         p.kill9()
     }
 
+    /// [`Stage::finish`] for the usual shape: one receiver process, never
+    /// killed, whose audit log is `audit_log`.
+    pub fn finish_single(
+        &mut self,
+        sender: &mut Proc,
+        receiver: &mut Proc,
+        audit_log: &Path,
+        total: u64,
+        drain_limit: Duration,
+    ) -> Result<AuditReport> {
+        self.finish(
+            sender,
+            &mut [receiver],
+            &[audit_source(audit_log, "rx", false)],
+            total,
+            drain_limit,
+        )
+    }
+
     /// The common end of a scenario (see the module docs). `receivers` are
     /// the receiver processes still running, the one that should hold the
     /// final position first; `audits` every receiver process's audit log in

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{
-    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
-};
+use super::{positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
 use crate::{netns::RX_IP, partition::Partition};
 
 /// Scenario name.
@@ -54,10 +52,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     if let Ok(at) = wait_acked(&tx, last_at_heal, Duration::from_secs(60)) {
         st.row.recovery = Some(at - healed);
     }
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(120),
     )?;

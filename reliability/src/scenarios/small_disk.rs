@@ -16,9 +16,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{
-    audit_source, positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT,
-};
+use super::{positions, wait_acked, wait_produced, Ctx, Outcome, Stage, RX_METRICS_PORT};
 use crate::{
     netns::{sh, unique_name, RX_IP},
     partition::Partition,
@@ -122,10 +120,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         .take(5)
         .collect();
     st.check(bad.is_empty(), format!("sender log shows trouble: {bad:?}"));
-    let report = st.finish(
+    let report = st.finish_single(
         &mut tx,
-        &mut [&mut rx],
-        &[audit_source(&spec.audit_log, "rx", false)],
+        &mut rx,
+        &spec.audit_log,
         total,
         Duration::from_secs(120),
     )?;
