@@ -105,12 +105,22 @@ impl RemoteWriteClient {
             .map(|h| parse_header(h))
             .collect::<Result<Vec<_>, _>>()?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(ClientError::Roots)?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        // The system's roots only where TLS is used: a plain-http endpoint
+        // works on a machine without a CA bundle.
+        let builder = if uri.scheme_str() == Some("https") {
+            builder
+                .with_provider_and_native_roots(provider)
+                .map_err(ClientError::Roots)?
+        } else {
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Roots(std::io::Error::other(e)))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            builder.with_tls_config(tls)
+        };
+        let https = builder.https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Self {
             uri,
