@@ -22,12 +22,12 @@ use std::{
 };
 
 use telemetry_link::{Sample, SeriesKey};
-use telemetry_model::{
+use telemetry_receiver::store::{ClusterStore, StoreConfig};
+use telemetry_runtime::exposition::Format;
+use telemetry_schema::{
     ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, PodInfo,
     PodPhase, PodUsage, ScaleEvent,
 };
-use telemetry_ops::exposition::Format;
-use telemetry_receiver::store::{ClusterStore, StoreConfig};
 
 const CLUSTERS: usize = 2;
 const PODS_PER_CLUSTER: usize = 3_500;

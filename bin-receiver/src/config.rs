@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use telemetry_link::TlsFiles;
-use telemetry_ops::config::{load_toml, missing_flags, ByteSize, HumanDuration};
+use telemetry_runtime::config::{load_toml, missing_flags, ByteSize, HumanDuration};
 
 /// Default QUIC address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";

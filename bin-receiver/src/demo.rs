@@ -8,15 +8,15 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::{Context, Result};
 use telemetry_certs::{files, Authority, Validity};
 use telemetry_link::{Sender, SenderConfig, TlsFiles};
-use telemetry_model::{
-    simulated::SimulatedCluster, simulated::SimulatedClusterConfig, ClusterRecord,
-};
+use telemetry_schema::ClusterRecord;
+use telemetry_sources::{SimulatedCluster, SimulatedClusterConfig};
 use tokio::{sync::watch, task::JoinHandle};
 
 /// Identity of the demo's embedded sender (its `cluster` label).
 pub const DEMO_CLUSTER: &str = "demo";
 
 /// Files of the demo's PKI.
+#[derive(Debug)]
 pub struct DemoPki {
     /// Receiver side.
     pub receiver: TlsFiles,
@@ -60,6 +60,7 @@ pub fn make_pki(dir: &Path, listen: SocketAddr) -> Result<DemoPki> {
 }
 
 /// The running embedded sender.
+#[derive(Debug)]
 pub struct DemoSender {
     sender: Sender<ClusterRecord>,
     stop: watch::Sender<bool>,

@@ -16,7 +16,7 @@ use std::{
 };
 
 use telemetry_link::{Delivery, Handler, HandlerError, PresentDelivery};
-use telemetry_model::ClusterRecord;
+use telemetry_schema::ClusterRecord;
 
 use crate::{remote_write::RemoteWrite, store::ClusterStore};
 
@@ -30,7 +30,7 @@ pub fn lock(store: &SharedStore) -> MutexGuard<'_, ClusterStore> {
 }
 
 /// Applies deliveries to the store.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StoreHandler {
     store: SharedStore,
     audit: Option<Arc<Mutex<File>>>,

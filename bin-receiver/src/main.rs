@@ -6,7 +6,7 @@ use telemetry_receiver::{config, service};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    telemetry_ops::logging::init();
+    telemetry_runtime::logging::init();
     telemetry_link::tls::install_default_provider();
     let settings = config::Settings::resolve(config::Args::parse())?;
     service::run(settings).await

@@ -10,12 +10,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use telemetry_link::{net::ReadyHandle, Receiver, ReceiverConfig};
-use telemetry_model::ClusterRecord;
-use telemetry_ops::{
+use telemetry_runtime::{
     exposition::Format,
     http::{self, Exporter},
     signals::{Request, Signals},
 };
+use telemetry_schema::ClusterRecord;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 

@@ -4,6 +4,8 @@
 //! retried and counts as failed; what an endpoint has not accepted survives
 //! a restart of the forwarder.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener},
@@ -13,8 +15,8 @@ use std::{
 
 use prost::Message;
 use telemetry_link::{Sample, SeriesKey};
-use telemetry_model::ClusterRecord;
 use telemetry_receiver::remote_write::{wire::WriteRequest, RemoteWrite, RemoteWriteConfig};
+use telemetry_schema::ClusterRecord;
 use telemetry_test_support::link::{eventually, metric};
 
 const LIMIT: Duration = Duration::from_secs(30);

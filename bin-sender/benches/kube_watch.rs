@@ -39,6 +39,8 @@
 //! directory (`target/release/`); `cargo bench` builds the sender, the
 //! receiver needs `cargo build --release -p telemetry-receiver`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use telemetry_link::{FsyncPolicy, TlsFiles};
-use telemetry_ops::config::{load_toml, missing_flags, ByteSize, HumanDuration};
+use telemetry_runtime::config::{load_toml, missing_flags, ByteSize, HumanDuration};
 
 /// Default metrics address.
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9465";

@@ -6,8 +6,8 @@ use telemetry_sender::{config, service};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    telemetry_sender::memory::limit_arenas();
-    telemetry_ops::logging::init();
+    telemetry_sources::memory::limit_arenas();
+    telemetry_runtime::logging::init();
     telemetry_link::tls::install_default_provider();
     let settings = config::Settings::resolve(config::Args::parse())?;
     service::run(settings).await

@@ -7,20 +7,19 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use telemetry_link::{Sender, SenderConfig, SpoolConfig};
-use telemetry_model::{
-    simulated::SimulatedCluster, simulated::SimulatedClusterConfig, synthetic::SyntheticSource,
-    ClusterRecord,
-};
-use telemetry_ops::{
+use telemetry_runtime::{
     http::{self, RegistryExporter},
     signals::{Request, Signals},
 };
+use telemetry_schema::ClusterRecord;
+use telemetry_sources::{SimulatedCluster, SimulatedClusterConfig, SyntheticSource};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use telemetry_sources::kube::{client_from, KubeSource, KubeSourceConfig};
+
 use crate::{
     config::{Settings, SourceKind},
-    kube::{client_from, KubeSource, KubeSourceConfig},
     sink::LinkSink,
 };
 

@@ -2,13 +2,12 @@
 //! switchable (`--no-present`).
 
 use telemetry_link::Sender;
-use telemetry_model::{
-    sink::{RecordSink, SinkError},
-    ClusterRecord,
-};
+use telemetry_schema::ClusterRecord;
+use telemetry_sources::{RecordSink, SinkError};
 use tokio::sync::watch;
 
 /// The link sender as a [`RecordSink`].
+#[derive(Debug)]
 pub struct LinkSink {
     link: Sender<ClusterRecord>,
     present: bool,

@@ -11,6 +11,8 @@
 //!
 //! Every wait polls with a deadline; nothing relies on a fixed sleep.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,

@@ -1,6 +1,8 @@
 //! `telemetry-certs` as a real process: the files it writes, their modes,
 //! refusing to overwrite, adding a sender later, and `inspect`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 fn certs(args: &[&str]) -> std::process::Output {

@@ -28,8 +28,6 @@
 //!
 //! The binary `reliability-suite` runs them (see its `--help`).
 
-#![warn(missing_docs)]
-
 pub mod audit;
 pub mod loss;
 pub mod netns;

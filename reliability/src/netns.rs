@@ -90,6 +90,7 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 
 /// Whether this machine lets us make namespaces and veth pairs: root, `ip`
 /// and `nft` present, and a probe namespace can be created and removed.
+#[allow(unsafe_code)] // libc calls, each with its SAFETY argument
 pub fn check_support() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -146,6 +147,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     Ok(removed)
 }
 
+#[allow(unsafe_code)] // libc calls, each with its SAFETY argument
 fn kill_all_in(name: &str) {
     if let Ok(pids) = sh("ip", &["netns", "pids", name]) {
         for pid in pids
@@ -230,6 +232,7 @@ impl Netns {
 }
 
 /// Runs `f` on a scoped thread inside namespace `name` (see [`Netns::run`]).
+#[allow(unsafe_code)] // libc calls, each with its SAFETY argument
 pub fn enter_and_run<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     let file = File::open(format!("/run/netns/{name}"))
         .with_context(|| format!("opening namespace {name}"))?;

@@ -15,6 +15,7 @@ use anyhow::Result;
 use crate::netns::{sh, Side, Topology, RX_IP};
 
 /// A cut link; healed on drop.
+#[derive(Debug)]
 pub struct Partition {
     rx_ns: String,
     tx_ns: String,

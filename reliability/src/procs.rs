@@ -165,6 +165,7 @@ impl SenderSpec {
 }
 
 /// A running binary inside a namespace.
+#[derive(Debug)]
 pub struct Proc {
     name: String,
     child: ChildProcess,

@@ -331,6 +331,14 @@ pub struct FaultProxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("listen_addr", &self.listen_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FaultProxy {
     /// Starts forwarding between clients of `listen` and `target`. Upstream
     /// sockets come from `factory` (called once per client address).

@@ -56,6 +56,7 @@ pub struct Sample {
 
 /// Samples the RSS of `pid` (which can be changed, e.g. after a restart)
 /// every `every` until dropped.
+#[derive(Debug)]
 pub struct RssSampler {
     pid: Arc<AtomicU32>,
     samples: Arc<Mutex<Vec<Sample>>>,

@@ -15,6 +15,8 @@
 //!
 //! `BENCH_SCALE` (default 1.0) scales the record counts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::{
     net::SocketAddr,
     sync::{

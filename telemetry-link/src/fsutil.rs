@@ -9,7 +9,7 @@ use std::{
 /// Replaces `path` with `contents` atomically: write a temporary file in the
 /// same directory, fsync it, rename it over `path`, fsync the directory.
 /// After a crash the file holds either the old or the new contents, whole.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -34,7 +34,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Fsyncs a directory so that creations, renames and deletions in it are
 /// durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

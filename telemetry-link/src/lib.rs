@@ -105,8 +105,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod backoff;
 mod fsutil;
 pub mod metrics;

@@ -3,6 +3,8 @@
 //! the backlog still arrives exactly once behind it; an oversized present is
 //! refused and counted without disturbing the session.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use telemetry_link::Sender;

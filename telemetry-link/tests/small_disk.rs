@@ -14,6 +14,7 @@ impl Drop for Mount {
 }
 
 #[test]
+#[allow(unsafe_code)] // libc calls, each with its SAFETY argument
 fn spool_on_a_full_small_filesystem_drops_oldest_and_keeps_going() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -56,6 +56,7 @@ impl<T> Default for SenderLog<T> {
 }
 
 /// A handler that stores everything it is given.
+#[derive(Debug)]
 pub struct Collector<T> {
     logs: Mutex<HashMap<String, SenderLog<T>>>,
     fail_next: Mutex<u32>,

@@ -9,6 +9,7 @@ use telemetry_link::tls::TlsFiles;
 use tempfile::TempDir;
 
 /// A CA in a temporary directory.
+#[derive(Debug)]
 pub struct TestPki {
     dir: TempDir,
     ca: Authority,

@@ -30,6 +30,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
 }
 
 /// A running child process, killed with SIGKILL when dropped.
+#[derive(Debug)]
 pub struct ChildProcess {
     name: String,
     child: Option<Child>,
@@ -69,6 +70,7 @@ impl ChildProcess {
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`).
+    #[allow(unsafe_code)] // libc calls, each with its SAFETY argument
     pub fn signal(&self, signal: i32) -> Result<()> {
         let pid = self.pid().context("process already reaped")?;
         let pid = i32::try_from(pid)?;

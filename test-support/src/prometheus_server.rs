@@ -12,6 +12,7 @@ use crate::{
 };
 
 /// A running Prometheus.
+#[derive(Debug)]
 pub struct PrometheusServer {
     process: ChildProcess,
     addr: SocketAddr,

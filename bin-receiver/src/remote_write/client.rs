@@ -38,7 +38,7 @@ pub enum Outcome {
 }
 
 /// A client for one endpoint.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RemoteWriteClient {
     uri: Uri,
     headers: Vec<(header::HeaderName, header::HeaderValue)>,

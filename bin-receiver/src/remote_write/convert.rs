@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use telemetry_model::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase};
+use telemetry_schema::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase};
 
 use crate::store::render::{
     HPA_SCALE_EVENTS, HPA_SPEC_MAX_REPLICAS, HPA_SPEC_MIN_REPLICAS, HPA_SPEC_TARGET_METRIC,
@@ -536,7 +536,7 @@ mod tests {
     use std::sync::Arc;
 
     use telemetry_link::{Sample, SeriesKey};
-    use telemetry_model::{ContainerRequests, ContainerUsage, PodUsage, ScaleEvent};
+    use telemetry_schema::{ContainerRequests, ContainerUsage, PodUsage, ScaleEvent};
 
     use super::*;
 

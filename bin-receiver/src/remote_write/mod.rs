@@ -44,7 +44,7 @@ use std::{
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use telemetry_link::{backoff::Backoff, SpoolConfig};
-use telemetry_model::ClusterRecord;
+use telemetry_schema::ClusterRecord;
 use tokio::{sync::Notify, task::JoinHandle};
 
 use self::{
@@ -192,6 +192,15 @@ pub struct RemoteWrite {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     max_samples: usize,
+}
+
+impl std::fmt::Debug for RemoteWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.endpoints.iter().map(|e| e.name.as_str()).collect();
+        f.debug_struct("RemoteWrite")
+            .field("endpoints", &names)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteWrite {

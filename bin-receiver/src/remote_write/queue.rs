@@ -82,6 +82,7 @@ pub struct Batch {
 }
 
 /// One endpoint's queue.
+#[derive(Debug)]
 pub struct EndpointQueue {
     spool: Spool,
     sent: StateStore,

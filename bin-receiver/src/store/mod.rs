@@ -47,13 +47,13 @@ use std::{
 };
 
 use prometheus::proto::MetricFamily;
-use telemetry_model::ClusterRecord;
+use telemetry_schema::ClusterRecord;
 
 pub use samples::SampleRefusal;
 
 use objects::{ClusterObjects, ObjectLimits};
 use samples::ClusterSamples;
-use telemetry_ops::exposition::{self, push_label, Format};
+use telemetry_runtime::exposition::{self, push_label, Format};
 
 /// Limits and timings of a [`ClusterStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,12 +28,12 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use telemetry_model::{
+use telemetry_schema::{
     ContainerRequests, ContainerUsage, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage,
     ScaleEvent,
 };
 
-use telemetry_ops::exposition::push_label;
+use telemetry_runtime::exposition::push_label;
 
 /// Namespace → name → slot.
 pub(super) type ByNamespace<T> = BTreeMap<String, BTreeMap<String, T>>;
@@ -111,7 +111,7 @@ impl PodSeries {
     }
 
     /// `,uid="…"`.
-    pub fn uid_fragment(&self) -> &str {
+    pub(super) fn uid_fragment(&self) -> &str {
         &self.info_tail[..self.uid_len]
     }
 }
@@ -326,11 +326,11 @@ pub(super) struct ClusterObjects {
 
 impl ClusterObjects {
     /// Forgets everything (the cluster expired).
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         *self = Self::default();
     }
 
-    pub fn snapshot_begin(
+    pub(super) fn snapshot_begin(
         &mut self,
         cluster: &str,
         id: u64,
@@ -356,7 +356,7 @@ impl ClusterObjects {
         });
     }
 
-    pub fn snapshot_end(&mut self, cluster: &str, id: u64) {
+    pub(super) fn snapshot_end(&mut self, cluster: &str, id: u64) {
         let Some(position) = self.open_snapshots.iter().position(|s| s.id == id) else {
             tracing::warn!(
                 cluster,
@@ -382,7 +382,7 @@ impl ClusterObjects {
         self.upserts
     }
 
-    pub fn upsert_pod(&mut self, pod: &PodInfo) {
+    pub(super) fn upsert_pod(&mut self, pod: &PodInfo) {
         let at = self.tick();
         let series = PodSeries::new(pod);
         match self
@@ -406,13 +406,13 @@ impl ClusterObjects {
         }
     }
 
-    pub fn delete_pod(&mut self, pod: &ObjectRef) {
+    pub(super) fn delete_pod(&mut self, pod: &ObjectRef) {
         remove(&mut self.pods, &pod.namespace, &pod.name);
     }
 
     /// Applies a pod's usage. A `history` record (older than the present
     /// the sender sent) only replaces an older measurement of a known pod.
-    pub fn pod_usage(&mut self, usage: &PodUsage, history: bool) {
+    pub(super) fn pod_usage(&mut self, usage: &PodUsage, history: bool) {
         match self
             .pods
             .get_mut(&usage.namespace)
@@ -436,7 +436,7 @@ impl ClusterObjects {
         }
     }
 
-    pub fn upsert_hpa(&mut self, hpa: &HpaInfo) {
+    pub(super) fn upsert_hpa(&mut self, hpa: &HpaInfo) {
         let at = self.tick();
         let series = HpaSeries::new(hpa);
         match self
@@ -460,11 +460,11 @@ impl ClusterObjects {
         }
     }
 
-    pub fn delete_hpa(&mut self, hpa: &ObjectRef) {
+    pub(super) fn delete_hpa(&mut self, hpa: &ObjectRef) {
         remove(&mut self.hpas, &hpa.namespace, &hpa.name);
     }
 
-    pub fn scale_event(&mut self, event: &ScaleEvent, limits: ObjectLimits) {
+    pub(super) fn scale_event(&mut self, event: &ScaleEvent, limits: ObjectLimits) {
         match self
             .hpas
             .get_mut(&event.namespace)

@@ -1,4 +1,4 @@
-//! Rendering of a [`ClusterStore`] through [`telemetry_ops::exposition`]: the fixed
+//! Rendering of a [`ClusterStore`] through [`telemetry_runtime::exposition`]: the fixed
 //! list of families, their help texts, and the order of their series.
 //!
 //! What it owns: the exact names, label orders and help texts of the
@@ -13,10 +13,10 @@
 
 use std::collections::BTreeSet;
 
-use telemetry_model::PodPhase;
+use telemetry_schema::PodPhase;
 
 use super::{objects::PodSeries, objects::PodSlot, ClusterState, ClusterStore, LinkState};
-use telemetry_ops::exposition::{
+use telemetry_runtime::exposition::{
     push_label, push_value_line_end, write_family_header, FamilyDesc, Format, MetricKind,
 };
 

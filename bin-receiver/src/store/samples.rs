@@ -1,4 +1,4 @@
-//! One cluster's generic samples ([`telemetry_model::ClusterRecord::Sample`]):
+//! One cluster's generic samples ([`telemetry_schema::ClusterRecord::Sample`]):
 //! the latest value of each series, exposed as gauges.
 //!
 //! What it owns: the series a sender defines itself (the synthetic source,
@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use telemetry_link::{Sample, SeriesKey};
 
-use telemetry_ops::exposition::{is_valid_label_name, is_valid_metric_name, push_label};
+use telemetry_runtime::exposition::{is_valid_label_name, is_valid_metric_name, push_label};
 
 /// Prefixes of names the receiver keeps for itself.
 pub(super) const RESERVED_PREFIXES: [&str; 2] = ["telemetry_link_", "telemetry_receiver_"];
@@ -69,19 +69,19 @@ pub(super) struct ClusterSamples {
 
 impl ClusterSamples {
     /// Forgets every series (the cluster expired).
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.families.clear();
         self.series = 0;
     }
 
     /// Number of series held.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.series
     }
 
     /// Records `sample`; `reserved` tells whether a name belongs to the
     /// receiver; a `history` sample only replaces an older one.
-    pub fn apply(
+    pub(super) fn apply(
         &mut self,
         cluster: &str,
         sample: &Sample,

@@ -4,13 +4,13 @@
 use std::{sync::Arc, time::Duration};
 
 use telemetry_link::{Sample, SeriesKey};
-use telemetry_model::{
-    simulated::{SimulatedClusterConfig, Simulation},
+use telemetry_schema::{
     ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, ObjectRef, PodInfo,
     PodPhase, PodUsage, ScaleEvent,
 };
 
 use super::*;
+use telemetry_sources::simulated::{SimulatedClusterConfig, Simulation};
 use telemetry_test_support::prom::{check_openmetrics_structure, promtool_check};
 
 fn pod(namespace: &str, name: &str, phase: PodPhase) -> PodInfo {

@@ -31,7 +31,7 @@ use telemetry_link::{
     proto::message::{Batch, ErrorCode, Message},
     TlsFiles,
 };
-use telemetry_model::ClusterRecord;
+use telemetry_schema::ClusterRecord;
 use telemetry_test_support::{prom::Exposition, raw};
 
 use super::{

@@ -56,6 +56,7 @@ pub const SERIES: u32 = 10;
 pub const RX_IP2: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
 
 /// What every scenario gets.
+#[derive(Debug)]
 pub struct Ctx {
     /// The binaries.
     pub bins: Bins,
@@ -92,6 +93,7 @@ impl Ctx {
 }
 
 /// What a scenario hands back.
+#[derive(Debug)]
 pub struct Outcome {
     /// The table row.
     pub row: Row,
@@ -102,6 +104,7 @@ pub struct Outcome {
 }
 
 /// The fixed parts of one scenario's run.
+#[derive(Debug)]
 pub struct Stage<'a> {
     /// Shared context.
     pub ctx: &'a Ctx,

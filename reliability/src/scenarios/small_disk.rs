@@ -28,6 +28,7 @@ pub const NAME: &str = "5 full disk (8MiB tmpfs)";
 /// A tmpfs mount, unmounted on drop. Its directory name starts with the
 /// suite's prefix and pid, so a crashed run's mount is found and removed by
 /// [`crate::netns::cleanup_stale`].
+#[derive(Debug)]
 pub struct TmpfsMount {
     path: PathBuf,
 }

@@ -280,6 +280,15 @@ pub struct Receiver {
     running: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("local_addr", &self.local_addr)
+            .field("running", &self.running.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Receiver {
     /// Dropping without [`Receiver::shutdown`] is an abrupt stop (like a
     /// crash, minus the loss of queued state writes, which still complete):

@@ -251,6 +251,18 @@ pub struct Sender<T> {
     _payload: PhantomData<fn(T)>,
 }
 
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let spool = self.inner.spool();
+        f.debug_struct("Sender")
+            .field("stream_id", &format_args!("{:032x}", spool.stream_id()))
+            .field("spool_dir", &spool.dir())
+            .field("last_seq", &spool.last_seq())
+            .field("status", &*self.inner.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         Self {

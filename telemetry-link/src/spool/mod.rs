@@ -390,6 +390,7 @@ pub struct Spool {
 }
 
 /// Bytes available to unprivileged users on the filesystem holding `dir`.
+#[allow(unsafe_code)] // statvfs through libc; each block carries its SAFETY argument.
 fn fs_available(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;

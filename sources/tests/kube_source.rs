@@ -5,6 +5,8 @@
 //! inspects what reaches a `VecSink`. Waits poll with timeouts; a fixed pause
 //! is only used to show that something does *not* happen.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::{
     io::Write,
     path::PathBuf,
@@ -13,8 +15,9 @@ use std::{
 };
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use telemetry_model::{ClusterRecord, ObjectKind, PodPhase, ScaleEvent, VecSink};
-use telemetry_sender::kube::{client_from, KubeSource, KubeSourceConfig, KubeSourceError};
+use telemetry_schema::{ClusterRecord, ObjectKind, PodPhase, ScaleEvent};
+use telemetry_sources::kube::{client_from, KubeSource, KubeSourceConfig, KubeSourceError};
+use telemetry_sources::VecSink;
 use telemetry_test_support::kube_api::{
     objects::{now_time, pod_metrics, rescale_event, HpaBuilder, PodBuilder},
     KubeApiServer, Resource, Verb,
@@ -152,7 +155,7 @@ fn scale_events(recs: &[ClusterRecord], hpa: &str) -> Vec<ScaleEvent> {
 fn pod_upserts<'a>(
     recs: &'a [ClusterRecord],
     name: &'a str,
-) -> impl Iterator<Item = &'a telemetry_model::PodInfo> + 'a {
+) -> impl Iterator<Item = &'a telemetry_schema::PodInfo> + 'a {
     recs.iter().filter_map(move |r| match r {
         ClusterRecord::PodUpsert(p) if p.name == name => Some(p),
         _ => None,

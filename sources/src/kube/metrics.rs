@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use telemetry_model::PodUsage;
+use telemetry_schema::PodUsage;
 use tokio::sync::{mpsc, watch};
 
 use super::convert::{pod_usage, PodMetrics};

@@ -5,7 +5,7 @@ use std::{future::Future, sync::Mutex};
 
 use tokio::sync::watch;
 
-use crate::schema::ClusterRecord;
+use telemetry_schema::ClusterRecord;
 
 /// A sink refused records (the spool failed, or it is shutting down).
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +151,7 @@ mod tests {
     use telemetry_link::{Sample, SeriesKey};
 
     use super::*;
-    use crate::schema::ObjectRef;
+    use telemetry_schema::ObjectRef;
 
     #[test]
     fn only_batches_with_object_state_get_an_observation_time() {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use telemetry_model::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodUsage};
+use telemetry_schema::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodUsage};
 
 /// Pods, HPAs and pod usage currently known.
 #[derive(Debug, Default)]
@@ -140,7 +140,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use telemetry_model::PodPhase;
+    use telemetry_schema::PodPhase;
 
     fn pod(ns: &str, name: &str, phase: PodPhase) -> PodInfo {
         PodInfo {

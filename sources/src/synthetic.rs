@@ -40,10 +40,9 @@ use std::{
 use telemetry_link::{Sample, SeriesKey};
 use tokio::time::{interval, MissedTickBehavior};
 
-use crate::{
-    schema::ClusterRecord,
-    sink::{RecordSink, SinkError},
-};
+use telemetry_schema::ClusterRecord;
+
+use crate::sink::{RecordSink, SinkError};
 
 /// Metric name of every synthetic series.
 pub const SYNTHETIC_METRIC: &str = "telemetry_synthetic_value";

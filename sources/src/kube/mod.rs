@@ -1,7 +1,7 @@
 //! The Kubernetes source: watches Pods, HorizontalPodAutoscalers and HPA
 //! rescale Events through kube-runtime watchers, polls metrics.k8s.io pod
-//! usage, and ships [`telemetry_model::ClusterRecord`]s into a
-//! [`telemetry_model::RecordSink`].
+//! usage, and ships [`telemetry_schema::ClusterRecord`]s into a
+//! [`crate::RecordSink`].
 //!
 //! - [`quantity`]: Kubernetes quantity strings → base units.
 //! - [`convert`]: API objects → record types.

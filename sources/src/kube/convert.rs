@@ -20,7 +20,7 @@ use k8s_openapi::{
     },
 };
 use serde::{Deserialize, Serialize};
-use telemetry_model::{
+use telemetry_schema::{
     ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectRef, PodInfo, PodPhase, PodUsage,
 };
 

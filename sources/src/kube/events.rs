@@ -53,7 +53,7 @@ use std::{
 
 use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::Event};
 use serde::{Deserialize, Serialize};
-use telemetry_model::{ObjectRef, ScaleEvent};
+use telemetry_schema::{ObjectRef, ScaleEvent};
 
 /// How many occurrence keys the seen set keeps by default.
 pub const DEFAULT_SEEN_CAPACITY: usize = 10_000;

@@ -47,13 +47,12 @@ use std::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::{
-    schema::{
-        ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind,
-        ObjectRef, PodInfo, PodPhase, PodUsage, ScaleEvent,
-    },
-    sink::{RecordSink, SinkError},
+use telemetry_schema::{
+    ClusterRecord, ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, ObjectRef,
+    PodInfo, PodPhase, PodUsage, ScaleEvent,
 };
+
+use crate::sink::{RecordSink, SinkError};
 
 /// The two simulated nodes.
 pub const SIM_NODES: [&str; 2] = ["sim-node-1", "sim-node-2"];

@@ -7,6 +7,7 @@
 //! no-ops outside glibc.
 
 /// Limits malloc arenas (call once, early in `main`).
+#[allow(unsafe_code)] // one libc call, its SAFETY argument beside it
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before other threads allocate heavily.
@@ -16,6 +17,7 @@ pub fn limit_arenas() {
 }
 
 /// Returns freed heap memory to the system (after a bulk decode).
+#[allow(unsafe_code)] // one libc call, its SAFETY argument beside it
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions; it only releases free memory.

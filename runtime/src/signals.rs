@@ -16,6 +16,7 @@ pub enum Request {
 }
 
 /// Signal listeners, installed once at startup.
+#[derive(Debug)]
 pub struct Signals {
     term: Signal,
     int: Signal,

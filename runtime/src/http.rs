@@ -30,6 +30,7 @@ pub trait Exporter: Send + Sync + 'static {
 }
 
 /// Renders a plain registry (the sender's endpoint).
+#[derive(Debug)]
 pub struct RegistryExporter<R> {
     registry: prometheus::Registry,
     ready: R,

@@ -57,10 +57,10 @@ use kube::{
     Resource,
 };
 use serde::de::DeserializeOwned;
-use telemetry_model::{
-    ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, RecordSink, SinkError,
-};
+use telemetry_schema::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo};
 use tokio::sync::{mpsc, watch};
+
+use crate::sink::{RecordSink, SinkError};
 
 use super::{
     convert::{hpa_info, hpa_ref, pod_info, pod_ref},
@@ -834,7 +834,7 @@ impl Runner {
         }
     }
 
-    fn on_usage(&mut self, usage: Vec<telemetry_model::PodUsage>) {
+    fn on_usage(&mut self, usage: Vec<telemetry_schema::PodUsage>) {
         if !self.pods_ready {
             return;
         }
@@ -996,7 +996,7 @@ mod tests {
     #[derive(Default)]
     struct SizesSink {
         sizes: std::sync::Mutex<Vec<usize>>,
-        inner: telemetry_model::VecSink,
+        inner: crate::sink::VecSink,
     }
 
     impl RecordSink for SizesSink {
