@@ -4,97 +4,98 @@
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use telemetry_link::TlsFiles;
-use telemetry_runtime::config::{load_toml, missing_flags, ByteSize, HumanDuration};
+use telemetry_runtime::{
+    config::{ByteSize, HumanDuration},
+    flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
+};
 
+/// Prefix of the environment variables (`TELEMETRY_RECEIVER_<FLAG>`).
+pub const ENV_PREFIX: &str = "TELEMETRY_RECEIVER";
 /// Default QUIC address.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4433);
 /// Default metrics address.
-pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9464);
 /// Default sender TTL.
 pub const DEFAULT_SENDER_TTL: Duration = Duration::from_secs(300);
 
-/// Command-line flags; the same fields, kebab-cased, are the keys of the
-/// TOML file.
-#[derive(Debug, Parser, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+/// Command-line flags; the same names are the environment variables
+/// (`TELEMETRY_RECEIVER_<FLAG>`) and the keys of the TOML file.
+#[derive(Debug, Parser, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
 #[command(
     name = "telemetry-receiver",
     version,
     about = "Accepts telemetry senders over QUIC with mutual TLS and exposes their clusters on a Prometheus /metrics endpoint.",
-    after_help = "Every flag can also be set with an environment variable TELEMETRY_RECEIVER_<FLAG> or in the TOML file given with --config (same names, e.g. metrics-listen = \"0.0.0.0:9464\"). Flags win over the environment, which wins over the file."
+    after_help = "Every flag can also be set with an environment variable TELEMETRY_RECEIVER_<FLAG> (repeatable flags comma-separated) or in the TOML file given with --config (same names, e.g. metrics-listen = \"0.0.0.0:9464\"). Flags win over the environment, which wins over the file."
 )]
 pub struct Args {
     /// TOML configuration file.
-    #[arg(long, env = "TELEMETRY_RECEIVER_CONFIG")]
+    #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// UDP address for the QUIC listener [default: 0.0.0.0:4433].
-    #[arg(long, env = "TELEMETRY_RECEIVER_LISTEN")]
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// TCP address for /metrics, /healthz and /readyz [default: 0.0.0.0:9464].
-    #[arg(long, env = "TELEMETRY_RECEIVER_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// CA certificate that sender certificates must chain to.
-    #[arg(long, env = "TELEMETRY_RECEIVER_CA")]
-    pub ca: Option<PathBuf>,
-    /// The receiver's certificate (PEM).
-    #[arg(long, env = "TELEMETRY_RECEIVER_CERT")]
-    pub cert: Option<PathBuf>,
-    /// The receiver's private key (PEM).
-    #[arg(long, env = "TELEMETRY_RECEIVER_KEY")]
-    pub key: Option<PathBuf>,
+    /// CA, certificate and key (PEM): sender certificates must chain to the CA.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsFlags,
+    /// The operations endpoint [default: 0.0.0.0:9464].
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub endpoint: EndpointFlags,
     /// Directory for per-sender delivery state [default: ./telemetry-receiver-state].
-    #[arg(long, env = "TELEMETRY_RECEIVER_STATE_DIR")]
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Sender identity allowed to connect (repeatable; comma-separated in the
     /// environment). Default: any certificate the CA signed.
-    #[arg(
-        long = "allow-sender",
-        env = "TELEMETRY_RECEIVER_ALLOW_SENDER",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allow-sender", value_delimiter = ',')]
     pub allow_sender: Vec<String>,
     /// Remove a sender's series after it stayed disconnected this long [default: 5m].
-    #[arg(long, env = "TELEMETRY_RECEIVER_SENDER_TTL")]
+    #[arg(long)]
     pub sender_ttl: Option<HumanDuration>,
     /// Append every delivery (`<unix-ms> <sender> <first-seq> <count>`) to this
     /// file: an audit trail to verify delivery across restarts.
-    #[arg(long, env = "TELEMETRY_RECEIVER_AUDIT_LOG")]
+    #[arg(long)]
     pub audit_log: Option<PathBuf>,
     /// Forward every applied sample, with its original timestamp, to this
     /// Prometheus remote-write URL (repeatable; comma-separated in the
     /// environment), e.g. http://127.0.0.1:9090/api/v1/write.
-    #[arg(
-        long = "remote-write",
-        env = "TELEMETRY_RECEIVER_REMOTE_WRITE",
-        value_delimiter = ','
-    )]
+    #[arg(long = "remote-write", value_delimiter = ',')]
     pub remote_write: Vec<String>,
     /// Extra HTTP header on every remote-write request, "Name: value"
     /// (repeatable; one header in the environment variable), e.g.
     /// "X-Scope-OrgID: tenant-1" for Mimir or "Authorization: Bearer TOKEN".
-    #[arg(
-        long = "remote-write-header",
-        env = "TELEMETRY_RECEIVER_REMOTE_WRITE_HEADER"
-    )]
+    #[arg(long = "remote-write-header")]
     pub remote_write_header: Vec<String>,
     /// Byte cap of each remote-write endpoint's on-disk queue (under the
     /// state directory); when full, its oldest samples are dropped [default: 1GiB].
-    #[arg(long, env = "TELEMETRY_RECEIVER_REMOTE_WRITE_QUEUE_BYTES")]
+    #[arg(long)]
     pub remote_write_queue_bytes: Option<ByteSize>,
     /// Run the demo: this receiver plus an in-process sender on a simulated
     /// cluster, over real QUIC and mutual TLS with certificates made at start.
-    #[arg(long, env = "TELEMETRY_RECEIVER_DEMO")]
+    #[arg(long)]
     pub demo: bool,
+}
+
+impl LayeredArgs for Args {
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn path_keys() -> &'static [&'static str] {
+        &["ca", "cert", "key", "state-dir", "audit-log"]
+    }
 }
 
 /// Resolved settings.
@@ -124,100 +125,64 @@ pub struct Settings {
     pub demo: bool,
 }
 
-fn relative_to(base: Option<&Path>, p: PathBuf) -> PathBuf {
-    match base {
-        Some(dir) if p.is_relative() => dir.join(p),
-        _ => p,
-    }
-}
-
 impl Settings {
-    /// Merges flags, environment and file.
+    /// Reads flags, environment and the `--config` file of this process.
+    pub fn from_process() -> Result<Settings> {
+        Self::parse_from(std::env::args_os())
+    }
+
+    /// [`Settings::from_process`] for an explicit command line.
+    pub fn parse_from<I, T>(args: I) -> Result<Settings>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match parse_layered::<Args, _, _>(ENV_PREFIX, args) {
+            Ok(args) => Self::resolve(args),
+            Err(FlagsError::Clap(e)) => e.exit(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies defaults and checks the merged flags.
     pub fn resolve(args: Args) -> Result<Settings> {
-        let file: Args = match &args.config {
-            Some(p) => load_toml(p)?,
-            None => Args::default(),
-        };
-        // Paths in the file are relative to the file's directory.
-        let base = args.config.as_deref().and_then(Path::parent);
-        let file_path = |p: Option<PathBuf>| p.map(|p| relative_to(base, p));
-        let demo = args.demo || file.demo;
-        let listen = match args.listen.or(file.listen) {
-            Some(a) => a,
-            None => DEFAULT_LISTEN.parse().context("default listen address")?,
-        };
-        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
-            Some(a) => a,
-            None => DEFAULT_METRICS_LISTEN
-                .parse()
-                .context("default metrics address")?,
-        };
-        let ca = args.ca.or(file_path(file.ca));
-        let cert = args.cert.or(file_path(file.cert));
-        let key = args.key.or(file_path(file.key));
-        let tls = match (ca, cert, key) {
-            (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
-            (None, None, None) if demo => None,
-            _ if demo => bail!(
-                "in demo mode the certificates are made at start: leave out --ca, --cert and --key"
-            ),
-            (ca, cert, key) => {
-                let missing = missing_flags(&[
-                    ("--ca", ca.is_none()),
-                    ("--cert", cert.is_none()),
-                    ("--key", key.is_none()),
-                ]);
-                bail!(
-                    "missing {} (make certificates with `telemetry-certs init`, or try --demo)",
-                    missing
-                );
+        let demo = args.demo;
+        let tls = if demo {
+            if !args.tls.is_empty() {
+                bail!("in demo mode the certificates are made at start: leave out --ca, --cert and --key");
             }
+            None
+        } else {
+            Some(
+                args.tls
+                    .require("make certificates with `telemetry-certs init`, or try --demo")?,
+            )
         };
-        let state_dir = args.state_dir.or(file_path(file.state_dir));
-        let state_dir = match (state_dir, demo) {
+        let state_dir = match (args.state_dir, demo) {
             (Some(d), _) => Some(d),
             (None, true) => None,
             (None, false) => Some(PathBuf::from("telemetry-receiver-state")),
         };
-        let allow: Vec<String> = if args.allow_sender.is_empty() {
-            file.allow_sender
-        } else {
-            args.allow_sender
-        };
-        let allow_senders = if allow.is_empty() {
+        let allow_senders = if args.allow_sender.is_empty() {
             None
         } else {
-            for id in &allow {
+            for id in &args.allow_sender {
                 telemetry_link::tls::validate_identity(id)
                     .with_context(|| format!("--allow-sender {id:?}"))?;
             }
-            Some(allow.into_iter().collect())
+            Some(args.allow_sender.into_iter().collect())
         };
         Ok(Settings {
-            listen,
-            metrics_listen,
+            listen: args.listen.unwrap_or(DEFAULT_LISTEN),
+            metrics_listen: args.endpoint.listen_or(DEFAULT_METRICS_LISTEN),
             tls,
             state_dir,
             allow_senders,
-            sender_ttl: args
-                .sender_ttl
-                .or(file.sender_ttl)
-                .map_or(DEFAULT_SENDER_TTL, |d| d.0),
-            audit_log: args.audit_log.or(file_path(file.audit_log)),
-            remote_write: if args.remote_write.is_empty() {
-                file.remote_write
-            } else {
-                args.remote_write
-            },
-            remote_write_headers: if args.remote_write_header.is_empty() {
-                file.remote_write_header
-            } else {
-                args.remote_write_header
-            },
-            remote_write_queue_bytes: args
-                .remote_write_queue_bytes
-                .or(file.remote_write_queue_bytes)
-                .map_or(1 << 30, |b| b.0),
+            sender_ttl: args.sender_ttl.map_or(DEFAULT_SENDER_TTL, |d| d.0),
+            audit_log: args.audit_log,
+            remote_write: args.remote_write,
+            remote_write_headers: args.remote_write_header,
+            remote_write_queue_bytes: args.remote_write_queue_bytes.map_or(1 << 30, |b| b.0),
             demo,
         })
     }
@@ -230,7 +195,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Settings> {
         let mut full = vec!["telemetry-receiver"];
         full.extend_from_slice(args);
-        Settings::resolve(Args::try_parse_from(full)?)
+        Settings::resolve(parse_layered(ENV_PREFIX, full)?)
     }
 
     #[test]
@@ -238,8 +203,8 @@ mod tests {
         let err = parse(&[]).unwrap_err().to_string();
         assert!(err.contains("--ca, --cert, --key"), "{err}");
         let s = parse(&["--ca", "a", "--cert", "b", "--key", "c"]).unwrap();
-        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(s.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
+        assert_eq!(s.listen, DEFAULT_LISTEN);
+        assert_eq!(s.metrics_listen, DEFAULT_METRICS_LISTEN);
         assert_eq!(s.sender_ttl, DEFAULT_SENDER_TTL);
         assert!(s.allow_senders.is_none());
         let demo = parse(&["--demo"]).unwrap();

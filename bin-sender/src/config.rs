@@ -3,22 +3,28 @@
 //! precedence into [`Settings`].
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use telemetry_link::{FsyncPolicy, TlsFiles};
-use telemetry_runtime::config::{load_toml, missing_flags, ByteSize, HumanDuration};
+use telemetry_runtime::{
+    config::{ByteSize, HumanDuration},
+    flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
+};
 
+/// Prefix of the environment variables (`TELEMETRY_SENDER_<FLAG>`).
+pub const ENV_PREFIX: &str = "TELEMETRY_SENDER";
 /// Default metrics address.
-pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9465";
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9465);
 
 /// Where records come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A real cluster through the Kubernetes API.
@@ -30,10 +36,11 @@ pub enum SourceKind {
     Synthetic,
 }
 
-/// Command-line flags; the same fields, kebab-cased, are the keys of the
-/// TOML file (`receiver`, `namespace` for the repeatable ones).
-#[derive(Debug, Parser, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+/// Command-line flags; the same names are the environment variables
+/// (`TELEMETRY_SENDER_<FLAG>`) and the keys of the TOML file (`receiver`,
+/// `namespace` for the repeatable ones).
+#[derive(Debug, Parser, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
 #[command(
     name = "telemetry-sender",
     version,
@@ -42,91 +49,80 @@ pub enum SourceKind {
 )]
 pub struct Args {
     /// TOML configuration file.
-    #[arg(long, env = "TELEMETRY_SENDER_CONFIG")]
+    #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Record source [default: kube].
-    #[arg(long, value_enum, env = "TELEMETRY_SENDER_SOURCE")]
+    #[arg(long, value_enum)]
     pub source: Option<SourceKind>,
     /// Receiver address host:port (repeatable, in failover order).
-    #[arg(
-        long = "receiver",
-        env = "TELEMETRY_SENDER_RECEIVER",
-        value_delimiter = ','
-    )]
+    #[arg(long = "receiver", value_delimiter = ',')]
     #[serde(rename = "receiver")]
     pub receivers: Vec<String>,
     /// TLS server name the receiver's certificate must carry [default: the receiver's host].
-    #[arg(long, env = "TELEMETRY_SENDER_SERVER_NAME")]
+    #[arg(long)]
     pub server_name: Option<String>,
-    /// CA certificate that the receiver's certificate must chain to.
-    #[arg(long, env = "TELEMETRY_SENDER_CA")]
-    pub ca: Option<PathBuf>,
-    /// This sender's client certificate (its identity becomes the `cluster` label).
-    #[arg(long, env = "TELEMETRY_SENDER_CERT")]
-    pub cert: Option<PathBuf>,
-    /// This sender's private key.
-    #[arg(long, env = "TELEMETRY_SENDER_KEY")]
-    pub key: Option<PathBuf>,
+    /// CA, certificate and key (PEM): the receiver's certificate must chain
+    /// to the CA; this sender's certificate identity becomes the `cluster` label.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsFlags,
     /// Spool directory [default: ./telemetry-sender-spool].
-    #[arg(long, env = "TELEMETRY_SENDER_SPOOL_DIR")]
+    #[arg(long)]
     pub spool_dir: Option<PathBuf>,
     /// Spool size cap, e.g. 512MiB [default: 1GiB]; the oldest records are dropped (and counted) beyond it.
-    #[arg(long, env = "TELEMETRY_SENDER_SPOOL_MAX_BYTES")]
+    #[arg(long)]
     pub spool_max_bytes: Option<ByteSize>,
     /// When to fsync the spool: `batch` (before every append returns), an interval like `100ms`, or `never` [default: batch].
-    #[arg(long, env = "TELEMETRY_SENDER_FSYNC")]
+    #[arg(long)]
     pub fsync: Option<String>,
-    /// TCP address for /metrics, /healthz and /readyz [default: 0.0.0.0:9465].
-    #[arg(long, env = "TELEMETRY_SENDER_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    /// The operations endpoint [default: 0.0.0.0:9465].
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub endpoint: EndpointFlags,
     /// kubeconfig file (default: in-cluster configuration, or ~/.kube/config).
-    #[arg(long, env = "TELEMETRY_SENDER_KUBECONFIG")]
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// kubeconfig context.
-    #[arg(long, env = "TELEMETRY_SENDER_CONTEXT")]
+    #[arg(long)]
     pub context: Option<String>,
     /// Namespace to watch (repeatable; default: all).
-    #[arg(
-        long = "namespace",
-        env = "TELEMETRY_SENDER_NAMESPACE",
-        value_delimiter = ','
-    )]
+    #[arg(long = "namespace", value_delimiter = ',')]
     #[serde(rename = "namespace")]
     pub namespaces: Vec<String>,
     /// Label selector for pods, HPAs and pod metrics.
-    #[arg(long, env = "TELEMETRY_SENDER_LABEL_SELECTOR")]
+    #[arg(long)]
     pub label_selector: Option<String>,
     /// How often to poll metrics.k8s.io [default: 15s].
-    #[arg(long, env = "TELEMETRY_SENDER_METRICS_INTERVAL")]
+    #[arg(long)]
     pub metrics_interval: Option<HumanDuration>,
     /// Synthetic source: number of series [default: 100].
-    #[arg(long, env = "TELEMETRY_SENDER_SYNTHETIC_SERIES")]
+    #[arg(long)]
     pub synthetic_series: Option<u32>,
     /// Synthetic source: records per second, 0 = as fast as possible [default: 1000].
-    #[arg(long, env = "TELEMETRY_SENDER_SYNTHETIC_RATE")]
+    #[arg(long)]
     pub synthetic_rate: Option<u64>,
     /// Synthetic source: stop once this many records exist in total (across restarts).
-    #[arg(long, env = "TELEMETRY_SENDER_SYNTHETIC_TOTAL")]
+    #[arg(long)]
     pub synthetic_total: Option<u64>,
     /// Simulated source: random seed [default: 1].
-    #[arg(long, env = "TELEMETRY_SENDER_SIMULATED_SEED")]
+    #[arg(long)]
     pub simulated_seed: Option<u64>,
     /// Local UDP address of the link [default: [::]:0, or 0.0.0.0:0 without IPv6]. SIGUSR1 rebinds to it (a new socket; the session migrates).
-    #[arg(long, env = "TELEMETRY_SENDER_BIND")]
+    #[arg(long)]
     pub bind: Option<SocketAddr>,
     /// While connected to a later --receiver, how often to try the first one again [default: 30s].
-    #[arg(long, env = "TELEMETRY_SENDER_FAILBACK_AFTER")]
+    #[arg(long)]
     pub failback_after: Option<HumanDuration>,
     /// Time allowed to connect, handshake and say hello before trying the next receiver [default: 3s].
-    #[arg(long, env = "TELEMETRY_SENDER_CONNECT_TIMEOUT")]
+    #[arg(long)]
     pub connect_timeout: Option<HumanDuration>,
     /// How long a graceful stop may keep sending before leaving the rest in the spool [default: 10s].
-    #[arg(long, env = "TELEMETRY_SENDER_SHUTDOWN_TIMEOUT")]
+    #[arg(long)]
     pub shutdown_timeout: Option<HumanDuration>,
     /// Do not send the present state ahead of the backlog after a reconnect
     /// (the receiver then shows the present only once the backlog drained).
-    #[arg(long, env = "TELEMETRY_SENDER_NO_PRESENT")]
+    #[arg(long)]
     pub no_present: bool,
 }
 
@@ -193,111 +189,79 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy> {
     }
 }
 
+impl LayeredArgs for Args {
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn path_keys() -> &'static [&'static str] {
+        &["ca", "cert", "key", "spool-dir", "kubeconfig"]
+    }
+}
+
 impl Settings {
-    /// Merges flags, environment and file.
+    /// Reads flags, environment and the `--config` file of this process.
+    pub fn from_process() -> Result<Settings> {
+        Self::parse_from(std::env::args_os())
+    }
+
+    /// [`Settings::from_process`] for an explicit command line.
+    pub fn parse_from<I, T>(args: I) -> Result<Settings>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match parse_layered::<Args, _, _>(ENV_PREFIX, args) {
+            Ok(args) => Self::resolve(args),
+            Err(FlagsError::Clap(e)) => e.exit(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies defaults and checks the merged flags.
     pub fn resolve(args: Args) -> Result<Settings> {
-        let file: Args = match &args.config {
-            Some(p) => load_toml(p)?,
-            None => Args::default(),
-        };
-        let base = args.config.as_deref().and_then(Path::parent);
-        let rel = |p: Option<PathBuf>| {
-            p.map(|p| match base {
-                Some(dir) if p.is_relative() => dir.join(p),
-                _ => p,
-            })
-        };
-        let receivers = if args.receivers.is_empty() {
-            file.receivers
-        } else {
-            args.receivers
-        };
-        if receivers.is_empty() {
+        if args.receivers.is_empty() {
             bail!("at least one --receiver host:port is required");
         }
-        let (ca, cert, key) = (
-            args.ca.or(rel(file.ca)),
-            args.cert.or(rel(file.cert)),
-            args.key.or(rel(file.key)),
-        );
-        let tls = match (ca, cert, key) {
-            (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
-            (ca, cert, key) => {
-                let missing = missing_flags(&[
-                    ("--ca", ca.is_none()),
-                    ("--cert", cert.is_none()),
-                    ("--key", key.is_none()),
-                ]);
-                bail!(
-                    "missing {} (make certificates with `telemetry-certs init`)",
-                    missing
-                );
-            }
-        };
-        let fsync = match args.fsync.or(file.fsync) {
-            Some(s) => parse_fsync(&s)?,
+        let tls = args
+            .tls
+            .require("make certificates with `telemetry-certs init`")?;
+        let fsync = match &args.fsync {
+            Some(s) => parse_fsync(s)?,
             None => FsyncPolicy::EveryBatch,
         };
-        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
-            Some(a) => a,
-            None => DEFAULT_METRICS_LISTEN
-                .parse()
-                .context("default metrics address")?,
-        };
-        let namespaces = if args.namespaces.is_empty() {
-            file.namespaces
-        } else {
-            args.namespaces
-        };
-        let spool_max_bytes = args
-            .spool_max_bytes
-            .or(file.spool_max_bytes)
-            .map_or(1 << 30, |b| b.0);
+        let spool_max_bytes = args.spool_max_bytes.map_or(1 << 30, |b| b.0);
         if spool_max_bytes < 64 * 1024 {
             bail!("--spool-max-bytes must be at least 64KiB");
         }
+        let secs = |d: Option<HumanDuration>, default: u64| {
+            d.map_or(Duration::from_secs(default), |d| d.0)
+        };
         Ok(Settings {
-            source: args.source.or(file.source).unwrap_or_default(),
-            receivers,
-            server_name: args.server_name.or(file.server_name),
+            source: args.source.unwrap_or_default(),
+            receivers: args.receivers,
+            server_name: args.server_name,
             tls,
             spool_dir: args
                 .spool_dir
-                .or(rel(file.spool_dir))
                 .unwrap_or_else(|| PathBuf::from("telemetry-sender-spool")),
             spool_max_bytes,
             fsync,
-            metrics_listen,
-            kubeconfig: args.kubeconfig.or(rel(file.kubeconfig)),
-            context: args.context.or(file.context),
-            namespaces,
-            label_selector: args.label_selector.or(file.label_selector),
-            metrics_interval: args
-                .metrics_interval
-                .or(file.metrics_interval)
-                .map_or(Duration::from_secs(15), |d| d.0),
-            synthetic_series: args
-                .synthetic_series
-                .or(file.synthetic_series)
-                .unwrap_or(100)
-                .max(1),
-            synthetic_rate: args.synthetic_rate.or(file.synthetic_rate).unwrap_or(1000),
-            synthetic_total: args.synthetic_total.or(file.synthetic_total),
-            simulated_seed: args.simulated_seed.or(file.simulated_seed).unwrap_or(1),
-            bind: args.bind.or(file.bind),
-            failback_after: args
-                .failback_after
-                .or(file.failback_after)
-                .map_or(Duration::from_secs(30), |d| d.0),
-            connect_timeout: args
-                .connect_timeout
-                .or(file.connect_timeout)
-                .map_or(Duration::from_secs(3), |d| d.0),
-            shutdown_timeout: args
-                .shutdown_timeout
-                .or(file.shutdown_timeout)
-                .map_or(Duration::from_secs(10), |d| d.0),
-            present: !(args.no_present || file.no_present),
+            metrics_listen: args.endpoint.listen_or(DEFAULT_METRICS_LISTEN),
+            kubeconfig: args.kubeconfig,
+            context: args.context,
+            namespaces: args.namespaces,
+            label_selector: args.label_selector,
+            metrics_interval: secs(args.metrics_interval, 15),
+            synthetic_series: args.synthetic_series.unwrap_or(100).max(1),
+            synthetic_rate: args.synthetic_rate.unwrap_or(1000),
+            synthetic_total: args.synthetic_total,
+            simulated_seed: args.simulated_seed.unwrap_or(1),
+            bind: args.bind,
+            failback_after: secs(args.failback_after, 30),
+            connect_timeout: secs(args.connect_timeout, 3),
+            shutdown_timeout: secs(args.shutdown_timeout, 10),
+            present: !args.no_present,
         })
     }
 }
@@ -309,7 +273,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Settings> {
         let mut full = vec!["telemetry-sender"];
         full.extend_from_slice(args);
-        Settings::resolve(Args::try_parse_from(full)?)
+        Settings::resolve(parse_layered(ENV_PREFIX, full)?)
     }
 
     const TLS: [&str; 6] = ["--ca", "c", "--cert", "s", "--key", "k"];
@@ -326,7 +290,7 @@ mod tests {
         let s = parse(&a).unwrap();
         assert_eq!(s.source, SourceKind::Kube);
         assert_eq!(s.fsync, FsyncPolicy::EveryBatch);
-        assert_eq!(s.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
+        assert_eq!(s.metrics_listen, DEFAULT_METRICS_LISTEN);
         assert_eq!(s.metrics_interval, Duration::from_secs(15));
         assert_eq!(s.spool_max_bytes, 1 << 30);
     }

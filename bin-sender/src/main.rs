@@ -1,7 +1,6 @@
 //! `telemetry-sender`: see `--help`.
 
 use anyhow::Result;
-use clap::Parser;
 use telemetry_sender::{config, service};
 
 #[tokio::main]
@@ -9,6 +8,6 @@ async fn main() -> Result<()> {
     telemetry_sources::memory::limit_arenas();
     telemetry_runtime::logging::init();
     telemetry_link::tls::install_default_provider();
-    let settings = config::Settings::resolve(config::Args::parse())?;
+    let settings = config::Settings::from_process()?;
     service::run(settings).await
 }

@@ -8,7 +8,7 @@
 
 use std::{fmt, path::Path, str::FromStr, time::Duration};
 
-use serde::{de::DeserializeOwned, Deserialize, Deserializer};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 /// A configuration file problem.
@@ -82,6 +82,12 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A byte size written like `512MiB`, `1GiB`, `64k`, `1000000`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -109,6 +115,12 @@ impl FromStr for ByteSize {
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 
