@@ -13,9 +13,10 @@
 //!
 //! ## Layers
 //!
-//! * [`proto`] — the protocol as data and state machines, no IO: framing,
-//!   messages, batch encoding with series interning, the receiver's dedup
-//!   cursor, the sender's window.
+//! * [`proto`] — the wire formats, no IO: framing, messages, batch encoding
+//!   with series interning, the receiver's dedup cursor.
+//! * [`session`] — the sessions as state machines, no IO: the sender's
+//!   hello, resume, window, acks, stop and failback, and its reconnect policy.
 //! * [`spool`] — the on-disk append-only log with CRC-checked records.
 //! * [`net`] — thin quinn/tokio layer: [`Sender`] and [`Receiver`].
 //! * [`tls`] — certificates, identities, rustls configurations, reload.
@@ -105,13 +106,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backoff;
 mod fsutil;
 pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod receiver_state;
 pub mod sample;
+pub mod session;
 pub mod spool;
 pub mod tls;
 

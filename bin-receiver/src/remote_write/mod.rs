@@ -43,7 +43,7 @@ use std::{
 };
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use telemetry_link::{backoff::Backoff, SpoolConfig};
+use telemetry_link::{session::Backoff, SpoolConfig};
 use telemetry_schema::ClusterRecord;
 use tokio::{sync::Notify, task::JoinHandle};
 

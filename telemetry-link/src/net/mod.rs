@@ -1,71 +1,20 @@
 //! The thin async layer: quinn endpoints and tokio tasks that move frames
 //! between the network, the spool and the application, driving the
-//! state machines of [`crate::proto`].
+//! state machines of [`crate::proto`] and [`crate::session`].
 
 mod persist;
 pub mod receiver;
 pub mod sender;
 mod socket;
 mod stream;
-
-use std::{sync::Arc, time::Duration};
+mod transport;
 
 pub use receiver::{
     Delivery, Handler, HandlerError, PresentDelivery, ReadyHandle, Receiver, ReceiverConfig,
     ReceiverError, ReceiverLimits,
 };
 pub use sender::{LinkStatus, SendError, Sender, SenderConfig, SenderError, ShutdownReport};
-
-/// QUIC transport settings shared by both ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransportTuning {
-    /// Keep-alive interval: traffic every so often even when idle, so that
-    /// a dead peer is noticed by the idle timeout.
-    pub keep_alive: Duration,
-    /// Idle timeout: a connection with no packets from the peer for this
-    /// long is considered dead.
-    pub idle_timeout: Duration,
-    /// Flow-control window per stream.
-    pub stream_window: u32,
-    /// Flow-control window per connection.
-    pub connection_window: u32,
-}
-
-impl Default for TransportTuning {
-    fn default() -> Self {
-        Self {
-            keep_alive: Duration::from_millis(1000),
-            idle_timeout: Duration::from_millis(5000),
-            stream_window: 8 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
-        }
-    }
-}
-
-impl TransportTuning {
-    pub(crate) fn build(&self, accept_streams: bool) -> Arc<quinn::TransportConfig> {
-        let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(Some(self.keep_alive));
-        // The idle timeout is at most 2^62 ms; clamp instead of failing.
-        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
-            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(u32::MAX)));
-        t.max_idle_timeout(Some(idle));
-        t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window));
-        t.receive_window(quinn::VarInt::from_u32(self.connection_window));
-        // Unacknowledged data buffered for sending, over all streams. The
-        // backlog alone may buffer up to its window (16 MiB by default); the
-        // headroom above it lets a present state through while a slow
-        // receiver holds the backlog. What is buffered is bounded by what
-        // the sender writes, not by this number.
-        t.send_window(4 * u64::from(self.connection_window));
-        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(u32::from(accept_streams)));
-        // The receiver takes present states on unidirectional streams, one
-        // at a time (two, so a new one can open while an abandoned one is
-        // being discarded); the sender accepts none.
-        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(if accept_streams { 2 } else { 0 }));
-        Arc::new(t)
-    }
-}
+pub use transport::TransportTuning;
 
 fn close_code(code: crate::proto::message::ErrorCode) -> quinn::VarInt {
     quinn::VarInt::from_u32(code.as_u32())

@@ -101,18 +101,7 @@ pub(crate) fn frame_message(
     max_frame: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    out.clear();
-    out.extend_from_slice(&[0; 4]);
-    msg.encode(out);
-    let len = out.len() - 4;
-    if len > max_frame {
-        return Err(FrameError::TooLarge {
-            announced: len as u64,
-            max: max_frame,
-        });
-    }
-    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
+    msg.encode_frame(max_frame, out)
 }
 
 /// Writes one message as a frame.

@@ -13,6 +13,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::frame::{FrameError, HEADER_LEN};
+
 /// The protocol version this crate speaks. Version 2 added [`Present`]
 /// (the present-state lane); a version-1 peer is still served, without it.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -341,6 +343,23 @@ impl Message<'_> {
         let mut v = Vec::new();
         self.encode(&mut v);
         v
+    }
+
+    /// Encodes the message as one frame (length prefix + body) into `out`,
+    /// which is cleared first; fails if the body exceeds `max_frame`.
+    pub fn encode_frame(&self, max_frame: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        out.clear();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        self.encode(out);
+        let len = out.len() - HEADER_LEN;
+        if len > max_frame {
+            return Err(FrameError::TooLarge {
+                announced: len as u64,
+                max: max_frame,
+            });
+        }
+        out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
     }
 
     /// Decodes one frame body.

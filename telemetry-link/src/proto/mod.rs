@@ -6,7 +6,6 @@
 //! * [`record`]: how one record is enveloped (application value or sample).
 //! * [`batch`]: a batch body, with per-connection series interning.
 //! * [`dedup`]: the receiver's per-sender applied position and duplicate/gap rules.
-//! * [`window`]: the sender's in-flight window and ack processing.
 
 pub mod batch;
 pub mod dedup;
@@ -15,4 +14,3 @@ pub mod message;
 pub mod present;
 pub mod record;
 pub mod varint;
-pub mod window;

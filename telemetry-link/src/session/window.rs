@@ -1,4 +1,4 @@
-//! Sender-side flow control for one connection: which sequence goes out
+//! Sender-side flow control for one session: which sequence goes out
 //! next, what is in flight, what the receiver has acknowledged. No IO.
 //!
 //! The window starts at the receiver's `applied_seq` from the welcome.
@@ -31,7 +31,7 @@ impl Default for WindowLimits {
 
 /// An acknowledgement that cannot be right.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum AckError {
+pub(crate) enum AckError {
     /// Lower than an earlier ack.
     #[error("ack went backwards: {got} after {acked}")]
     Backwards {
@@ -52,7 +52,7 @@ pub enum AckError {
 
 /// What is out on one connection.
 #[derive(Debug, Clone)]
-pub struct SendWindow {
+pub(crate) struct SendWindow {
     next_seq: u64,
     acked: u64,
     in_flight: VecDeque<(u64, usize)>,
@@ -62,7 +62,7 @@ pub struct SendWindow {
 
 impl SendWindow {
     /// A window resuming after `applied_seq` (from the welcome).
-    pub fn new(applied_seq: u64, limits: WindowLimits) -> Self {
+    pub(crate) fn new(applied_seq: u64, limits: WindowLimits) -> Self {
         Self {
             next_seq: applied_seq + 1,
             acked: applied_seq,
@@ -73,34 +73,25 @@ impl SendWindow {
     }
 
     /// The next sequence to send.
-    pub fn next_seq(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
-    /// Highest sequence acknowledged on this connection.
-    pub fn acked(&self) -> u64 {
-        self.acked
-    }
-
     /// Whether another batch may go out.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.in_flight.len() < self.limits.max_batches
             && self.in_flight_bytes < self.limits.max_bytes
     }
 
     /// Whether everything sent is acknowledged.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.in_flight.is_empty()
-    }
-
-    /// Batches currently unacknowledged.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
     }
 
     /// Records that sequences `next_seq..=last_seq` went out (as a batch or a
     /// skip) in `bytes` bytes.
-    pub fn on_sent(&mut self, last_seq: u64, bytes: usize) {
+    pub(crate) fn on_sent(&mut self, last_seq: u64, bytes: usize) {
         debug_assert!(last_seq >= self.next_seq);
         self.next_seq = last_seq + 1;
         self.in_flight.push_back((last_seq, bytes));
@@ -108,7 +99,7 @@ impl SendWindow {
     }
 
     /// Processes a cumulative ack; returns how many sequences it newly covers.
-    pub fn on_ack(&mut self, applied_seq: u64) -> Result<u64, AckError> {
+    pub(crate) fn on_ack(&mut self, applied_seq: u64) -> Result<u64, AckError> {
         if applied_seq < self.acked {
             return Err(AckError::Backwards {
                 acked: self.acked,

@@ -1,0 +1,194 @@
+//! The link task: connects, runs sessions one after another, and between
+//! them waits as the [`Reconnect`] policy says (backoff, failover, failback)
+//! until the sender stops. Keeps the link's status, connection counter and
+//! connection metrics, and reloads the TLS files now and then.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rand::{rngs::StdRng, SeedableRng};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{
+    connect::{connect, Established},
+    drive::{drive, SessionEnd},
+    present::start_pusher,
+    reload_tls, Inner, LinkStatus, SenderConfig, TARGET,
+};
+use crate::{
+    net::close_code,
+    proto::message::ErrorCode,
+    session::{reconnect::Reconnect, sender::drained_or_due},
+};
+
+/// How long a repeated connection error is logged at debug level only.
+const REPEAT_QUIET: Duration = Duration::from_secs(30);
+
+/// Logs repeated connection errors once per [`REPEAT_QUIET`].
+#[derive(Debug, Default)]
+struct ErrorLog {
+    last: Option<(String, Instant)>,
+}
+
+impl ErrorLog {
+    /// Whether `err` is worth a warning at `now` (not a repeat of the last
+    /// one within the quiet period); remembers it if so.
+    fn is_news(&mut self, err: &str, now: Instant) -> bool {
+        let repeat = self
+            .last
+            .as_ref()
+            .is_some_and(|(m, t)| m == err && now.duration_since(*t) < REPEAT_QUIET);
+        if !repeat {
+            self.last = Some((err.to_owned(), now));
+        }
+        !repeat
+    }
+
+    fn log(&mut self, address: &str, err: &str) {
+        if self.is_news(err, Instant::now()) {
+            warn!(
+                target: TARGET,
+                receiver = address,
+                error = err,
+                "cannot reach receiver; retrying with backoff"
+            );
+        } else {
+            debug!(target: TARGET, receiver = address, error = err, "connection attempt failed");
+        }
+    }
+}
+
+/// Sleeps until `until`, or until a stop request (or its deadline).
+async fn sleep_or_stop(until: Instant, stopping: &mut watch::Receiver<Option<Instant>>) {
+    let deadline = *stopping.borrow();
+    let until = deadline.map_or(until, |d| d.min(until));
+    tokio::select! {
+        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}
+        _ = stopping.changed() => {}
+    }
+}
+
+/// Runs the link until the sender stops.
+pub(super) async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
+    let mut reconnect = Reconnect::new(
+        cfg.receivers.len(),
+        cfg.backoff_initial,
+        cfg.backoff_cap,
+        StdRng::from_rng(&mut rand::rng()),
+    );
+    let mut stopping = inner.stopping.subscribe();
+    let mut errors = ErrorLog::default();
+    let mut next: Option<Established> = None;
+    let mut last_reload = Instant::now();
+    loop {
+        if let Some(deadline) = *stopping.borrow() {
+            let unacked = inner.spool().stats().records;
+            if drained_or_due(Instant::now(), deadline, unacked, true) {
+                break;
+            }
+        }
+        if let Some(every) = cfg.tls_reload_interval {
+            if last_reload.elapsed() >= every {
+                last_reload = Instant::now();
+                let _ = reload_tls(&inner, false);
+            }
+        }
+        let address = &cfg.receivers[reconnect.target()];
+        let established = match next.take() {
+            Some(e) => Ok(e),
+            None => connect(&inner, &cfg, address).await,
+        };
+        let session = match established {
+            Ok(session) => session,
+            Err(e) => {
+                inner
+                    .metrics
+                    .connect_failures
+                    .with_label_values(&[e.label()])
+                    .inc();
+                let msg = e.to_string();
+                errors.log(address, &msg);
+                set_disconnected(&inner, msg);
+                let at = reconnect.on_connect_failed(Instant::now());
+                sleep_or_stop(at, &mut stopping).await;
+                continue;
+            }
+        };
+        if reconnect.on_connected() {
+            inner.metrics.reconnects.inc();
+        }
+        match run_session(&inner, &cfg, session, reconnect.is_failed_over()).await {
+            SessionEnd::Stopped => {
+                inner.status.send_modify(|s| s.connected = false);
+                break;
+            }
+            SessionEnd::Lost(reason) => {
+                info!(target: TARGET, error = %reason, "link session lost; reconnecting");
+                set_disconnected(&inner, reason.to_string());
+                let at = reconnect.on_session_lost(Instant::now());
+                sleep_or_stop(at, &mut stopping).await;
+            }
+            SessionEnd::FailBack(e) => {
+                reconnect.on_failed_back();
+                next = Some(*e);
+            }
+        }
+    }
+    inner
+        .endpoint
+        .close(close_code(ErrorCode::NoError), b"sender stopped");
+    let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+}
+
+/// Runs one established session with its present pusher; keeps the status,
+/// the connection counter and the `connected` gauge.
+async fn run_session(
+    inner: &Arc<Inner>,
+    cfg: &SenderConfig,
+    session: Established,
+    failed_over: bool,
+) -> SessionEnd {
+    inner.metrics.connected.set(1);
+    inner.status.send_replace(LinkStatus {
+        connected: true,
+        receiver: Some(session.address.clone()),
+        last_error: None,
+    });
+    // Presents set from now on (sources react to the connection counter)
+    // go to this session, on their own stream.
+    let pusher = start_pusher(inner, &session.conn, &session.welcome, cfg.max_frame);
+    inner.connections.send_modify(|c| *c += 1);
+    info!(target: TARGET, receiver = %session.address, applied = session.welcome.applied_seq, "link session established");
+    let end = drive(inner, cfg, session, failed_over).await;
+    drop(pusher);
+    inner.metrics.connected.set(0);
+    end
+}
+
+fn set_disconnected(inner: &Inner, error: String) {
+    inner.status.send_replace(LinkStatus {
+        connected: false,
+        receiver: None,
+        last_error: Some(error),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_errors_are_news_again_only_after_the_quiet_period() {
+        let t0 = Instant::now();
+        let mut log = ErrorLog::default();
+        assert!(log.is_news("refused", t0));
+        assert!(!log.is_news("refused", t0 + Duration::from_secs(29)));
+        assert!(log.is_news("timed out", t0 + Duration::from_secs(29)));
+        assert!(log.is_news("refused", t0 + Duration::from_secs(30)));
+        assert!(!log.is_news("refused", t0 + Duration::from_secs(59)));
+        assert!(log.is_news("refused", t0 + Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,539 @@
+//! The sending end: records go into the durable spool at once; a background
+//! task keeps a QUIC session with one of the receivers, streams spooled
+//! records in batches and deletes them from the spool when acknowledged.
+//!
+//! # Delivery guarantee (sender side)
+//!
+//! A record whose [`Sender::send`] returned `Ok` is in the spool and stays
+//! there until a receiver acknowledged it (it applied and persisted it) — or
+//! until the spool's size cap forced it out, in which case it is counted in
+//! `telemetry_sender_records_dropped_total` and the receiver is told how many
+//! records it lost ([`Skip`](crate::proto::message::Skip)). Sessions resume at the receiver's applied
+//! position, so after a crash of either side nothing is lost and what is
+//! resent is recognised as a duplicate.
+//!
+//! Limits: with [`crate::spool::FsyncPolicy::Interval`] or `Never`, a power cut (not a
+//! process crash) can lose the last records; if a receiver then reports more
+//! applied than the spool has, the sender moves its sequence past that point
+//! so new records are not mistaken for duplicates. A receiver whose state
+//! directory is wiped starts the sender's stream afresh from what the spool
+//! still holds.
+
+//!
+//! # Layout
+//!
+//! The decisions are the session machines' in [`crate::session`]; this
+//! module and its children only run them:
+//! * `connect`: one connection attempt and the hello exchange;
+//! * `drive`: one session's loop around [`crate::session`]'s sender machine;
+//! * `present`: the present lane;
+//! * `link`: the reconnect loop between sessions.
+
+mod connect;
+mod drive;
+mod link;
+mod present;
+
+use std::{
+    marker::PhantomData,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::AtomicU64, Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use prometheus::Registry;
+use thiserror::Error;
+use tokio::{
+    sync::{watch, Notify},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use super::TransportTuning;
+use crate::{
+    metrics::SenderMetrics,
+    proto::{
+        frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
+        record::{encode_record, Payload},
+    },
+    session::WindowLimits,
+    spool::{Appended, RecoveryReport, Spool, SpoolConfig, SpoolError, SpoolStats},
+    tls::{Reload, ReloadableTls, Role, TlsError, TlsFiles},
+};
+use present::PresentState;
+
+/// The target of the sender's log messages, whichever of its modules
+/// writes them.
+const TARGET: &str = "telemetry_link::net::sender";
+
+/// Sender settings.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Receiver addresses (`host:port`), in order of preference.
+    pub receivers: Vec<String>,
+    /// TLS server name to expect; default: the host part of each address.
+    pub server_name: Option<String>,
+    /// CA, certificate and key.
+    pub tls: TlsFiles,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool settings.
+    pub spool: SpoolConfig,
+    /// Most records per batch.
+    pub batch_max_records: usize,
+    /// In-flight limits per session.
+    pub window: WindowLimits,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_cap: Duration,
+    /// Time allowed for connecting, the TLS handshake and the hello.
+    pub connect_timeout: Duration,
+    /// While connected to a non-preferred receiver, how often to try the
+    /// preferred one again; `None` stays until that session fails.
+    pub failback_after: Option<Duration>,
+    /// QUIC timers and windows.
+    pub transport: TransportTuning,
+    /// Local UDP address; default `[::]:0`, or `0.0.0.0:0` without IPv6.
+    pub bind: Option<SocketAddr>,
+    /// How often to check the TLS files for changes.
+    pub tls_reload_interval: Option<Duration>,
+    /// Largest frame this sender accepts.
+    pub max_frame: usize,
+}
+
+impl SenderConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(receivers: Vec<String>, tls: TlsFiles, spool_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            receivers,
+            server_name: None,
+            tls,
+            spool_dir: spool_dir.into(),
+            spool: SpoolConfig::default(),
+            batch_max_records: 4096,
+            window: WindowLimits::default(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            failback_after: Some(Duration::from_secs(30)),
+            transport: TransportTuning::default(),
+            bind: None,
+            tls_reload_interval: Some(Duration::from_secs(5)),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Why a sender could not start.
+#[derive(Debug, Error)]
+pub enum SenderError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Spool unusable.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// Socket problem.
+    #[error("cannot bind the sender's UDP socket: {0}")]
+    Bind(std::io::Error),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The configuration names no receiver.
+    #[error("configuration: at least one receiver address is required")]
+    NoReceivers,
+    /// The largest record (plus its frame overhead) exceeds the largest
+    /// frame.
+    #[error(
+        "configuration: max record size {max_record_bytes} does not fit a {max_frame}-byte frame"
+    )]
+    RecordExceedsFrame {
+        /// [`SpoolConfig::max_record_bytes`].
+        max_record_bytes: usize,
+        /// [`SenderConfig::max_frame`].
+        max_frame: usize,
+    },
+    /// The task opening the spool panicked or was cancelled.
+    #[error("spool open task: {0}")]
+    SpoolTask(tokio::task::JoinError),
+}
+
+/// Why records could not be queued.
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// The spool refused them.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// A record does not serialize.
+    #[error("record does not serialize: {0}")]
+    Encode(#[from] postcard::Error),
+    /// The sender is gone.
+    #[error("sender is closed")]
+    Closed,
+}
+
+/// The link's state as the application sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Whether a session is established.
+    pub connected: bool,
+    /// The receiver address of the current session.
+    pub receiver: Option<String>,
+    /// The last connection error, if any since the last session.
+    pub last_error: Option<String>,
+}
+
+/// What a shutdown achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Everything spooled was acknowledged.
+    pub drained: bool,
+    /// Records left in the spool for the next run.
+    pub unacked: u64,
+}
+
+struct Inner {
+    spool: Mutex<Spool>,
+    wake: Notify,
+    metrics: SenderMetrics,
+    status: watch::Sender<LinkStatus>,
+    connections: watch::Sender<u64>,
+    /// `Some(deadline)` once a shutdown was requested.
+    stopping: watch::Sender<Option<Instant>>,
+    tls: Mutex<ReloadableTls>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    endpoint: quinn::Endpoint,
+    /// The current session's connection, for statistics.
+    current: Mutex<Option<quinn::Connection>>,
+    /// The newest present state set by the application.
+    present: watch::Sender<Option<Arc<PresentState>>>,
+    /// Id of the newest present sent completely to some session.
+    present_sent: Arc<AtomicU64>,
+}
+
+impl Inner {
+    fn spool(&self) -> MutexGuard<'_, Spool> {
+        // A panic while holding the lock cannot leave the spool's files
+        // inconsistent (every mutation is a complete file operation), so a
+        // poisoned lock is safe to keep using.
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refresh_gauges(&self, stats: &SpoolStats) {
+        let m = &self.metrics;
+        m.last_seq.set(stats.last_seq as i64);
+        m.acked_seq.set(stats.acked_seq as i64);
+        m.spool_records.set(stats.records as i64);
+        m.spool_bytes.set(stats.bytes as i64);
+        m.spool_capacity_bytes.set(stats.cap_bytes as i64);
+        let dropped = m.records_dropped.get();
+        if stats.dropped_total > dropped {
+            m.records_dropped.inc_by(stats.dropped_total - dropped);
+        }
+    }
+
+    fn append(&self, data: &[u8], ends: &[usize]) -> Result<Appended, SendError> {
+        let mut slices = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for &end in ends {
+            slices.push(&data[start..end]);
+            start = end;
+        }
+        let mut spool = self.spool();
+        let res = spool.append(&slices);
+        let stats = spool.stats();
+        drop(spool);
+        self.refresh_gauges(&stats);
+        let appended = res?;
+        self.metrics.records_enqueued.inc_by(ends.len() as u64);
+        self.wake.notify_one();
+        Ok(appended)
+    }
+}
+
+/// The sending end of a link. Cheap to clone; all clones share one spool
+/// and one background task.
+pub struct Sender<T> {
+    inner: Arc<Inner>,
+    _payload: PhantomData<fn(T)>,
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let spool = self.inner.spool();
+        f.debug_struct("Sender")
+            .field("stream_id", &format_args!("{:032x}", spool.stream_id()))
+            .field("spool_dir", &spool.dir())
+            .field("last_seq", &spool.last_seq())
+            .field("status", &*self.inner.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _payload: PhantomData,
+        }
+    }
+}
+
+fn encode_all<'a, T: Payload>(
+    records: impl IntoIterator<Item = &'a T>,
+) -> Result<(Vec<u8>, Vec<usize>), SendError> {
+    let mut data = Vec::new();
+    let mut ends = Vec::new();
+    for r in records {
+        encode_record(r, &mut data)?;
+        ends.push(data.len());
+    }
+    Ok((data, ends))
+}
+
+impl<T: Payload> Sender<T> {
+    /// Opens the spool (recovering it), checks the TLS files and starts the
+    /// background link task. Metrics are registered in `registry`.
+    pub async fn start(
+        config: SenderConfig,
+        registry: &Registry,
+    ) -> Result<(Sender<T>, RecoveryReport), SenderError> {
+        if config.receivers.is_empty() {
+            return Err(SenderError::NoReceivers);
+        }
+        if config.spool.max_record_bytes + 64 > config.max_frame.min(MAX_FRAME_LIMIT) {
+            return Err(SenderError::RecordExceedsFrame {
+                max_record_bytes: config.spool.max_record_bytes,
+                max_frame: config.max_frame,
+            });
+        }
+        let metrics = SenderMetrics::register(registry)?;
+        let tls = ReloadableTls::load(&config.tls, Role::Sender)?;
+        let dir = config.spool_dir.clone();
+        let spool_cfg = config.spool.clone();
+        let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(dir, spool_cfg))
+            .await
+            .map_err(SenderError::SpoolTask)??;
+        if !report.is_clean() {
+            warn!(?report, "spool recovered from an unclean state");
+        }
+        let stats = spool.stats();
+        let bind = match config.bind {
+            Some(b) => b,
+            None => default_bind(),
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(SenderError::Bind)?;
+        let inner = Arc::new(Inner {
+            spool: Mutex::new(spool),
+            wake: Notify::new(),
+            metrics,
+            status: watch::channel(LinkStatus::default()).0,
+            connections: watch::channel(0).0,
+            stopping: watch::channel(None).0,
+            tls: Mutex::new(tls),
+            task: Mutex::new(None),
+            endpoint,
+            current: Mutex::new(None),
+            present: watch::channel(None).0,
+            present_sent: Arc::new(AtomicU64::new(0)),
+        });
+        inner.refresh_gauges(&stats);
+        info!(
+            identity = inner
+                .tls
+                .lock()
+                .map(|t| t.current().identity().to_owned())
+                .unwrap_or_default(),
+            last_seq = stats.last_seq,
+            unacked = stats.records,
+            "telemetry link sender started"
+        );
+        let task = tokio::spawn(link::run_link(inner.clone(), config));
+        if let Ok(mut t) = inner.task.lock() {
+            *t = Some(task);
+        }
+        Ok((
+            Sender {
+                inner,
+                _payload: PhantomData,
+            },
+            report,
+        ))
+    }
+
+    /// Queues one record; returns its sequence number. Waits for the disk
+    /// (and an fsync under [`crate::spool::FsyncPolicy::EveryBatch`]), never for the network.
+    pub async fn send(&self, record: &T) -> Result<u64, SendError> {
+        self.send_batch(std::slice::from_ref(record))
+            .await
+            .map(|a| a.first_seq)
+    }
+
+    /// Queues records in order, atomically with respect to other sends.
+    pub async fn send_batch(&self, records: &[T]) -> Result<Appended, SendError> {
+        let (data, ends) = encode_all(records)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.append(&data, &ends))
+            .await
+            .map_err(|_| SendError::Closed)?
+    }
+
+    /// [`Sender::send_batch`] for callers outside async code (or that accept
+    /// blocking the current thread on disk I/O).
+    pub fn send_batch_blocking(&self, records: &[T]) -> Result<Appended, SendError> {
+        let (data, ends) = encode_all(records)?;
+        self.inner.append(&data, &ends)
+    }
+
+    /// Sets the application's present state: its current view (typically
+    /// a full snapshot, plus the latest sample of each series), sent to the
+    /// receiver on its own QUIC stream, ahead of or beside the backlog, so
+    /// that the receiver can show the present at once while history drains
+    /// behind it. Not spooled: only the newest present is kept, in memory.
+    /// It is sent at once to the established session, or else to the next
+    /// one; a newer present replaces one not sent yet (and abandons one
+    /// being sent). The usual caller sets it whenever
+    /// [`Sender::connections`] changes. Returns `covers_seq`: the last
+    /// sequence number assigned, which every record older than the present
+    /// has.
+    ///
+    /// Receivers speaking protocol version 1 do not get presents.
+    pub fn set_present(&self, records: &[T]) -> Result<u64, SendError> {
+        let (body, _) = crate::proto::present::encode_body(records)?;
+        let covers_seq = self.inner.spool().last_seq();
+        self.inner.present.send_modify(|p| {
+            let id = p.as_ref().map_or(1, |old| old.id + 1);
+            *p = Some(Arc::new(PresentState {
+                id,
+                covers_seq,
+                body,
+            }));
+        });
+        Ok(covers_seq)
+    }
+
+    /// Spool counters.
+    pub fn stats(&self) -> SpoolStats {
+        self.inner.spool().stats()
+    }
+
+    /// The spool's stream id.
+    pub fn stream_id(&self) -> u128 {
+        self.inner.spool().stream_id()
+    }
+
+    /// A counter that increases with every established session; sources
+    /// re-send full state when it changes (the receiver may have restarted).
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.inner.connections.subscribe()
+    }
+
+    /// The link's current status.
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// The sender's metrics.
+    pub fn metrics(&self) -> &SenderMetrics {
+        &self.inner.metrics
+    }
+
+    /// Re-reads the TLS files now (e.g. on SIGHUP); new sessions use them.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        reload_tls(&self.inner, true)
+    }
+
+    /// QUIC statistics of the current session (UDP bytes and datagrams,
+    /// path RTT, congestion state), if one is established.
+    pub fn quic_stats(&self) -> Option<quinn::ConnectionStats> {
+        self.inner
+            .current
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(quinn::Connection::stats)
+    }
+
+    /// The link's local UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Moves the link's UDP socket to a new local address; an established
+    /// session migrates to it without a new handshake.
+    pub fn rebind(&self, addr: SocketAddr) -> std::io::Result<()> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        self.inner.endpoint.rebind(socket)
+    }
+
+    /// Stops the link: keeps sending until everything spooled is
+    /// acknowledged or `deadline` passes, then closes the session and
+    /// persists the spool's position. Records still unacknowledged stay in
+    /// the spool for the next start.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let _ = self.inner.stopping.send(Some(Instant::now() + deadline));
+        self.inner.wake.notify_one();
+        let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(deadline + Duration::from_secs(2), task).await;
+        }
+        let mut spool = self.inner.spool();
+        if let Err(e) = spool.checkpoint() {
+            warn!(error = %e, "could not checkpoint the spool");
+        }
+        let stats = spool.stats();
+        drop(spool);
+        self.inner.refresh_gauges(&stats);
+        ShutdownReport {
+            drained: stats.records == 0,
+            unacked: stats.records,
+        }
+    }
+}
+
+fn default_bind() -> SocketAddr {
+    let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    if std::net::UdpSocket::bind(v6).is_ok() {
+        v6
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
+fn reload_tls(inner: &Inner, force: bool) -> Result<(), TlsError> {
+    let Ok(mut tls) = inner.tls.lock() else {
+        return Err(TlsError::Config("TLS state lock poisoned".into()));
+    };
+    match tls.poll(force) {
+        Reload::Unchanged => Ok(()),
+        Reload::Reloaded => {
+            inner.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+            info!("TLS material reloaded; new sessions use it");
+            Ok(())
+        }
+        Reload::Failed(e) => {
+            inner
+                .metrics
+                .tls_reloads
+                .with_label_values(&["error"])
+                .inc();
+            warn!(error = %e, "TLS reload failed; keeping the previous certificate");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policy_is_reexported() {
+        assert_eq!(
+            SpoolConfig::default().fsync,
+            crate::spool::FsyncPolicy::EveryBatch
+        );
+    }
+}
