@@ -14,8 +14,9 @@
 //! ## Layers
 //!
 //! * [`proto`] — the protocol as data and state machines, no IO: framing,
-//!   messages, batch encoding with series interning, the receiver's dedup
-//!   cursor, the sender's window.
+//!   messages, batch encoding with series interning, the sender's window.
+//! * [`session`] — the sessions as state machines, no IO: the receiver's
+//!   dedup cursor and its session from hello to close.
 //! * [`spool`] — the on-disk append-only log with CRC-checked records.
 //! * [`net`] — thin quinn/tokio layer: [`Sender`] and [`Receiver`].
 //! * [`tls`] — certificates, identities, rustls configurations, reload.
@@ -112,6 +113,7 @@ pub mod net;
 pub mod proto;
 pub mod receiver_state;
 pub mod sample;
+pub mod session;
 pub mod spool;
 pub mod tls;
 
