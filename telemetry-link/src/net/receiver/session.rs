@@ -351,8 +351,9 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
                 Some(End::Shutdown | End::Refused(_)) | None => {}
             }
         }
-        if self.slot.take().is_some() {
+        if let Some(exclusive) = self.slot.take() {
             io.shared.slots.release(sender, &io.conn);
+            drop(exclusive);
         }
     }
 }
