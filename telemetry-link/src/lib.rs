@@ -14,9 +14,10 @@
 //! ## Layers
 //!
 //! * [`proto`] — the wire formats, no IO: framing, messages, batch encoding
-//!   with series interning, the receiver's dedup cursor.
-//! * [`session`] — the sessions as state machines, no IO: the sender's
-//!   hello, resume, window, acks, stop and failback, and its reconnect policy.
+//!   with series interning, the present lane's parts, sequence bounds.
+//! * [`session`] — both ends' sessions as state machines, no IO: the
+//!   sender's hello, resume, window, acks, stop, failback and reconnect
+//!   policy; the receiver's dedup cursor and its session from hello to close.
 //! * [`spool`] — the on-disk append-only log with CRC-checked records.
 //! * [`net`] — thin quinn/tokio layer: [`Sender`] and [`Receiver`].
 //! * [`tls`] — certificates, identities, rustls configurations, reload.

@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{fsutil::write_atomic, proto::dedup::StreamCursor, tls::validate_identity};
+use crate::{fsutil::write_atomic, session::dedup::StreamCursor, tls::validate_identity};
 
 const VERSION: u32 = 1;
 const PREFIX: &str = "sender-";

@@ -21,8 +21,8 @@
 use std::{collections::HashMap, collections::VecDeque, path::Path};
 
 use telemetry_link::{
-    proto::dedup::StreamCursor,
     receiver_state::{StateError, StateStore},
+    session::dedup::StreamCursor,
     spool::{Cursor, ReadBuf, ReadOutcome, Spool, SpoolConfig, SpoolError},
 };
 

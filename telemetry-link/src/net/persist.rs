@@ -17,15 +17,18 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{proto::dedup::StreamCursor, receiver_state::StateStore};
+use crate::{
+    receiver_state::{StateError, StateStore},
+    session::dedup::StreamCursor,
+};
 
 /// Durable position of one sender as seen by waiting sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Durable {
     /// Everything up to this sequence is on disk.
     Upto(u64),
     /// The last write failed.
-    Failed(String),
+    Failed(Arc<StateError>),
 }
 
 struct Queue {
@@ -116,7 +119,7 @@ fn run(shared: Arc<Shared>, store: StateStore) {
                 Ok(()) => Durable::Upto(cursor.applied()),
                 Err(e) => {
                     tracing::error!(sender = %sender, error = %e, "cannot persist sender state");
-                    Durable::Failed(e.to_string())
+                    Durable::Failed(Arc::new(e))
                 }
             };
             let w = shared.watchers.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,7 +153,9 @@ mod tests {
         for i in 1..=100 {
             p.submit(&s, StreamCursor::new(1, i));
         }
-        w.wait_for(|d| *d == Durable::Upto(100)).await.unwrap();
+        w.wait_for(|d| matches!(d, Durable::Upto(100)))
+            .await
+            .unwrap();
         assert_eq!(store.load("a").unwrap(), Some(StreamCursor::new(1, 100)));
         // dropping drains what was submitted
         p.submit(&s, StreamCursor::new(1, 101));

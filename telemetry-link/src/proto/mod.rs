@@ -5,12 +5,13 @@
 //! * [`message`]: the messages and their postcard encoding.
 //! * [`record`]: how one record is enveloped (application value or sample).
 //! * [`batch`]: a batch body, with per-connection series interning.
-//! * [`dedup`]: the receiver's per-sender applied position and duplicate/gap rules.
+//! * [`present`]: the present-state lane's body, parts and reassembly.
+//! * [`seq`]: sequence-number bounds shared by the spool and the session.
 
 pub mod batch;
-pub mod dedup;
 pub mod frame;
 pub mod message;
 pub mod present;
 pub mod record;
+pub mod seq;
 pub mod varint;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
+use super::batch::Entry;
 use crate::sample::{Sample, SeriesError, SeriesKey};
 
 const TAG_APP: u8 = 0;
@@ -149,20 +150,45 @@ impl<'a> RecordView<'a> {
     }
 }
 
-/// Decodes an envelope into the application's type.
-pub fn decode_record<T: Payload>(bytes: &[u8]) -> Result<T, RecordError> {
-    match RecordView::parse(bytes)? {
-        RecordView::App(b) => Ok(postcard::from_bytes(b)?),
-        RecordView::Sample {
-            timestamp_ms,
-            value,
-            series,
-        } => {
-            let key = Arc::new(SeriesKey::decode(series)?);
-            T::from_sample(Sample::new(key, timestamp_ms, value))
-                .ok_or(RecordError::SampleNotSupported)
+impl<'a> RecordView<'a> {
+    /// The received-record form of this envelope (its series decoded), as
+    /// a batch entry carries it.
+    pub fn into_entry(self) -> Result<Entry<'a>, RecordError> {
+        Ok(match self {
+            RecordView::App(bytes) => Entry::App(bytes),
+            RecordView::Sample {
+                timestamp_ms,
+                value,
+                series,
+            } => Entry::Sample {
+                series: Arc::new(SeriesKey::decode(series)?),
+                timestamp_ms,
+                value,
+            },
+        })
+    }
+}
+
+impl Entry<'_> {
+    /// Decodes the record into the application's type. This is the one
+    /// decoding path for received records: batch entries come here
+    /// directly, present records through [`decode_record`].
+    pub fn into_record<T: Payload>(self) -> Result<T, RecordError> {
+        match self {
+            Entry::App(bytes) => Ok(postcard::from_bytes(bytes)?),
+            Entry::Sample {
+                series,
+                timestamp_ms,
+                value,
+            } => T::from_sample(Sample::new(series, timestamp_ms, value))
+                .ok_or(RecordError::SampleNotSupported),
         }
     }
+}
+
+/// Decodes an envelope into the application's type.
+pub fn decode_record<T: Payload>(bytes: &[u8]) -> Result<T, RecordError> {
+    RecordView::parse(bytes)?.into_entry()?.into_record()
 }
 
 #[cfg(test)]

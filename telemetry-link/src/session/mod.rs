@@ -2,8 +2,8 @@
 //! files (like `quinn-proto` under `quinn`): each takes `now` and what
 //! happened as input and says what to send, what to wait for and when it
 //! is over. The async layer in [`crate::net`] only moves bytes and timers
-//! for them; the unit tests here drive them with a simulated clock and an
-//! in-memory spool.
+//! for them; the unit tests here drive them with a simulated clock (and, on
+//! the sender side, an in-memory spool).
 //!
 //! Sender side:
 //! * `handshake`: the hello to send and what the receiver's answer means
@@ -15,8 +15,15 @@
 //!   which receivers are tried.
 //! * `spool`: the spool as the sender session sees it (a trait, so tests use
 //!   an in-memory one).
+//!
+//! Receiver side:
+//! * [`dedup`]: the receiver's per-sender applied position and its
+//!   duplicate, gap and skip rules.
+//! * `receiver`: one receiving session, from the hello to the close.
 
+pub mod dedup;
 pub(crate) mod handshake;
+pub(crate) mod receiver;
 pub(crate) mod reconnect;
 pub(crate) mod sender;
 pub(crate) mod spool;

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::fsutil::{sync_dir, write_atomic};
+pub use crate::proto::seq::MAX_SEQ;
 use format::{
     parse_record, resync, Corruption, Parsed, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
@@ -59,10 +60,6 @@ use ranges::RangeSet;
 
 const META_FILE: &str = "spool.meta";
 
-/// Highest sequence number a spool assigns (2^62): far beyond any real
-/// stream, and far enough from `u64::MAX` that sequence arithmetic anywhere
-/// cannot overflow. Headers or metadata beyond it are treated as corrupt.
-pub const MAX_SEQ: u64 = 1 << 62;
 const LOCK_FILE: &str = "LOCK";
 const SEGMENT_EXT: &str = "seg";
 const META_VERSION: u32 = 2;

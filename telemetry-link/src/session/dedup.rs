@@ -1,6 +1,7 @@
 //! Receiver-side sequence state for one sender: what is applied, what is a
-//! duplicate, what is a gap. No IO; the network layer persists
-//! [`StreamCursor::applied`] after every commit.
+//! duplicate, what is a gap. No IO: the receiver's session machine
+//! (`session::receiver`) asks for the cursor to be persisted after every
+//! step that moves it.
 //!
 //! Invariants:
 //! * `applied` only grows within a stream (a given `stream_id`).
@@ -13,7 +14,7 @@
 
 use thiserror::Error;
 
-use super::message::Skip;
+use crate::proto::{message::Skip, seq::MAX_SEQ};
 
 /// A sequence-number protocol violation.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -107,7 +108,7 @@ impl StreamCursor {
         }
         let last_seq = first_seq
             .checked_add(u64::from(count) - 1)
-            .filter(|&l| l <= crate::spool::MAX_SEQ)
+            .filter(|&l| l <= MAX_SEQ)
             .ok_or(SeqError::Overflow)?;
         let expected = self.applied.checked_add(1).ok_or(SeqError::Overflow)?;
         if first_seq > expected {
@@ -141,7 +142,7 @@ impl StreamCursor {
     pub fn apply_skip(&mut self, skip: &Skip) -> Result<SkipOutcome, SeqError> {
         let Skip { from, to, lost } = *skip;
         let bad = SeqError::BadSkip { from, to, lost };
-        if from == 0 || to < from || to > crate::spool::MAX_SEQ || lost > to - from + 1 {
+        if from == 0 || to < from || to > MAX_SEQ || lost > to - from + 1 {
             return Err(bad);
         }
         let expected = self.applied.checked_add(1).ok_or(SeqError::Overflow)?;

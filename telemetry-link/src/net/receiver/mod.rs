@@ -1,0 +1,449 @@
+//! The receiving end: a quinn endpoint that authenticates senders by their
+//! client certificates, runs one session per sender identity, hands batches
+//! to the application's [`Handler`] in sequence order, persists the applied
+//! position and acknowledges.
+//!
+//! # Delivery guarantee (receiver side)
+//!
+//! For each sender identity and stream, records reach [`Handler::handle`]
+//! in strictly increasing sequence order, each at most once **per receiver
+//! process**; a record is acknowledged only after the handler returned `Ok`
+//! for it and its sequence was persisted in the state directory. Records that
+//! arrive again after that are dropped and counted as duplicates; a batch
+//! that skips ahead without the sender announcing the gap closes the
+//! connection. Across a receiver crash, the window between the handler
+//! returning and the state file being renamed into place (one fsync) is the
+//! one place where a batch can be handed to the next process's handler a
+//! second time; [`Delivery::first_seq`] lets a handler with durable side
+//! effects recognise that. A handler whose state lives in memory (like the
+//! metrics store of `telemetry-receiver`) loses its state with the process
+//! anyway and cannot observe it.
+//!
+//! # Layout
+//!
+//! The decisions of a session (hello, versions, dedup, group commit, acks,
+//! closes) are the state machine in `session::receiver`; the files here only
+//! move bytes, tasks and timers for it:
+//!
+//! * `endpoint`: the quinn endpoint, its server configuration and TLS reload.
+//! * `keys`: the stateless-reset and connection-ID keys kept across restarts.
+//! * `admission`: the accept loop; connection and pending-handshake limits.
+//! * `handshake`: the TLS handshake, the sender's identity, the allow list.
+//! * `slots`: one session per sender identity.
+//! * `session`: drives the session machine over the backlog stream.
+//! * `presents`: the present-state lane.
+
+mod admission;
+mod endpoint;
+mod handshake;
+mod keys;
+mod presents;
+mod session;
+mod slots;
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use prometheus::Registry;
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{close_code, persist::Persister, TransportTuning};
+use crate::{
+    metrics::ReceiverMetrics,
+    proto::{
+        batch::DEFAULT_MAX_SERIES,
+        frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
+        message::{ErrorCode, PROTOCOL_VERSION},
+        record::Payload,
+    },
+    receiver_state::{StateError, StateStore},
+    tls::{ReloadableTls, Role, TlsError, TlsFiles},
+};
+use endpoint::ServerTemplate;
+use slots::Slots;
+
+/// Error type handlers return.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A run of consecutive, never-before-applied records from one sender.
+#[derive(Debug)]
+pub struct Delivery<T> {
+    /// The sender's identity (from its certificate).
+    pub sender: Arc<str>,
+    /// The sender's stream (its spool's id): sequence numbers restart at 1
+    /// when a sender starts a new stream, so `(stream_id, seq)` names a
+    /// record.
+    pub stream_id: u128,
+    /// Sequence number of `records[0]`.
+    pub first_seq: u64,
+    /// The records, in sequence order.
+    pub records: Vec<T>,
+}
+
+/// A sender's present state: its current view, sent on its own stream
+/// ahead of or beside its backlog (see [`crate::Sender::set_present`]).
+/// Not sequenced and not acknowledged; a handler applies it to show the
+/// present at once, and treats records of the same stream up to
+/// `covers_seq` that arrive afterwards as history (older than the present).
+#[derive(Debug)]
+pub struct PresentDelivery<T> {
+    /// The sender's identity (from its certificate).
+    pub sender: Arc<str>,
+    /// The sender's stream.
+    pub stream_id: u128,
+    /// The sender's last sequence number when it took the present.
+    pub covers_seq: u64,
+    /// The present's records.
+    pub records: Vec<T>,
+}
+
+/// The application's side of the receiver.
+pub trait Handler<T>: Send + Sync + 'static {
+    /// Applies a batch. Returning an error closes the sender's connection
+    /// without acknowledging the batch; the sender retries it later.
+    fn handle(
+        &self,
+        delivery: Delivery<T>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// A sender's present state arrived (default: ignored). It may arrive
+    /// while [`Handler::handle`] runs for the same sender's backlog. An
+    /// error is logged and counted; the session goes on.
+    fn present(
+        &self,
+        present: PresentDelivery<T>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = present;
+        async { Ok(()) }
+    }
+
+    /// A session with `sender` was established.
+    fn sender_connected(&self, sender: &str) {
+        let _ = sender;
+    }
+
+    /// The session with `sender` ended.
+    fn sender_disconnected(&self, sender: &str) {
+        let _ = sender;
+    }
+}
+
+/// Resource limits of a receiver.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiverLimits {
+    /// Largest frame accepted (and announced to senders).
+    pub max_frame: usize,
+    /// Interned series per connection.
+    pub max_series: u32,
+    /// Concurrent connections; more are refused.
+    pub max_connections: usize,
+    /// Concurrent unfinished handshakes from unvalidated addresses before
+    /// new ones must prove their address with a QUIC retry.
+    pub max_pending_handshakes: usize,
+    /// Time allowed for the TLS handshake and for the hello.
+    pub hello_timeout: Duration,
+    /// Frames applied before the state is persisted and acknowledged, when
+    /// more are already waiting (group commit).
+    pub max_frames_per_commit: usize,
+    /// Largest present state accepted (bytes of records); a larger one is
+    /// refused and counted, the session goes on.
+    pub max_present_bytes: usize,
+    /// Newest protocol version spoken (at most [`PROTOCOL_VERSION`]): pins
+    /// a receiver to an older version during a staged upgrade; senders fall
+    /// back to it.
+    pub max_protocol_version: u16,
+}
+
+impl Default for ReceiverLimits {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_series: DEFAULT_MAX_SERIES,
+            max_connections: 1024,
+            max_pending_handshakes: 64,
+            hello_timeout: Duration::from_secs(5),
+            max_frames_per_commit: 64,
+            max_present_bytes: 64 << 20,
+            max_protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Receiver settings.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// CA, certificate and key.
+    pub tls: TlsFiles,
+    /// Where per-sender state and the stateless-reset key live.
+    pub state_dir: PathBuf,
+    /// Identities allowed to connect; `None` allows every certificate the CA
+    /// signed.
+    pub allowed_senders: Option<BTreeSet<String>>,
+    /// Limits.
+    pub limits: ReceiverLimits,
+    /// QUIC timers and windows.
+    pub transport: TransportTuning,
+    /// How often to check the TLS files for changes; `None` disables it
+    /// ([`Receiver::reload_tls`] still works).
+    pub tls_reload_interval: Option<Duration>,
+}
+
+impl ReceiverConfig {
+    /// A configuration with default limits and timers.
+    pub fn new(listen: SocketAddr, tls: TlsFiles, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            tls,
+            state_dir: state_dir.into(),
+            allowed_senders: None,
+            limits: ReceiverLimits::default(),
+            transport: TransportTuning::default(),
+            tls_reload_interval: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Why a receiver could not start.
+#[derive(Debug, Error)]
+pub enum ReceiverError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// State directory unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Socket problem.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered (duplicate registration).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// [`ReceiverLimits::max_frame`] is outside `1024..=16 MiB`.
+    #[error("configuration: max_frame must be within 1024..={MAX_FRAME_LIMIT}")]
+    MaxFrame {
+        /// The configured value.
+        max_frame: usize,
+    },
+    /// No async runtime to drive the endpoint.
+    #[error("configuration: no async runtime found")]
+    NoRuntime,
+}
+
+/// What every task of a receiver shares.
+struct Shared<H> {
+    limits: ReceiverLimits,
+    allowed: Option<BTreeSet<String>>,
+    metrics: ReceiverMetrics,
+    state: StateStore,
+    persister: Persister,
+    handler: Arc<H>,
+    slots: Slots,
+    /// Connections admitted and not finished.
+    active: AtomicUsize,
+    /// Admitted connections still in their TLS handshake.
+    pending: AtomicUsize,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A cheap, cloneable readiness check of a [`Receiver`]: the QUIC listener
+/// runs and the state directory is writable.
+#[derive(Debug, Clone)]
+pub struct ReadyHandle {
+    running: Arc<AtomicBool>,
+    state: StateStore,
+}
+
+impl ReadyHandle {
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.running.load(Ordering::Relaxed) {
+            return Err("the QUIC listener is not running".into());
+        }
+        self.state
+            .check_writable()
+            .map_err(|e| format!("state directory not writable: {e}"))
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    metrics: ReceiverMetrics,
+    state: StateStore,
+    tls: Arc<Mutex<ReloadableTls>>,
+    server_template: ServerTemplate,
+    shutdown: watch::Sender<bool>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    running: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("local_addr", &self.local_addr)
+            .field("running", &self.running.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Receiver {
+    /// Dropping without [`Receiver::shutdown`] is an abrupt stop (like a
+    /// crash, minus the loss of queued state writes, which still complete):
+    /// sessions are aborted at their next await point and the endpoint closes.
+    fn drop(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        self.running.store(false, Ordering::Relaxed);
+        self.endpoint
+            .close(close_code(ErrorCode::ShuttingDown), b"receiver stopped");
+    }
+}
+
+impl Receiver {
+    /// Binds the endpoint and starts accepting senders. `T` is the payload
+    /// type; metrics are registered in `registry`.
+    pub async fn start<T: Payload, H: Handler<T>>(
+        config: ReceiverConfig,
+        handler: Arc<H>,
+        registry: &Registry,
+    ) -> Result<Receiver, ReceiverError> {
+        let max_frame = config.limits.max_frame;
+        if !(1024..=MAX_FRAME_LIMIT).contains(&max_frame) {
+            return Err(ReceiverError::MaxFrame { max_frame });
+        }
+        let metrics = ReceiverMetrics::register(registry)?;
+        let tls_state = ReloadableTls::load(&config.tls, Role::Receiver)?;
+        let state = StateStore::open(&config.state_dir)?;
+        for (id, c) in state.list() {
+            metrics
+                .applied_seq
+                .with_label_values(&[id.as_str()])
+                .set(c.applied() as i64);
+        }
+        let template = ServerTemplate::new(&config.transport, &metrics);
+        let server_cfg = template.build(tls_state.current())?;
+        let endpoint = endpoint::bind(&config, server_cfg, &metrics)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| ReceiverError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let persister = Persister::start(state.clone()).map_err(|source| StateError::Io {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            limits: config.limits,
+            allowed: config.allowed_senders.clone(),
+            metrics: metrics.clone(),
+            state: state.clone(),
+            persister,
+            handler,
+            slots: Slots::default(),
+            active: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            shutdown: shutdown_rx,
+        });
+        let tls = Arc::new(Mutex::new(tls_state));
+        let running = Arc::new(AtomicBool::new(true));
+        let accept = tokio::spawn(admission::accept_loop::<T, H>(
+            endpoint.clone(),
+            shared,
+            admission::Reloads {
+                tls: tls.clone(),
+                template: template.clone(),
+                every: config.tls_reload_interval,
+            },
+            running.clone(),
+        ));
+        info!(%local_addr, "telemetry link receiver listening");
+        Ok(Receiver {
+            endpoint,
+            local_addr,
+            metrics,
+            state,
+            tls,
+            server_template: template,
+            shutdown: shutdown_tx,
+            accept: Some(accept),
+            running,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The receiver's metrics.
+    pub fn metrics(&self) -> &ReceiverMetrics {
+        &self.metrics
+    }
+
+    /// Whether the endpoint is up and the state directory is writable.
+    pub fn is_ready(&self) -> bool {
+        self.ready_handle().check().is_ok()
+    }
+
+    /// A handle for readiness probes that outlives borrows of the receiver.
+    pub fn ready_handle(&self) -> ReadyHandle {
+        ReadyHandle {
+            running: self.running.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Re-reads the TLS files now (e.g. on SIGHUP). New handshakes use the
+    /// new material; established connections are not disturbed. On error the
+    /// old material stays in use.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        endpoint::reload(
+            &self.endpoint,
+            &self.tls,
+            &self.server_template,
+            &self.metrics,
+            true,
+        )
+    }
+
+    /// Graceful stop: refuse new connections, let every session finish the
+    /// batch it is applying and persist its state, then close. Waits at most
+    /// `deadline` for sessions.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        self.endpoint.set_server_config(None);
+        let _ = self.shutdown.send(true);
+        if let Some(accept) = self.accept.take() {
+            if tokio::time::timeout(deadline, accept).await.is_err() {
+                warn!("receiver sessions did not finish within the shutdown deadline");
+            }
+        }
+        self.endpoint.close(
+            close_code(ErrorCode::ShuttingDown),
+            b"receiver shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
