@@ -8,10 +8,13 @@
 //! - [`events`]: rescale events → scale events, counted once (persisted).
 //! - [`source`]: the watch loop ([`KubeSource`]).
 //! - [`client`]: building the `kube::Client` ([`client_from`]).
+//! - [`leader`]: leader election among sender replicas over a Lease
+//!   ([`LeaderElector`]), with fencing and epochs.
 
 pub mod client;
 pub mod convert;
 pub mod events;
+pub mod leader;
 mod metrics;
 pub mod quantity;
 pub mod source;
@@ -19,5 +22,8 @@ mod store;
 
 pub use client::{client_from, install_crypto_provider, ClientConfigError};
 pub use events::{ScaleTracker, StateError};
+pub use leader::{
+    LeaderConfigError, LeaderElectionConfig, LeaderElectionError, LeaderElector, Leadership,
+};
 pub use quantity::{parse_quantity, QuantityError};
 pub use source::{KubeSource, KubeSourceConfig, KubeSourceError};

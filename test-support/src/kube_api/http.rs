@@ -1,38 +1,38 @@
 //! The HTTP side of the test API server (hyper 1, plain HTTP/1.1).
 //!
-//! This module owns routing, discovery documents, list and get responses,
-//! streaming watches (newline-delimited JSON watch events, bookmarks, `410
-//! Expired` as an `ERROR` event, server-side `timeoutSeconds`), `Status`
-//! error bodies, and the accept loop whose connections can be cut.
+//! This module owns routing (method and path to a verb on a resource), list
+//! and get responses, `Status` error bodies, reading write bodies (at most
+//! [`MAX_BODY`] bytes) and the accept loop whose connections can be cut.
+//! Discovery documents come from `discovery`, watches stream from
+//! `watch_stream`, and what a write answers is decided in `writes`.
 
 use std::{
-    collections::VecDeque,
     convert::Infallible,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::{body::Frame, header, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::apimachinery::pkg::{
-    apis::meta::v1::{
-        APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
-    },
-    version::Info,
-};
 use serde_json::{json, Value};
 use tokio::{
     net::TcpListener,
-    sync::{broadcast, oneshot, watch},
+    sync::{oneshot, watch},
     task::JoinSet,
 };
 
 use super::{
+    discovery,
     selector::Selector,
-    state::{LogEntry, RequestRecord, Resource, State, Verb, WatchFilter},
+    state::{RequestRecord, Resource, State, Verb, WatchFilter},
+    watch_stream::watch_response,
+    writes,
 };
+
+/// Largest request body read (a Lease is well under 1 KiB).
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -94,7 +94,7 @@ pub(crate) fn status_object(
     v
 }
 
-fn status_response(
+pub(crate) fn status_response(
     code: u16,
     reason: &str,
     message: &str,
@@ -229,53 +229,6 @@ fn route(path: &str) -> Route {
     }
 }
 
-fn api_resource(r: Resource) -> APIResource {
-    let verbs: &[&str] = if r.watchable() {
-        &[
-            "create", "delete", "get", "list", "patch", "update", "watch",
-        ]
-    } else {
-        &["get", "list"]
-    };
-    APIResource {
-        name: r.plural().to_owned(),
-        singular_name: r.kind().to_lowercase(),
-        namespaced: true,
-        kind: r.kind().to_owned(),
-        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
-        ..APIResource::default()
-    }
-}
-
-fn resource_list(group_version: &str, resources: &[Resource]) -> Value {
-    serde_json::to_value(APIResourceList {
-        group_version: group_version.to_owned(),
-        resources: resources.iter().copied().map(api_resource).collect(),
-    })
-    .unwrap_or_default()
-}
-
-fn api_group(name: &str, version: &str) -> APIGroup {
-    let gv = GroupVersionForDiscovery {
-        group_version: format!("{name}/{version}"),
-        version: version.to_owned(),
-    };
-    APIGroup {
-        name: name.to_owned(),
-        preferred_version: Some(gv.clone()),
-        server_address_by_client_cidrs: None,
-        versions: vec![gv],
-    }
-}
-
-fn groups(metrics: bool) -> Vec<APIGroup> {
-    let mut g = vec![api_group("autoscaling", "v2")];
-    if metrics {
-        g.push(api_group("metrics.k8s.io", "v1beta1"));
-    }
-    g
-}
-
 fn forbidden(resource: Resource, verb: Verb, namespace: Option<&str>) -> Response<Body> {
     let scope = namespace.map_or_else(
         || "at the cluster scope".to_owned(),
@@ -300,6 +253,34 @@ fn list_kind(resource: Resource) -> String {
     format!("{}List", resource.kind())
 }
 
+/// The verb a request performs, if it addresses a resource with a method
+/// the server serves for it.
+fn verb(method: &Method, route: &Route, query: &Query) -> Option<Verb> {
+    let writable = |r: &Resource| r.writable();
+    match (method, route) {
+        (&Method::GET, Route::Collection { .. }) => {
+            Some(if matches!(query.get("watch"), Some("true" | "1")) {
+                Verb::Watch
+            } else {
+                Verb::List
+            })
+        }
+        (&Method::GET, Route::Object { .. }) => Some(Verb::Get),
+        (
+            &Method::POST,
+            Route::Collection {
+                resource,
+                namespace: Some(_),
+            },
+        ) if writable(resource) => Some(Verb::Create),
+        (&Method::PUT, Route::Object { resource, .. }) if writable(resource) => Some(Verb::Update),
+        (&Method::DELETE, Route::Object { resource, .. }) if writable(resource) => {
+            Some(Verb::Delete)
+        }
+        _ => None,
+    }
+}
+
 /// Handles one request (recording it).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -310,34 +291,30 @@ pub(crate) async fn handle(
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
     let query = Query::parse(&raw_query);
     let route = route(&path);
-    let (resource, namespace, verb) = match &route {
+    let verb = verb(&method, &route, &query);
+    let (resource, namespace, name) = match &route {
         Route::Collection {
             resource,
             namespace,
-        } => {
-            let watch = matches!(query.get("watch"), Some("true" | "1"));
-            (
-                Some(*resource),
-                namespace.clone(),
-                Some(if watch { Verb::Watch } else { Verb::List }),
-            )
-        }
+        } => (Some(*resource), namespace.clone(), None),
         Route::Object {
             resource,
             namespace,
-            ..
-        } => (Some(*resource), Some(namespace.clone()), Some(Verb::Get)),
+            name,
+        } => (Some(*resource), Some(namespace.clone()), Some(name.clone())),
         _ => (None, None, None),
     };
-    let resp = if method != Method::GET {
-        status_response(
+    let resp = match (verb, resource, namespace.as_deref()) {
+        (Some(v @ (Verb::Create | Verb::Update | Verb::Delete)), Some(r), Some(ns)) => {
+            write(&shared, v, r, (ns, name.as_deref()), req.into_body()).await
+        }
+        _ if method != Method::GET => status_response(
             405,
             "MethodNotAllowed",
-            "the test API server only serves GET",
+            "the test API server serves GET, and create, update and delete of leases",
             None,
-        )
-    } else {
-        respond(&shared, route, &query)
+        ),
+        _ => respond(&shared, route, &query),
     };
     shared.lock().record(RequestRecord {
         method: method.to_string(),
@@ -351,62 +328,54 @@ pub(crate) async fn handle(
     resp
 }
 
+/// A create, update or delete of `resource` at `(namespace, name)`.
+async fn write(
+    shared: &Shared,
+    verb: Verb,
+    resource: Resource,
+    (namespace, name): (&str, Option<&str>),
+    body: hyper::body::Incoming,
+) -> Response<Body> {
+    if shared.lock().is_forbidden(resource, verb) {
+        return forbidden(resource, verb, Some(namespace));
+    }
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return status_response(
+                413,
+                "RequestEntityTooLarge",
+                &format!("the request body could not be read (limit {MAX_BODY} bytes): {e}"),
+                None,
+            )
+        }
+    };
+    let answer = {
+        let mut state = shared.lock();
+        let name = name.unwrap_or_default();
+        match verb {
+            Verb::Create => writes::create(&mut state, resource, namespace, &bytes),
+            Verb::Update => writes::replace(&mut state, resource, namespace, name, &bytes),
+            _ => writes::delete(&mut state, resource, namespace, name, &bytes),
+        }
+    };
+    json_response(
+        StatusCode::from_u16(answer.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &answer.body,
+    )
+}
+
 fn respond(shared: &Arc<Shared>, route: Route, query: &Query) -> Response<Body> {
     let metrics_enabled = shared.lock().metrics_enabled;
     match route {
-        Route::Version => json_response(
-            StatusCode::OK,
-            &serde_json::to_value(Info {
-                major: "1".into(),
-                minor: "34".into(),
-                git_version: "v1.34.0-telemetry-test".into(),
-                git_commit: "0000000000000000000000000000000000000000".into(),
-                git_tree_state: "clean".into(),
-                build_date: "2025-01-01T00:00:00Z".into(),
-                go_version: "go1.24".into(),
-                compiler: "gc".into(),
-                platform: "linux/amd64".into(),
-                ..Info::default()
-            })
-            .unwrap_or_default(),
-        ),
-        Route::CoreVersions => json_response(
-            StatusCode::OK,
-            &serde_json::to_value(APIVersions {
-                versions: vec!["v1".into()],
-                server_address_by_client_cidrs: vec![],
-            })
-            .unwrap_or_default(),
-        ),
-        Route::CoreResources => json_response(
-            StatusCode::OK,
-            &resource_list("v1", &[Resource::Pods, Resource::Events]),
-        ),
-        Route::Groups => json_response(
-            StatusCode::OK,
-            &serde_json::to_value(APIGroupList {
-                groups: groups(metrics_enabled),
-            })
-            .unwrap_or_default(),
-        ),
-        Route::Group(g) => match groups(metrics_enabled).into_iter().find(|x| x.name == g) {
-            Some(group) => json_response(
-                StatusCode::OK,
-                &serde_json::to_value(group).unwrap_or_default(),
-            ),
-            None => not_found(),
-        },
-        Route::GroupResources(g, v) => match (g.as_str(), v.as_str()) {
-            ("autoscaling", "v2") => json_response(
-                StatusCode::OK,
-                &resource_list("autoscaling/v2", &[Resource::HorizontalPodAutoscalers]),
-            ),
-            ("metrics.k8s.io", "v1beta1") if metrics_enabled => json_response(
-                StatusCode::OK,
-                &resource_list("metrics.k8s.io/v1beta1", &[Resource::PodMetrics]),
-            ),
-            _ => not_found(),
-        },
+        Route::Version => json_response(StatusCode::OK, &discovery::version()),
+        Route::CoreVersions => json_response(StatusCode::OK, &discovery::core_versions()),
+        Route::CoreResources => json_response(StatusCode::OK, &discovery::core_resources()),
+        Route::Groups => json_response(StatusCode::OK, &discovery::groups(metrics_enabled)),
+        Route::Group(g) => discovery::group(&g, metrics_enabled)
+            .map_or_else(not_found, |v| json_response(StatusCode::OK, &v)),
+        Route::GroupResources(g, v) => discovery::group_resources(&g, &v, metrics_enabled)
+            .map_or_else(not_found, |v| json_response(StatusCode::OK, &v)),
         Route::Collection {
             resource,
             namespace,
@@ -555,157 +524,6 @@ fn list_response(shared: &Shared, filter: &WatchFilter, query: &Query) -> Respon
             "items": items,
         }),
     )
-}
-
-fn line(kind: &str, object: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
-}
-
-/// The state of one streaming watch.
-struct WatchStream {
-    shared: Arc<Shared>,
-    filter: WatchFilter,
-    replay: VecDeque<Bytes>,
-    feed: Option<broadcast::Receiver<Arc<LogEntry>>>,
-    seen_rv: u64,
-    bookmarks: bool,
-    deadline: tokio::time::Instant,
-    cut: watch::Receiver<u64>,
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        self.shared
-            .open_watches
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl WatchStream {
-    fn bookmark(&self) -> Bytes {
-        line(
-            "BOOKMARK",
-            &json!({
-                "kind": self.filter.resource.kind(),
-                "apiVersion": self.filter.resource.api_version(),
-                "metadata": {"resourceVersion": self.seen_rv.to_string()},
-            }),
-        )
-    }
-
-    async fn next_frame(&mut self) -> Option<Result<Frame<Bytes>, std::io::Error>> {
-        if let Some(l) = self.replay.pop_front() {
-            return Some(Ok(Frame::data(l)));
-        }
-        let interval = self.shared.bookmark_interval;
-        let feed = self.feed.as_mut()?;
-        let idle = tokio::time::sleep(interval);
-        tokio::pin!(idle);
-        loop {
-            tokio::select! {
-                _ = self.cut.changed() => {
-                    // An error ends the response without its final chunk:
-                    // the client sees the connection cut mid-stream.
-                    return Some(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "watch cut by test")));
-                }
-                _ = tokio::time::sleep_until(self.deadline) => return None,
-                _ = &mut idle, if self.bookmarks => return Some(Ok(Frame::data(self.bookmark()))),
-                got = feed.recv() => match got {
-                    Ok(entry) => {
-                        if entry.rv <= self.seen_rv {
-                            continue;
-                        }
-                        self.seen_rv = entry.rv;
-                        if let Some(kind) = self.filter.event_type(&entry) {
-                            return Some(Ok(Frame::data(line(kind, &entry.object))));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some(Err(std::io::Error::other("watch fell behind")));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-            }
-        }
-    }
-}
-
-fn watch_response(shared: &Arc<Shared>, filter: WatchFilter, query: &Query) -> Response<Body> {
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .unwrap_or(1800)
-        .min(3600);
-    let bookmarks = matches!(query.get("allowWatchBookmarks"), Some("true" | "1"));
-    let requested: Option<u64> = match query.get("resourceVersion") {
-        None | Some("") | Some("0") => None,
-        Some(v) => match v.parse() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                return status_response(
-                    400,
-                    "BadRequest",
-                    &format!("invalid resourceVersion {v:?}"),
-                    None,
-                )
-            }
-        },
-    };
-    let mut replay = VecDeque::new();
-    let (feed, seen_rv) = {
-        let state = shared.lock();
-        match requested {
-            Some(n) if n < state.compacted_below => {
-                let status = status_object(
-                    410,
-                    "Expired",
-                    &format!("too old resource version: {n} ({})", state.compacted_below),
-                    None,
-                );
-                replay.push_back(line("ERROR", &status));
-                (None, state.rv)
-            }
-            Some(n) => {
-                for entry in state.since(n) {
-                    if let Some(kind) = filter.event_type(&entry) {
-                        replay.push_back(line(kind, &entry.object));
-                    }
-                }
-                (Some(state.feed.subscribe()), state.rv)
-            }
-            None => {
-                for obj in state.list(&filter) {
-                    replay.push_back(line("ADDED", &obj));
-                }
-                (Some(state.feed.subscribe()), state.rv)
-            }
-        }
-    };
-    shared
-        .open_watches
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let stream = WatchStream {
-        shared: shared.clone(),
-        filter,
-        replay,
-        feed,
-        seen_rv,
-        bookmarks,
-        deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),
-        cut: shared.cut.subscribe(),
-    };
-    let body = futures_util::stream::unfold(stream, |mut s| async move {
-        let frame = s.next_frame().await?;
-        Some((frame, s))
-    });
-    let mut resp = Response::new(StreamBody::new(body).boxed());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 /// Serves connections from `listener` until `stop` fires; then closes every

@@ -2,10 +2,13 @@
 //!
 //! This module owns [`KubeApiServer`]: plain HTTP on a random 127.0.0.1 port
 //! serving discovery (`/version`, `/api`, `/api/v1`, `/apis`,
-//! `/apis/autoscaling/v2`, `/apis/metrics.k8s.io/v1beta1`), list, get and
-//! watch of pods, autoscaling/v2 horizontalpodautoscalers and events, and
-//! list of metrics.k8s.io pod metrics, cluster-wide and namespaced, with
-//! equality-based `labelSelector` / `fieldSelector`. Lists carry
+//! `/apis/autoscaling/v2`, `/apis/coordination.k8s.io/v1`,
+//! `/apis/metrics.k8s.io/v1beta1`), list, get and watch of pods,
+//! autoscaling/v2 horizontalpodautoscalers, events and coordination/v1
+//! leases, list of metrics.k8s.io pod metrics, cluster-wide and namespaced,
+//! with equality-based `labelSelector` / `fieldSelector`; and create, replace
+//! (resourceVersion-checked) and delete of leases with the real server's
+//! answers (`writes` lists them; patch is not served). Lists carry
 //! `metadata.resourceVersion`; watches stream newline-delimited
 //! `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":...}` events
 //! after the requested resourceVersion from a change log, send bookmarks
@@ -20,11 +23,18 @@
 //! same port ([`KubeApiServer::restart`], [`KubeApiServer::stop`],
 //! [`KubeApiServer::resume`]), switch the metrics API off and on, refuse
 //! verbs with 403, and expose a request log and counters.
+//!
+//! To cut one client off while others keep working, put an [`ApiProxy`]
+//! between that client and the server ([`proxy`]).
 
+mod discovery;
 mod http;
 pub mod objects;
+pub mod proxy;
 pub mod selector;
 mod state;
+mod watch_stream;
+mod writes;
 
 use std::{
     net::SocketAddr,
@@ -35,6 +45,7 @@ use std::{
 
 use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
+    coordination::v1::Lease,
     core::v1::{Event, Pod},
 };
 use serde::Serialize;
@@ -45,6 +56,7 @@ use tokio::{
     task::JoinHandle,
 };
 
+pub use proxy::ApiProxy;
 pub use state::{RequestRecord, Resource, Verb};
 
 use self::http::Shared;
@@ -69,6 +81,14 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 fn to_value(object: &impl Serialize) -> Value {
     serde_json::to_value(object).unwrap_or(Value::Null)
+}
+
+/// A kubeconfig for `url`: cluster, user and context all named `fake`, no
+/// authentication.
+fn kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    )
 }
 
 impl KubeApiServer {
@@ -119,11 +139,7 @@ impl KubeApiServer {
     /// Writes a kubeconfig for this server: cluster, user and context all
     /// named `fake`, no authentication.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-            self.url()
-        );
-        std::fs::write(path, text)
+        std::fs::write(path, kubeconfig(&self.url()))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
@@ -187,6 +203,24 @@ impl KubeApiServer {
             }
         }
         state.upsert(Resource::PodMetrics, metrics);
+    }
+
+    /// Creates or replaces a Lease without any check (as another writer
+    /// would); returns its resourceVersion.
+    pub fn upsert_lease(&self, lease: &Lease) -> u64 {
+        self.state().upsert(Resource::Leases, to_value(lease))
+    }
+
+    /// The stored Lease, if any.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Lease> {
+        self.state()
+            .get(Resource::Leases, namespace, name)
+            .and_then(|v| serde_json::from_value(v).ok())
+    }
+
+    /// Deletes a Lease; false if there was none.
+    pub fn delete_lease(&self, namespace: &str, name: &str) -> bool {
+        self.state().delete(Resource::Leases, namespace, name)
     }
 
     /// Removes a pod's metrics.
@@ -307,6 +341,9 @@ impl Drop for KubeApiServer {
         }
     }
 }
+
+#[cfg(test)]
+mod lease_tests;
 
 #[cfg(test)]
 mod tests {
@@ -526,7 +563,14 @@ mod tests {
             .iter()
             .map(|g| g["name"].clone())
             .collect();
-        assert_eq!(groups, vec![json!("autoscaling"), json!("metrics.k8s.io")]);
+        assert_eq!(
+            groups,
+            vec![
+                json!("autoscaling"),
+                json!("coordination.k8s.io"),
+                json!("metrics.k8s.io")
+            ]
+        );
         let (_, v) = get(&server, "/apis/autoscaling/v2").await;
         assert_eq!(v["groupVersion"], "autoscaling/v2");
         assert_eq!(v["resources"][0]["name"], "horizontalpodautoscalers");
@@ -538,7 +582,7 @@ mod tests {
 
         server.set_metrics_api(false);
         let (_, v) = get(&server, "/apis").await;
-        assert_eq!(v["groups"].as_array().unwrap().len(), 1);
+        assert_eq!(v["groups"].as_array().unwrap().len(), 2);
         for path in [
             "/apis/metrics.k8s.io/v1beta1",
             "/apis/metrics.k8s.io/v1beta1/pods",

@@ -4,7 +4,7 @@
 //! global resourceVersion counter, the log of changes watches replay from
 //! (with its compaction point), the broadcast feeding open watches, the
 //! permission and metrics-API switches, and the request log and counters.
-//! It knows nothing about HTTP.
+//! It knows nothing about HTTP (the rules of writes live in `writes`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -27,15 +27,18 @@ pub enum Resource {
     Events,
     /// metrics.k8s.io/v1beta1 pods (list only).
     PodMetrics,
+    /// coordination.k8s.io/v1 leases (the only resource clients may write).
+    Leases,
 }
 
 impl Resource {
     /// All resources.
-    pub const ALL: [Resource; 4] = [
+    pub const ALL: [Resource; 5] = [
         Resource::Pods,
         Resource::HorizontalPodAutoscalers,
         Resource::Events,
         Resource::PodMetrics,
+        Resource::Leases,
     ];
 
     /// Plural name in URLs and RBAC rules.
@@ -44,6 +47,7 @@ impl Resource {
             Resource::Pods | Resource::PodMetrics => "pods",
             Resource::HorizontalPodAutoscalers => "horizontalpodautoscalers",
             Resource::Events => "events",
+            Resource::Leases => "leases",
         }
     }
 
@@ -53,13 +57,14 @@ impl Resource {
             Resource::Pods | Resource::Events => "",
             Resource::HorizontalPodAutoscalers => "autoscaling",
             Resource::PodMetrics => "metrics.k8s.io",
+            Resource::Leases => "coordination.k8s.io",
         }
     }
 
     /// API version within the group.
     pub fn version(self) -> &'static str {
         match self {
-            Resource::Pods | Resource::Events => "v1",
+            Resource::Pods | Resource::Events | Resource::Leases => "v1",
             Resource::HorizontalPodAutoscalers => "v2",
             Resource::PodMetrics => "v1beta1",
         }
@@ -81,12 +86,19 @@ impl Resource {
             Resource::HorizontalPodAutoscalers => "HorizontalPodAutoscaler",
             Resource::Events => "Event",
             Resource::PodMetrics => "PodMetrics",
+            Resource::Leases => "Lease",
         }
     }
 
     /// Whether it supports watch.
     pub fn watchable(self) -> bool {
         self != Resource::PodMetrics
+    }
+
+    /// Whether clients may create, update and delete it (the other
+    /// resources are changed through the handle only).
+    pub fn writable(self) -> bool {
+        self == Resource::Leases
     }
 
     /// Finds the resource for a URL's group, version and plural.
@@ -115,6 +127,12 @@ pub enum Verb {
     Watch,
     /// A GET of one named object.
     Get,
+    /// A POST to a collection.
+    Create,
+    /// A PUT of one named object.
+    Update,
+    /// A DELETE of one named object.
+    Delete,
 }
 
 impl Verb {
@@ -124,6 +142,9 @@ impl Verb {
             Verb::List => "list",
             Verb::Watch => "watch",
             Verb::Get => "get",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
         }
     }
 }
@@ -376,7 +397,6 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// One object.
     /// One page of [`State::list`]: at most `limit` matching objects whose
     /// (namespace, name) comes after `after`, in that order, and the key of
     /// the last one returned if more match beyond it.
@@ -403,6 +423,7 @@ impl State {
         (page.into_iter().map(|(_, o)| o.clone()).collect(), next)
     }
 
+    /// One object.
     pub(crate) fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
         self.objects
             .get(&resource)
