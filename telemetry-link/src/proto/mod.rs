@@ -14,5 +14,6 @@ pub mod frame;
 pub mod message;
 pub mod present;
 pub mod record;
+pub mod seq;
 pub mod varint;
 pub mod window;
