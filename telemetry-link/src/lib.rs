@@ -17,6 +17,8 @@
 //!   messages, batch encoding with series interning, the receiver's dedup
 //!   cursor, the sender's window.
 //! * [`spool`] — the on-disk append-only log with CRC-checked records.
+//! * [`queue`] — a durable FIFO queue on the spool for embedders, with
+//!   idempotent producers.
 //! * [`net`] — thin quinn/tokio layer: [`Sender`] and [`Receiver`].
 //! * [`tls`] — certificates, identities, rustls configurations, reload.
 //!
@@ -110,6 +112,7 @@ mod fsutil;
 pub mod metrics;
 pub mod net;
 pub mod proto;
+pub mod queue;
 pub mod receiver_state;
 pub mod sample;
 pub mod spool;
