@@ -73,6 +73,7 @@ fn cap_for(max_bytes: u64, total_bytes: u64, available: Option<u64>) -> u64 {
 impl Spool {
     /// The size cap in force (the configured cap, or less if the filesystem
     /// is smaller).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // read through `internals`
     pub fn effective_cap(&self) -> u64 {
         self.effective_cap
     }

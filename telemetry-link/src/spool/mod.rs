@@ -68,7 +68,7 @@ use std::{
     time::Instant,
 };
 
-pub use crate::proto::seq::MAX_SEQ;
+pub(crate) use crate::proto::seq::MAX_SEQ;
 pub use append::Appended;
 pub use config::{FsyncPolicy, SpoolConfig};
 pub use error::SpoolError;
@@ -146,6 +146,7 @@ impl Spool {
     }
 
     /// The configuration in force.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // read through `internals`
     pub fn config(&self) -> &SpoolConfig {
         &self.cfg
     }
