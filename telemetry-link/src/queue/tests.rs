@@ -254,6 +254,38 @@ fn a_producer_queues_a_push_once_across_reopen_and_ack() {
     );
 }
 
+/// Only the last entry of a push carries its mark: a crash that tears the
+/// push leaves no mark, so the producer's redelivery is queued (a
+/// duplicate of the surviving entries, never a loss).
+#[test]
+fn a_torn_push_leaves_no_mark() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut q, _) = ByteQueue::open(d.path(), cfg(1 << 20, 1 << 16)).unwrap();
+    let batch: Vec<_> = (1..=3).map(entry).collect();
+    q.push_from(from("a", 1, 30), &batch).unwrap();
+    drop(q);
+    let seg = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 1).unwrap(); // the last entry's write was interrupted
+    drop(f);
+    let (mut q, rec) = ByteQueue::open(d.path(), cfg(1 << 20, 1 << 16)).unwrap();
+    assert_eq!(rec.entries, 2);
+    assert_eq!(q.already_queued("a", 1, 1), 0);
+    assert!(matches!(
+        q.push_from(from("a", 1, 30), &batch).unwrap(),
+        Pushed::Queued {
+            first: 3,
+            last: 5,
+            ..
+        }
+    ));
+}
+
 #[test]
 fn a_push_without_entries_records_the_mark_durably() {
     let d = tempfile::tempdir().unwrap();
