@@ -6,6 +6,7 @@
 use std::{fs, path::Path, sync::Arc};
 
 use telemetry_link::{
+    internals::Spool,
     proto::{
         batch::BatchEncoder,
         frame::encode_frame,
@@ -14,8 +15,7 @@ use telemetry_link::{
         },
         record::{encode_app_bytes, encode_record, encode_sample_parts},
     },
-    spool::{FsyncPolicy, Spool, SpoolConfig},
-    Sample, SeriesKey,
+    FsyncPolicy, Sample, SeriesKey, SpoolConfig,
 };
 
 use crate::{

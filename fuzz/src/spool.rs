@@ -47,12 +47,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use telemetry_link::spool::{
-    format::{
-        parse_record, record_crc, resync, Parsed, SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+use telemetry_link::{
+    internals::{
+        format::{
+            parse_record, record_crc, resync, Parsed, SegmentHeader, SEGMENT_HEADER_LEN,
+            SEGMENT_MAGIC,
+        },
+        Cursor, ReadBuf, ReadOutcome, Spool, MAX_SEQ,
     },
-    Cursor, FsyncPolicy, ReadBuf, ReadOutcome, RecoveryReport, Spool, SpoolConfig, SpoolError,
-    MAX_SEQ,
+    FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats,
 };
 
 use crate::alloc::Measure;
@@ -621,7 +624,7 @@ fn check(input: &Input, dir: &Path, input_len: usize, known_bugs: bool) {
             p.len()
         );
     }
-    let settled = |x: &telemetry_link::spool::SpoolStats| x.dropped_total + x.uncertain;
+    let settled = |x: &SpoolStats| x.dropped_total + x.uncertain;
     assert_eq!(
         settled(&s.stats()),
         settled(&st),

@@ -11,7 +11,10 @@
 
 use std::{path::Path, sync::mpsc, thread, time::Duration};
 
-use telemetry_link::spool::{FsyncPolicy, ReadBuf, ReadOutcome, Spool, SpoolConfig};
+use telemetry_link::{
+    internals::{ReadBuf, ReadOutcome, Spool},
+    FsyncPolicy, SpoolConfig,
+};
 use telemetry_link_fuzz::{batch, frame, spool};
 
 /// Runs `f` on a thread; fails if it panics or runs longer than `limit`

@@ -27,9 +27,9 @@ use std::{
 };
 
 use telemetry_link::{
+    internals::Spool,
     net::{Delivery, Handler, HandlerError},
-    spool::{FsyncPolicy, Spool, SpoolConfig},
-    Sample, SeriesKey,
+    FsyncPolicy, Sample, SeriesKey, SpoolConfig,
 };
 use telemetry_test_support::{
     link::{metric, start_receiver, start_sender},

@@ -18,7 +18,11 @@
 //! * [`session`] — both ends' sessions as state machines, no IO: the
 //!   sender's hello, resume, window, acks, stop, failback and reconnect
 //!   policy; the receiver's dedup cursor and its session from hello to close.
-//! * [`spool`] — the on-disk append-only log with CRC-checked records.
+//! * `spool` — the on-disk append-only log with CRC-checked records
+//!   (configured with [`SpoolConfig`], reporting [`SpoolStats`] and a
+//!   [`RecoveryReport`]).
+//! * [`queue`] — a durable FIFO queue on the spool for embedders, with
+//!   idempotent producers.
 //! * [`net`] — thin quinn/tokio layer: [`Sender`] and [`Receiver`].
 //! * [`tls`] — certificates, identities, rustls configurations, reload.
 //!
@@ -48,7 +52,7 @@
 //!   lets the next receiver process hand that batch to its handler again.
 //!   [`Delivery::first_seq`] identifies records, so a handler with durable
 //!   side effects can recognise them; an in-memory handler cannot observe it.
-//! * With a non-default [`spool::FsyncPolicy`], a power cut (not a crash)
+//! * With a non-default [`FsyncPolicy`], a power cut (not a crash)
 //!   can lose records the sender had accepted but not yet synced.
 //! * Several receivers (failover) each keep their own applied position;
 //!   records acknowledged by one are skipped, not counted as lost, on
@@ -108,13 +112,19 @@
 //! ```
 
 mod fsutil;
+#[cfg(feature = "internals")]
+pub mod internals;
 pub mod metrics;
 pub mod net;
 pub mod proto;
-pub mod receiver_state;
+pub mod queue;
+pub(crate) mod receiver_state;
 pub mod sample;
 pub mod session;
-pub mod spool;
+// The spool's types are `pub` so that `internals` can re-export them;
+// without that feature only those re-exported below leave the crate.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+pub(crate) mod spool;
 pub mod tls;
 
 pub use net::{
@@ -122,8 +132,9 @@ pub use net::{
     SenderConfig, TransportTuning,
 };
 pub use proto::record::Payload;
+pub use receiver_state::StateError;
 pub use sample::{Sample, SeriesKey};
-pub use spool::{FsyncPolicy, SpoolConfig};
+pub use spool::{Appended, FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats};
 pub use tls::TlsFiles;
 
 /// The README's Rust example, compiled as a doctest so it cannot rot.

@@ -53,13 +53,13 @@ struct Stored {
 
 /// The state directory.
 #[derive(Debug, Clone)]
-pub struct StateStore {
+pub(crate) struct StateStore {
     dir: PathBuf,
 }
 
 impl StateStore {
     /// Opens (creating) `dir` and checks that it is writable.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StateError> {
+    pub(crate) fn open(dir: impl AsRef<Path>) -> Result<Self, StateError> {
         let dir = dir.as_ref().to_path_buf();
         let io = |source| StateError::Io {
             path: dir.clone(),
@@ -72,7 +72,7 @@ impl StateStore {
     }
 
     /// Writes and removes a probe file (used by readiness checks).
-    pub fn check_writable(&self) -> Result<(), StateError> {
+    pub(crate) fn check_writable(&self) -> Result<(), StateError> {
         let probe = self.dir.join(".write-probe");
         let io = |source| StateError::Io {
             path: probe.clone(),
@@ -82,18 +82,13 @@ impl StateStore {
         fs::remove_file(&probe).map_err(io)
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn path_for(&self, identity: &str) -> Result<PathBuf, StateError> {
         validate_identity(identity).map_err(|_| StateError::Identity(identity.to_owned()))?;
         Ok(self.dir.join(format!("{PREFIX}{identity}{SUFFIX}")))
     }
 
     /// The stored cursor of `identity`, if any.
-    pub fn load(&self, identity: &str) -> Result<Option<StreamCursor>, StateError> {
+    pub(crate) fn load(&self, identity: &str) -> Result<Option<StreamCursor>, StateError> {
         let path = self.path_for(identity)?;
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -114,7 +109,7 @@ impl StateStore {
     }
 
     /// Persists `cursor` for `identity` (atomic replace, fsynced).
-    pub fn save(&self, identity: &str, cursor: &StreamCursor) -> Result<(), StateError> {
+    pub(crate) fn save(&self, identity: &str, cursor: &StreamCursor) -> Result<(), StateError> {
         let path = self.path_for(identity)?;
         let mut bytes = postcard::to_allocvec(&Stored {
             version: VERSION,
@@ -133,7 +128,7 @@ impl StateStore {
 
     /// Every stored sender and its cursor (unreadable files are skipped
     /// with a warning).
-    pub fn list(&self) -> Vec<(String, StreamCursor)> {
+    pub(crate) fn list(&self) -> Vec<(String, StreamCursor)> {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };

@@ -3,7 +3,10 @@
 //! stays readable. Needs root (it mounts a 2 MiB tmpfs); skipped with a
 //! notice otherwise — the reliability suite covers it across processes.
 
-use telemetry_link::spool::{FsyncPolicy, ReadBuf, ReadOutcome, Spool, SpoolConfig};
+use telemetry_link::{
+    internals::{ReadBuf, ReadOutcome, Spool},
+    FsyncPolicy, SpoolConfig,
+};
 
 struct Mount(std::path::PathBuf);
 

@@ -430,12 +430,9 @@ async fn drain(
 
 fn finish(endpoint: &Endpoint, batch: &queue::Batch) {
     let mut queue = endpoint.queue();
-    match queue.done(batch) {
-        Ok(dropped) => endpoint.count_dropped(dropped),
-        Err(e) => {
-            // The batch stays queued and is sent again after a restart.
-            tracing::error!(endpoint = %endpoint.name, error = %e, "recording a sent remote-write batch");
-        }
+    if let Err(e) = queue.done(batch) {
+        // The batch stays queued and is sent again after a restart.
+        tracing::error!(endpoint = %endpoint.name, error = %e, "recording a sent remote-write batch");
     }
     endpoint.refresh(&queue);
 }

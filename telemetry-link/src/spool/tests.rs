@@ -1,9 +1,16 @@
 //! Spool unit tests: round trips, recovery from torn and corrupt data, the
 //! size cap, and a model-based test against a plain in-memory queue.
 
-use super::*;
+use super::{
+    format::{self, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN},
+    *,
+};
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    fs::{self, OpenOptions},
+    io::Write,
+};
 
 fn cfg(max_bytes: u64, segment: u64) -> SpoolConfig {
     SpoolConfig {
@@ -522,17 +529,6 @@ fn varied_record_sizes_read_back_in_budgeted_batches() {
         }
     }
     assert_eq!(got, recs);
-}
-
-#[test]
-fn missing_ranges_subtracts_present_ones() {
-    assert_eq!(missing_ranges(1, 10, &[]), vec![(1, 10)]);
-    assert_eq!(
-        missing_ranges(1, 10, &[(3, 4), (8, 20)]),
-        vec![(1, 2), (5, 7)]
-    );
-    assert_eq!(missing_ranges(5, 6, &[(1, 10)]), vec![]);
-    assert_eq!(missing_ranges(5, 12, &[(1, 6)]), vec![(7, 12)]);
 }
 
 /// A segment renamed by hand (or by a bad restore) is ordered by its
