@@ -50,6 +50,11 @@ pub struct Args {
     #[command(flatten)]
     #[serde(flatten)]
     pub tls: TlsFlags,
+    /// Certificate revocation list (PEM, `crl.pem` from `telemetry-certs`,
+    /// one per CA): senders whose certificate it lists are refused. Reloaded
+    /// with the certificates.
+    #[arg(long)]
+    pub crl: Option<PathBuf>,
     /// The operations endpoint [default: 0.0.0.0:9464].
     #[command(flatten)]
     #[serde(flatten)]
@@ -94,7 +99,7 @@ impl LayeredArgs for Args {
     }
 
     fn path_keys() -> &'static [&'static str] {
-        &["ca", "cert", "key", "state-dir", "audit-log"]
+        &["ca", "cert", "key", "crl", "state-dir", "audit-log"]
     }
 }
 
@@ -148,15 +153,16 @@ impl Settings {
     pub fn resolve(args: Args) -> Result<Settings> {
         let demo = args.demo;
         let tls = if demo {
-            if !args.tls.is_empty() {
-                bail!("in demo mode the certificates are made at start: leave out --ca, --cert and --key");
+            if !args.tls.is_empty() || args.crl.is_some() {
+                bail!("in demo mode the certificates are made at start: leave out --ca, --cert, --key and --crl");
             }
             None
         } else {
-            Some(
-                args.tls
-                    .require("make certificates with `telemetry-certs init`, or try --demo")?,
-            )
+            let mut files = args
+                .tls
+                .require("make certificates with `telemetry-certs init`, or try --demo")?;
+            files.crl = args.crl;
+            Some(files)
         };
         let state_dir = match (args.state_dir, demo) {
             (Some(d), _) => Some(d),
@@ -210,6 +216,10 @@ mod tests {
         let demo = parse(&["--demo"]).unwrap();
         assert!(demo.demo && demo.tls.is_none() && demo.state_dir.is_none());
         assert!(parse(&["--demo", "--ca", "x"]).is_err());
+        assert!(parse(&["--demo", "--crl", "x"]).is_err());
+        assert_eq!(s.tls.unwrap().crl, None);
+        let s = parse(&["--ca", "a", "--cert", "b", "--key", "c", "--crl", "crl.pem"]).unwrap();
+        assert_eq!(s.tls.unwrap().crl, Some(PathBuf::from("crl.pem")));
     }
 
     #[test]
@@ -218,7 +228,7 @@ mod tests {
         let f = d.path().join("receiver.toml");
         std::fs::write(
             &f,
-            "listen = \"127.0.0.1:5000\"\nca = \"ca.pem\"\ncert = \"/abs/r.pem\"\nkey = \"r.key\"\nallow-sender = [\"a\", \"b\"]\nsender-ttl = \"90s\"\n",
+            "listen = \"127.0.0.1:5000\"\nca = \"ca.pem\"\ncrl = \"crl.pem\"\ncert = \"/abs/r.pem\"\nkey = \"r.key\"\nallow-sender = [\"a\", \"b\"]\nsender-ttl = \"90s\"\n",
         )
         .unwrap();
         let s = parse(&[
@@ -232,6 +242,11 @@ mod tests {
         let tls = s.tls.unwrap();
         assert_eq!(tls.ca, d.path().join("ca.pem"), "relative to the file");
         assert_eq!(tls.cert, PathBuf::from("/abs/r.pem"));
+        assert_eq!(
+            tls.crl,
+            Some(d.path().join("crl.pem")),
+            "relative to the file"
+        );
         assert_eq!(s.sender_ttl, Duration::from_secs(90));
         assert_eq!(s.allow_senders.unwrap().len(), 2);
         std::fs::write(&f, "listn = \"x\"\n").unwrap();

@@ -46,16 +46,12 @@ pub fn make_pki(dir: &Path, listen: SocketAddr) -> Result<DemoPki> {
     );
     files::write_pair(&sc, &sk, &sender)?;
     Ok(DemoPki {
-        receiver: TlsFiles {
-            ca: dir.join(files::CA_CERT),
-            cert: dir.join(files::RECEIVER_CERT),
-            key: dir.join(files::RECEIVER_KEY),
-        },
-        sender: TlsFiles {
-            ca: dir.join(files::CA_CERT),
-            cert: sc,
-            key: sk,
-        },
+        receiver: TlsFiles::new(
+            dir.join(files::CA_CERT),
+            dir.join(files::RECEIVER_CERT),
+            dir.join(files::RECEIVER_KEY),
+        ),
+        sender: TlsFiles::new(dir.join(files::CA_CERT), sc, sk),
     })
 }
 

@@ -1,12 +1,24 @@
 //! Certificate authority operations for the telemetry link, on rcgen:
 //! a CA, receiver (server) certificates valid for a set of DNS names and IP
-//! addresses, and sender (client) certificates whose identity is the
-//! sender's id. Keys are ECDSA P-256.
+//! addresses, sender (client) certificates whose identity is the sender's
+//! id, and the CA's certificate revocation list ([`crl`]). Keys are ECDSA
+//! P-256.
 //!
-//! The [`files`] module writes them the way the binaries expect them
-//! (`ca.pem`/`ca.key`, `receiver.pem`/`receiver.key`, `sender-ID.pem`/
-//! `sender-ID.key`), keys with mode 0600, never overwriting without `force`.
+//! Guarantees:
+//! * Every CA gets a subject name of its own (`<name> <8 random hex
+//!   digits>`), so a certificate from another CA is reported as coming from
+//!   an unknown CA, never as a bad signature of a same-named one.
+//! * A receiver certificate carries exactly the serverAuth extended key
+//!   usage, a sender certificate exactly clientAuth.
+//! * A validity window that is empty or already over is refused, unless it
+//!   was made with [`Validity::relative`] (tests of refusal paths).
+//! * A CA loaded from files is checked: its key must belong to its
+//!   certificate.
+//!
+//! The [`files`] module writes them the way the binaries expect them (see
+//! its layout), keys with mode 0600, never overwriting without `force`.
 
+pub mod crl;
 pub mod files;
 
 use std::net::IpAddr;
@@ -15,6 +27,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::{pem::PemObject, CertificateDer};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
@@ -30,6 +43,36 @@ pub enum CertError {
     /// A sender id that is not a valid link identity.
     #[error("invalid sender id: {0}")]
     BadIdentity(#[from] telemetry_link::tls::IdentityError),
+    /// A validity window that ends before it starts or before now.
+    #[error("validity window {not_before} .. {not_after} is empty or already over")]
+    Window {
+        /// Start (RFC 3339).
+        not_before: String,
+        /// End (RFC 3339).
+        not_after: String,
+    },
+    /// The CA key does not belong to the CA certificate.
+    #[error("the CA key does not belong to the CA certificate")]
+    CaKeyMismatch,
+    /// A PEM input that holds no usable object.
+    #[error("{what}: {problem}")]
+    Pem {
+        /// What was being read (a file name or "CA certificate").
+        what: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A certificate that this CA did not issue.
+    #[error("{0} was not issued by this CA")]
+    NotIssuedByCa(String),
+    /// A CRL that cannot be used.
+    #[error("{what}: {problem}")]
+    Crl {
+        /// The CRL file.
+        what: String,
+        /// Why.
+        problem: telemetry_link::tls::CrlError,
+    },
     /// File problem.
     #[error("{path}: {source}")]
     Io {
@@ -50,26 +93,46 @@ pub struct Validity {
     pub not_before: OffsetDateTime,
     /// End.
     pub not_after: OffsetDateTime,
+    /// Whether a window entirely in the past may be issued.
+    past_allowed: bool,
 }
 
 impl Validity {
-    /// From an hour ago (tolerating clock skew between machines) for `days` days.
+    /// From an hour ago (tolerating clock skew between machines) for `days`
+    /// days. Issuing refuses `days == 0`: that window is already over.
     pub fn days(days: u32) -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
             not_before: now - Duration::hours(1),
-            not_after: now + Duration::days(i64::from(days)),
+            not_after: now.saturating_add(Duration::days(i64::from(days))),
+            past_allowed: false,
         }
     }
 
-    /// An explicit window relative to now, in seconds (negative = past).
-    /// Tests use it for expired and not-yet-valid certificates.
+    /// An explicit window relative to now, in seconds (negative = past),
+    /// issued even when it is already over: tests use it for expired and
+    /// not-yet-valid certificates.
     pub fn relative(from_secs: i64, to_secs: i64) -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
             not_before: now + Duration::seconds(from_secs),
             not_after: now + Duration::seconds(to_secs),
+            past_allowed: true,
         }
+    }
+
+    /// Refuses an empty window, and one that is over unless made with
+    /// [`Validity::relative`].
+    fn check(self) -> Result<Self, CertError> {
+        let over = self.not_after <= OffsetDateTime::now_utc() && !self.past_allowed;
+        if self.not_after <= self.not_before || over {
+            let fmt = |t: OffsetDateTime| telemetry_link::tls::rfc3339(t.unix_timestamp());
+            return Err(CertError::Window {
+                not_before: fmt(self.not_before),
+                not_after: fmt(self.not_after),
+            });
+        }
+        Ok(self)
     }
 }
 
@@ -82,10 +145,20 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// What a leaf certificate may be used for (its extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// TLS client authentication: a sender.
+    ClientAuth,
+    /// TLS server authentication: a receiver.
+    ServerAuth,
+}
+
 /// A certificate authority that can issue link certificates.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    cert_der: CertificateDer<'static>,
     key_pem: String,
 }
 
@@ -96,6 +169,7 @@ impl std::fmt::Debug for Authority {
 }
 
 fn base_params(common_name: &str, validity: Validity) -> Result<CertificateParams, CertError> {
+    let validity = validity.check()?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, common_name);
     p.distinguished_name
@@ -127,10 +201,18 @@ fn san(name: &str) -> Result<SanType, CertError> {
     ))
 }
 
+fn first_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>, CertError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| CertError::Pem {
+        what: what.to_owned(),
+        problem: format!("no usable CERTIFICATE block: {e}"),
+    })
+}
+
 impl Authority {
-    /// Makes a new self-signed CA.
+    /// Makes a new self-signed CA named `<common_name> <8 random hex digits>`.
     pub fn generate(common_name: &str, validity: Validity) -> Result<Self, CertError> {
-        let mut p = base_params(common_name, validity)?;
+        let name = format!("{common_name} {:08x}", rand::random::<u32>());
+        let mut p = base_params(&name, validity)?;
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         p.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -142,18 +224,25 @@ impl Authority {
         let key_pem = key.serialize_pem();
         Ok(Self {
             cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
             key_pem,
             issuer: Issuer::new(p, key),
         })
     }
 
-    /// Loads an existing CA from its PEM certificate and key.
+    /// Loads an existing CA from its PEM certificate and key (which must
+    /// belong to the certificate).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let key = KeyPair::from_pem(key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let cert_der = first_cert(cert_pem, "CA certificate")?;
+        if public_key_of(&cert_der)? != key.public_key_raw() {
+            return Err(CertError::CaKeyMismatch);
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         Ok(Self {
             issuer,
             cert_pem: cert_pem.to_owned(),
+            cert_der,
             key_pem: key_pem.to_owned(),
         })
     }
@@ -163,9 +252,21 @@ impl Authority {
         &self.cert_pem
     }
 
+    /// The CA certificate (DER).
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     /// The CA private key (PEM).
     pub fn key_pem(&self) -> &str {
         &self.key_pem
+    }
+
+    /// The CA's subject name.
+    pub fn subject(&self) -> String {
+        telemetry_link::tls::summarize_der(&self.cert_der)
+            .map(|s| s.subject)
+            .unwrap_or_default()
     }
 
     fn issue(&self, mut params: CertificateParams) -> Result<Issued, CertError> {
@@ -185,14 +286,7 @@ impl Authority {
         names: &[String],
         validity: Validity,
     ) -> Result<Issued, CertError> {
-        let first = names
-            .first()
-            .ok_or_else(|| CertError::BadName(String::new()))?;
-        let mut p = base_params(first, validity)?;
-        p.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(p)
+        self.issue_leaf(names, &[Purpose::ServerAuth], validity)
     }
 
     /// A sender (client) certificate whose link identity is `id`.
@@ -206,6 +300,43 @@ impl Authority {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(p)
     }
+
+    /// A certificate for `names` (the first is also the Common Name) with
+    /// exactly the extended key usages `purposes` — none at all for an empty
+    /// slice. The link refuses anything but [`Authority::issue_receiver`]'s
+    /// and [`Authority::issue_sender`]'s choice; tests use this for the
+    /// refusals.
+    pub fn issue_leaf(
+        &self,
+        names: &[String],
+        purposes: &[Purpose],
+        validity: Validity,
+    ) -> Result<Issued, CertError> {
+        let first = names
+            .first()
+            .ok_or_else(|| CertError::BadName(String::new()))?;
+        let mut p = base_params(first, validity)?;
+        p.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = purposes
+            .iter()
+            .map(|purpose| match purpose {
+                Purpose::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+                Purpose::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+            })
+            .collect();
+        self.issue(p)
+    }
+}
+
+/// The raw public key (subjectPublicKey bits) of a DER certificate.
+fn public_key_of(der: &[u8]) -> Result<Vec<u8>, CertError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Pem {
+        what: "CA certificate".into(),
+        problem: format!("not valid X.509: {e}"),
+    })?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// A self-signed client certificate for `id` (not issued by any CA the
@@ -222,55 +353,4 @@ pub fn self_signed_sender(id: &str) -> Result<Issued, CertError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use telemetry_link::tls::{identity_from_der, summarize_der};
-
-    fn der(pem: &str) -> Vec<u8> {
-        use rustls_pki_types::{pem::PemObject, CertificateDer};
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
-    }
-
-    #[test]
-    fn issued_certificates_carry_identity_and_names() {
-        let ca = Authority::generate("test CA", Validity::days(10)).unwrap();
-        let s = ca.issue_sender("cluster-a", Validity::days(1)).unwrap();
-        assert_eq!(identity_from_der(&der(&s.cert_pem)).unwrap(), "cluster-a");
-        let r = ca
-            .issue_receiver(
-                &["recv.lan".into(), "192.168.1.50".into()],
-                Validity::days(1),
-            )
-            .unwrap();
-        let sum = summarize_der(&der(&r.cert_pem)).unwrap();
-        assert_eq!(
-            sum.sans,
-            vec!["DNS:recv.lan".to_string(), "IP:192.168.1.50".to_string()]
-        );
-        assert!(!sum.is_ca);
-        assert!(summarize_der(&der(ca.cert_pem())).unwrap().is_ca);
-    }
-
-    #[test]
-    fn bad_names_and_ids_are_refused() {
-        let ca = Authority::generate("test CA", Validity::days(10)).unwrap();
-        assert!(matches!(
-            ca.issue_sender("a/b", Validity::days(1)),
-            Err(CertError::BadIdentity(_))
-        ));
-        assert!(matches!(
-            ca.issue_receiver(&["bad name".into()], Validity::days(1)),
-            Err(CertError::BadName(_))
-        ));
-    }
-
-    #[test]
-    fn ca_roundtrips_through_pem() {
-        let ca = Authority::generate("test CA", Validity::days(10)).unwrap();
-        let again = Authority::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
-        let s = again.issue_sender("later", Validity::days(1)).unwrap();
-        assert_eq!(identity_from_der(&der(&s.cert_pem)).unwrap(), "later");
-    }
-}
+mod tests;

@@ -1,5 +1,6 @@
-//! `telemetry-certs` as a real process: the files it writes, their modes,
-//! refusing to overwrite, adding a sender later, and `inspect`.
+//! `telemetry-certs` as a real process: the files it writes and where (the
+//! CA key apart), their modes, refusing to overwrite, adding a sender later,
+//! revoking, refusing empty validity windows, and `inspect`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -12,6 +13,26 @@ fn certs(args: &[&str]) -> std::process::Output {
         .expect("telemetry-certs runs")
 }
 
+fn ok(args: &[&str]) -> String {
+    let o = certs(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = certs(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
         .expect("file exists")
@@ -20,14 +41,24 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
+/// `inspect`'s value for `field` (the first line starting with it).
+fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name:?} in {text}"))
+        .trim()
+        .to_owned()
+}
+
 #[test]
-fn init_writes_a_ca_a_receiver_and_senders_with_private_keys() {
+fn init_writes_a_ca_a_crl_a_receiver_and_senders_with_the_ca_key_apart() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("certs");
-    let o = certs(&[
+    let o = out.to_str().unwrap();
+    let text = ok(&[
         "init",
         "--out",
-        out.to_str().unwrap(),
+        o,
         "--receiver-name",
         "recv.lan",
         "--receiver-name",
@@ -39,10 +70,11 @@ fn init_writes_a_ca_a_receiver_and_senders_with_private_keys() {
         "--days",
         "30",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("private/ca.key"), "{text}");
     for f in [
         "ca.pem",
-        "ca.key",
+        "crl.pem",
+        "private/ca.key",
         "receiver.pem",
         "receiver.key",
         "sender-lab.pem",
@@ -51,86 +83,185 @@ fn init_writes_a_ca_a_receiver_and_senders_with_private_keys() {
     ] {
         assert!(out.join(f).exists(), "{f}");
     }
+    assert!(!out.join("ca.key").exists(), "the CA key is not handed out");
     for key in [
-        "ca.key",
+        "private/ca.key",
         "receiver.key",
         "sender-lab.key",
         "sender-edge-1.key",
     ] {
         assert_eq!(mode(&out.join(key)), 0o600, "{key}");
     }
+    assert_eq!(mode(&out.join("crl.pem")), 0o644);
     assert_eq!(mode(&out), 0o700);
+    assert_eq!(mode(&out.join("private")), 0o700);
 
-    // inspect shows identity, names and validity
-    let o = certs(&["inspect", out.join("receiver.pem").to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success());
+    // inspect shows identity, names, purposes and validity
+    let text = ok(&["inspect", s(&out.join("receiver.pem"))]);
     assert!(
         text.contains("DNS:recv.lan") && text.contains("IP:192.168.1.50"),
         "{text}"
     );
     assert!(text.contains("status:     valid"), "{text}");
-    let o = certs(&["inspect", out.join("sender-lab.pem").to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("identity:   lab"));
+    assert_eq!(field(&text, "purposes:"), "serverAuth");
+    let text = ok(&["inspect", s(&out.join("sender-lab.pem"))]);
+    assert!(text.contains("identity:   lab"));
+    assert_eq!(field(&text, "purposes:"), "clientAuth");
+    let text = ok(&["inspect", s(&out.join("crl.pem"))]);
+    assert_eq!(field(&text, "CRL number:"), "1");
+    assert_eq!(field(&text, "revoked:"), "0");
 
     // never overwrite without --force
-    let o = certs(&["init", "--out", out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists (use --force"));
+    let err = fails(&["init", "--out", o]);
+    assert!(err.contains("already exists (use --force"), "{err}");
     let before = std::fs::read(out.join("ca.pem")).unwrap();
-    assert_eq!(before, std::fs::read(out.join("ca.pem")).unwrap());
-    let o = certs(&["init", "--out", out.to_str().unwrap(), "--force"]);
-    assert!(o.status.success());
+    ok(&["init", "--out", o, "--force"]);
     assert_ne!(
         before,
         std::fs::read(out.join("ca.pem")).unwrap(),
         "--force made a new CA"
     );
 
-    // a sender added later from the existing CA
-    let o = certs(&["issue-sender", "--ca-dir", out.to_str().unwrap(), "late"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // a sender added later from the existing CA, its key found in private/
+    ok(&["issue-sender", "--ca-dir", o, "late"]);
     assert_eq!(mode(&out.join("sender-late.key")), 0o600);
-    let o = certs(&["inspect", out.join("sender-late.pem").to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = ok(&["inspect", s(&out.join("sender-late.pem"))]);
+    let ca = ok(&["inspect", s(&out.join("ca.pem"))]);
+    assert!(text.contains("identity:   late"), "{text}");
+    assert_eq!(field(&text, "issuer:"), field(&ca, "subject:"));
+    fails(&["issue-sender", "--ca-dir", o, "late"]);
+}
+
+#[test]
+fn every_ca_gets_a_name_of_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    ok(&["init", "--out", s(&a)]);
+    ok(&["init", "--out", s(&b)]);
+    let name = |dir: &Path| field(&ok(&["inspect", s(&dir.join("ca.pem"))]), "subject:");
+    let (na, nb) = (name(&a), name(&b));
+    assert_ne!(na, nb);
+    assert!(na.starts_with("CN=telemetry-link CA "), "{na}");
+}
+
+#[test]
+fn the_ca_key_can_live_elsewhere_and_the_old_layout_still_works() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("certs");
+    let keys = d.path().join("usb/telemetry-ca");
+    ok(&["init", "--out", s(&out), "--ca-key-dir", s(&keys)]);
+    assert_eq!(mode(&keys.join("ca.key")), 0o600);
+    assert_eq!(mode(&keys), 0o700);
+    assert!(!out.join("private").exists() && !out.join("ca.key").exists());
+
+    let err = fails(&["issue-sender", "--ca-dir", s(&out), "x"]);
+    assert!(err.contains("private/ca.key"), "{err}");
+    ok(&[
+        "issue-sender",
+        "--ca-dir",
+        s(&out),
+        "--ca-key-dir",
+        s(&keys),
+        "x",
+    ]);
+
+    // ca.key beside the certificates: used, with a warning to move it
+    std::fs::rename(keys.join("ca.key"), out.join("ca.key")).unwrap();
+    let o = certs(&["issue-sender", "--ca-dir", s(&out), "y"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let warning = String::from_utf8_lossy(&o.stderr);
     assert!(
-        text.contains("identity:   late") && text.contains("issuer:     CN=telemetry-link CA"),
-        "{text}"
+        warning.contains("warning") && warning.contains("move it"),
+        "{warning}"
     );
-    let o = certs(&["issue-sender", "--ca-dir", out.to_str().unwrap(), "late"]);
-    assert!(
-        !o.status.success(),
-        "no silent overwrite of an existing sender"
-    );
+}
+
+#[test]
+fn revoke_lists_a_sender_once_and_numbers_every_change() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("certs");
+    let o = s(&out);
+    ok(&["init", "--out", o, "--sender", "a", "--sender", "b"]);
+    let crl = out.join("crl.pem");
+    std::fs::remove_file(&crl).unwrap(); // revoke creates it when absent
+
+    let text = ok(&["revoke", "--ca-dir", o, s(&out.join("sender-a.pem"))]);
+    assert!(text.contains("revoked serial"), "{text}");
+    assert_eq!(mode(&crl), 0o644);
+    let serial_a = field(&ok(&["inspect", s(&out.join("sender-a.pem"))]), "serial:");
+    let listed = ok(&["inspect", s(&crl)]);
+    assert_eq!(field(&listed, "CRL number:"), "1");
+    assert_eq!(field(&listed, "revoked:"), "1");
+    assert!(listed.contains(&format!("serial {serial_a}")), "{listed}");
+    assert!(!field(&listed, "CRL issuer:").is_empty());
+
+    // idempotent: the file is left alone
+    let before = std::fs::read(&crl).unwrap();
+    let text = ok(&["revoke", "--ca-dir", o, s(&out.join("sender-a.pem"))]);
+    assert!(text.contains("already revoked"), "{text}");
+    assert_eq!(before, std::fs::read(&crl).unwrap());
+
+    ok(&[
+        "revoke",
+        "--ca-dir",
+        o,
+        "--reason",
+        "key-compromise",
+        s(&out.join("sender-b.pem")),
+    ]);
+    let listed = ok(&["inspect", s(&crl)]);
+    assert_eq!(field(&listed, "CRL number:"), "2");
+    assert_eq!(field(&listed, "revoked:"), "2");
+    assert!(listed.contains("reason key-compromise"), "{listed}");
+
+    ok(&["refresh-crl", "--ca-dir", o]);
+    let listed = ok(&["inspect", s(&crl)]);
+    assert_eq!(field(&listed, "CRL number:"), "3");
+    assert_eq!(field(&listed, "revoked:"), "2");
+
+    // a certificate from another CA is not this CA's to revoke
+    let other = d.path().join("other");
+    ok(&["init", "--out", s(&other), "--sender", "a"]);
+    let err = fails(&["revoke", "--ca-dir", o, s(&other.join("sender-a.pem"))]);
+    assert!(err.contains("not issued by this CA"), "{err}");
+    // nor is another CA's CRL this CA's to extend
+    std::fs::copy(other.join("crl.pem"), &crl).unwrap();
+    let err = fails(&["revoke", "--ca-dir", o, s(&out.join("sender-a.pem"))]);
+    assert!(err.contains("not signed by a CA"), "{err}");
+}
+
+#[test]
+fn zero_days_is_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("c");
+    let err = fails(&["init", "--out", s(&out), "--days", "0"]);
+    assert!(err.contains("at least 1"), "{err}");
+    assert!(!out.exists());
+    ok(&["init", "--out", s(&out)]);
+    let err = fails(&["issue-sender", "--ca-dir", s(&out), "--days", "0", "x"]);
+    assert!(err.contains("at least 1"), "{err}");
+    assert!(!out.join("sender-x.pem").exists());
+    let err = fails(&["init", "--out", s(&out), "--days", "99999999", "--force"]);
+    assert!(err.contains("at most 36500"), "{err}");
 }
 
 #[test]
 fn bad_input_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("c");
-    let o = certs(&["init", "--out", out.to_str().unwrap(), "--sender", "bad/id"]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("bad/id"));
-    let o = certs(&[
-        "init",
-        "--out",
-        out.to_str().unwrap(),
-        "--receiver-name",
-        "not a name",
-    ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a name"));
-    let o = certs(&[
+    let err = fails(&["init", "--out", s(&out), "--sender", "bad/id"]);
+    assert!(err.contains("bad/id"), "{err}");
+    let err = fails(&["init", "--out", s(&out), "--receiver-name", "not a name"]);
+    assert!(err.contains("not a name"), "{err}");
+    let err = fails(&[
         "issue-sender",
         "--ca-dir",
-        d.path().join("nowhere").to_str().unwrap(),
+        s(&d.path().join("nowhere")),
         "x",
     ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("ca.pem"));
+    assert!(err.contains("ca.pem"), "{err}");
     let junk = d.path().join("junk.pem");
     std::fs::write(&junk, "hello").unwrap();
-    let o = certs(&["inspect", junk.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("junk.pem"));
+    let err = fails(&["inspect", s(&junk)]);
+    assert!(err.contains("junk.pem"), "{err}");
 }

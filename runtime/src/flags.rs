@@ -195,7 +195,7 @@ impl TlsFlags {
     /// All three files, or which are missing (with `hint` in the message).
     pub fn require(self, hint: &'static str) -> Result<TlsFiles, MissingTlsFlags> {
         match (self.ca, self.cert, self.key) {
-            (Some(ca), Some(cert), Some(key)) => Ok(TlsFiles { ca, cert, key }),
+            (Some(ca), Some(cert), Some(key)) => Ok(TlsFiles::new(ca, cert, key)),
             (ca, cert, key) => Err(MissingTlsFlags {
                 missing: crate::config::missing_flags(&[
                     ("--ca", ca.is_none()),

@@ -49,11 +49,11 @@ async fn main() -> Result<()> {
             other => bail!("unknown flag {other}"),
         }
     }
-    let tls = TlsFiles {
-        ca: ca.context("--ca")?.into(),
-        cert: cert.context("--cert")?.into(),
-        key: key.context("--key")?.into(),
-    };
+    let tls = TlsFiles::new(
+        ca.context("--ca")?,
+        cert.context("--cert")?,
+        key.context("--key")?,
+    );
     let listen: SocketAddr = listen.unwrap_or_else(|| "127.0.0.1:4433".into()).parse()?;
     let cfg = ReceiverConfig::new(listen, tls, state.context("--state")?);
     let registry = prometheus::Registry::new();

@@ -40,11 +40,11 @@ fn parse() -> Result<Args> {
         }
     }
     Ok(Args {
-        tls: TlsFiles {
-            ca: ca.context("--ca")?.into(),
-            cert: cert.context("--cert")?.into(),
-            key: key.context("--key")?.into(),
-        },
+        tls: TlsFiles::new(
+            ca.context("--ca")?,
+            cert.context("--cert")?,
+            key.context("--key")?,
+        ),
         receivers,
         spool: spool.context("--spool")?,
         total,

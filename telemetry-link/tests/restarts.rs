@@ -111,11 +111,8 @@ async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -
 async fn child_sender_entry() -> anyhow::Result<()> {
     telemetry_test_support::init();
     let env = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
-    let tls = telemetry_link::TlsFiles {
-        ca: env("CHILD_CA")?.into(),
-        cert: env("CHILD_CERT")?.into(),
-        key: env("CHILD_KEY")?.into(),
-    };
+    let tls =
+        telemetry_link::TlsFiles::new(env("CHILD_CA")?, env("CHILD_CERT")?, env("CHILD_KEY")?);
     let total: u64 = env("CHILD_TOTAL")?.parse()?;
     let cfg =
         telemetry_link::SenderConfig::new(vec![env("CHILD_RECEIVER")?], tls, env("CHILD_SPOOL")?);
@@ -207,11 +204,8 @@ async fn sender_killed_with_sigkill_and_restarted_on_same_spool_loses_nothing() 
 async fn child_receiver_entry() -> anyhow::Result<()> {
     telemetry_test_support::init();
     let env = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
-    let tls = telemetry_link::TlsFiles {
-        ca: env("CHILD_CA")?.into(),
-        cert: env("CHILD_CERT")?.into(),
-        key: env("CHILD_KEY")?.into(),
-    };
+    let tls =
+        telemetry_link::TlsFiles::new(env("CHILD_CA")?, env("CHILD_CERT")?, env("CHILD_KEY")?);
     let mut cfg = telemetry_link::ReceiverConfig::new(
         env("CHILD_LISTEN")?.parse()?,
         tls,

@@ -30,20 +30,20 @@ pub fn certs_init(dir: &Path, senders: &[&str]) -> Result<()> {
 
 /// The receiver's files in a directory made by [`certs_init`].
 pub fn receiver_tls(dir: &Path) -> TlsFiles {
-    TlsFiles {
-        ca: dir.join(files::CA_CERT),
-        cert: dir.join(files::RECEIVER_CERT),
-        key: dir.join(files::RECEIVER_KEY),
-    }
+    TlsFiles::new(
+        dir.join(files::CA_CERT),
+        dir.join(files::RECEIVER_CERT),
+        dir.join(files::RECEIVER_KEY),
+    )
 }
 
 /// Sender `id`'s files in a directory made by [`certs_init`].
 pub fn sender_tls(dir: &Path, id: &str) -> TlsFiles {
-    TlsFiles {
-        ca: dir.join(files::CA_CERT),
-        cert: dir.join(files::sender_cert(id)),
-        key: dir.join(files::sender_key(id)),
-    }
+    TlsFiles::new(
+        dir.join(files::CA_CERT),
+        dir.join(files::sender_cert(id)),
+        dir.join(files::sender_key(id)),
+    )
 }
 
 fn tls_args(cmd: &mut Command, tls: &TlsFiles) {
