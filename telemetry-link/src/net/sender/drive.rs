@@ -321,10 +321,24 @@ impl Driver<'_> {
         let max_frame = self.machine.max_frame();
         let _ = write_message(&mut self.send, &Message::Bye, max_frame, &mut buf).await;
         let _ = self.send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
+        // The receiver answers a bye with its last ack and closes. Wait for
+        // that at most BYE_GRACE, and never far past a stop deadline: a
+        // receiver that stalled until the deadline will not answer now.
+        let grace = match *self.stopping.borrow() {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(BYE_GRACE_AFTER_DEADLINE, BYE_GRACE),
+            None => BYE_GRACE,
+        };
+        let _ = tokio::time::timeout(grace, self.conn.closed()).await;
         self.conn.close(close_code(ErrorCode::NoError), reason);
     }
 }
+
+/// Longest wait for the receiver's close after a bye.
+pub(super) const BYE_GRACE: Duration = Duration::from_secs(2);
+/// The same wait once the stop deadline has passed.
+const BYE_GRACE_AFTER_DEADLINE: Duration = Duration::from_millis(250);
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

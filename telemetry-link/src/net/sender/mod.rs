@@ -477,7 +477,14 @@ impl<T: Payload> Sender<T> {
         self.inner.wake.notify_one();
         let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
-            let _ = tokio::time::timeout(deadline + Duration::from_secs(2), task).await;
+            // The session stops at the deadline, then waits at most
+            // BYE_GRACE for the receiver's close; the endpoint's own close
+            // takes up to a second more.
+            let _ = tokio::time::timeout(
+                deadline + drive::BYE_GRACE + Duration::from_secs(2),
+                task,
+            )
+            .await;
         }
         let mut spool = self.inner.spool();
         if let Err(e) = spool.checkpoint() {
