@@ -425,101 +425,75 @@ impl ScaleTracker {
     /// The new occurrences an event object stands for (none if it is not an
     /// HPA rescale, or every occurrence was seen or predates the floor).
     pub fn on_event(&mut self, ev: &Event) -> Vec<ScaleEvent> {
-        if ev.reason.as_deref() != Some("SuccessfulRescale")
-            || ev.involved_object.kind.as_deref() != Some("HorizontalPodAutoscaler")
-        {
+        let Some(rescale) = Rescale::read(ev) else {
+            return Vec::new();
+        };
+        let prev = self.by_uid.get(rescale.uid).map_or(0, |s| s.max_count);
+        if rescale.count <= prev {
             return Vec::new();
         }
-        let Some(uid) = ev
-            .metadata
-            .uid
-            .as_deref()
-            .filter(|u| !u.is_empty() && u.len() <= MAX_UID_LEN)
-        else {
-            tracing::debug!(name = ?ev.metadata.name, "rescale event without a usable uid; skipped");
-            return Vec::new();
-        };
-        let count = ev
-            .count
-            .or_else(|| ev.series.as_ref().and_then(|s| s.count))
-            .unwrap_or(1)
-            .max(1);
-        let prev = self.by_uid.get(uid).map_or(0, |s| s.max_count);
-        if count <= prev {
-            return Vec::new();
-        }
-        let Some(t) = occurrence_time_ms(ev) else {
-            tracing::debug!(uid, "rescale event without a timestamp; skipped");
-            return Vec::new();
-        };
-        let Some((new_size, reason)) =
-            parse_rescale_message(ev.message.as_deref().unwrap_or_default())
-        else {
-            tracing::debug!(uid, message = ?ev.message, "rescale event message not understood; skipped");
-            return Vec::new();
-        };
-        if t < self.floor_ms {
+        if rescale.t < self.floor_ms {
             // Before the sender's first start (or evicted history). For a
             // known uid, remember the count so a later repeat knows which
             // counts are new; an unknown uid needs no key (a later repeat
             // reports only its latest occurrence, see `first_new`).
             if prev > 0 {
-                self.remember(uid.to_owned(), count, t);
+                self.remember(rescale.uid.to_owned(), rescale.count, rescale.t);
             }
             return Vec::new();
         }
-        let hpa = ObjectRef {
-            namespace: ev
-                .involved_object
-                .namespace
-                .clone()
-                .or_else(|| ev.metadata.namespace.clone())
-                .unwrap_or_default(),
-            name: ev.involved_object.name.clone().unwrap_or_default(),
-        };
-        let mut first_new = if prev > 0 {
+        let first_new = self.first_new_occurrence(&rescale, prev);
+        (first_new..=rescale.count)
+            .map(|c| self.occurrence(&rescale, c))
+            .collect()
+    }
+
+    /// The first occurrence number of `rescale` not reported yet, given the
+    /// highest one seen (`prev`), capped to the latest
+    /// [`MAX_OCCURRENCES_PER_UPDATE`].
+    fn first_new_occurrence(&self, rescale: &Rescale<'_>, prev: i32) -> i32 {
+        let first_new = if prev > 0 {
             prev + 1
-        } else if first_time_ms(ev).unwrap_or(t) >= self.floor_ms {
+        } else if rescale.first_t.unwrap_or(rescale.t) >= self.floor_ms {
             1
         } else {
-            count
+            rescale.count
         };
-        let cap_from = count.saturating_sub(MAX_OCCURRENCES_PER_UPDATE - 1);
+        let cap_from = rescale.count.saturating_sub(MAX_OCCURRENCES_PER_UPDATE - 1);
         if first_new < cap_from {
             tracing::warn!(
-                uid,
+                uid = rescale.uid,
                 skipped = cap_from - first_new,
                 "rescale event count jumped; reporting only the latest {MAX_OCCURRENCES_PER_UPDATE} occurrences"
             );
-            first_new = cap_from;
+            return cap_from;
         }
-        let mut out = Vec::new();
-        for c in first_new..=count {
-            let old = match self.old_size(&hpa, new_size, t) {
-                Some(old) => old,
-                None => {
-                    tracing::warn!(
-                        namespace = %hpa.namespace,
-                        hpa = %hpa.name,
-                        new_size,
-                        "replica count before rescale unknown; reporting it unchanged"
-                    );
-                    new_size
-                }
-            };
-            out.push(ScaleEvent {
-                namespace: hpa.namespace.clone(),
-                hpa: hpa.name.clone(),
-                old_replicas: old,
-                new_replicas: new_size,
-                reason: reason.clone(),
-                timestamp_ms: t,
-                key: format!("{uid}/{c}"),
-            });
-            self.record_point(&hpa, t, new_size, true);
-            self.remember(uid.to_owned(), c, t);
+        first_new
+    }
+
+    /// Occurrence `c` of `rescale` as a scale event, remembered as seen.
+    fn occurrence(&mut self, rescale: &Rescale<'_>, c: i32) -> ScaleEvent {
+        let (hpa, new_size, t) = (&rescale.hpa, rescale.new_size, rescale.t);
+        let old = self.old_size(hpa, new_size, t).unwrap_or_else(|| {
+            tracing::warn!(
+                namespace = %hpa.namespace,
+                hpa = %hpa.name,
+                new_size,
+                "replica count before rescale unknown; reporting it unchanged"
+            );
+            new_size
+        });
+        self.record_point(hpa, t, new_size, true);
+        self.remember(rescale.uid.to_owned(), c, t);
+        ScaleEvent {
+            namespace: hpa.namespace.clone(),
+            hpa: hpa.name.clone(),
+            old_replicas: old,
+            new_replicas: new_size,
+            reason: rescale.reason.clone(),
+            timestamp_ms: t,
+            key: format!("{}/{c}", rescale.uid),
         }
-        out
     }
 
     /// Writes the state if the seen set changed since the last write.
@@ -575,6 +549,74 @@ impl ScaleTracker {
         self.seen_dirty = false;
         self.timelines_dirty = false;
         Ok(())
+    }
+}
+
+/// What an HPA `SuccessfulRescale` event says, read once.
+struct Rescale<'a> {
+    uid: &'a str,
+    /// How many times the event occurred (`count`, or the series' count).
+    count: i32,
+    /// When it last occurred (ms).
+    t: i64,
+    /// When it first occurred (ms), if known.
+    first_t: Option<i64>,
+    hpa: ObjectRef,
+    new_size: i32,
+    reason: String,
+}
+
+impl<'a> Rescale<'a> {
+    /// `None` (logged at debug) for events that are not HPA rescales or
+    /// lack what counting them needs.
+    fn read(ev: &'a Event) -> Option<Self> {
+        if ev.reason.as_deref() != Some("SuccessfulRescale")
+            || ev.involved_object.kind.as_deref() != Some("HorizontalPodAutoscaler")
+        {
+            return None;
+        }
+        let Some(uid) = ev
+            .metadata
+            .uid
+            .as_deref()
+            .filter(|u| !u.is_empty() && u.len() <= MAX_UID_LEN)
+        else {
+            tracing::debug!(name = ?ev.metadata.name, "rescale event without a usable uid; skipped");
+            return None;
+        };
+        let count = ev
+            .count
+            .or_else(|| ev.series.as_ref().and_then(|s| s.count))
+            .unwrap_or(1)
+            .max(1);
+        let Some(t) = occurrence_time_ms(ev) else {
+            tracing::debug!(uid, "rescale event without a timestamp; skipped");
+            return None;
+        };
+        let Some((new_size, reason)) =
+            parse_rescale_message(ev.message.as_deref().unwrap_or_default())
+        else {
+            tracing::debug!(uid, message = ?ev.message, "rescale event message not understood; skipped");
+            return None;
+        };
+        let hpa = ObjectRef {
+            namespace: ev
+                .involved_object
+                .namespace
+                .clone()
+                .or_else(|| ev.metadata.namespace.clone())
+                .unwrap_or_default(),
+            name: ev.involved_object.name.clone().unwrap_or_default(),
+        };
+        Some(Self {
+            uid,
+            count,
+            t,
+            first_t: first_time_ms(ev),
+            hpa,
+            new_size,
+            reason,
+        })
     }
 }
 
