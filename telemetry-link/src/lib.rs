@@ -120,7 +120,7 @@ pub use net::{
     SenderConfig, TransportTuning,
 };
 pub use proto::record::Payload;
-pub use sample::{Sample, SeriesKey};
+pub use sample::{unix_ms, Sample, SeriesKey};
 pub use spool::{FsyncPolicy, SpoolConfig};
 pub use tls::TlsFiles;
 
