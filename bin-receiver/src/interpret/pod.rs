@@ -1,0 +1,421 @@
+//! One pod's series: its state from a [`PodInfo`] (info, phase, requests,
+//! limits) and its latest usage from a [`PodUsage`].
+//!
+//! What it owns: the series a pod has and their labels, kept twice — the
+//! raw values (for remote write's label sets) and label fragments escaped
+//! once, when the pod changes (so `/metrics` rendering is mostly copying).
+//!
+//! What it guarantees: duplicate container names inside one record
+//! collapse to one series per container and resource, the last value
+//! winning (a page or a remote-write request never holds one series
+//! twice); [`PodState::stale_changes`] names exactly the series an older
+//! state had that a newer one no longer has.
+
+use telemetry_runtime::exposition::push_label;
+use telemetry_schema::{ContainerRequests, ContainerUsage, PodInfo, PodPhase};
+
+use super::{
+    facts::{Facts, Out},
+    families::{
+        POD_CONTAINER_CPU_USAGE, POD_CONTAINER_MEMORY_WORKING_SET, POD_CONTAINER_RESOURCE_LIMITS,
+        POD_CONTAINER_RESOURCE_REQUESTS, POD_INFO, POD_INFO_LABELS, POD_LABELS, POD_PHASE_LABELS,
+        POD_STATUS_PHASE, RESOURCE_LABELS, USAGE_LABELS,
+    },
+};
+
+/// Appends `,name="value"` for each pair.
+pub(crate) fn push_labels(out: &mut String, names: &[&str], values: &[&str]) {
+    for (name, value) in names.iter().zip(values) {
+        out.push(',');
+        push_label(out, name, value);
+    }
+}
+
+/// A container resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Cpu,
+    Memory,
+}
+
+impl Resource {
+    fn name(self) -> &'static str {
+        match self {
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Resource::Cpu => "core",
+            Resource::Memory => "byte",
+        }
+    }
+}
+
+/// One container's request (or limit) of one resource.
+#[derive(Debug, Clone)]
+pub(crate) struct ResourceSeries {
+    /// `,container="…",resource="…",unit="…"`.
+    pub(crate) fragment: String,
+    /// Index of the container in the pod's list.
+    container: usize,
+    resource: Resource,
+    /// The amount (cores or bytes).
+    pub(crate) value: f64,
+}
+
+/// The series of each container's cpu and memory value that `pick`
+/// returns and that is set; a container name repeated in one pod keeps its
+/// last value.
+fn resource_series(
+    containers: &[ContainerRequests],
+    pick: impl Fn(&ContainerRequests) -> [Option<f64>; 2],
+) -> Vec<ResourceSeries> {
+    let mut series: Vec<ResourceSeries> = Vec::with_capacity(containers.len() * 2);
+    for (index, container) in containers.iter().enumerate() {
+        let [cpu, memory] = pick(container);
+        for (resource, value) in [(Resource::Cpu, cpu), (Resource::Memory, memory)] {
+            let Some(value) = value else { continue };
+            let mut fragment = String::with_capacity(64);
+            push_labels(
+                &mut fragment,
+                &RESOURCE_LABELS,
+                &[&container.name, resource.name(), resource.unit()],
+            );
+            match series.iter_mut().find(|s| s.fragment == fragment) {
+                Some(existing) => existing.value = value,
+                None => series.push(ResourceSeries {
+                    fragment,
+                    container: index,
+                    resource,
+                    value,
+                }),
+            }
+        }
+    }
+    series
+}
+
+/// A pod's state as its last upsert described it.
+#[derive(Debug)]
+pub(crate) struct PodState {
+    info: PodInfo,
+    /// `,namespace="…",pod="…"`.
+    ns_pod: String,
+    /// `,uid="…",node="…",pod_ip="…",created_by_kind="…",created_by_name="…"`.
+    info_tail: String,
+    /// Length of the `,uid="…"` prefix of `info_tail`.
+    uid_len: usize,
+    requests: Vec<ResourceSeries>,
+    limits: Vec<ResourceSeries>,
+}
+
+impl PodState {
+    /// The state `info` describes.
+    pub(crate) fn new(info: PodInfo) -> Self {
+        let mut ns_pod = String::with_capacity(info.namespace.len() + info.name.len() + 20);
+        push_labels(&mut ns_pod, &POD_LABELS, &[&info.namespace, &info.name]);
+        let mut info_tail = String::with_capacity(160);
+        push_labels(&mut info_tail, &POD_INFO_LABELS[..1], &[&info.uid]);
+        let uid_len = info_tail.len();
+        push_labels(
+            &mut info_tail,
+            &POD_INFO_LABELS[1..],
+            &[
+                &info.node,
+                &info.pod_ip,
+                &info.created_by_kind,
+                &info.created_by_name,
+            ],
+        );
+        let requests = resource_series(&info.containers, |c| [c.cpu_cores, c.memory_bytes]);
+        let limits = resource_series(&info.containers, |c| {
+            [c.cpu_limit_cores, c.memory_limit_bytes]
+        });
+        Self {
+            info,
+            ns_pod,
+            info_tail,
+            uid_len,
+            requests,
+            limits,
+        }
+    }
+
+    /// The pod's namespace.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.info.namespace
+    }
+
+    /// The pod's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Its phase.
+    pub(crate) fn phase(&self) -> PodPhase {
+        self.info.phase
+    }
+
+    /// True in phase Running.
+    pub(crate) fn running(&self) -> bool {
+        self.info.phase == PodPhase::Running
+    }
+
+    /// `,namespace="…",pod="…"`.
+    pub(crate) fn ns_pod(&self) -> &str {
+        &self.ns_pod
+    }
+
+    /// `kube_pod_info`'s labels after the pod's.
+    pub(crate) fn info_tail(&self) -> &str {
+        &self.info_tail
+    }
+
+    /// `,uid="…"`.
+    pub(crate) fn uid_fragment(&self) -> &str {
+        &self.info_tail[..self.uid_len]
+    }
+
+    /// Resource requests.
+    pub(crate) fn requests(&self) -> &[ResourceSeries] {
+        &self.requests
+    }
+
+    /// Resource limits.
+    pub(crate) fn limits(&self) -> &[ResourceSeries] {
+        &self.limits
+    }
+
+    fn resource_labels<'a>(&'a self, r: &ResourceSeries) -> [(&'static str, &'a str); 5] {
+        let container = self
+            .info
+            .containers
+            .get(r.container)
+            .map_or("", |c| c.name.as_str());
+        [
+            (POD_LABELS[0], &self.info.namespace),
+            (POD_LABELS[1], &self.info.name),
+            (RESOURCE_LABELS[0], container),
+            (RESOURCE_LABELS[1], r.resource.name()),
+            (RESOURCE_LABELS[2], r.resource.unit()),
+        ]
+    }
+
+    fn info_labels(&self) -> [(&'static str, &str); 7] {
+        let i = &self.info;
+        [
+            (POD_LABELS[0], &i.namespace),
+            (POD_LABELS[1], &i.name),
+            (POD_INFO_LABELS[0], &i.uid),
+            (POD_INFO_LABELS[1], &i.node),
+            (POD_INFO_LABELS[2], &i.pod_ip),
+            (POD_INFO_LABELS[3], &i.created_by_kind),
+            (POD_INFO_LABELS[4], &i.created_by_name),
+        ]
+    }
+
+    fn phase_labels(&self, phase: PodPhase) -> [(&'static str, &str); 4] {
+        [
+            (POD_LABELS[0], &self.info.namespace),
+            (POD_LABELS[1], &self.info.name),
+            (POD_PHASE_LABELS[0], &self.info.uid),
+            (POD_PHASE_LABELS[1], phase.as_str()),
+        ]
+    }
+
+    /// Writes every series of the state at `at_ms`.
+    pub(crate) fn emit<F: Facts>(&self, out: &mut Out<'_, F>, at_ms: i64) {
+        out.value(POD_INFO.name, &self.info_labels(), at_ms, 1.0);
+        for phase in PodPhase::ALL {
+            let value = if phase == self.info.phase { 1.0 } else { 0.0 };
+            out.value(
+                POD_STATUS_PHASE.name,
+                &self.phase_labels(phase),
+                at_ms,
+                value,
+            );
+        }
+        for (family, list) in [
+            (&POD_CONTAINER_RESOURCE_REQUESTS, &self.requests),
+            (&POD_CONTAINER_RESOURCE_LIMITS, &self.limits),
+        ] {
+            for r in list {
+                out.value(family.name, &self.resource_labels(r), at_ms, r.value);
+            }
+        }
+    }
+
+    /// Marks stale, at `at_ms`, the series of this (older) state that
+    /// `newer` no longer has (all of them without a newer state).
+    pub(crate) fn stale_changes<F: Facts>(
+        &self,
+        newer: Option<&PodState>,
+        out: &mut Out<'_, F>,
+        at_ms: i64,
+    ) {
+        if newer.is_none_or(|n| n.info_tail != self.info_tail) {
+            out.stale(POD_INFO.name, &self.info_labels(), at_ms);
+        }
+        if newer.is_none_or(|n| n.info.uid != self.info.uid) {
+            for phase in PodPhase::ALL {
+                out.stale(POD_STATUS_PHASE.name, &self.phase_labels(phase), at_ms);
+            }
+        }
+        for (family, list, newer_list) in [
+            (
+                &POD_CONTAINER_RESOURCE_REQUESTS,
+                &self.requests,
+                newer.map(|n| &n.requests),
+            ),
+            (
+                &POD_CONTAINER_RESOURCE_LIMITS,
+                &self.limits,
+                newer.map(|n| &n.limits),
+            ),
+        ] {
+            for r in list {
+                if newer_list.is_none_or(|l| l.iter().all(|x| x.fragment != r.fragment)) {
+                    out.stale(family.name, &self.resource_labels(r), at_ms);
+                }
+            }
+        }
+    }
+}
+
+/// One container's latest usage.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerUsageSeries {
+    /// The raw container name.
+    name: String,
+    /// `,container="…"`.
+    pub(crate) fragment: String,
+    /// CPU in use, cores.
+    pub(crate) cpu_cores: f64,
+    /// Working-set memory, bytes.
+    pub(crate) memory_bytes: f64,
+}
+
+/// A pod's latest usage (metrics-server's view).
+#[derive(Debug, Clone)]
+pub(crate) struct UsageState {
+    containers: Vec<ContainerUsageSeries>,
+    /// metrics-server's timestamp of it (`i64::MIN`: none yet).
+    timestamp_ms: i64,
+}
+
+impl Default for UsageState {
+    fn default() -> Self {
+        Self {
+            containers: Vec::new(),
+            timestamp_ms: i64::MIN,
+        }
+    }
+}
+
+impl UsageState {
+    /// Per container, in the order of the last usage record.
+    pub(crate) fn containers(&self) -> &[ContainerUsageSeries] {
+        &self.containers
+    }
+
+    /// When it was measured (`i64::MIN`: never).
+    pub(crate) fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    /// Replaces the usage; escapes container names only when the list of
+    /// names changed.
+    pub(crate) fn set(&mut self, containers: &[ContainerUsage], timestamp_ms: i64) {
+        self.timestamp_ms = timestamp_ms;
+        let unchanged = self.containers.len() == containers.len()
+            && self
+                .containers
+                .iter()
+                .zip(containers)
+                .all(|(have, new)| have.name == new.name);
+        if unchanged {
+            for (have, new) in self.containers.iter_mut().zip(containers) {
+                have.cpu_cores = new.cpu_cores;
+                have.memory_bytes = new.memory_bytes;
+            }
+            return;
+        }
+        self.containers.clear();
+        for container in containers {
+            match self
+                .containers
+                .iter_mut()
+                .find(|u| u.name == container.name)
+            {
+                Some(existing) => {
+                    existing.cpu_cores = container.cpu_cores;
+                    existing.memory_bytes = container.memory_bytes;
+                }
+                None => {
+                    let mut fragment = String::with_capacity(container.name.len() + 14);
+                    push_labels(&mut fragment, &USAGE_LABELS, &[&container.name]);
+                    self.containers.push(ContainerUsageSeries {
+                        name: container.name.clone(),
+                        fragment,
+                        cpu_cores: container.cpu_cores,
+                        memory_bytes: container.memory_bytes,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes every usage series of pod `namespace/pod` at the usage's time.
+    pub(crate) fn emit<F: Facts>(&self, namespace: &str, pod: &str, out: &mut Out<'_, F>) {
+        for c in &self.containers {
+            let labels = usage_labels(namespace, pod, &c.name);
+            out.value(
+                POD_CONTAINER_CPU_USAGE.name,
+                &labels,
+                self.timestamp_ms,
+                c.cpu_cores,
+            );
+            out.value(
+                POD_CONTAINER_MEMORY_WORKING_SET.name,
+                &labels,
+                self.timestamp_ms,
+                c.memory_bytes,
+            );
+        }
+    }
+
+    /// Marks stale, at `at_ms`, the usage series of containers that `kept`
+    /// does not list (every one when `kept` is `None`).
+    pub(crate) fn stale_missing<F: Facts>(
+        &self,
+        namespace: &str,
+        pod: &str,
+        kept: Option<&[ContainerUsage]>,
+        out: &mut Out<'_, F>,
+        at_ms: i64,
+    ) {
+        for c in &self.containers {
+            if kept.is_some_and(|kept| kept.iter().any(|k| k.name == c.name)) {
+                continue;
+            }
+            let labels = usage_labels(namespace, pod, &c.name);
+            out.stale(POD_CONTAINER_CPU_USAGE.name, &labels, at_ms);
+            out.stale(POD_CONTAINER_MEMORY_WORKING_SET.name, &labels, at_ms);
+        }
+    }
+}
+
+fn usage_labels<'a>(
+    namespace: &'a str,
+    pod: &'a str,
+    container: &'a str,
+) -> [(&'static str, &'a str); 3] {
+    [
+        (POD_LABELS[0], namespace),
+        (POD_LABELS[1], pod),
+        (USAGE_LABELS[0], container),
+    ]
+}
