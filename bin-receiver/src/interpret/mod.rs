@@ -44,7 +44,11 @@
 //! `cluster`, overriding a `cluster` label sent by the sender ([`samples`]).
 //! Usage of a pod and scale events of an HPA not upserted yet are kept:
 //! `/metrics` shows them once the object is upserted, remote write
-//! forwards them as they arrive (they carry their own time).
+//! forwards them as they arrive (they carry their own time). `/metrics`
+//! shows both directions of a known HPA's counter, 0 included; remote
+//! write writes a direction when it counts. A sender gone beyond its TTL
+//! loses its current view and samples ([`ClusterModel::forget_current`]);
+//! its timeline stays.
 
 pub(crate) mod facts;
 pub(crate) mod families;
@@ -71,7 +75,7 @@ pub(crate) use samples::SampleTable;
 
 /// The limits of the interpretation, per cluster: one set for `/metrics`
 /// and remote write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Snapshots that may be open at once; beyond it the oldest is
     /// forgotten (its end is then ignored, so objects it would have
@@ -136,8 +140,8 @@ impl ClusterModel {
     /// `timeline`.
     pub(crate) fn new(current: bool, timeline: bool) -> Self {
         Self {
-            current: current.then(View::default),
-            timeline: timeline.then(View::default),
+            current: current.then(|| View::new(true)),
+            timeline: timeline.then(|| View::new(!current)),
             samples: SampleTable::default(),
             scale_keys: ScaleKeys::default(),
             observed_ms: None,
@@ -148,7 +152,8 @@ impl ClusterModel {
 
     /// Starts keeping the timeline (empty) if it is not kept yet.
     pub(crate) fn keep_timeline(&mut self) {
-        self.timeline.get_or_insert_with(View::default);
+        let logs = self.current.is_none();
+        self.timeline.get_or_insert_with(|| View::new(logs));
     }
 
     /// The current view (what `/metrics` shows), if kept.
@@ -174,7 +179,6 @@ impl ClusterModel {
     /// Applies a delivery: `records` are sequence numbers `first_seq..` of
     /// `cluster`'s stream `stream_id`; those the last present covers are
     /// history. Timeline facts go to `facts`.
-    #[allow(clippy::too_many_arguments)] // a delivery's parts, the clock, the limits and the sink
     pub(crate) fn apply_delivery<F: Facts>(
         &mut self,
         cluster: &str,
@@ -300,6 +304,8 @@ impl ClusterModel {
         };
         let current = self.current.as_mut().filter(|_| lane != Lane::History);
         let timeline = self.timeline.as_mut().filter(|_| lane != Lane::Present);
+        // Raw values are for remote write's label sets: only the timeline's.
+        let keep_raw = timeline.is_some();
         match record {
             ClusterRecord::SnapshotBegin { id, kinds } => {
                 for view in [current, timeline].into_iter().flatten() {
@@ -314,13 +320,16 @@ impl ClusterModel {
                     view.snapshot_end(id, out, at_ms);
                 }
             }
-            ClusterRecord::PodUpsert(pod) if current.is_some() || timeline.is_some() => {
-                let state = Arc::new(PodState::new(pod));
+            ClusterRecord::PodUpsert(mut pod) if current.is_some() || timeline.is_some() => {
+                let namespace = std::mem::take(&mut pod.namespace);
+                let name = std::mem::take(&mut pod.name);
+                let key = (namespace.as_str(), name.as_str());
+                let state = Arc::new(PodState::new(key.0, key.1, pod, keep_raw));
                 if let Some(view) = current {
-                    view.upsert_pod(state.clone(), &mut quiet, at_ms);
+                    view.upsert_pod(key, state.clone(), &mut quiet, at_ms);
                 }
                 if let Some(view) = timeline {
-                    view.upsert_pod(state, out, at_ms);
+                    view.upsert_pod(key, state, out, at_ms);
                 }
             }
             ClusterRecord::PodDelete(pod) => {

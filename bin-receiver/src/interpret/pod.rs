@@ -1,9 +1,10 @@
 //! One pod's series: its state from a [`PodInfo`] (info, phase, requests,
 //! limits) and its latest usage from a [`PodUsage`].
 //!
-//! What it owns: the series a pod has and their labels, kept twice — the
-//! raw values (for remote write's label sets) and label fragments escaped
-//! once, when the pod changes (so `/metrics` rendering is mostly copying).
+//! What it owns: the series a pod has and their labels, as label fragments
+//! escaped once, when the pod changes (so `/metrics` rendering is mostly
+//! copying), and — only while remote write needs them — the raw values its
+//! label sets are built from.
 //!
 //! What it guarantees: duplicate container names inside one record
 //! collapse to one series per container and resource, the last value
@@ -101,7 +102,7 @@ fn resource_series(
 /// A pod's state as its last upsert described it.
 #[derive(Debug)]
 pub(crate) struct PodState {
-    info: PodInfo,
+    phase: PodPhase,
     /// `,namespace="…",pod="…"`.
     ns_pod: String,
     /// `,uid="…",node="…",pod_ip="…",created_by_kind="…",created_by_name="…"`.
@@ -110,13 +111,19 @@ pub(crate) struct PodState {
     uid_len: usize,
     requests: Vec<ResourceSeries>,
     limits: Vec<ResourceSeries>,
+    /// The record's values (namespace and name aside: the view knows
+    /// them), kept only for remote write's label sets.
+    raw: Option<PodInfo>,
 }
 
 impl PodState {
-    /// The state `info` describes.
-    pub(crate) fn new(info: PodInfo) -> Self {
-        let mut ns_pod = String::with_capacity(info.namespace.len() + info.name.len() + 20);
-        push_labels(&mut ns_pod, &POD_LABELS, &[&info.namespace, &info.name]);
+    /// The state of pod `namespace/name` that `info` describes (its own
+    /// namespace and name are not read). `keep_raw`: keep the values
+    /// remote write needs (without them [`PodState::emit`] and
+    /// [`PodState::stale_changes`] write nothing).
+    pub(crate) fn new(namespace: &str, name: &str, info: PodInfo, keep_raw: bool) -> Self {
+        let mut ns_pod = String::with_capacity(namespace.len() + name.len() + 20);
+        push_labels(&mut ns_pod, &POD_LABELS, &[namespace, name]);
         let mut info_tail = String::with_capacity(160);
         push_labels(&mut info_tail, &POD_INFO_LABELS[..1], &[&info.uid]);
         let uid_len = info_tail.len();
@@ -135,33 +142,24 @@ impl PodState {
             [c.cpu_limit_cores, c.memory_limit_bytes]
         });
         Self {
-            info,
+            phase: info.phase,
             ns_pod,
             info_tail,
             uid_len,
             requests,
             limits,
+            raw: keep_raw.then_some(info),
         }
-    }
-
-    /// The pod's namespace.
-    pub(crate) fn namespace(&self) -> &str {
-        &self.info.namespace
-    }
-
-    /// The pod's name.
-    pub(crate) fn name(&self) -> &str {
-        &self.info.name
     }
 
     /// Its phase.
     pub(crate) fn phase(&self) -> PodPhase {
-        self.info.phase
+        self.phase
     }
 
     /// True in phase Running.
     pub(crate) fn running(&self) -> bool {
-        self.info.phase == PodPhase::Running
+        self.phase == PodPhase::Running
     }
 
     /// `,namespace="…",pod="…"`.
@@ -189,79 +187,42 @@ impl PodState {
         &self.limits
     }
 
-    fn resource_labels<'a>(&'a self, r: &ResourceSeries) -> [(&'static str, &'a str); 5] {
-        let container = self
-            .info
-            .containers
-            .get(r.container)
-            .map_or("", |c| c.name.as_str());
-        [
-            (POD_LABELS[0], &self.info.namespace),
-            (POD_LABELS[1], &self.info.name),
-            (RESOURCE_LABELS[0], container),
-            (RESOURCE_LABELS[1], r.resource.name()),
-            (RESOURCE_LABELS[2], r.resource.unit()),
-        ]
-    }
-
-    fn info_labels(&self) -> [(&'static str, &str); 7] {
-        let i = &self.info;
-        [
-            (POD_LABELS[0], &i.namespace),
-            (POD_LABELS[1], &i.name),
-            (POD_INFO_LABELS[0], &i.uid),
-            (POD_INFO_LABELS[1], &i.node),
-            (POD_INFO_LABELS[2], &i.pod_ip),
-            (POD_INFO_LABELS[3], &i.created_by_kind),
-            (POD_INFO_LABELS[4], &i.created_by_name),
-        ]
-    }
-
-    fn phase_labels(&self, phase: PodPhase) -> [(&'static str, &str); 4] {
-        [
-            (POD_LABELS[0], &self.info.namespace),
-            (POD_LABELS[1], &self.info.name),
-            (POD_PHASE_LABELS[0], &self.info.uid),
-            (POD_PHASE_LABELS[1], phase.as_str()),
-        ]
-    }
-
-    /// Writes every series of the state at `at_ms`.
-    pub(crate) fn emit<F: Facts>(&self, out: &mut Out<'_, F>, at_ms: i64) {
-        out.value(POD_INFO.name, &self.info_labels(), at_ms, 1.0);
+    /// Writes every series of pod `key` (namespace, name) at `at_ms`.
+    pub(crate) fn emit<F: Facts>(&self, key: (&str, &str), out: &mut Out<'_, F>, at_ms: i64) {
+        let Some(raw) = &self.raw else { return };
+        out.value(POD_INFO.name, &info_labels(key, raw), at_ms, 1.0);
         for phase in PodPhase::ALL {
-            let value = if phase == self.info.phase { 1.0 } else { 0.0 };
-            out.value(
-                POD_STATUS_PHASE.name,
-                &self.phase_labels(phase),
-                at_ms,
-                value,
-            );
+            let value = if phase == self.phase { 1.0 } else { 0.0 };
+            let labels = phase_labels(key, raw, phase);
+            out.value(POD_STATUS_PHASE.name, &labels, at_ms, value);
         }
         for (family, list) in [
             (&POD_CONTAINER_RESOURCE_REQUESTS, &self.requests),
             (&POD_CONTAINER_RESOURCE_LIMITS, &self.limits),
         ] {
             for r in list {
-                out.value(family.name, &self.resource_labels(r), at_ms, r.value);
+                out.value(family.name, &resource_labels(key, raw, r), at_ms, r.value);
             }
         }
     }
 
-    /// Marks stale, at `at_ms`, the series of this (older) state that
-    /// `newer` no longer has (all of them without a newer state).
+    /// Marks stale, at `at_ms`, the series of this (older) state of pod
+    /// `key` that `newer` no longer has (all of them without a newer
+    /// state).
     pub(crate) fn stale_changes<F: Facts>(
         &self,
         newer: Option<&PodState>,
+        key: (&str, &str),
         out: &mut Out<'_, F>,
         at_ms: i64,
     ) {
+        let Some(raw) = &self.raw else { return };
         if newer.is_none_or(|n| n.info_tail != self.info_tail) {
-            out.stale(POD_INFO.name, &self.info_labels(), at_ms);
+            out.stale(POD_INFO.name, &info_labels(key, raw), at_ms);
         }
-        if newer.is_none_or(|n| n.info.uid != self.info.uid) {
+        if newer.is_none_or(|n| n.uid_fragment() != self.uid_fragment()) {
             for phase in PodPhase::ALL {
-                out.stale(POD_STATUS_PHASE.name, &self.phase_labels(phase), at_ms);
+                out.stale(POD_STATUS_PHASE.name, &phase_labels(key, raw, phase), at_ms);
             }
         }
         for (family, list, newer_list) in [
@@ -278,11 +239,57 @@ impl PodState {
         ] {
             for r in list {
                 if newer_list.is_none_or(|l| l.iter().all(|x| x.fragment != r.fragment)) {
-                    out.stale(family.name, &self.resource_labels(r), at_ms);
+                    out.stale(family.name, &resource_labels(key, raw, r), at_ms);
                 }
             }
         }
     }
+}
+
+fn info_labels<'a>(
+    (namespace, pod): (&'a str, &'a str),
+    raw: &'a PodInfo,
+) -> [(&'static str, &'a str); 7] {
+    [
+        (POD_LABELS[0], namespace),
+        (POD_LABELS[1], pod),
+        (POD_INFO_LABELS[0], &raw.uid),
+        (POD_INFO_LABELS[1], &raw.node),
+        (POD_INFO_LABELS[2], &raw.pod_ip),
+        (POD_INFO_LABELS[3], &raw.created_by_kind),
+        (POD_INFO_LABELS[4], &raw.created_by_name),
+    ]
+}
+
+fn phase_labels<'a>(
+    (namespace, pod): (&'a str, &'a str),
+    raw: &'a PodInfo,
+    phase: PodPhase,
+) -> [(&'static str, &'a str); 4] {
+    [
+        (POD_LABELS[0], namespace),
+        (POD_LABELS[1], pod),
+        (POD_PHASE_LABELS[0], &raw.uid),
+        (POD_PHASE_LABELS[1], phase.as_str()),
+    ]
+}
+
+fn resource_labels<'a>(
+    (namespace, pod): (&'a str, &'a str),
+    raw: &'a PodInfo,
+    r: &ResourceSeries,
+) -> [(&'static str, &'a str); 5] {
+    let container = raw
+        .containers
+        .get(r.container)
+        .map_or("", |c| c.name.as_str());
+    [
+        (POD_LABELS[0], namespace),
+        (POD_LABELS[1], pod),
+        (RESOURCE_LABELS[0], container),
+        (RESOURCE_LABELS[1], r.resource.name()),
+        (RESOURCE_LABELS[2], r.resource.unit()),
+    ]
 }
 
 /// One container's latest usage.

@@ -129,12 +129,23 @@ pub(crate) struct View {
     snapshots: Vec<OpenSnapshot>,
     /// Logical clock: advanced by every upsert.
     upserts: u64,
+    /// Whether this view logs anomalies (one view per cluster does, so a
+    /// record is not reported twice).
+    logs: bool,
 }
 
 impl View {
-    /// Forgets everything (the cluster expired).
+    /// An empty view; `logs`: report anomalies (snapshot bookkeeping).
+    pub(crate) fn new(logs: bool) -> Self {
+        Self {
+            logs,
+            ..Self::default()
+        }
+    }
+
+    /// Forgets every object (the cluster expired).
     pub(crate) fn clear(&mut self) {
-        *self = Self::default();
+        *self = Self::new(self.logs);
     }
 
     /// Upserted pods with their usage, by namespace and name.
@@ -176,6 +187,9 @@ impl View {
         self.snapshots.retain(|s| s.id != id);
         while !self.snapshots.is_empty() && self.snapshots.len() >= max_open.max(1) {
             let abandoned = self.snapshots.remove(0);
+            if !self.logs {
+                continue;
+            }
             tracing::warn!(
                 cluster,
                 snapshot = abandoned.id,
@@ -193,11 +207,13 @@ impl View {
     /// Ends snapshot `id`: removes what it did not list, at `at_ms`.
     pub(crate) fn snapshot_end<F: Facts>(&mut self, id: u64, out: &mut Out<'_, F>, at_ms: i64) {
         let Some(position) = self.snapshots.iter().position(|s| s.id == id) else {
-            tracing::warn!(
-                cluster = out.cluster,
-                snapshot = id,
-                "snapshot end without a matching begin; ignored"
-            );
+            if self.logs {
+                tracing::warn!(
+                    cluster = out.cluster,
+                    snapshot = id,
+                    "snapshot end without a matching begin; ignored"
+                );
+            }
             return;
         };
         let snapshot = self.snapshots.remove(position);
@@ -230,30 +246,31 @@ impl View {
         self.upserts
     }
 
-    /// Upserts a pod observed at `at_ms`.
+    /// Upserts pod `namespace/name`, observed at `at_ms`.
     pub(crate) fn upsert_pod<F: Facts>(
         &mut self,
+        (namespace, name): (&str, &str),
         state: Arc<PodState>,
         out: &mut Out<'_, F>,
         at_ms: i64,
     ) {
         let at = self.tick();
-        let Some(slot) = slot_mut(&mut self.pods, state.namespace(), state.name()) else {
+        let Some(slot) = slot_mut(&mut self.pods, namespace, name) else {
             return;
         };
         slot.upserted_at = at;
         let before = slot.pod.replace(state.clone());
         self.namespaces.change(
-            state.namespace(),
+            namespace,
             before.as_ref().map(|p| p.running()),
             Some(state.running()),
             F::WANTED,
         );
         if F::WANTED {
             if let Some(before) = &before {
-                before.stale_changes(Some(&state), out, at_ms);
+                before.stale_changes(Some(&state), (namespace, name), out, at_ms);
             }
-            state.emit(out, at_ms);
+            state.emit((namespace, name), out, at_ms);
         }
     }
 
@@ -283,7 +300,7 @@ impl View {
         self.namespaces.change(namespace, before, None, F::WANTED);
         if F::WANTED {
             if let Some(pod) = &slot.pod {
-                pod.stale_changes(None, out, at_ms);
+                pod.stale_changes(None, (namespace, name), out, at_ms);
             }
             slot.usage.stale_missing(namespace, name, None, out, at_ms);
         }

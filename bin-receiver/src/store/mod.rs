@@ -234,7 +234,7 @@ impl ClusterStore {
         now: Instant,
     ) {
         let now_ms = self.clock.unix_ms(now);
-        let limits = self.config.limits.clone();
+        let limits = self.config.limits;
         let state = self.sending(cluster, now);
         state
             .model
@@ -260,7 +260,7 @@ impl ClusterStore {
             return converted;
         }
         let now_ms = self.clock.unix_ms(now);
-        let limits = self.config.limits.clone();
+        let limits = self.config.limits;
         let timeline = self.timeline;
         let model = &mut self.sending(cluster, now).model;
         let position = (stream_id, first_seq);
@@ -283,7 +283,7 @@ impl ClusterStore {
         records: Vec<ClusterRecord>,
         now: Instant,
     ) -> bool {
-        let limits = self.config.limits.clone();
+        let limits = self.config.limits;
         let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
         let applied = state
             .model
