@@ -1,20 +1,20 @@
 //! What a sender's [`ClusterRecord`]s mean: the one interpretation of
 //! records behind both `/metrics` and remote write.
 //!
-//! What it owns, per cluster ([`ClusterModel`]): pods (info, phase,
+//! What it owns, per cluster (`ClusterModel`): pods (info, phase,
 //! requests, limits, usage), HPAs (replicas, targets, scale-event
 //! counters), running pods per namespace, open snapshots, the scale-event
 //! keys already counted, the generic sample series, the sender's last
 //! [`ClusterRecord::ObservedAt`], and where its present stands. Family names
-//! and label orders are in [`families`]; the limits in [`Limits`].
+//! and label orders are in `families`; the limits in [`Limits`].
 //!
 //! # Two views of one cluster
 //!
 //! `/metrics` shows the *present*; remote write forwards *history*, every
 //! change with its time. So each cluster has up to two object views, built
-//! by the same rules ([`view`]) from the same records:
+//! by the same rules (`view`) from the same records:
 //! - the **current** view, which `/metrics` renders: deliveries and
-//!   presents. A sender's present state ([`ClusterModel::apply_present`])
+//!   presents. A sender's present state (`ClusterModel::apply_present`)
 //!   applies as it arrives, ahead of its backlog. Records of the same
 //!   stream up to the present's `covers_seq` that arrive afterwards are
 //!   *history*: they do not change object state (upserts, deletes,
@@ -23,7 +23,7 @@
 //!   older than records already applied is ignored.
 //! - the **timeline**, kept only for remote write: deliveries in sequence
 //!   order, every record applied (history included, presents never). Its
-//!   changes are reported as series-level facts ([`facts`]): an object's
+//!   changes are reported as series-level facts (`facts`): an object's
 //!   series at the time the sender observed it (the last `ObservedAt` of
 //!   its deliveries, else the caller's `now_ms`), measurements (usage,
 //!   scale events, samples) at their own time, and a staleness fact for
@@ -39,15 +39,15 @@
 //! # Rules common to both views
 //! Upserts replace an object's state, deletes remove all of an object's
 //! series at once, a snapshot replaces the state of its kinds at its end,
-//! and scale events count once per key ([`view`], [`scale`]); generic
+//! and scale events count once per key (`view`, `scale`); generic
 //! samples become gauges named by the sample's metric with its labels plus
-//! `cluster`, overriding a `cluster` label sent by the sender ([`samples`]).
+//! `cluster`, overriding a `cluster` label sent by the sender (`samples`).
 //! Usage of a pod and scale events of an HPA not upserted yet are kept:
 //! `/metrics` shows them once the object is upserted, remote write
 //! forwards them as they arrive (they carry their own time). `/metrics`
 //! shows both directions of a known HPA's counter, 0 included; remote
 //! write writes a direction when it counts. A sender gone beyond its TTL
-//! loses its current view and samples ([`ClusterModel::forget_current`]);
+//! loses its current view and samples (`ClusterModel::forget_current`);
 //! its timeline stays.
 
 pub(crate) mod facts;

@@ -113,7 +113,7 @@ pub(crate) struct PodState {
     limits: Vec<ResourceSeries>,
     /// The record's values (namespace and name aside: the view knows
     /// them), kept only for remote write's label sets.
-    raw: Option<PodInfo>,
+    raw: Option<Box<PodInfo>>,
 }
 
 impl PodState {
@@ -148,7 +148,7 @@ impl PodState {
             uid_len,
             requests,
             limits,
-            raw: keep_raw.then_some(info),
+            raw: keep_raw.then(|| Box::new(info)),
         }
     }
 

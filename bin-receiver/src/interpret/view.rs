@@ -255,11 +255,10 @@ impl View {
         at_ms: i64,
     ) {
         let at = self.tick();
-        let Some(slot) = slot_mut(&mut self.pods, namespace, name) else {
-            return;
-        };
-        slot.upserted_at = at;
-        let before = slot.pod.replace(state.clone());
+        let before = with_slot(&mut self.pods, namespace, name, |slot| {
+            slot.upserted_at = at;
+            slot.pod.replace(state.clone())
+        });
         self.namespaces.change(
             namespace,
             before.as_ref().map(|p| p.running()),
@@ -314,32 +313,15 @@ impl View {
         history: bool,
         out: &mut Out<'_, F>,
     ) {
-        let known = self
-            .pods
-            .get(&usage.namespace)
-            .and_then(|m| m.get(&usage.pod));
-        let skip = match known {
-            Some(slot) => history && usage.timestamp_ms <= slot.usage.timestamp_ms(),
-            None => history,
-        };
-        if skip {
-            return;
-        }
-        let Some(slot) = slot_mut(&mut self.pods, &usage.namespace, &usage.pod) else {
-            return;
-        };
-        if F::WANTED {
-            slot.usage.stale_missing(
-                &usage.namespace,
-                &usage.pod,
-                Some(&usage.containers),
-                out,
-                usage.timestamp_ms,
-            );
-        }
-        slot.usage.set(&usage.containers, usage.timestamp_ms);
-        if F::WANTED {
-            slot.usage.emit(&usage.namespace, &usage.pod, out);
+        let (namespace, pod) = (usage.namespace.as_str(), usage.pod.as_str());
+        if let Some(slot) = self.pods.get_mut(namespace).and_then(|m| m.get_mut(pod)) {
+            if !(history && usage.timestamp_ms <= slot.usage.timestamp_ms()) {
+                set_usage(slot, usage, out);
+            }
+        } else if !history {
+            with_slot(&mut self.pods, namespace, pod, |slot| {
+                set_usage(slot, usage, out);
+            });
         }
     }
 
@@ -351,11 +333,10 @@ impl View {
         at_ms: i64,
     ) {
         let at = self.tick();
-        let Some(slot) = slot_mut(&mut self.hpas, state.namespace(), state.name()) else {
-            return;
-        };
-        slot.upserted_at = at;
-        let before = slot.hpa.replace(state.clone());
+        let before = with_slot(&mut self.hpas, state.namespace(), state.name(), |slot| {
+            slot.upserted_at = at;
+            slot.hpa.replace(state.clone())
+        });
         if F::WANTED {
             if let Some(before) = &before {
                 before.stale_changes(Some(&state), out, at_ms);
@@ -384,10 +365,9 @@ impl View {
         direction: Direction,
         out: &mut Out<'_, F>,
     ) {
-        let Some(slot) = slot_mut(&mut self.hpas, &event.namespace, &event.hpa) else {
-            return;
-        };
-        let count = slot.counts.count(direction);
+        let count = with_slot(&mut self.hpas, &event.namespace, &event.hpa, |slot| {
+            slot.counts.count(direction)
+        });
         if F::WANTED {
             hpa::write_count(
                 out,
@@ -439,20 +419,38 @@ fn removed_hpa<F: Facts>(
     }
 }
 
-/// The slot of `namespace/name`, created empty when missing (the lookup
-/// comes first so that a known object costs no allocation; `None` cannot
-/// happen).
-fn slot_mut<'a, T: Default>(
-    map: &'a mut ByNamespace<T>,
+/// Applies `f` to the slot of `namespace/name`, created empty when
+/// missing (a known object costs one lookup; the names are copied only for
+/// a new one).
+fn with_slot<T: Default, R>(
+    map: &mut ByNamespace<T>,
     namespace: &str,
     name: &str,
-) -> Option<&'a mut T> {
-    if !map.get(namespace).is_some_and(|m| m.contains_key(name)) {
-        map.entry(namespace.to_owned())
-            .or_default()
-            .insert(name.to_owned(), T::default());
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    if let Some(slot) = map.get_mut(namespace).and_then(|m| m.get_mut(name)) {
+        return f(slot);
     }
-    map.get_mut(namespace).and_then(|m| m.get_mut(name))
+    let slot = map
+        .entry(namespace.to_owned())
+        .or_default()
+        .entry(name.to_owned())
+        .or_default();
+    f(slot)
+}
+
+/// Replaces a pod's usage with `usage`: its vanished containers' series
+/// are marked stale and the new values written, at the usage's time.
+fn set_usage<F: Facts>(slot: &mut PodSlot, usage: &PodUsage, out: &mut Out<'_, F>) {
+    let (namespace, pod, at_ms) = (&usage.namespace, &usage.pod, usage.timestamp_ms);
+    if F::WANTED {
+        let kept = Some(usage.containers.as_slice());
+        slot.usage.stale_missing(namespace, pod, kept, out, at_ms);
+    }
+    slot.usage.set(&usage.containers, at_ms);
+    if F::WANTED {
+        slot.usage.emit(namespace, pod, out);
+    }
 }
 
 /// Removes one slot (and its namespace when it empties).

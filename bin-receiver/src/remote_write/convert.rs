@@ -1,5 +1,5 @@
 //! Remote write's side of the record interpretation: the timeline's
-//! series-level facts ([`crate::interpret::facts`]) become timestamped
+//! series-level facts (`crate::interpret::facts`) become timestamped
 //! samples, with the same metric names and labels as `/metrics`.
 //!
 //! What it owns (no I/O): the sample type the queues hold ([`RwSample`]),

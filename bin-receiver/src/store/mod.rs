@@ -4,8 +4,8 @@
 //!
 //! What it owns: per cluster (the sender's certificate identity) the
 //! interpretation's model, the sender's link state and last sight, and the
-//! page ([`render`]; families, names and label orders in
-//! [`crate::interpret::families`]). With [`ClusterStore::keep_timeline`]
+//! page (`render`; families, names and label orders in
+//! `crate::interpret::families`). With [`ClusterStore::keep_timeline`]
 //! the models also keep the timeline, and applying a delivery returns its
 //! remote-write samples, so each delivery is interpreted once for both
 //! consumers.
