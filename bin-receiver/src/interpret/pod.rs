@@ -60,21 +60,23 @@ impl Resource {
 pub(crate) struct ResourceSeries {
     /// `,container="…",resource="…",unit="…"`.
     pub(crate) fragment: String,
-    /// Index of the container in the pod's list.
-    container: usize,
-    resource: Resource,
     /// The amount (cores or bytes).
     pub(crate) value: f64,
 }
 
+/// Which container (index in the pod's list) and resource a
+/// [`ResourceSeries`] is, for remote write's label sets.
+type ResourceKey = (usize, Resource);
+
 /// The series of each container's cpu and memory value that `pick`
-/// returns and that is set; a container name repeated in one pod keeps its
-/// last value.
+/// returns and that is set, with their keys; a container name repeated in
+/// one pod keeps its last value.
 fn resource_series(
     containers: &[ContainerRequests],
     pick: impl Fn(&ContainerRequests) -> [Option<f64>; 2],
-) -> Vec<ResourceSeries> {
+) -> (Vec<ResourceSeries>, Vec<ResourceKey>) {
     let mut series: Vec<ResourceSeries> = Vec::with_capacity(containers.len() * 2);
+    let mut keys: Vec<ResourceKey> = Vec::with_capacity(containers.len() * 2);
     for (index, container) in containers.iter().enumerate() {
         let [cpu, memory] = pick(container);
         for (resource, value) in [(Resource::Cpu, cpu), (Resource::Memory, memory)] {
@@ -87,16 +89,25 @@ fn resource_series(
             );
             match series.iter_mut().find(|s| s.fragment == fragment) {
                 Some(existing) => existing.value = value,
-                None => series.push(ResourceSeries {
-                    fragment,
-                    container: index,
-                    resource,
-                    value,
-                }),
+                None => {
+                    series.push(ResourceSeries { fragment, value });
+                    keys.push((index, resource));
+                }
             }
         }
     }
-    series
+    (series, keys)
+}
+
+/// What remote write's label sets are built from.
+#[derive(Debug)]
+struct RawPod {
+    /// The record (namespace and name aside: the view knows them).
+    info: PodInfo,
+    /// The keys of the requests, in order.
+    requests: Vec<ResourceKey>,
+    /// The keys of the limits, in order.
+    limits: Vec<ResourceKey>,
 }
 
 /// A pod's state as its last upsert described it.
@@ -111,9 +122,8 @@ pub(crate) struct PodState {
     uid_len: usize,
     requests: Vec<ResourceSeries>,
     limits: Vec<ResourceSeries>,
-    /// The record's values (namespace and name aside: the view knows
-    /// them), kept only for remote write's label sets.
-    raw: Option<Box<PodInfo>>,
+    /// Kept only for remote write's label sets.
+    raw: Option<Box<RawPod>>,
 }
 
 impl PodState {
@@ -137,8 +147,9 @@ impl PodState {
                 &info.created_by_name,
             ],
         );
-        let requests = resource_series(&info.containers, |c| [c.cpu_cores, c.memory_bytes]);
-        let limits = resource_series(&info.containers, |c| {
+        let (requests, request_keys) =
+            resource_series(&info.containers, |c| [c.cpu_cores, c.memory_bytes]);
+        let (limits, limit_keys) = resource_series(&info.containers, |c| {
             [c.cpu_limit_cores, c.memory_limit_bytes]
         });
         Self {
@@ -148,7 +159,13 @@ impl PodState {
             uid_len,
             requests,
             limits,
-            raw: keep_raw.then(|| Box::new(info)),
+            raw: keep_raw.then(|| {
+                Box::new(RawPod {
+                    info,
+                    requests: request_keys,
+                    limits: limit_keys,
+                })
+            }),
         }
     }
 
@@ -190,18 +207,23 @@ impl PodState {
     /// Writes every series of pod `key` (namespace, name) at `at_ms`.
     pub(crate) fn emit<F: Facts>(&self, key: (&str, &str), out: &mut Out<'_, F>, at_ms: i64) {
         let Some(raw) = &self.raw else { return };
-        out.value(POD_INFO.name, &info_labels(key, raw), at_ms, 1.0);
+        out.value(POD_INFO.name, &info_labels(key, &raw.info), at_ms, 1.0);
         for phase in PodPhase::ALL {
             let value = if phase == self.phase { 1.0 } else { 0.0 };
-            let labels = phase_labels(key, raw, phase);
+            let labels = phase_labels(key, &raw.info, phase);
             out.value(POD_STATUS_PHASE.name, &labels, at_ms, value);
         }
-        for (family, list) in [
-            (&POD_CONTAINER_RESOURCE_REQUESTS, &self.requests),
-            (&POD_CONTAINER_RESOURCE_LIMITS, &self.limits),
+        for (family, list, keys) in [
+            (
+                &POD_CONTAINER_RESOURCE_REQUESTS,
+                &self.requests,
+                &raw.requests,
+            ),
+            (&POD_CONTAINER_RESOURCE_LIMITS, &self.limits, &raw.limits),
         ] {
-            for r in list {
-                out.value(family.name, &resource_labels(key, raw, r), at_ms, r.value);
+            for (r, resource) in list.iter().zip(keys) {
+                let labels = resource_labels(key, raw, *resource);
+                out.value(family.name, &labels, at_ms, r.value);
             }
         }
     }
@@ -218,28 +240,32 @@ impl PodState {
     ) {
         let Some(raw) = &self.raw else { return };
         if newer.is_none_or(|n| n.info_tail != self.info_tail) {
-            out.stale(POD_INFO.name, &info_labels(key, raw), at_ms);
+            out.stale(POD_INFO.name, &info_labels(key, &raw.info), at_ms);
         }
         if newer.is_none_or(|n| n.uid_fragment() != self.uid_fragment()) {
             for phase in PodPhase::ALL {
-                out.stale(POD_STATUS_PHASE.name, &phase_labels(key, raw, phase), at_ms);
+                let labels = phase_labels(key, &raw.info, phase);
+                out.stale(POD_STATUS_PHASE.name, &labels, at_ms);
             }
         }
-        for (family, list, newer_list) in [
+        for (family, list, keys, newer_list) in [
             (
                 &POD_CONTAINER_RESOURCE_REQUESTS,
                 &self.requests,
+                &raw.requests,
                 newer.map(|n| &n.requests),
             ),
             (
                 &POD_CONTAINER_RESOURCE_LIMITS,
                 &self.limits,
+                &raw.limits,
                 newer.map(|n| &n.limits),
             ),
         ] {
-            for r in list {
+            for (r, resource) in list.iter().zip(keys) {
                 if newer_list.is_none_or(|l| l.iter().all(|x| x.fragment != r.fragment)) {
-                    out.stale(family.name, &resource_labels(key, raw, r), at_ms);
+                    let labels = resource_labels(key, raw, *resource);
+                    out.stale(family.name, &labels, at_ms);
                 }
             }
         }
@@ -276,19 +302,20 @@ fn phase_labels<'a>(
 
 fn resource_labels<'a>(
     (namespace, pod): (&'a str, &'a str),
-    raw: &'a PodInfo,
-    r: &ResourceSeries,
+    raw: &'a RawPod,
+    (container, resource): ResourceKey,
 ) -> [(&'static str, &'a str); 5] {
     let container = raw
+        .info
         .containers
-        .get(r.container)
+        .get(container)
         .map_or("", |c| c.name.as_str());
     [
         (POD_LABELS[0], namespace),
         (POD_LABELS[1], pod),
         (RESOURCE_LABELS[0], container),
-        (RESOURCE_LABELS[1], r.resource.name()),
-        (RESOURCE_LABELS[2], r.resource.unit()),
+        (RESOURCE_LABELS[1], resource.name()),
+        (RESOURCE_LABELS[2], resource.unit()),
     ]
 }
 

@@ -90,19 +90,13 @@ impl ClusterStore {
         }
 
         POD_STATUS_PHASE.write_header(out, format);
-        // `,phase="…"` of every phase, once per render.
-        let phases = PodPhase::ALL.map(|phase| {
-            let mut label = String::with_capacity(24);
-            push_plain_label(&mut label, POD_PHASE_LABELS[1], phase.as_str());
-            (phase, label)
-        });
         for (cluster, pod, _) in self.pods() {
-            for (phase, label) in &phases {
+            for phase in PodPhase::ALL {
                 open(out, &POD_STATUS_PHASE, cluster);
                 out.push_str(pod.ns_pod());
                 out.push_str(pod.uid_fragment());
-                out.push_str(label);
-                out.push_str(if *phase == pod.phase() {
+                push_plain_label(out, POD_PHASE_LABELS[1], phase.as_str());
+                out.push_str(if phase == pod.phase() {
                     "} 1\n"
                 } else {
                     "} 0\n"
