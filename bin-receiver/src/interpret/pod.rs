@@ -69,14 +69,15 @@ pub(crate) struct ResourceSeries {
 type ResourceKey = (usize, Resource);
 
 /// The series of each container's cpu and memory value that `pick`
-/// returns and that is set, with their keys; a container name repeated in
-/// one pod keeps its last value.
+/// returns and that is set, with their keys when `keep_keys`; a container
+/// name repeated in one pod keeps its last value.
 fn resource_series(
     containers: &[ContainerRequests],
+    keep_keys: bool,
     pick: impl Fn(&ContainerRequests) -> [Option<f64>; 2],
 ) -> (Vec<ResourceSeries>, Vec<ResourceKey>) {
     let mut series: Vec<ResourceSeries> = Vec::with_capacity(containers.len() * 2);
-    let mut keys: Vec<ResourceKey> = Vec::with_capacity(containers.len() * 2);
+    let mut keys: Vec<ResourceKey> = Vec::new();
     for (index, container) in containers.iter().enumerate() {
         let [cpu, memory] = pick(container);
         for (resource, value) in [(Resource::Cpu, cpu), (Resource::Memory, memory)] {
@@ -91,7 +92,9 @@ fn resource_series(
                 Some(existing) => existing.value = value,
                 None => {
                     series.push(ResourceSeries { fragment, value });
-                    keys.push((index, resource));
+                    if keep_keys {
+                        keys.push((index, resource));
+                    }
                 }
             }
         }
@@ -147,9 +150,10 @@ impl PodState {
                 &info.created_by_name,
             ],
         );
-        let (requests, request_keys) =
-            resource_series(&info.containers, |c| [c.cpu_cores, c.memory_bytes]);
-        let (limits, limit_keys) = resource_series(&info.containers, |c| {
+        let (requests, request_keys) = resource_series(&info.containers, keep_raw, |c| {
+            [c.cpu_cores, c.memory_bytes]
+        });
+        let (limits, limit_keys) = resource_series(&info.containers, keep_raw, |c| {
             [c.cpu_limit_cores, c.memory_limit_bytes]
         });
         Self {
@@ -272,6 +276,7 @@ impl PodState {
     }
 }
 
+/// `kube_pod_info`'s labels of pod `(namespace, pod)`.
 fn info_labels<'a>(
     (namespace, pod): (&'a str, &'a str),
     raw: &'a PodInfo,
@@ -287,6 +292,7 @@ fn info_labels<'a>(
     ]
 }
 
+/// `kube_pod_status_phase`'s labels of pod `(namespace, pod)` for `phase`.
 fn phase_labels<'a>(
     (namespace, pod): (&'a str, &'a str),
     raw: &'a PodInfo,
@@ -300,6 +306,7 @@ fn phase_labels<'a>(
     ]
 }
 
+/// A request's or limit's labels of pod `(namespace, pod)`.
 fn resource_labels<'a>(
     (namespace, pod): (&'a str, &'a str),
     raw: &'a RawPod,
@@ -442,6 +449,7 @@ impl UsageState {
     }
 }
 
+/// A usage series' labels of a container of pod `namespace/pod`.
 fn usage_labels<'a>(
     namespace: &'a str,
     pod: &'a str,

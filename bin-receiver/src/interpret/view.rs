@@ -177,6 +177,8 @@ impl View {
         self.namespaces.live.len()
     }
 
+    /// Opens snapshot `id` of `kinds` (restarting one with the same id;
+    /// forgetting the oldest beyond `max_open`).
     pub(crate) fn snapshot_begin(
         &mut self,
         cluster: &str,
@@ -233,12 +235,14 @@ impl View {
                 removed_hpa(&namespace, &name, slot, out, at_ms);
             }
         }
-        tracing::debug!(
-            cluster = out.cluster,
-            snapshot = id,
-            removed,
-            "snapshot applied"
-        );
+        if self.logs {
+            tracing::debug!(
+                cluster = out.cluster,
+                snapshot = id,
+                removed,
+                "snapshot applied"
+            );
+        }
     }
 
     fn tick(&mut self) -> u64 {

@@ -153,6 +153,8 @@ pub struct ClusterStore {
     clock: WallClock,
     /// Whether the models keep the timeline (for remote write).
     timeline: bool,
+    /// `,phase="…"` of every pod phase, for rendering.
+    phase_labels: [String; 5],
 }
 
 impl ClusterStore {
@@ -163,6 +165,7 @@ impl ClusterStore {
             clusters: BTreeMap::new(),
             clock: WallClock::now(),
             timeline: false,
+            phase_labels: render::phase_labels(),
         }
     }
 

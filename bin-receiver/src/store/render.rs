@@ -41,6 +41,15 @@ fn open(out: &mut String, family: &FamilyDesc, cluster: &ClusterState) {
     out.push_str(&cluster.cluster_label);
 }
 
+/// `,phase="…"` of each of [`PodPhase::ALL`], written once per store.
+pub(super) fn phase_labels() -> [String; 5] {
+    PodPhase::ALL.map(|phase| {
+        let mut label = String::with_capacity(24);
+        push_plain_label(&mut label, POD_PHASE_LABELS[1], phase.as_str());
+        label
+    })
+}
+
 /// Appends `,name="value"` for a value that needs no escaping.
 #[inline]
 fn push_plain_label(out: &mut String, name: &str, value: &str) {
@@ -91,12 +100,12 @@ impl ClusterStore {
 
         POD_STATUS_PHASE.write_header(out, format);
         for (cluster, pod, _) in self.pods() {
-            for phase in PodPhase::ALL {
+            for (phase, label) in PodPhase::ALL.iter().zip(&self.phase_labels) {
                 open(out, &POD_STATUS_PHASE, cluster);
                 out.push_str(pod.ns_pod());
                 out.push_str(pod.uid_fragment());
-                push_plain_label(out, POD_PHASE_LABELS[1], phase.as_str());
-                out.push_str(if phase == pod.phase() {
+                out.push_str(label);
+                out.push_str(if *phase == pod.phase() {
                     "} 1\n"
                 } else {
                     "} 0\n"
