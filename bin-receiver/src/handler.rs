@@ -1,18 +1,24 @@
 //! The link handler of the receiver: applies each sender's records to the
 //! shared [`ClusterStore`] under the sender's certificate identity (the
-//! `cluster` label), tracks connects/disconnects for the sender TTL, and
+//! `cluster` label), tracks connects/disconnects for the sender TTL,
 //! optionally queues every delivery's samples for remote write before the
 //! link may acknowledge it, and optionally appends every delivery to an
-//! audit log
-//! (`<unix-ms> <sender> <first-seq> <count>` per line) so that delivery can
-//! be verified across receiver restarts.
+//! audit log (`<unix-ms> <sender> <first-seq> <count>` per line) so that
+//! delivery can be verified across receiver restarts.
+//!
+//! Each delivery is interpreted once ([`crate::interpret`]): the store
+//! applies it and, when remote write is on, returns the samples its
+//! timeline produced, which are queued before the handler returns. If
+//! queueing fails the handler fails, the link does not acknowledge, and
+//! the delivery comes again: applying it twice leaves `/metrics` as once
+//! (upserts and measurements replace, scale events count once per key).
 
 use std::{
     fs::{File, OpenOptions},
     io::Write,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use telemetry_link::{Delivery, Handler, HandlerError, PresentDelivery};
@@ -48,8 +54,10 @@ impl StoreHandler {
     }
 
     /// Also queues every delivery's samples for remote write; a batch is
-    /// acknowledged only once they are durably queued.
+    /// acknowledged only once they are durably queued. The store keeps its
+    /// clusters' timelines from now on.
     pub fn with_remote_write(mut self, remote_write: Arc<RemoteWrite>) -> Self {
+        lock(&self.store).keep_timeline();
         self.remote_write = Some(remote_write);
         self
     }
@@ -69,26 +77,18 @@ impl Handler<ClusterRecord> for StoreHandler {
             delivery.first_seq,
             delivery.records.len(),
         );
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        if let Some(rw) = &self.remote_write {
-            rw.forward(
-                &delivery.sender,
-                delivery.stream_id,
-                delivery.first_seq,
-                &delivery.records,
-                i64::try_from(ms).unwrap_or(i64::MAX),
-            )
-            .await?;
-        }
-        lock(&self.store).apply_delivery_at(
+        let ms = telemetry_link::unix_ms();
+        let converted = lock(&self.store).apply_delivery_at(
             &delivery.sender,
             delivery.stream_id,
             delivery.first_seq,
             delivery.records,
             Instant::now(),
         );
+        if let Some(rw) = &self.remote_write {
+            rw.forward_converted(&sender, delivery.stream_id, first, count as u64, converted)
+                .await?;
+        }
         if let Some(audit) = &self.audit {
             let line = format!("{ms} {sender} {first} {count}\n");
             let mut f = audit.lock().unwrap_or_else(|p| p.into_inner());

@@ -133,7 +133,7 @@ pub use net::{
 };
 pub use proto::record::Payload;
 pub use receiver_state::StateError;
-pub use sample::{Sample, SeriesKey};
+pub use sample::{unix_ms, Sample, SeriesKey};
 pub use spool::{Appended, FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats};
 pub use tls::TlsFiles;
 

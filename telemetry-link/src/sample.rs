@@ -191,6 +191,14 @@ impl Sample {
     }
 }
 
+/// Milliseconds since the Unix epoch, now; saturating (0 for a clock set
+/// before the epoch, `i64::MAX` beyond the range of an `i64`).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,47 +1,35 @@
-//! Turning applied [`ClusterRecord`]s into timestamped samples for
-//! remote_write, with the same metric names and labels as `/metrics`.
+//! Remote write's side of the record interpretation: the timeline's
+//! series-level facts (`crate::interpret::facts`) become timestamped
+//! samples, with the same metric names and labels as `/metrics`.
 //!
-//! What it owns (no I/O): per cluster, the series each pod and HPA last
-//! produced, so that a change, a delete or the end of a snapshot that no
-//! longer lists an object turns the series that disappeared into Prometheus
-//! staleness markers; the running-pod count per namespace; the scale-event
-//! counters.
+//! What it owns (no I/O): the sample type the queues hold ([`RwSample`]),
+//! the label sets remote write sends, and [`Converted`], the samples of one
+//! delivery with the index where each record's samples start.
 //!
 //! What it guarantees:
-//! - Samples keep the time the sender measured them where the record has
-//!   one (`Sample`, `PodUsage`, `ScaleEvent`); object state (upserts,
-//!   deletes, snapshots) takes the time of the last
-//!   [`ClusterRecord::ObservedAt`] of its sender (the sender's sink puts one
-//!   in front of every batch with object state), or the `now_ms` the caller
-//!   passes when none was seen yet (the first records after a receiver
-//!   restart that resumed in the middle of a batch).
-//! - A series that an object had and no longer has gets one sample with the
-//!   staleness-marker NaN ([`STALE_NAN`]), as Prometheus itself writes when a
-//!   scraped series disappears.
-//! - Scale events are counted once per event key (the last
-//!   [`SCALE_EVENT_KEYS`] keys per cluster are remembered) and only when the
-//!   size changed, like the `/metrics` counter.
+//! - Every fact becomes one sample: a value, or Prometheus' staleness
+//!   marker ([`STALE_NAN`]) for a series that disappeared, as Prometheus
+//!   itself writes when a scraped series disappears. What the facts are —
+//!   timestamps, staleness, counting scale events once, refusing sample
+//!   series — is the interpretation's ([`crate::interpret`]).
 //! - Labels are sorted by name with `__name__` first; `cluster` is the
-//!   sender's certificate identity, never what a sample says. Family names
-//!   are the `/metrics` renderer's ([`crate::store::render`]).
+//!   sender's certificate identity, never what a sample says.
+//! - [`SeriesTracker`] runs the interpretation for remote write alone
+//!   (its own timeline per cluster), for callers without a `/metrics`
+//!   store; the receiver takes its samples from the store's timeline
+//!   instead ([`crate::store::ClusterStore::apply_delivery_at`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
-use telemetry_schema::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo, PodPhase};
+use telemetry_schema::ClusterRecord;
 
-use crate::store::render::{
-    HPA_SCALE_EVENTS, HPA_SPEC_MAX_REPLICAS, HPA_SPEC_MIN_REPLICAS, HPA_SPEC_TARGET_METRIC,
-    HPA_STATUS_CURRENT_REPLICAS, HPA_STATUS_DESIRED_REPLICAS, NAMESPACE_PODS_RUNNING,
-    POD_CONTAINER_CPU_USAGE, POD_CONTAINER_MEMORY_WORKING_SET, POD_CONTAINER_RESOURCE_LIMITS,
-    POD_CONTAINER_RESOURCE_REQUESTS, POD_INFO, POD_STATUS_PHASE,
+use crate::interpret::{
+    facts::{self, Facts, Series},
+    ClusterModel, Limits,
 };
 
 /// Prometheus' staleness marker (`value.StaleNaN`).
 pub const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
-/// Scale-event keys remembered per cluster to count each event once.
-pub const SCALE_EVENT_KEYS: usize = 4096;
-/// Snapshots kept open at once per cluster (the oldest is forgotten).
-const MAX_OPEN_SNAPSHOTS: usize = 16;
 
 /// Label pairs of one series, sorted by name, `__name__` first.
 pub type Labels = Vec<(String, String)>;
@@ -64,246 +52,31 @@ impl RwSample {
     }
 }
 
-/// Builds a sorted label set for `name` from `pairs`.
-fn series(name: &str, pairs: &[(&str, &str)]) -> Labels {
-    let mut labels: Labels = Vec::with_capacity(pairs.len() + 1);
-    labels.push(("__name__".to_owned(), name.to_owned()));
-    let mut rest: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    rest.sort();
-    labels.extend(rest);
-    labels
-}
-
-#[derive(Debug, Default)]
-struct ObjectSeries {
-    /// Series of the object's state (info, phase, requests, ...).
-    state: HashSet<Labels>,
-    /// Usage series (pods only), replaced by each usage record.
-    usage: HashSet<Labels>,
-    /// Logical clock of the last upsert.
-    tick: u64,
-    /// The pod's namespace counts as one running pod.
-    running: bool,
-}
-
-#[derive(Debug, Default)]
-struct ClusterSeries {
-    objects: HashMap<(ObjectKind, String, String), ObjectSeries>,
-    clock: u64,
-    snapshots: VecDeque<(u64, Vec<ObjectKind>, u64)>,
-    running: BTreeMap<String, i64>,
-    scale_counts: HashMap<(String, String, &'static str), u64>,
-    scale_keys: HashSet<String>,
-    scale_key_order: VecDeque<String>,
-    /// The sender's last `ObservedAt`.
-    observed_ms: Option<i64>,
-    /// Pod entries per namespace (a namespace without any loses its
-    /// running-pods series).
-    pods: HashMap<String, usize>,
-}
-
-/// Converts records into remote_write samples; one per receiver.
-#[derive(Debug, Default)]
-pub struct SeriesTracker {
-    clusters: HashMap<String, ClusterSeries>,
-}
-
-impl SeriesTracker {
-    /// A tracker that knows no series yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Samples for `records` from `cluster`, in record order.
-    pub fn convert(
-        &mut self,
-        cluster: &str,
-        records: &[ClusterRecord],
-        now_ms: i64,
-    ) -> Vec<RwSample> {
-        self.convert_records(cluster, records, now_ms).samples
-    }
-
-    /// [`SeriesTracker::convert`], also telling where each record's samples
-    /// start.
-    pub fn convert_records(
-        &mut self,
-        cluster: &str,
-        records: &[ClusterRecord],
-        now_ms: i64,
-    ) -> Converted {
-        if !self.clusters.contains_key(cluster) {
-            self.clusters
-                .insert(cluster.to_owned(), ClusterSeries::default());
-        }
-        let Some(state) = self.clusters.get_mut(cluster) else {
-            return Converted::default();
-        };
-        let mut out = Vec::new();
-        let mut starts = Vec::with_capacity(records.len());
-        let mut touched_namespaces = BTreeSet::new();
-        for record in records {
-            starts.push(out.len());
-            let now_ms = state.observed_ms.unwrap_or(now_ms);
-            match record {
-                ClusterRecord::ObservedAt { unix_ms } => state.observed_ms = Some(*unix_ms),
-                ClusterRecord::SnapshotBegin { id, kinds } => {
-                    if state.snapshots.len() >= MAX_OPEN_SNAPSHOTS {
-                        state.snapshots.pop_front();
-                    }
-                    state.snapshots.push_back((*id, kinds.clone(), state.clock));
-                }
-                ClusterRecord::SnapshotEnd { id } => {
-                    let Some(pos) = state.snapshots.iter().position(|(open, _, _)| open == id)
-                    else {
-                        continue;
-                    };
-                    let Some((_, kinds, began)) = state.snapshots.remove(pos) else {
-                        continue;
-                    };
-                    let gone: Vec<_> = state
-                        .objects
-                        .iter()
-                        .filter(|((kind, _, _), obj)| kinds.contains(kind) && obj.tick <= began)
-                        .map(|(key, _)| key.clone())
-                        .collect();
-                    for key in gone {
-                        touched_namespaces.insert(key.1.clone());
-                        state.remove(&key, now_ms, &mut out);
-                    }
-                }
-                ClusterRecord::PodUpsert(pod) => {
-                    touched_namespaces.insert(pod.namespace.clone());
-                    state.upsert(
-                        (ObjectKind::Pod, pod.namespace.clone(), pod.name.clone()),
-                        pod_series(cluster, pod),
-                        pod.phase == PodPhase::Running,
-                        now_ms,
-                        &mut out,
-                    );
-                }
-                ClusterRecord::HpaUpsert(hpa) => state.upsert(
-                    (ObjectKind::Hpa, hpa.namespace.clone(), hpa.name.clone()),
-                    hpa_series(cluster, hpa),
-                    false,
-                    now_ms,
-                    &mut out,
-                ),
-                ClusterRecord::PodDelete(ObjectRef { namespace, name }) => {
-                    touched_namespaces.insert(namespace.clone());
-                    state.remove(
-                        &(ObjectKind::Pod, namespace.clone(), name.clone()),
-                        now_ms,
-                        &mut out,
-                    );
-                }
-                ClusterRecord::HpaDelete(ObjectRef { namespace, name }) => {
-                    state.remove(
-                        &(ObjectKind::Hpa, namespace.clone(), name.clone()),
-                        now_ms,
-                        &mut out,
-                    );
-                }
-                ClusterRecord::PodUsage(usage) => {
-                    let key = (ObjectKind::Pod, usage.namespace.clone(), usage.pod.clone());
-                    let mut now_usage = HashSet::new();
-                    for c in &usage.containers {
-                        let base = [
-                            ("cluster", cluster),
-                            ("namespace", usage.namespace.as_str()),
-                            ("pod", usage.pod.as_str()),
-                            ("container", c.name.as_str()),
-                        ];
-                        for (name, value) in [
-                            (POD_CONTAINER_CPU_USAGE.name, c.cpu_cores),
-                            (POD_CONTAINER_MEMORY_WORKING_SET.name, c.memory_bytes),
-                        ] {
-                            let labels = series(name, &base);
-                            now_usage.insert(labels.clone());
-                            out.push(RwSample {
-                                labels,
-                                timestamp_ms: usage.timestamp_ms,
-                                value,
-                            });
-                        }
-                    }
-                    let obj = state.object(key);
-                    for gone in obj.usage.difference(&now_usage) {
-                        out.push(stale(gone.clone(), usage.timestamp_ms));
-                    }
-                    obj.usage = now_usage;
-                }
-                ClusterRecord::ScaleEvent(event) => {
-                    if event.old_replicas == event.new_replicas
-                        || !state.scale_key_is_new(&event.key)
-                    {
-                        continue;
-                    }
-                    let direction = event.direction();
-                    let count = state
-                        .scale_counts
-                        .entry((event.namespace.clone(), event.hpa.clone(), direction))
-                        .or_insert(0);
-                    *count += 1;
-                    out.push(RwSample {
-                        labels: series(
-                            HPA_SCALE_EVENTS.name,
-                            &[
-                                ("cluster", cluster),
-                                ("namespace", &event.namespace),
-                                ("horizontalpodautoscaler", &event.hpa),
-                                ("direction", direction),
-                            ],
-                        ),
-                        timestamp_ms: event.timestamp_ms,
-                        value: *count as f64,
-                    });
-                }
-                ClusterRecord::Sample(sample) => {
-                    let mut pairs: Vec<(&str, &str)> = vec![("cluster", cluster)];
-                    pairs.extend(
-                        sample
-                            .series
-                            .labels()
-                            .iter()
-                            .filter(|(k, _)| k != "cluster")
-                            .map(|(k, v)| (k.as_str(), v.as_str())),
-                    );
-                    out.push(RwSample {
-                        labels: series(sample.series.name(), &pairs),
-                        timestamp_ms: sample.timestamp_ms,
-                        value: sample.value,
-                    });
-                }
-            }
-        }
-        let now_ms = state.observed_ms.unwrap_or(now_ms);
-        for namespace in touched_namespaces {
-            let running = state.running.get(&namespace).copied().unwrap_or(0);
-            let labels = series(
-                NAMESPACE_PODS_RUNNING.name,
-                &[("cluster", cluster), ("namespace", &namespace)],
+/// The label set of `series`: `__name__`, then `cluster` and the rest
+/// sorted by name (a sample's own `cluster` label is dropped).
+fn labels(series: &Series<'_>) -> Labels {
+    let mut labels: Labels = Vec::with_capacity(8);
+    labels.push(("__name__".to_owned(), series.name.to_owned()));
+    labels.push(("cluster".to_owned(), series.cluster.to_owned()));
+    match series.labels {
+        facts::Labels::Fixed(pairs) => {
+            labels.extend(
+                pairs
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
             );
-            let value = if running > 0 || state.pods.contains_key(&namespace) {
-                running as f64
-            } else {
-                state.running.remove(&namespace);
-                STALE_NAN
-            };
-            out.push(RwSample {
-                labels,
-                timestamp_ms: now_ms,
-                value,
-            });
         }
-        Converted {
-            samples: out,
-            starts,
+        facts::Labels::Sample(key) => {
+            labels.extend(
+                key.labels()
+                    .iter()
+                    .filter(|(name, _)| name != "cluster")
+                    .cloned(),
+            );
         }
     }
+    labels[1..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    labels
 }
 
 /// Samples of a run of records.
@@ -328,207 +101,68 @@ impl Converted {
     }
 }
 
-fn stale(labels: Labels, timestamp_ms: i64) -> RwSample {
-    RwSample {
-        labels,
-        timestamp_ms,
-        value: STALE_NAN,
+impl Facts for Converted {
+    fn record(&mut self, index: usize) {
+        debug_assert_eq!(index, self.starts.len());
+        self.starts.push(self.samples.len());
     }
-}
 
-impl ClusterSeries {
-    fn upsert(
-        &mut self,
-        key: (ObjectKind, String, String),
-        samples: Vec<(Labels, f64)>,
-        running: bool,
-        now_ms: i64,
-        out: &mut Vec<RwSample>,
-    ) {
-        self.clock += 1;
-        let tick = self.clock;
-        let namespace = key.1.clone();
-        let obj = self.object(key);
-        let now: HashSet<Labels> = samples.iter().map(|(l, _)| l.clone()).collect();
-        for gone in obj.state.difference(&now) {
-            out.push(stale(gone.clone(), now_ms));
-        }
-        obj.state = now;
-        obj.tick = tick;
-        if obj.running != running {
-            obj.running = running;
-            *self.running.entry(namespace).or_insert(0) += if running { 1 } else { -1 };
-        }
-        out.extend(samples.into_iter().map(|(labels, value)| RwSample {
-            labels,
-            timestamp_ms: now_ms,
+    fn value(&mut self, series: Series<'_>, timestamp_ms: i64, value: f64) {
+        self.samples.push(RwSample {
+            labels: labels(&series),
+            timestamp_ms,
             value,
-        }));
+        });
     }
 
-    fn remove(&mut self, key: &(ObjectKind, String, String), now_ms: i64, out: &mut Vec<RwSample>) {
-        let Some(obj) = self.objects.remove(key) else {
-            return;
-        };
-        out.extend(
-            obj.state
-                .into_iter()
-                .chain(obj.usage)
-                .map(|l| stale(l, now_ms)),
-        );
-        if obj.running {
-            *self.running.entry(key.1.clone()).or_insert(0) -= 1;
-        }
-        if key.0 == ObjectKind::Pod {
-            if let Some(n) = self.pods.get_mut(&key.1) {
-                *n -= 1;
-                if *n == 0 {
-                    self.pods.remove(&key.1);
-                }
-            }
-        }
-    }
-
-    /// The object's entry, created (and counted) when new.
-    fn object(&mut self, key: (ObjectKind, String, String)) -> &mut ObjectSeries {
-        if key.0 == ObjectKind::Pod && !self.objects.contains_key(&key) {
-            *self.pods.entry(key.1.clone()).or_insert(0) += 1;
-        }
-        self.objects.entry(key).or_default()
-    }
-
-    fn scale_key_is_new(&mut self, key: &str) -> bool {
-        if key.is_empty() {
-            return true;
-        }
-        if !self.scale_keys.insert(key.to_owned()) {
-            return false;
-        }
-        self.scale_key_order.push_back(key.to_owned());
-        if self.scale_key_order.len() > SCALE_EVENT_KEYS {
-            if let Some(old) = self.scale_key_order.pop_front() {
-                self.scale_keys.remove(&old);
-            }
-        }
-        true
+    fn stale(&mut self, series: Series<'_>, timestamp_ms: i64) {
+        self.value(series, timestamp_ms, STALE_NAN);
     }
 }
 
-fn pod_series(cluster: &str, pod: &PodInfo) -> Vec<(Labels, f64)> {
-    let ns = pod.namespace.as_str();
-    let name = pod.name.as_str();
-    let mut out = vec![(
-        series(
-            POD_INFO.name,
-            &[
-                ("cluster", cluster),
-                ("namespace", ns),
-                ("pod", name),
-                ("uid", &pod.uid),
-                ("node", &pod.node),
-                ("pod_ip", &pod.pod_ip),
-                ("created_by_kind", &pod.created_by_kind),
-                ("created_by_name", &pod.created_by_name),
-            ],
-        ),
-        1.0,
-    )];
-    for phase in PodPhase::ALL {
-        out.push((
-            series(
-                POD_STATUS_PHASE.name,
-                &[
-                    ("cluster", cluster),
-                    ("namespace", ns),
-                    ("pod", name),
-                    ("uid", &pod.uid),
-                    ("phase", phase.as_str()),
-                ],
-            ),
-            if phase == pod.phase { 1.0 } else { 0.0 },
-        ));
+/// The interpretation for remote write alone: one timeline per cluster.
+#[derive(Debug, Default)]
+pub struct SeriesTracker {
+    clusters: HashMap<String, ClusterModel>,
+    limits: Limits,
+}
+
+impl SeriesTracker {
+    /// A tracker that knows no series yet, with the default [`Limits`].
+    pub fn new() -> Self {
+        Self::default()
     }
-    for c in &pod.containers {
-        for (metric, resource, unit, value) in [
-            (
-                POD_CONTAINER_RESOURCE_REQUESTS.name,
-                "cpu",
-                "core",
-                c.cpu_cores,
-            ),
-            (
-                POD_CONTAINER_RESOURCE_REQUESTS.name,
-                "memory",
-                "byte",
-                c.memory_bytes,
-            ),
-            (
-                POD_CONTAINER_RESOURCE_LIMITS.name,
-                "cpu",
-                "core",
-                c.cpu_limit_cores,
-            ),
-            (
-                POD_CONTAINER_RESOURCE_LIMITS.name,
-                "memory",
-                "byte",
-                c.memory_limit_bytes,
-            ),
-        ] {
-            let Some(value) = value else { continue };
-            out.push((
-                series(
-                    metric,
-                    &[
-                        ("cluster", cluster),
-                        ("namespace", ns),
-                        ("pod", name),
-                        ("container", &c.name),
-                        ("resource", resource),
-                        ("unit", unit),
-                    ],
-                ),
-                value,
-            ));
+
+    /// Samples for `records` from `cluster`, in record order.
+    pub fn convert(
+        &mut self,
+        cluster: &str,
+        records: &[ClusterRecord],
+        now_ms: i64,
+    ) -> Vec<RwSample> {
+        self.convert_records(cluster, records, now_ms).samples
+    }
+
+    /// [`SeriesTracker::convert`], also telling where each record's samples
+    /// start. `now_ms` stamps object state until the sender's first
+    /// [`ClusterRecord::ObservedAt`].
+    pub fn convert_records(
+        &mut self,
+        cluster: &str,
+        records: &[ClusterRecord],
+        now_ms: i64,
+    ) -> Converted {
+        if !self.clusters.contains_key(cluster) {
+            self.clusters
+                .insert(cluster.to_owned(), ClusterModel::new(false, true));
         }
+        let mut converted = Converted::default();
+        if let Some(model) = self.clusters.get_mut(cluster) {
+            let records = records.iter().cloned();
+            model.apply_news(cluster, records, now_ms, &self.limits, &mut converted);
+        }
+        converted
     }
-    dedup_last_wins(out)
-}
-
-fn hpa_series(cluster: &str, hpa: &HpaInfo) -> Vec<(Labels, f64)> {
-    let base = [
-        ("cluster", cluster),
-        ("namespace", hpa.namespace.as_str()),
-        ("horizontalpodautoscaler", hpa.name.as_str()),
-    ];
-    let mut out: Vec<(Labels, f64)> = [
-        (HPA_SPEC_MIN_REPLICAS.name, hpa.min_replicas),
-        (HPA_SPEC_MAX_REPLICAS.name, hpa.max_replicas),
-        (HPA_STATUS_CURRENT_REPLICAS.name, hpa.current_replicas),
-        (HPA_STATUS_DESIRED_REPLICAS.name, hpa.desired_replicas),
-    ]
-    .into_iter()
-    .map(|(name, v)| (series(name, &base), f64::from(v)))
-    .collect();
-    for t in &hpa.targets {
-        let mut pairs = base.to_vec();
-        pairs.push(("metric_name", &t.metric_name));
-        pairs.push(("metric_target_type", &t.target_type));
-        out.push((series(HPA_SPEC_TARGET_METRIC.name, &pairs), t.value));
-    }
-    dedup_last_wins(out)
-}
-
-/// One sample per series (a container listed twice keeps its last values).
-fn dedup_last_wins(samples: Vec<(Labels, f64)>) -> Vec<(Labels, f64)> {
-    let mut seen = HashSet::new();
-    let mut out: Vec<(Labels, f64)> = samples
-        .into_iter()
-        .rev()
-        .filter(|(l, _)| seen.insert(l.clone()))
-        .collect();
-    out.reverse();
-    out
 }
 
 #[cfg(test)]
@@ -536,9 +170,24 @@ mod tests {
     use std::sync::Arc;
 
     use telemetry_link::{Sample, SeriesKey};
-    use telemetry_schema::{ContainerRequests, ContainerUsage, PodUsage, ScaleEvent};
+    use telemetry_schema::{
+        ContainerRequests, ContainerUsage, ObjectKind, ObjectRef, PodInfo, PodPhase, PodUsage,
+        ScaleEvent,
+    };
 
     use super::*;
+
+    /// The sorted label set of `name{pairs}`.
+    fn series(name: &str, pairs: &[(&str, &str)]) -> Labels {
+        let mut labels: Labels = vec![("__name__".to_owned(), name.to_owned())];
+        let mut rest: Labels = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        rest.sort();
+        labels.extend(rest);
+        labels
+    }
 
     fn pod(name: &str, phase: PodPhase, node: &str) -> PodInfo {
         PodInfo {

@@ -1,11 +1,13 @@
 //! Forwarding every applied sample, with its original timestamp, to
 //! Prometheus remote-write endpoints (`--remote-write URL`, repeatable).
 //!
-//! Layers: [`convert`] turns records into samples (no I/O), [`wire`] makes
-//! the protobuf + snappy body (no I/O), [`queue`] is the durable queue of one
-//! endpoint, [`client`] does one POST; this module wires them: the link
-//! handler calls [`RemoteWrite::forward`] before it lets the link
-//! acknowledge a batch, and one task per endpoint drains its queue.
+//! Layers: [`convert`] turns the interpretation's timeline facts into
+//! samples (no I/O), [`wire`] makes the protobuf + snappy body (no I/O),
+//! [`queue`] is the durable queue of one endpoint, [`client`] does one
+//! POST; this module wires them: the link handler calls
+//! [`RemoteWrite::forward_converted`] with the samples the store's
+//! interpretation produced before it lets the link acknowledge a batch,
+//! and one task per endpoint drains its queue.
 //!
 //! # Why a persisted queue, and not "ack after the write"
 //!
@@ -49,7 +51,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use self::{
     client::{ClientError, Outcome, RemoteWriteClient},
-    convert::SeriesTracker,
+    convert::{Converted, SeriesTracker},
     queue::{EndpointQueue, QueueError},
 };
 
@@ -253,9 +255,10 @@ impl RemoteWrite {
         Ok(rw)
     }
 
-    /// Queues the samples of a delivery (records `first_seq..` of
-    /// `sender`'s stream `stream_id`) durably in every endpoint's queue.
-    /// Returns once they are fsynced; only then may the batch be acked.
+    /// Converts a delivery (records `first_seq..` of `sender`'s stream
+    /// `stream_id`) with the forwarder's own interpretation (a
+    /// [`SeriesTracker`], for callers without a [`crate::store::ClusterStore`])
+    /// and queues its samples like [`RemoteWrite::forward_converted`].
     pub async fn forward(
         &self,
         sender: &str,
@@ -267,13 +270,37 @@ impl RemoteWrite {
         if records.is_empty() {
             return Ok(());
         }
-        let converted = Arc::new(
-            self.tracker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .convert_records(sender, records, now_ms),
-        );
-        let records_len = records.len() as u64;
+        let converted = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .convert_records(sender, records, now_ms);
+        self.forward_converted(
+            sender,
+            stream_id,
+            first_seq,
+            records.len() as u64,
+            converted,
+        )
+        .await
+    }
+
+    /// Queues the samples of a delivery (`records_len` records from
+    /// `first_seq` of `sender`'s stream `stream_id`, already converted)
+    /// durably in every endpoint's queue. Returns once they are fsynced;
+    /// only then may the batch be acked.
+    pub async fn forward_converted(
+        &self,
+        sender: &str,
+        stream_id: u128,
+        first_seq: u64,
+        records_len: u64,
+        converted: Converted,
+    ) -> Result<(), RemoteWriteError> {
+        if records_len == 0 {
+            return Ok(());
+        }
+        let converted = Arc::new(converted);
         let last_seq = first_seq + records_len - 1;
         for endpoint in &self.endpoints {
             let (endpoint, converted, sender) =

@@ -1,27 +1,19 @@
-//! The receiver's record → metric state: what each sender has told us about
-//! its cluster, ready to be rendered as a `/metrics` page.
+//! The receiver's `/metrics` state: each sender's clusters as the record
+//! interpretation sees them now ([`crate::interpret`], the *current*
+//! view), the sender's connection state, and the page that exposes them.
 //!
-//! What it owns: per cluster (the sender's certificate identity) the pods,
-//! HPAs and generic samples built from [`ClusterRecord`]s, the sender's
-//! connection state, and the page that exposes them
-//! ([`render::STORE_FAMILIES`] lists the families, names and label orders).
+//! What it owns: per cluster (the sender's certificate identity) the
+//! interpretation's model, the sender's link state and last sight, and the
+//! page (`render`; families, names and label orders in
+//! `crate::interpret::families`). With [`ClusterStore::keep_timeline`]
+//! the models also keep the timeline, and applying a delivery returns its
+//! remote-write samples, so each delivery is interpreted once for both
+//! consumers.
 //!
 //! What it guarantees:
-//! - Records are applied in order; upserts replace an object's state, deletes
-//!   remove all of an object's series at once, and a snapshot replaces the
-//!   cluster's state for its kinds at its end (details in `store/objects.rs`).
-//! - The present comes first: a sender's present state
-//!   ([`ClusterStore::apply_present_at`]) is applied as it arrives, ahead of
-//!   its backlog. Records of the same stream up to the present's
-//!   `covers_seq` that arrive afterwards are history: they do not change
-//!   object state (pods, HPAs, snapshots), a sample or a pod's usage only
-//!   replaces an older measurement, and scale events still count (each
-//!   once). So `/metrics` shows the present within a round trip of the
-//!   reconnect and never moves back while the backlog drains. A present
-//!   older than records already applied is ignored.
-//! - Generic samples become gauges named by the sample's metric with its
-//!   labels plus `cluster` (overriding a `cluster` label sent by the sender);
-//!   the last value wins (details in `store/samples.rs`).
+//! - Records are applied in order, by the rules of [`crate::interpret`]:
+//!   the present comes first ([`ClusterStore::apply_present_at`]) and the
+//!   backlog it covers never moves `/metrics` back.
 //! - `telemetry_link_sender_up{cluster}` is 1 while the sender is connected or
 //!   has been disconnected for at most `sender_ttl`; [`ClusterStore::expire`]
 //!   removes every series of a cluster disconnected for longer and turns it
@@ -37,44 +29,36 @@
 //! Call [`ClusterStore::expire`] (or [`ClusterStore::scrape`], which does it)
 //! before rendering.
 
-mod objects;
-pub mod render;
-mod samples;
+mod render;
 
 use std::{
     collections::BTreeMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use prometheus::proto::MetricFamily;
+use telemetry_runtime::exposition::{self, push_label, Format};
 use telemetry_schema::ClusterRecord;
 
-pub use samples::SampleRefusal;
-
-use objects::{ClusterObjects, ObjectLimits};
-use samples::ClusterSamples;
-use telemetry_runtime::exposition::{self, push_label, Format};
+use crate::{
+    interpret::{facts::NoFacts, families::FAMILIES, ClusterModel, Limits},
+    remote_write::convert::Converted,
+};
 
 /// Limits and timings of a [`ClusterStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// How long a disconnected sender's series are kept.
     pub sender_ttl: Duration,
-    /// Scale-event keys remembered per HPA for de-duplication.
-    pub scale_event_keys_per_hpa: usize,
-    /// Snapshots that may be open at once per cluster.
-    pub max_open_snapshots: usize,
-    /// Generic sample series kept per cluster.
-    pub max_sample_series_per_cluster: usize,
+    /// The interpretation's limits, per cluster.
+    pub limits: Limits,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             sender_ttl: Duration::from_secs(300),
-            scale_event_keys_per_hpa: 256,
-            max_open_snapshots: 8,
-            max_sample_series_per_cluster: 100_000,
+            limits: Limits::default(),
         }
     }
 }
@@ -108,26 +92,18 @@ struct ClusterState {
     cluster_label: String,
     link: LinkState,
     last_seen_unix: f64,
-    objects: ClusterObjects,
-    samples: ClusterSamples,
-    /// Stream and sequence of the last present applied.
-    present: Option<(u128, u64)>,
-    /// Stream and highest sequence applied from deliveries.
-    applied: Option<(u128, u64)>,
+    model: ClusterModel,
 }
 
 impl ClusterState {
-    fn new(cluster: &str, link: LinkState) -> Self {
+    fn new(cluster: &str, link: LinkState, timeline: bool) -> Self {
         let mut cluster_label = String::with_capacity(cluster.len() + 10);
         push_label(&mut cluster_label, "cluster", cluster);
         Self {
             cluster_label,
             link,
             last_seen_unix: 0.0,
-            objects: ClusterObjects::default(),
-            samples: ClusterSamples::default(),
-            present: None,
-            applied: None,
+            model: ClusterModel::new(true, timeline),
         }
     }
 }
@@ -136,25 +112,36 @@ impl ClusterState {
 #[derive(Debug, Clone, Copy)]
 struct WallClock {
     anchor: Instant,
-    anchor_unix_seconds: f64,
+    anchor_unix_ms: i64,
 }
 
 impl WallClock {
     fn now() -> Self {
         Self {
             anchor: Instant::now(),
-            anchor_unix_seconds: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
+            anchor_unix_ms: telemetry_link::unix_ms(),
         }
     }
 
-    fn unix_seconds(&self, at: Instant) -> f64 {
+    /// Milliseconds between the anchor and `at` (negative before it).
+    fn offset_ms(&self, at: Instant) -> i64 {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         match at.checked_duration_since(self.anchor) {
-            Some(after) => self.anchor_unix_seconds + after.as_secs_f64(),
-            None => self.anchor_unix_seconds - self.anchor.duration_since(at).as_secs_f64(),
+            Some(after) => ms(after),
+            None => -ms(self.anchor.duration_since(at)),
         }
+    }
+
+    fn unix_ms(&self, at: Instant) -> i64 {
+        self.anchor_unix_ms.saturating_add(self.offset_ms(at))
+    }
+
+    fn unix_seconds(&self, at: Instant) -> f64 {
+        let after = match at.checked_duration_since(self.anchor) {
+            Some(after) => after.as_secs_f64(),
+            None => -self.anchor.duration_since(at).as_secs_f64(),
+        };
+        self.anchor_unix_ms as f64 / 1000.0 + after
     }
 }
 
@@ -164,6 +151,10 @@ pub struct ClusterStore {
     config: StoreConfig,
     clusters: BTreeMap<String, ClusterState>,
     clock: WallClock,
+    /// Whether the models keep the timeline (for remote write).
+    timeline: bool,
+    /// `,phase="…"` of every pod phase, for rendering.
+    phase_labels: [String; 5],
 }
 
 impl ClusterStore {
@@ -173,12 +164,24 @@ impl ClusterStore {
             config,
             clusters: BTreeMap::new(),
             clock: WallClock::now(),
+            timeline: false,
+            phase_labels: render::phase_labels(),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// From now on also keeps every cluster's timeline, so that
+    /// [`ClusterStore::apply_delivery_at`] returns the delivery's
+    /// remote-write samples.
+    pub fn keep_timeline(&mut self) {
+        self.timeline = true;
+        for state in self.clusters.values_mut() {
+            state.model.keep_timeline();
+        }
     }
 
     /// The clusters known (including expired ones), in order.
@@ -198,9 +201,24 @@ impl ClusterStore {
         if !self.clusters.contains_key(cluster) {
             tracing::info!(cluster, "first contact with a cluster");
         }
+        let timeline = self.timeline;
         self.clusters
             .entry(cluster.to_owned())
-            .or_insert_with(|| ClusterState::new(cluster, link_if_new))
+            .or_insert_with(|| ClusterState::new(cluster, link_if_new, timeline))
+    }
+
+    /// The cluster that sent records at `now`: created connected when new;
+    /// an expired one starts its TTL again (a connect should have come
+    /// first).
+    fn sending(&mut self, cluster: &str, now: Instant) -> &mut ClusterState {
+        let last_seen = self.clock.unix_seconds(now);
+        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
+        if state.link == LinkState::Expired {
+            tracing::debug!(cluster, "records for an expired cluster without a connect");
+            state.link = LinkState::Disconnected { since: now };
+        }
+        state.last_seen_unix = last_seen;
+        state
     }
 
     /// Applies `records` from `cluster`'s sender, in order, now.
@@ -218,12 +236,20 @@ impl ClusterStore {
         records: impl IntoIterator<Item = ClusterRecord>,
         now: Instant,
     ) {
-        self.apply_records(cluster, records.into_iter().map(|r| (r, false)), now);
+        let now_ms = self.clock.unix_ms(now);
+        let limits = self.config.limits;
+        let state = self.sending(cluster, now);
+        state
+            .model
+            .apply_news(cluster, records, now_ms, &limits, &mut NoFacts);
     }
 
     /// Applies a delivery: `records` are sequence numbers `first_seq..` of
     /// `cluster`'s stream `stream_id`. Those the last present covers are
-    /// history (see the module documentation).
+    /// history (see [`crate::interpret`]). Returns the delivery's
+    /// remote-write samples when the store keeps the timeline
+    /// ([`ClusterStore::keep_timeline`]; none otherwise); object state
+    /// without an observation time is stamped `now`.
     pub fn apply_delivery_at(
         &mut self,
         cluster: &str,
@@ -231,22 +257,22 @@ impl ClusterStore {
         first_seq: u64,
         records: Vec<ClusterRecord>,
         now: Instant,
-    ) {
+    ) -> Converted {
+        let mut converted = Converted::default();
         if records.is_empty() {
-            return;
+            return converted;
         }
-        let last_seq = first_seq + records.len() as u64 - 1;
-        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
-        let covers = match state.present {
-            Some((stream, covers)) if stream == stream_id => covers,
-            _ => 0,
-        };
-        state.applied = Some((stream_id, last_seq));
-        let tagged = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (r, first_seq + i as u64 <= covers));
-        self.apply_records(cluster, tagged, now);
+        let now_ms = self.clock.unix_ms(now);
+        let limits = self.config.limits;
+        let timeline = self.timeline;
+        let model = &mut self.sending(cluster, now).model;
+        let position = (stream_id, first_seq);
+        if timeline {
+            model.apply_delivery(cluster, position, records, now_ms, &limits, &mut converted);
+        } else {
+            model.apply_delivery(cluster, position, records, now_ms, &limits, &mut NoFacts);
+        }
+        converted
     }
 
     /// Applies a sender's present state (its current view, ahead of its
@@ -260,72 +286,15 @@ impl ClusterStore {
         records: Vec<ClusterRecord>,
         now: Instant,
     ) -> bool {
+        let limits = self.config.limits;
         let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
-        let stale = |seen: Option<(u128, u64)>| {
-            seen.is_some_and(|(stream, seq)| stream == stream_id && seq > covers_seq)
-        };
-        if stale(state.applied) || stale(state.present) {
-            tracing::debug!(
-                cluster,
-                covers_seq,
-                "present older than what is applied; ignored"
-            );
-            return false;
+        let applied = state
+            .model
+            .apply_present(cluster, (stream_id, covers_seq), records, &limits);
+        if applied {
+            self.sending(cluster, now);
         }
-        state.present = Some((stream_id, covers_seq));
-        self.apply_records(cluster, records.into_iter().map(|r| (r, false)), now);
-        true
-    }
-
-    /// Applies `(record, history)` pairs in order.
-    fn apply_records(
-        &mut self,
-        cluster: &str,
-        records: impl IntoIterator<Item = (ClusterRecord, bool)>,
-        now: Instant,
-    ) {
-        let limits = ObjectLimits {
-            scale_event_keys: self.config.scale_event_keys_per_hpa,
-            max_open_snapshots: self.config.max_open_snapshots,
-        };
-        let max_series = self.config.max_sample_series_per_cluster;
-        let last_seen = self.clock.unix_seconds(now);
-        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
-        if state.link == LinkState::Expired {
-            tracing::debug!(cluster, "records for an expired cluster without a connect");
-            state.link = LinkState::Disconnected { since: now };
-        }
-        state.last_seen_unix = last_seen;
-        for (record, history) in records {
-            match &record {
-                // Object state from history is older than the present.
-                ClusterRecord::SnapshotBegin { .. }
-                | ClusterRecord::SnapshotEnd { .. }
-                | ClusterRecord::PodUpsert(_)
-                | ClusterRecord::PodDelete(_)
-                | ClusterRecord::HpaUpsert(_)
-                | ClusterRecord::HpaDelete(_)
-                    if history => {}
-                ClusterRecord::ObservedAt { .. } => {}
-                ClusterRecord::SnapshotBegin { id, kinds } => {
-                    state.objects.snapshot_begin(cluster, *id, kinds, limits)
-                }
-                ClusterRecord::SnapshotEnd { id } => state.objects.snapshot_end(cluster, *id),
-                ClusterRecord::PodUpsert(pod) => state.objects.upsert_pod(pod),
-                ClusterRecord::PodDelete(pod) => state.objects.delete_pod(pod),
-                ClusterRecord::PodUsage(usage) => state.objects.pod_usage(usage, history),
-                ClusterRecord::HpaUpsert(hpa) => state.objects.upsert_hpa(hpa),
-                ClusterRecord::HpaDelete(hpa) => state.objects.delete_hpa(hpa),
-                ClusterRecord::ScaleEvent(event) => state.objects.scale_event(event, limits),
-                ClusterRecord::Sample(sample) => state.samples.apply(
-                    cluster,
-                    sample,
-                    history,
-                    max_series,
-                    render::is_store_family_name,
-                ),
-            }
-        }
+        applied
     }
 
     /// `cluster`'s sender connected at `now`.
@@ -372,8 +341,7 @@ impl ClusterStore {
             if let LinkState::Disconnected { since } = state.link {
                 if now.saturating_duration_since(since) > ttl {
                     tracing::info!(cluster = %cluster, ttl = ?ttl, "sender gone beyond its TTL; removing its series");
-                    state.objects.clear();
-                    state.samples.clear();
+                    state.model.forget_current();
                     state.link = LinkState::Expired;
                     expired += 1;
                 }
@@ -395,11 +363,7 @@ impl ClusterStore {
     ) {
         out.clear();
         self.render(format, out);
-        let clash = |family: &MetricFamily| {
-            render::STORE_FAMILIES
-                .iter()
-                .any(|own| own.name == family.name())
-        };
+        let clash = |family: &MetricFamily| FAMILIES.iter().any(|own| own.name == family.name());
         if registry_families.iter().any(clash) {
             let kept: Vec<MetricFamily> = registry_families
                 .iter()

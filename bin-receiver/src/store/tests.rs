@@ -10,6 +10,7 @@ use telemetry_schema::{
 };
 
 use super::*;
+use crate::interpret::Limits;
 use telemetry_sources::simulated::{SimulatedClusterConfig, Simulation};
 use telemetry_test_support::prom::{check_openmetrics_structure, promtool_check};
 
@@ -192,7 +193,7 @@ fn a_pod_renders_info_phase_requests_and_namespace_count_with_exact_labels() {
         lines(&page, "telemetry_link_sender_up"),
         vec![r#"telemetry_link_sender_up{cluster="prod"} 1"#]
     );
-    for family in render::STORE_FAMILIES {
+    for family in FAMILIES {
         assert!(
             page.contains(&format!("# HELP {} ", family.name)),
             "{}",
@@ -449,7 +450,10 @@ fn an_end_without_its_begin_is_ignored() {
 #[test]
 fn scale_events_count_by_direction_once_per_key_with_bounded_memory() {
     let mut store = ClusterStore::new(StoreConfig {
-        scale_event_keys_per_hpa: 2,
+        limits: Limits {
+            scale_event_keys: 2,
+            ..Limits::default()
+        },
         ..StoreConfig::default()
     });
     store.apply("c", [ClusterRecord::HpaUpsert(hpa("ns", "h", 1))]);
@@ -574,7 +578,10 @@ fn samples_become_gauges_with_the_cluster_label_first_and_last_value_winning() {
 #[test]
 fn invalid_reserved_and_excess_sample_series_are_refused() {
     let mut store = ClusterStore::new(StoreConfig {
-        max_sample_series_per_cluster: 2,
+        limits: Limits {
+            max_sample_series: 2,
+            ..Limits::default()
+        },
         ..StoreConfig::default()
     });
     store.apply(

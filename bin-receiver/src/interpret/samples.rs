@@ -1,5 +1,5 @@
 //! One cluster's generic samples ([`telemetry_schema::ClusterRecord::Sample`]):
-//! the latest value of each series, exposed as gauges.
+//! which series are accepted, and the latest value of each.
 //!
 //! What it owns: the series a sender defines itself (the synthetic source,
 //! embedders' own metrics), keyed by the series' canonical encoding and
@@ -9,41 +9,41 @@
 //! - The last value received wins (arrival order, which the link keeps),
 //!   except that a `history` sample (older than the sender's present) never
 //!   replaces a value with a newer timestamp.
-//! - A series is rendered with `cluster` first, then its own labels in name
+//! - A series is labelled with `cluster` first, then its own labels in name
 //!   order; a `cluster` label sent by the sender is dropped (the receiver's
 //!   identity of the sender overrides it).
 //! - Series whose metric or label names are not valid Prometheus names, and
-//!   names that belong to the receiver (its own families, and anything under
-//!   `telemetry_link_` or `telemetry_receiver_`), are refused with one warning
-//!   per metric name, so a page always parses and never holds one family twice.
+//!   names that belong to the receiver
+//!   ([`super::families::is_reserved`]), are refused with one warning per
+//!   metric name, so a page always parses and never holds one family twice.
 //! - At most `max_series` series per cluster; new series beyond it are
-//!   dropped with a warning (existing ones keep updating).
+//!   refused with a warning (existing ones keep updating). A refused series
+//!   is neither shown nor forwarded.
 
 use std::collections::{BTreeMap, HashSet};
 
 use telemetry_link::{Sample, SeriesKey};
-
 use telemetry_runtime::exposition::{is_valid_label_name, is_valid_metric_name, push_label};
 
-/// Prefixes of names the receiver keeps for itself.
-pub(super) const RESERVED_PREFIXES: [&str; 2] = ["telemetry_link_", "telemetry_receiver_"];
+use super::families::is_reserved;
+
 /// Names refused (and warned about) remembered per cluster, to warn once.
 const REMEMBERED_REFUSALS: usize = 1024;
 
 /// One series' rendered labels and latest value.
 #[derive(Debug, Clone)]
-pub(super) struct SampleSeries {
+pub(crate) struct SampleSeries {
     /// `,name="value"…` (without `cluster`).
-    pub labels: String,
+    pub(crate) labels: String,
     /// Latest value.
-    pub value: f64,
+    pub(crate) value: f64,
     /// Its timestamp (ms since the epoch, as the sender stamped it).
-    pub timestamp_ms: i64,
+    pub(crate) timestamp_ms: i64,
 }
 
 /// Why a sample's series is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SampleRefusal {
+pub(crate) enum SampleRefusal {
     /// The metric name is not `[a-zA-Z_:][a-zA-Z0-9_:]*`.
     #[error("invalid metric name")]
     InvalidMetricName,
@@ -60,35 +60,44 @@ pub enum SampleRefusal {
 
 /// The generic samples of one cluster.
 #[derive(Debug, Default)]
-pub(super) struct ClusterSamples {
+pub(crate) struct SampleTable {
     /// Metric name → canonical series encoding → series.
-    pub families: BTreeMap<String, BTreeMap<Box<[u8]>, SampleSeries>>,
+    families: BTreeMap<String, BTreeMap<Box<[u8]>, SampleSeries>>,
     series: usize,
     refused_names: HashSet<String>,
 }
 
-impl ClusterSamples {
+impl SampleTable {
     /// Forgets every series (the cluster expired).
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.families.clear();
         self.series = 0;
     }
 
     /// Number of series held.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.series
     }
 
-    /// Records `sample`; `reserved` tells whether a name belongs to the
-    /// receiver; a `history` sample only replaces an older one.
-    pub(super) fn apply(
+    /// Metric name → series, in name and encoding order.
+    pub(crate) fn families(&self) -> &BTreeMap<String, BTreeMap<Box<[u8]>, SampleSeries>> {
+        &self.families
+    }
+
+    /// The series of metric `name`, in encoding order.
+    pub(crate) fn family(&self, name: &str) -> Option<&BTreeMap<Box<[u8]>, SampleSeries>> {
+        self.families.get(name)
+    }
+
+    /// Records `sample`; a `history` sample only replaces an older one.
+    /// Returns whether its series is held (false: refused).
+    pub(crate) fn apply(
         &mut self,
         cluster: &str,
         sample: &Sample,
         history: bool,
         max_series: usize,
-        reserved: impl Fn(&str) -> bool,
-    ) {
+    ) -> bool {
         let key = &sample.series;
         if let Some(series) = self
             .families
@@ -99,9 +108,9 @@ impl ClusterSamples {
                 series.value = sample.value;
                 series.timestamp_ms = sample.timestamp_ms;
             }
-            return;
+            return true;
         }
-        let checked = check(key, &reserved).and_then(|labels| {
+        let checked = check(key).and_then(|labels| {
             if self.series >= max_series {
                 Err(SampleRefusal::TooManySeries(max_series))
             } else {
@@ -122,6 +131,7 @@ impl ClusterSamples {
                             timestamp_ms: sample.timestamp_ms,
                         },
                     );
+                true
             }
             Err(refusal) => {
                 if self.refused_names.len() < REMEMBERED_REFUSALS
@@ -129,17 +139,18 @@ impl ClusterSamples {
                 {
                     tracing::warn!(cluster, metric = key.name(), %refusal, "sample series refused");
                 }
+                false
             }
         }
     }
 }
 
 /// Validates a series and renders its labels.
-fn check(key: &SeriesKey, reserved: &impl Fn(&str) -> bool) -> Result<String, SampleRefusal> {
+fn check(key: &SeriesKey) -> Result<String, SampleRefusal> {
     if !is_valid_metric_name(key.name()) {
         return Err(SampleRefusal::InvalidMetricName);
     }
-    if reserved(key.name()) || RESERVED_PREFIXES.iter().any(|p| key.name().starts_with(p)) {
+    if is_reserved(key.name()) {
         return Err(SampleRefusal::Reserved);
     }
     let mut labels = String::new();
