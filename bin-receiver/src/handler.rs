@@ -12,8 +12,14 @@
 //! queueing fails the handler fails, the link does not acknowledge, and
 //! the delivery comes again: applying it twice leaves `/metrics` as once
 //! (upserts and measurements replace, scale events count once per key).
+//! Applying it twice would not produce its samples twice, though (what did
+//! not change produces none), so the samples that could not be queued are
+//! held, one delivery per stream, and queued first when the delivery
+//! comes again; the queues' idempotent producer marks then skip what the
+//! held samples covered.
 
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::Write,
     path::Path,
@@ -24,7 +30,10 @@ use std::{
 use telemetry_link::{Delivery, Handler, HandlerError, PresentDelivery};
 use telemetry_schema::ClusterRecord;
 
-use crate::{remote_write::RemoteWrite, store::ClusterStore};
+use crate::{
+    remote_write::{convert::Converted, RemoteWrite, RemoteWriteError},
+    store::ClusterStore,
+};
 
 /// Shared store handle.
 pub type SharedStore = Arc<Mutex<ClusterStore>>;
@@ -41,6 +50,20 @@ pub struct StoreHandler {
     store: SharedStore,
     audit: Option<Arc<Mutex<File>>>,
     remote_write: Option<Arc<RemoteWrite>>,
+    /// Samples of a delivery that could not be queued, per (sender, stream).
+    unqueued: Arc<Mutex<UnqueuedByStream>>,
+}
+
+/// Held samples per (sender, stream).
+type UnqueuedByStream = HashMap<(Arc<str>, u128), Unqueued>;
+
+/// The samples of records `first_seq..first_seq + records` that remote
+/// write could not queue.
+#[derive(Debug)]
+struct Unqueued {
+    first_seq: u64,
+    records: u64,
+    converted: Arc<Converted>,
 }
 
 impl StoreHandler {
@@ -50,6 +73,7 @@ impl StoreHandler {
             store,
             audit: None,
             remote_write: None,
+            unqueued: Arc::default(),
         }
     }
 
@@ -70,6 +94,58 @@ impl StoreHandler {
     }
 }
 
+impl StoreHandler {
+    /// Queues a delivery's samples for remote write, after the held samples
+    /// of an earlier attempt at the same records (see the module docs).
+    async fn queue(
+        &self,
+        rw: &RemoteWrite,
+        sender: &Arc<str>,
+        stream_id: u128,
+        first_seq: u64,
+        records: u64,
+        converted: Arc<Converted>,
+    ) -> Result<(), RemoteWriteError> {
+        let key = (sender.clone(), stream_id);
+        let held = self.unqueued().remove(&key);
+        if let Some(held) = held {
+            if held.first_seq <= first_seq && first_seq <= held.first_seq + held.records {
+                let again = rw
+                    .forward_converted(
+                        sender,
+                        stream_id,
+                        held.first_seq,
+                        held.records,
+                        held.converted.clone(),
+                    )
+                    .await;
+                if let Err(e) = again {
+                    self.unqueued().insert(key, held);
+                    return Err(e);
+                }
+            } else {
+                tracing::warn!(%sender, first_seq, held_from = held.first_seq, "the sender resumed elsewhere than the delivery whose samples could not be queued; they are dropped");
+            }
+        }
+        let result = rw
+            .forward_converted(sender, stream_id, first_seq, records, converted.clone())
+            .await;
+        if result.is_err() {
+            let held = Unqueued {
+                first_seq,
+                records,
+                converted,
+            };
+            self.unqueued().insert(key, held);
+        }
+        result
+    }
+
+    fn unqueued(&self) -> MutexGuard<'_, UnqueuedByStream> {
+        self.unqueued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Handler<ClusterRecord> for StoreHandler {
     async fn handle(&self, delivery: Delivery<ClusterRecord>) -> Result<(), HandlerError> {
         let (sender, first, count) = (
@@ -86,8 +162,16 @@ impl Handler<ClusterRecord> for StoreHandler {
             Instant::now(),
         );
         if let Some(rw) = &self.remote_write {
-            rw.forward_converted(&sender, delivery.stream_id, first, count as u64, converted)
-                .await?;
+            let converted = Arc::new(converted);
+            self.queue(
+                rw,
+                &sender,
+                delivery.stream_id,
+                first,
+                count as u64,
+                converted,
+            )
+            .await?;
         }
         if let Some(audit) = &self.audit {
             let line = format!("{ms} {sender} {first} {count}\n");
@@ -123,5 +207,86 @@ impl Handler<ClusterRecord> for StoreHandler {
 
     fn sender_disconnected(&self, sender: &str) {
         lock(&self.store).sender_disconnected(sender, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use telemetry_schema::{HpaInfo, ScaleEvent};
+
+    use super::*;
+    use crate::{remote_write::RemoteWriteConfig, store::StoreConfig};
+
+    fn records() -> Vec<ClusterRecord> {
+        let hpa = HpaInfo {
+            namespace: "ns".into(),
+            name: "web".into(),
+            min_replicas: 1,
+            max_replicas: 5,
+            current_replicas: 2,
+            desired_replicas: 3,
+            targets: Vec::new(),
+        };
+        let event = ScaleEvent {
+            namespace: "ns".into(),
+            hpa: "web".into(),
+            old_replicas: 2,
+            new_replicas: 3,
+            reason: "cpu above target".into(),
+            timestamp_ms: 1_700_000_000_000,
+            key: "uid-1/1".into(),
+        };
+        vec![
+            ClusterRecord::ObservedAt {
+                unix_ms: 1_700_000_000_000,
+            },
+            ClusterRecord::HpaUpsert(hpa),
+            ClusterRecord::ScaleEvent(event),
+        ]
+    }
+
+    /// A handler forwarding to an endpoint nobody listens on, so every
+    /// queued sample stays pending.
+    fn forwarding_handler(dir: &Path) -> (StoreHandler, Arc<RemoteWrite>) {
+        let store = Arc::new(Mutex::new(ClusterStore::new(StoreConfig::default())));
+        let cfg = RemoteWriteConfig::new(
+            vec!["http://127.0.0.1:9/api/v1/write".into()],
+            dir.to_path_buf(),
+        );
+        let rw = RemoteWrite::start(cfg, &prometheus::Registry::new()).unwrap();
+        (StoreHandler::new(store).with_remote_write(rw.clone()), rw)
+    }
+
+    fn delivery() -> Delivery<ClusterRecord> {
+        Delivery {
+            sender: Arc::from("cluster-a"),
+            stream_id: 7,
+            first_seq: 1,
+            records: records(),
+        }
+    }
+
+    #[tokio::test]
+    async fn samples_that_could_not_be_queued_are_queued_when_the_delivery_comes_again() {
+        let once = tempfile::tempdir().unwrap();
+        let (handler, rw) = forwarding_handler(once.path());
+        handler.handle(delivery()).await.unwrap();
+        let expected = rw.pending_samples();
+        assert!(expected > 0);
+
+        let twice = tempfile::tempdir().unwrap();
+        let (handler, rw) = forwarding_handler(twice.path());
+        rw.failing_pushes.store(1, Ordering::SeqCst);
+        assert!(handler.handle(delivery()).await.is_err());
+        assert_eq!(rw.pending_samples(), 0);
+        // The link redelivers the same records: the store has applied them
+        // already (the scale event's key is known), yet every sample arrives.
+        handler.handle(delivery()).await.unwrap();
+        assert_eq!(rw.pending_samples(), expected);
+        // And a third delivery of the same records queues nothing more.
+        handler.handle(delivery()).await.unwrap();
+        assert_eq!(rw.pending_samples(), expected);
     }
 }

@@ -194,6 +194,9 @@ pub struct RemoteWrite {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     max_samples: usize,
+    /// Tests: this many queue pushes fail as if the disk had failed.
+    #[cfg(test)]
+    pub(crate) failing_pushes: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for RemoteWrite {
@@ -245,6 +248,8 @@ impl RemoteWrite {
             tasks: Mutex::new(Vec::new()),
             stop: Arc::new(stop),
             max_samples: cfg.max_samples_per_request.max(1),
+            #[cfg(test)]
+            failing_pushes: std::sync::atomic::AtomicU32::new(0),
         });
         let tasks = rw
             .endpoints
@@ -280,7 +285,7 @@ impl RemoteWrite {
             stream_id,
             first_seq,
             records.len() as u64,
-            converted,
+            Arc::new(converted),
         )
         .await
     }
@@ -295,14 +300,15 @@ impl RemoteWrite {
         stream_id: u128,
         first_seq: u64,
         records_len: u64,
-        converted: Converted,
+        converted: Arc<Converted>,
     ) -> Result<(), RemoteWriteError> {
         if records_len == 0 {
             return Ok(());
         }
-        let converted = Arc::new(converted);
         let last_seq = first_seq + records_len - 1;
         for endpoint in &self.endpoints {
+            #[cfg(test)]
+            self.injected_failure(&endpoint.name)?;
             let (endpoint, converted, sender) =
                 (endpoint.clone(), converted.clone(), sender.to_owned());
             tokio::task::spawn_blocking(move || -> Result<(), RemoteWriteError> {
@@ -324,6 +330,28 @@ impl RemoteWrite {
                 Ok(())
             })
             .await??;
+        }
+        Ok(())
+    }
+
+    /// Tests: fails if a push failure was asked for.
+    #[cfg(test)]
+    fn injected_failure(&self, endpoint: &str) -> Result<(), RemoteWriteError> {
+        use std::sync::atomic::Ordering;
+        let take = |n: u32| n.checked_sub(1);
+        if self
+            .failing_pushes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+            .is_ok()
+        {
+            let source = telemetry_link::queue::QueueError::Marks {
+                path: "injected".into(),
+                source: std::io::Error::other("injected disk failure"),
+            };
+            return Err(RemoteWriteError::Queue {
+                endpoint: endpoint.to_owned(),
+                source: QueueError::Queue(source),
+            });
         }
         Ok(())
     }
