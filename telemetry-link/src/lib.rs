@@ -78,17 +78,20 @@
 //! ```no_run
 //! use std::{net::SocketAddr, sync::Arc};
 //! use telemetry_link::{
-//!     net::{Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender, SenderConfig},
+//!     net::{
+//!         Applied, Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender,
+//!         SenderConfig,
+//!     },
 //!     tls::TlsFiles,
 //! };
 //!
 //! struct Print;
 //! impl Handler<String> for Print {
-//!     async fn handle(&self, d: Delivery<String>) -> Result<(), HandlerError> {
+//!     async fn handle(&self, d: Delivery<String>) -> Result<Applied, HandlerError> {
 //!         for (i, r) in d.records.iter().enumerate() {
 //!             println!("{} #{}: {r}", d.sender, d.first_seq + i as u64);
 //!         }
-//!         Ok(())
+//!         Ok(Applied::all())
 //!     }
 //! }
 //!
@@ -128,10 +131,13 @@ pub(crate) mod spool;
 pub mod tls;
 
 pub use net::{
-    Delivery, Handler, HandlerError, LinkStatus, PresentDelivery, Receiver, ReceiverConfig, Sender,
-    SenderConfig, TransportTuning,
+    Applied, Delivery, Handler, HandlerError, LinkStatus, PresentDelivery, Receiver,
+    ReceiverConfig, Sender, SenderConfig, TransportTuning,
 };
-pub use proto::record::Payload;
+pub use proto::{
+    record::Payload,
+    refused::{RefusedCounts, RefusedReason},
+};
 pub use receiver_state::StateError;
 pub use sample::{Sample, SeriesKey};
 pub use spool::{Appended, FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats};

@@ -4,8 +4,10 @@
 //! message's postcard encoding. The type codes and the layouts of [`Hello`]'s
 //! leading `version` field and of [`Refusal`] are frozen across protocol
 //! versions, so that any two versions can at least tell each other that they
-//! do not match. Everything is decoded from borrowed bytes; nothing is
-//! allocated from a length read off the wire except bounded strings.
+//! do not match. A [`Hello`]'s layout after its version depends on that
+//! version (version 3 appends the replica name). Everything is decoded from
+//! borrowed bytes; nothing is allocated from a length read off the wire
+//! except strings bounded by the frame.
 //!
 //! See `PROTOCOL.md` at the crate root for the state machine these messages
 //! drive.
@@ -13,14 +15,22 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::frame::{FrameError, HEADER_LEN};
+use super::{
+    frame::{FrameError, HEADER_LEN},
+    refused::RefusedCounts,
+};
 
 /// The protocol version this crate speaks. Version 2 added [`Present`]
-/// (the present-state lane); a version-1 peer is still served, without it.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (the present-state lane); version 3 added the replica name in
+/// [`Hello`] and the [`Refused`] report. Older peers are still served,
+/// without what their version lacks.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First protocol version with [`Present`].
 pub const PRESENT_VERSION: u16 = 2;
+
+/// First protocol version with [`Hello::replica`] and [`Refused`].
+pub const REPLICA_VERSION: u16 = 3;
 
 /// Oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -54,6 +64,9 @@ pub enum MessageType {
     /// Sender → receiver, on its own unidirectional stream: part of the
     /// sender's present state (protocol version 2).
     Present = 8,
+    /// Receiver → sender, records refused up to a sequence, sent before the
+    /// ack that covers them (protocol version 3).
+    Refused = 9,
 }
 
 impl MessageType {
@@ -67,6 +80,7 @@ impl MessageType {
             6 => Self::Ack,
             7 => Self::Bye,
             8 => Self::Present,
+            9 => Self::Refused,
             _ => return None,
         })
     }
@@ -98,7 +112,8 @@ pub enum ErrorCode {
     HelloTimeout = 9,
     /// A batch started after the next expected sequence without a skip.
     SequenceGap = 10,
-    /// The sender defined more interned series than the receiver allows.
+    /// The sender defined more interned series than the receiver allows
+    /// (receivers before version 3; version 3 refuses the records instead).
     TooManySeries = 11,
     /// The receiver has too many connections.
     Busy = 12,
@@ -163,17 +178,98 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// First message of a connection, sender → receiver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its encoding depends on `version`: versions 1 and 2 end after
+/// `max_frame`; version 3 appends `replica`. A hello below version 3 is
+/// always for the default replica (an empty `replica`; a non-empty one is
+/// not encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version; always the first field, in every version.
     pub version: u16,
-    /// Random id of the sender's spool. A new id means a new sequence space
-    /// (the spool was recreated), so the receiver starts the sender afresh.
+    /// Random id of the replica's spool. A new id means a new sequence space
+    /// (the spool was recreated), so the receiver starts that replica's
+    /// stream afresh.
     pub stream_id: u128,
     /// Highest sequence number the sender has assigned so far (0: none).
     pub last_seq: u64,
     /// Largest frame body the sender accepts.
     pub max_frame: u32,
+    /// The replica's name (version 3; empty: the default replica); see
+    /// [`super::replica`]. Checked by the receiver's session, not by the
+    /// decoder, so that a bad name gets a refusal naming it.
+    pub replica: String,
+}
+
+/// [`Hello`] as versions 1 and 2 encode it.
+#[derive(Serialize, Deserialize)]
+struct HelloV1 {
+    version: u16,
+    stream_id: u128,
+    last_seq: u64,
+    max_frame: u32,
+}
+
+/// [`Hello`] as version 3 encodes it.
+#[derive(Serialize, Deserialize)]
+struct HelloV3<'a> {
+    version: u16,
+    stream_id: u128,
+    last_seq: u64,
+    max_frame: u32,
+    replica: &'a str,
+}
+
+impl Hello {
+    fn encode(&self, out: &mut Vec<u8>) -> postcard::Result<()> {
+        if self.version >= REPLICA_VERSION {
+            postcard::to_io(
+                &HelloV3 {
+                    version: self.version,
+                    stream_id: self.stream_id,
+                    last_seq: self.last_seq,
+                    max_frame: self.max_frame,
+                    replica: &self.replica,
+                },
+                out,
+            )
+            .map(|_| ())
+        } else {
+            postcard::to_io(
+                &HelloV1 {
+                    version: self.version,
+                    stream_id: self.stream_id,
+                    last_seq: self.last_seq,
+                    max_frame: self.max_frame,
+                },
+                out,
+            )
+            .map(|_| ())
+        }
+    }
+
+    fn decode(version: u16, body: &[u8]) -> Result<Self, MessageError> {
+        let kind = MessageType::Hello;
+        Ok(if version >= REPLICA_VERSION {
+            let h: HelloV3<'_> = whole(kind, body)?;
+            Hello {
+                version: h.version,
+                stream_id: h.stream_id,
+                last_seq: h.last_seq,
+                max_frame: h.max_frame,
+                replica: h.replica.to_owned(),
+            }
+        } else {
+            let h: HelloV1 = whole(kind, body)?;
+            Hello {
+                version: h.version,
+                stream_id: h.stream_id,
+                last_seq: h.last_seq,
+                max_frame: h.max_frame,
+                replica: String::new(),
+            }
+        })
+    }
 }
 
 /// Positive answer to a [`Hello`], receiver → sender.
@@ -229,10 +325,26 @@ pub struct Skip {
 }
 
 /// Everything up to and including `applied_seq` is applied and persisted.
+/// Since version 3, "applied" means settled: applied, or refused (reported
+/// in a [`Refused`] before the ack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Highest applied sequence.
     pub applied_seq: u64,
+}
+
+/// Records the receiver refused (version 3): settled without being applied,
+/// never to be sent again. Sent right before the [`Ack`] that covers
+/// `through_seq`; it counts the refusals among the sequences after the
+/// previous ack, up to `through_seq`. Not to be confused with [`Refusal`],
+/// which refuses a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Highest sequence the report covers (the next ack's position).
+    pub through_seq: u64,
+    /// How many records were refused, per reason (at most
+    /// [`super::refused::MAX_REFUSED_PAIRS`] pairs on the wire).
+    pub counts: RefusedCounts,
 }
 
 /// One part of a present state: the sender's current view, sent on its own
@@ -276,6 +388,8 @@ pub enum Message<'a> {
     Bye,
     /// See [`Present`].
     Present(Present<'a>),
+    /// See [`Refused`].
+    Refused(Refused),
 }
 
 /// Why a frame body is not a valid message.
@@ -318,6 +432,7 @@ impl Message<'_> {
             Message::Ack(_) => MessageType::Ack,
             Message::Bye => MessageType::Bye,
             Message::Present(_) => MessageType::Present,
+            Message::Refused(_) => MessageType::Refused,
         }
     }
 
@@ -325,7 +440,7 @@ impl Message<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.message_type() as u8);
         let res = match self {
-            Message::Hello(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Hello(m) => m.encode(out),
             Message::Welcome(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Refuse(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Batch(m) => postcard::to_io(m, &mut *out).map(|_| ()),
@@ -333,6 +448,7 @@ impl Message<'_> {
             Message::Ack(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Bye => Ok(()),
             Message::Present(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Refused(m) => postcard::to_io(m, &mut *out).map(|_| ()),
         };
         // Writing into a Vec cannot fail, and every field type is serializable.
         debug_assert!(res.is_ok());
@@ -373,7 +489,7 @@ impl Message<'_> {
                 if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     return Err(MessageError::UnsupportedVersion(version));
                 }
-                Message::Hello(whole(kind, body)?)
+                Message::Hello(Hello::decode(version, body)?)
             }
             MessageType::Welcome => Message::Welcome(whole(kind, body)?),
             MessageType::Refuse => {
@@ -393,6 +509,7 @@ impl Message<'_> {
                 Message::Bye
             }
             MessageType::Present => Message::Present(whole(kind, body)?),
+            MessageType::Refused => Message::Refused(whole(kind, body)?),
         })
     }
 }
@@ -435,6 +552,7 @@ fn whole<'a, T: Deserialize<'a>>(kind: MessageType, body: &'a [u8]) -> Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::refused::RefusedReason;
     use proptest::prelude::*;
 
     fn samples() -> Vec<Message<'static>> {
@@ -444,6 +562,7 @@ mod tests {
                 stream_id: 0xdead_beef_u128 << 64 | 7,
                 last_seq: 42,
                 max_frame: 1 << 20,
+                replica: "replica-1".into(),
             }),
             Message::Welcome(Welcome {
                 version: 1,
@@ -472,6 +591,17 @@ mod tests {
                 count: 1,
                 body: b"\x02\x00\x01",
             }),
+            Message::Refused(Refused {
+                through_seq: 12,
+                counts: RefusedCounts::of(RefusedReason::SeriesLimit, 3),
+            }),
+            Message::Hello(Hello {
+                version: 2,
+                stream_id: 1,
+                last_seq: 0,
+                max_frame: 1 << 20,
+                replica: String::new(),
+            }),
         ]
     }
 
@@ -490,6 +620,7 @@ mod tests {
             stream_id: 1,
             last_seq: 0,
             max_frame: 10,
+            replica: String::new(),
         })
         .to_vec();
         assert_eq!(
@@ -503,6 +634,50 @@ mod tests {
             Message::decode(&bytes),
             Err(MessageError::UnsupportedVersion(99))
         );
+    }
+
+    #[test]
+    fn hello_layout_follows_its_version() {
+        let v2 = Hello {
+            version: 2,
+            stream_id: 5,
+            last_seq: 6,
+            max_frame: 1024,
+            replica: String::new(),
+        };
+        let v2_bytes = Message::Hello(v2.clone()).to_vec();
+        let v3 = Hello {
+            version: 3,
+            replica: "r1".into(),
+            ..v2.clone()
+        };
+        let v3_bytes = Message::Hello(v3.clone()).to_vec();
+        // Version 3 appends the replica (length + bytes) and nothing else.
+        assert_eq!(v3_bytes.len(), v2_bytes.len() + 3);
+        assert_eq!(&v3_bytes[1..], {
+            let mut b = v2_bytes[1..].to_vec();
+            b[0] = 3;
+            b.extend_from_slice(&[2, b'r', b'1']);
+            b
+        });
+        assert_eq!(Message::decode(&v3_bytes), Ok(Message::Hello(v3)));
+        // A version-2 hello carrying the version-3 field is malformed.
+        let mut long = v2_bytes.clone();
+        long.extend_from_slice(&[2, b'r', b'1']);
+        assert_eq!(Message::decode(&long), Err(MessageError::Trailing(3)));
+        // A name set on a version-2 hello is not encoded.
+        let named_v2 = Hello {
+            replica: "r1".into(),
+            ..v2.clone()
+        };
+        assert_eq!(Message::Hello(named_v2).to_vec(), v2_bytes);
+        // A version-3 hello without its replica is truncated.
+        let mut short = v2_bytes;
+        short[1] = 3;
+        assert!(matches!(
+            Message::decode(&short),
+            Err(MessageError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -544,7 +719,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_messages_are_errors(idx in 0usize..8, cut in 0usize..64) {
+        fn truncated_messages_are_errors(idx in 0usize..10, cut in 0usize..64) {
             let m = &samples()[idx];
             let bytes = m.to_vec();
             if cut < bytes.len() && !matches!(m, Message::Bye) {
