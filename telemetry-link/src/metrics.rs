@@ -230,7 +230,9 @@ impl SenderMetrics {
     pub fn register(reg: &Registry) -> prometheus::Result<Self> {
         let metrics = Self::register_families(reg)?;
         for reason in RefusedReason::ALL {
-            metrics.records_refused.with_label_values(&[reason.as_str()]);
+            metrics
+                .records_refused
+                .with_label_values(&[reason.as_str()]);
         }
         Ok(metrics)
     }

@@ -111,7 +111,10 @@ impl<T: Clone> Collector<T> {
 
     /// Refuses every record for which `policy` names a reason (it is
     /// logged in [`SenderLog::refused`], not in [`SenderLog::records`]).
-    pub fn refuse_when(&self, policy: impl Fn(&T) -> Option<RefusedReason> + Send + Sync + 'static) {
+    pub fn refuse_when(
+        &self,
+        policy: impl Fn(&T) -> Option<RefusedReason> + Send + Sync + 'static,
+    ) {
         if let Ok(mut r) = self.refuse.lock() {
             *r = Some(Box::new(policy));
         }
@@ -124,6 +127,16 @@ impl<T: Clone> Collector<T> {
             .ok()
             .and_then(|l| l.get(sender).cloned())
             .unwrap_or_default()
+    }
+
+    /// How many records of sender stream `sender` the collector settled:
+    /// applied and refused.
+    pub fn settled(&self, sender: &str) -> usize {
+        self.logs
+            .lock()
+            .ok()
+            .and_then(|l| l.get(sender).map(|s| s.records.len() + s.refused.len()))
+            .unwrap_or(0)
     }
 
     /// How many records sender stream `sender` delivered (applied ones).
@@ -252,6 +265,28 @@ pub async fn start_receiver<T: Payload, H: Handler<T>>(
     Ok((r, registry))
 }
 
+/// Starts a receiver on `port` again after the previous one stopped or was
+/// dropped, retrying for up to 10 s while the old socket is released.
+pub async fn restart_receiver<T: Payload, H: Handler<T>>(
+    pki: &TestPki,
+    port: u16,
+    state_dir: &Path,
+    handler: Arc<H>,
+    tune: impl Fn(&mut ReceiverConfig),
+) -> anyhow::Result<(Receiver, prometheus::Registry)> {
+    let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match start_receiver::<T, H>(pki, port, state_dir, handler.clone(), &tune).await {
+            Ok(r) => return Ok(r),
+            Err(e) if tokio::time::Instant::now() < limit => {
+                tracing::debug!("rebinding: {e:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Starts a sender with identity `id` towards `receivers`.
 pub async fn start_sender<T: Payload>(
     pki: &TestPki,
@@ -269,6 +304,21 @@ pub async fn start_sender<T: Payload>(
     tune(&mut cfg);
     let (s, _report) = Sender::<T>::start(cfg, &registry).await?;
     Ok((s, registry))
+}
+
+/// Whether a registry exports a series of `name` carrying `labels` (at
+/// whatever value, zero included).
+pub fn exported(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> bool {
+    registry.gather().iter().any(|fam| {
+        fam.name() == name
+            && fam.get_metric().iter().any(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+    })
 }
 
 /// Value of an unlabelled or labelled metric in a registry (sum over

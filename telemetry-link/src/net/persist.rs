@@ -159,7 +159,9 @@ mod tests {
         w.wait_for(|d| matches!(d, Durable::Upto(100)))
             .await
             .unwrap();
-        wr.wait_for(|d| matches!(d, Durable::Upto(7))).await.unwrap();
+        wr.wait_for(|d| matches!(d, Durable::Upto(7)))
+            .await
+            .unwrap();
         assert_eq!(store.load(&s).unwrap(), Some(StreamCursor::new(1, 100)));
         assert_eq!(store.load(&r).unwrap(), Some(StreamCursor::new(2, 7)));
         // dropping drains what was submitted

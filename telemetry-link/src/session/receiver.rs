@@ -53,17 +53,13 @@ use tracing::{debug, warn};
 use super::dedup::StreamCursor;
 use crate::proto::{
     batch::{BatchDecoder, Entry},
-    frame::{FrameError, MAX_FRAME_LIMIT},
-    message::{
-        Ack, Batch, ErrorCode, Hello, Message, MessageError, Refusal, Refused, Skip, Welcome,
-        PROTOCOL_VERSION, REPLICA_VERSION,
-    },
+    message::{Ack, Batch, ErrorCode, Hello, Message, Refusal, Refused, Skip, REPLICA_VERSION},
     record::Payload,
     refused::{RefusedCounts, RefusedReason},
-    replica::validate_replica,
 };
 
 mod ends;
+mod hello;
 mod interface;
 #[cfg(test)]
 mod tests;
@@ -91,8 +87,12 @@ enum After {
 
 #[derive(Debug)]
 enum State {
-    AwaitingStream { deadline: Instant },
-    AwaitingHello { deadline: Instant },
+    AwaitingStream {
+        deadline: Instant,
+    },
+    AwaitingHello {
+        deadline: Instant,
+    },
     Loading(Hello),
     Welcoming,
     Reading,
@@ -103,8 +103,13 @@ enum State {
         /// What the link refused in the batch (beside the delivery).
         refused: RefusedCounts,
     },
-    Persisting { target: u64, then: After },
-    Acking { then: After },
+    Persisting {
+        target: u64,
+        then: After,
+    },
+    Acking {
+        then: After,
+    },
     Done(End),
 }
 
@@ -226,84 +231,6 @@ impl<T: Payload> ReceiverSession<T> {
             State::Acking { then } => self.on_ack_sent(then, event),
             done @ State::Done(_) => done,
         };
-    }
-
-    fn on_awaiting_stream(&mut self, deadline: Instant, event: Event<'_>, now: Instant) -> State {
-        match event {
-            Event::StreamOpened => State::AwaitingHello {
-                deadline: now + self.config.hello_timeout,
-            },
-            Event::StreamFailed | Event::StreamFinished => self.refuse(HelloError::NoHello),
-            Event::Timeout if now >= deadline => self.refuse(HelloError::Timeout),
-            _ => State::AwaitingStream { deadline },
-        }
-    }
-
-    fn on_awaiting_hello(&mut self, deadline: Instant, event: Event<'_>, now: Instant) -> State {
-        match event {
-            Event::Frame(bytes) => self.on_hello(bytes),
-            Event::StreamFinished => self.refuse(HelloError::NoHello),
-            Event::BadFraming(FrameError::TooLarge { .. }) => self.refuse(HelloError::TooLarge),
-            Event::BadFraming(FrameError::Truncated { .. }) | Event::StreamFailed => {
-                self.refuse(HelloError::Unreadable)
-            }
-            Event::Timeout if now >= deadline => self.refuse(HelloError::Timeout),
-            _ => State::AwaitingHello { deadline },
-        }
-    }
-
-    fn on_hello(&mut self, bytes: &[u8]) -> State {
-        let max = self.config.max_protocol_version.min(PROTOCOL_VERSION);
-        match Message::decode(bytes) {
-            Ok(Message::Hello(h)) if h.version > self.config.max_protocol_version => {
-                self.refuse(HelloError::UnsupportedVersion {
-                    version: h.version,
-                    max,
-                })
-            }
-            Ok(Message::Hello(h)) => match validate_replica(&h.replica) {
-                Ok(()) => {
-                    self.replica = Arc::from(h.replica.as_str());
-                    State::Loading(h)
-                }
-                Err(e) => self.refuse(HelloError::BadReplica(e)),
-            },
-            Ok(_) => self.refuse(HelloError::NotHello),
-            Err(MessageError::UnsupportedVersion(version)) => {
-                self.refuse(HelloError::UnsupportedVersion { version, max })
-            }
-            Err(e) => self.refuse(HelloError::Malformed(e)),
-        }
-    }
-
-    fn on_state(&mut self, hello: Hello, event: Event<'_>) -> State {
-        let stored = match event {
-            Event::StateLoaded(stored) => stored,
-            Event::StateUnreadable => return self.refuse(HelloError::StateUnreadable),
-            _ => return State::Loading(hello),
-        };
-        let (cursor, reset) = StreamCursor::for_hello(stored, hello.stream_id);
-        if reset {
-            self.count(Count::StreamReset);
-            warn!(sender = %self.sender, replica = %self.replica, "sender started a new stream (its spool was recreated); sequence restarts at 1");
-        }
-        self.cursor = cursor;
-        self.acked = cursor.applied();
-        self.version = hello.version.min(self.config.max_protocol_version);
-        let welcome = Welcome {
-            version: self.version,
-            applied_seq: cursor.applied(),
-            max_frame: u32::try_from(self.config.max_frame).unwrap_or(u32::MAX),
-            max_series: self.config.intern.max_series,
-        };
-        self.actions.push_back(Action::Welcome(Accepted {
-            welcome,
-            reply_max_frame: (hello.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT),
-            sender_last_seq: hello.last_seq,
-            stream_id: cursor.stream_id(),
-            replica: self.replica.clone(),
-        }));
-        State::Welcoming
     }
 
     fn on_welcome_sent(&mut self, event: Event<'_>) -> State {

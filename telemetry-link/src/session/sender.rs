@@ -57,7 +57,9 @@ use crate::{
     proto::{
         batch::{BatchEncoder, ENTRY_OVERHEAD},
         frame::{FrameError, MAX_FRAME_LIMIT},
-        message::{Batch, Message, MessageError, MessageType, Refused, Skip, Welcome, REPLICA_VERSION},
+        message::{
+            Batch, Message, MessageError, MessageType, Refused, Skip, Welcome, REPLICA_VERSION,
+        },
         record::RecordError,
         refused::RefusedCounts,
     },
@@ -281,6 +283,8 @@ pub(crate) struct SenderSession<S: SessionSpool> {
     reports: bool,
     /// Refusal reports waiting for their ack.
     refused: PendingRefusals,
+    /// Refusals settled by acks not yet applied to the spool.
+    settled: RefusedCounts,
     encoder: BatchEncoder,
     body: Vec<u8>,
     limits: FrameLimits,
@@ -320,6 +324,7 @@ impl<S: SessionSpool> SenderSession<S> {
             pending_ack: None,
             reports: welcome.version >= REPLICA_VERSION,
             refused: PendingRefusals::default(),
+            settled: RefusedCounts::NONE,
             encoder: BatchEncoder::new(welcome.max_series),
             body: Vec::new(),
             limits: FrameLimits::new(welcome.max_frame, config),
@@ -424,6 +429,9 @@ impl<S: SessionSpool> SenderSession<S> {
                 if newly > 0 {
                     self.pending_ack = Some(ack.applied_seq);
                 }
+                if let Some(counts) = self.refused.on_ack(ack.applied_seq) {
+                    self.settled.merge(&counts);
+                }
                 Ok(())
             }
             Message::Refused(report) if self.reports => self.on_report(&report),
@@ -446,8 +454,9 @@ impl<S: SessionSpool> SenderSession<S> {
         let records = spool.ack(acked).map_err(SessionError::Spool)?;
         spool.settle_delivered(acked).map_err(SessionError::Spool)?;
         self.events.push_back(Event::Acked { records });
-        if let Some(counts) = self.refused.on_ack(acked) {
-            self.events.push_back(Event::Refused(counts));
+        if !self.settled.is_empty() {
+            self.events
+                .push_back(Event::Refused(std::mem::take(&mut self.settled)));
         }
         Ok(())
     }

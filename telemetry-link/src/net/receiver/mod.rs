@@ -67,8 +67,7 @@ use crate::{
     metrics::ReceiverMetrics,
     proto::{
         batch::{
-            InternLimits, DEFAULT_MAX_DEFINITION_BYTES, DEFAULT_MAX_LABEL_BYTES,
-            DEFAULT_MAX_SERIES,
+            InternLimits, DEFAULT_MAX_DEFINITION_BYTES, DEFAULT_MAX_LABEL_BYTES, DEFAULT_MAX_SERIES,
         },
         frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
         message::{ErrorCode, PROTOCOL_VERSION},

@@ -364,7 +364,9 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
         let sender = &io.sender;
         if self.connected {
             io.shared.metrics.senders_connected.dec();
-            io.shared.handler.sender_disconnected(sender, &io.stream.replica);
+            io.shared
+                .handler
+                .sender_disconnected(sender, &io.stream.replica);
             io.log_refusals(None);
             match self.machine.end() {
                 Some(End::Bye) => info!(sender = %sender, "sender closed the session"),

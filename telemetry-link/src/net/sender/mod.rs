@@ -514,11 +514,9 @@ impl<T: Payload> Sender<T> {
             // The session stops at the deadline, then waits at most
             // BYE_GRACE for the receiver's close; the endpoint's own close
             // takes up to a second more.
-            let _ = tokio::time::timeout(
-                deadline + drive::BYE_GRACE + Duration::from_secs(2),
-                task,
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(deadline + drive::BYE_GRACE + Duration::from_secs(2), task)
+                    .await;
         }
         let mut spool = self.inner.spool();
         if let Err(e) = spool.checkpoint() {

@@ -285,11 +285,7 @@ fn the_definition_byte_budget_refuses_what_does_not_fit() {
 
 #[test]
 fn series_over_the_label_limits_are_refused_interned_or_inline() {
-    let wide = SeriesKey::new(
-        "wide",
-        (0..5).map(|i| (format!("l{i}"), "v".to_string())),
-    )
-    .unwrap();
+    let wide = SeriesKey::new("wide", (0..5).map(|i| (format!("l{i}"), "v".to_string()))).unwrap();
     let long = SeriesKey::new("long", [("l", "x".repeat(100))]).unwrap();
     let fine = key(1);
     let mut envs = Vec::new();

@@ -10,7 +10,8 @@ use super::*;
 use crate::{
     proto::{
         batch::{BatchEncoder, InternLimits},
-        message::MIN_PROTOCOL_VERSION,
+        frame::{FrameError, MAX_FRAME_LIMIT},
+        message::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION},
         record::encode_record,
     },
     receiver_state::StateError,

@@ -128,7 +128,9 @@ fn each_replica_resumes_at_its_own_position_and_resets_alone() {
     h.feed(Event::StateLoaded(Some(StreamCursor::new(STREAM, 40))));
     let actions = h.actions();
     assert_eq!(counts(&actions), vec![]);
-    assert!(matches!(&actions[0], Action::Welcome(a) if a.welcome.applied_seq == 40 && &*a.replica == "r2"));
+    assert!(
+        matches!(&actions[0], Action::Welcome(a) if a.welcome.applied_seq == 40 && &*a.replica == "r2")
+    );
 
     // That replica's spool was recreated: only its stream restarts.
     let mut h = Harness::new(config());
@@ -216,7 +218,10 @@ fn handler_refusals_are_settled_counted_and_reported_with_the_links() {
     h.batch(4, &[4, 5]);
     h.handled_with(Ok(RefusedCounts::of(RefusedReason::Invalid, 2)));
     let actions = h.actions();
-    assert_eq!(counts(&actions), vec![Count::Refused(RefusedCounts::of(RefusedReason::Invalid, 2))]);
+    assert_eq!(
+        counts(&actions),
+        vec![Count::Refused(RefusedCounts::of(RefusedReason::Invalid, 2))]
+    );
     h.feed(Event::NoFrameWaiting);
     let actions = durable_and_acked(&mut h, 5);
     let mut want = RefusedCounts::of(RefusedReason::Budget, 1);

@@ -108,3 +108,26 @@ fn older_receivers_do_not_send_reports() {
         SessionError::Unexpected(MessageType::Refused)
     );
 }
+
+/// Reports and acks of several commits read before the session is polled
+/// again: each report is checked against the ack before it.
+#[test]
+fn reports_and_acks_of_several_commits_read_at_once_all_count() {
+    let mut rig = rig_in(PROTOCOL_VERSION);
+    rig.events();
+    rig.batch();
+    rig.batch();
+    let budget = RefusedCounts::of(RefusedReason::Budget, 3);
+    let labels = RefusedCounts::of(RefusedReason::LabelLimit, 3);
+    report(&mut rig, 3, budget);
+    rig.ack(3);
+    report(&mut rig, 6, labels);
+    rig.ack(6);
+    rig.poll();
+    let mut both = budget;
+    both.merge(&labels);
+    assert_eq!(
+        rig.events(),
+        [Event::Acked { records: 6 }, Event::Refused(both)]
+    );
+}
