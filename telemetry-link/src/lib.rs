@@ -28,13 +28,19 @@
 //!
 //! ## Delivery guarantee
 //!
-//! For one sender identity and one spool (stream):
+//! For one sender identity, replica ([`SenderConfig::replica`]) and spool
+//! (stream):
 //!
 //! 1. **No loss.** A record accepted by [`Sender::send`] stays in the spool
 //!    until a receiver acknowledges it, which it does only after its
 //!    [`Handler`] returned `Ok` and the applied sequence was persisted
 //!    (fsync + atomic rename). Crashes, kills, restarts and network outages
-//!    on either side only delay delivery.
+//!    on either side only delay delivery. A record can also be *refused*
+//!    for good — by the handler ([`Applied`]) or by the link (it does not
+//!    decode, or its series is beyond the receiver's interning budget or
+//!    label limits): it is then settled the same way, acknowledged and
+//!    counted by reason on both ends ([`RefusedReason`]), and never
+//!    delivered again; the stream goes on.
 //! 2. **No duplicates.** Records reach the handler in sequence order; each
 //!    session resumes at the receiver's persisted position; anything older
 //!    that arrives again is dropped and counted

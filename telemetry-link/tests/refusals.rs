@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use telemetry_link::{RefusedReason, Sample, SeriesKey};
+use telemetry_link::{proto::batch::definition_cost, RefusedReason, Sample, SeriesKey};
 use telemetry_test_support::{
     link::{
         assert_exactly_once, eventually, exported, metric, restart_receiver, start_receiver,
@@ -139,7 +139,7 @@ async fn series_beyond_the_budget_are_refused_while_the_others_are_applied() -> 
         .map(|i| series(&format!("m{i}"), 1))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let wide = series("wide", 3)?;
-    let budget = 3 * narrow[0].encoded().len();
+    let budget = 3 * definition_cost(&narrow[0]);
     let (receiver, rx_reg) =
         start_receiver::<Sample, _>(&pki, 0, state.path(), collector.clone(), |c| {
             c.limits.max_definition_bytes = budget;

@@ -71,29 +71,42 @@ pub const ENTRY_OVERHEAD: usize = 1 + 10 + 10 + 8;
 pub const DEFAULT_MAX_SERIES: u32 = 1 << 20;
 
 /// Default cap on the bytes of interned series definitions per connection.
-pub const DEFAULT_MAX_DEFINITION_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_DEFINITION_BYTES: usize = 128 * 1024 * 1024;
 
 /// Default cap on the label bytes (names and values) of one series.
 pub const DEFAULT_MAX_LABEL_BYTES: usize = 16 * 1024;
 
+/// What a label costs an interned definition beyond its bytes: about what
+/// its two strings and their place in the label list take in memory.
+pub const LABEL_COST: usize = 64;
+
+/// What interning `key` charges against
+/// [`InternLimits::max_definition_bytes`]: its canonical bytes plus
+/// [`LABEL_COST`] per label.
+pub fn definition_cost(key: &SeriesKey) -> usize {
+    key.encoded().len() + LABEL_COST * key.labels().len()
+}
+
 /// What one connection may intern (receiver side).
 ///
 /// Memory: an interned series holds its canonical bytes twice (encoded, and
-/// decoded into strings) plus about 150 bytes of fixed overhead and about
-/// 80 bytes per label, so one connection's table stays below roughly
-/// `2 × max_definition_bytes + max_series × 158` bytes (the 8 bytes being
-/// the id slot), plus the per-label overhead of at most
-/// `max_series × max_labels_per_series` labels. With the defaults (1 Mi
-/// series, 64 MiB) that is about 300 MiB for a connection that uses the
-/// whole budget; typical series (name and a handful of labels, ~150 bytes)
-/// reach the byte budget first, at ~450 k series.
+/// decoded into strings), about 80 bytes per label (the tuple and two
+/// allocations; [`LABEL_COST`] of them are charged to the byte budget) and
+/// about 200 bytes of fixed overhead (the shared key, its allocations, its
+/// table entry with room to grow, and its 8-byte id slot). One connection's
+/// tables therefore stay below about
+/// `2 × max_definition_bytes + 200 B × max_series`: with the defaults
+/// (1 Mi series, 128 MiB) about 460 MiB for a connection that spends the
+/// whole budget. Typical series (a name and a handful of labels, ~500
+/// bytes charged) reach the byte budget first, at ~250 k series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InternLimits {
     /// Most series defined per connection (the welcome's `max_series`);
     /// later definitions are refused (`series_limit`).
     pub max_series: u32,
-    /// Most bytes of interned definitions per connection; a definition that
-    /// would exceed it is refused (`series_limit`).
+    /// Most bytes of interned definitions per connection, each charged its
+    /// [`definition_cost`]; a definition that would exceed it is refused
+    /// (`series_limit`).
     pub max_definition_bytes: usize,
     /// Most labels one series may have (refused as `label_limit` beyond;
     /// a series key never has more than [`MAX_LABELS`]).
@@ -416,10 +429,10 @@ impl BatchDecoder {
         }
         let slot = if !self.limits.labels_fit(&key) {
             Slot::Refused(RefusedReason::LabelLimit)
-        } else if self.series_bytes + bytes.len() > self.limits.max_definition_bytes {
+        } else if self.series_bytes + definition_cost(&key) > self.limits.max_definition_bytes {
             Slot::Refused(RefusedReason::SeriesLimit)
         } else {
-            self.series_bytes += bytes.len();
+            self.series_bytes += definition_cost(&key);
             // At most max_series (a u32) entries.
             let index = self.series.len() as u32;
             self.series.push((Arc::new(key), ValueState::FRESH));

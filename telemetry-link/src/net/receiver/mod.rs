@@ -95,12 +95,13 @@ pub struct ReceiverLimits {
     /// further series inline); samples of series defined beyond it are
     /// refused (`series_limit`).
     pub max_series: u32,
-    /// Bytes of series definitions a connection may intern; samples of
-    /// series beyond it are refused (`series_limit`). With `max_series` this
-    /// bounds the interning memory of a connection: about
-    /// `2 × max_definition_bytes + 158 B × max_series` (see
-    /// [`InternLimits`]; ~300 MiB with the defaults when a connection uses
-    /// all of it).
+    /// Bytes of series definitions a connection may intern (each charged
+    /// its canonical bytes plus 64 per label); samples of series beyond it
+    /// are refused (`series_limit`). With `max_series` this bounds the
+    /// interning memory of a connection: about
+    /// `2 × max_definition_bytes + 200 B × max_series` (see
+    /// [`InternLimits`]; ~460 MiB with the defaults when a connection spends
+    /// all of it; ~250 k typical series fit).
     pub max_definition_bytes: usize,
     /// Labels one series may have (at most 64); samples of a series with
     /// more are refused (`label_limit`).

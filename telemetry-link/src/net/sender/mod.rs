@@ -289,6 +289,7 @@ impl<T> std::fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let spool = self.inner.spool();
         f.debug_struct("Sender")
+            .field("replica", &self.inner.replica)
             .field("stream_id", &format_args!("{:032x}", spool.stream_id()))
             .field("spool_dir", &spool.dir())
             .field("last_seq", &spool.last_seq())

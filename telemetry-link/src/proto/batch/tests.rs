@@ -269,7 +269,8 @@ fn definitions_beyond_max_series_are_refused_and_the_decoder_stays_in_step() {
 #[test]
 fn the_definition_byte_budget_refuses_what_does_not_fit() {
     let (envs, series) = rounds(5, 3);
-    let one = key(0).encoded().len();
+    let one = definition_cost(&key(0));
+    assert_eq!(one, key(0).encoded().len() + 2 * LABEL_COST);
     let limits = InternLimits {
         max_definition_bytes: 3 * one,
         ..InternLimits::new(1000)
