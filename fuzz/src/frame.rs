@@ -33,9 +33,11 @@ use telemetry_link::{
     proto::{
         batch::{BatchDecoder, BatchEncoder, Entry},
         frame::{FrameDecoder, FrameError, HEADER_LEN},
-        message::{Message, MAX_REASON_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, REPLICA_VERSION},
-        refused::MAX_REFUSED_PAIRS,
+        message::{
+            Message, MAX_REASON_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, REPLICA_VERSION,
+        },
         record::{decode_record, encode_app_bytes, encode_sample_parts, RecordView},
+        refused::MAX_REFUSED_PAIRS,
     },
     Sample, SeriesKey,
 };
