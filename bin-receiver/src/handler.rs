@@ -27,7 +27,7 @@ use std::{
     time::Instant,
 };
 
-use telemetry_link::{Delivery, Handler, HandlerError, PresentDelivery};
+use telemetry_link::{Applied, Delivery, Handler, HandlerError, PresentDelivery};
 use telemetry_schema::ClusterRecord;
 
 use crate::{
@@ -147,7 +147,7 @@ impl StoreHandler {
 }
 
 impl Handler<ClusterRecord> for StoreHandler {
-    async fn handle(&self, delivery: Delivery<ClusterRecord>) -> Result<(), HandlerError> {
+    async fn handle(&self, delivery: Delivery<ClusterRecord>) -> Result<Applied, HandlerError> {
         let (sender, first, count) = (
             delivery.sender.clone(),
             delivery.first_seq,
@@ -179,7 +179,7 @@ impl Handler<ClusterRecord> for StoreHandler {
             // One write per line: a crash leaves whole lines (or a torn last one).
             f.write_all(line.as_bytes())?;
         }
-        Ok(())
+        Ok(Applied::all())
     }
 
     async fn present(&self, present: PresentDelivery<ClusterRecord>) -> Result<(), HandlerError> {
@@ -201,11 +201,11 @@ impl Handler<ClusterRecord> for StoreHandler {
         Ok(())
     }
 
-    fn sender_connected(&self, sender: &str) {
+    fn sender_connected(&self, sender: &str, _replica: &str) {
         lock(&self.store).sender_connected(sender, Instant::now());
     }
 
-    fn sender_disconnected(&self, sender: &str) {
+    fn sender_disconnected(&self, sender: &str, _replica: &str) {
         lock(&self.store).sender_disconnected(sender, Instant::now());
     }
 }

@@ -4,18 +4,23 @@
 //! fuzzed chunking, `Message::decode`, `BatchDecoder` — over several batches
 //! of one connection. Every record must come back bit for bit (NaN payloads
 //! and −0.0 included), the interning tables must agree, and the steady-state
-//! cost stays within the documented bounds.
+//! cost stays within the documented bounds. A second receiver with a tight
+//! interning budget and label limits decodes the same wire: it stays in
+//! step, giving every entry either the same record or a refusal
+//! (`series_limit`, `label_limit`), never an error.
 
 use arbitrary::{Arbitrary, Unstructured};
 use telemetry_link::{
     proto::{
-        batch::{BatchDecoder, BatchEncoder, Entry, ENTRY_OVERHEAD},
+        batch::{BatchDecoder, BatchEncoder, Entry, InternLimits, ENTRY_OVERHEAD},
         frame::{encode_frame, FrameDecoder},
         message::{Batch, Message},
         record::{encode_app_bytes, encode_sample_parts},
     },
-    SeriesKey,
+    RefusedReason, SeriesKey,
 };
+
+use crate::frame::same_entry;
 
 /// A series as the fuzzer describes it (may be invalid: then it is skipped).
 #[derive(Debug, Arbitrary)]
@@ -189,9 +194,20 @@ pub fn run_input(input: &BatchInput) {
         i = end;
     }
 
-    // Receiver.
+    // Receiver: one that interns all the sender may define, and one with a
+    // tight budget.
     let mut fd = FrameDecoder::new(max_frame);
-    let mut dec = BatchDecoder::new(max_series);
+    let mut dec = BatchDecoder::with_limits(InternLimits {
+        max_label_bytes: usize::MAX,
+        ..InternLimits::new(max_series)
+    });
+    let tight_limits = InternLimits {
+        max_series: max_series / 2,
+        max_definition_bytes: 256,
+        max_labels_per_series: 2,
+        max_label_bytes: 32,
+    };
+    let mut tight = BatchDecoder::with_limits(tight_limits);
     let mut next_batch = 0;
     let mut pos = 0;
     let mut c = 0;
@@ -217,6 +233,9 @@ pub fn run_input(input: &BatchInput) {
                         timestamp_ms,
                         value,
                     } => encode_sample_parts(*timestamp_ms, *value, series.encoded(), &mut back),
+                    Entry::Refused(reason) => {
+                        panic!("record {} refused ({reason}) within the limits", first + k)
+                    }
                 }
                 assert!(
                     back == envs[first + k],
@@ -224,6 +243,29 @@ pub fn run_input(input: &BatchInput) {
                     first + k
                 );
             }
+            let mut limited = Vec::new();
+            tight
+                .decode(b.body, b.count, &mut limited)
+                .unwrap_or_else(|e| panic!("a tight budget made batch {next_batch} an error: {e}"));
+            assert_eq!(limited.len(), count);
+            for (k, (full, got)) in out.iter().zip(&limited).enumerate() {
+                match got {
+                    Entry::Refused(RefusedReason::SeriesLimit | RefusedReason::LabelLimit) => {
+                        assert!(
+                            matches!(full, Entry::Sample { .. }),
+                            "record {} refused but not a sample",
+                            first + k
+                        );
+                    }
+                    Entry::Refused(other) => panic!("refused as {other}"),
+                    _ => assert!(
+                        same_entry(full, got),
+                        "record {} differs under a tight budget",
+                        first + k
+                    ),
+                }
+            }
+            assert!(tight.interned() as u64 <= u64::from(tight_limits.max_series));
             assert_eq!(
                 dec.interned(),
                 enc_interned_at(&enc, next_batch == batches.len()).unwrap_or(dec.interned())

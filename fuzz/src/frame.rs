@@ -33,8 +33,11 @@ use telemetry_link::{
     proto::{
         batch::{BatchDecoder, BatchEncoder, Entry},
         frame::{FrameDecoder, FrameError, HEADER_LEN},
-        message::{Message, MAX_REASON_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION},
+        message::{
+            Message, MAX_REASON_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, REPLICA_VERSION,
+        },
         record::{decode_record, encode_app_bytes, encode_sample_parts, RecordView},
+        refused::MAX_REFUSED_PAIRS,
     },
     Sample, SeriesKey,
 };
@@ -439,7 +442,16 @@ fn check_message(frame: &[u8]) {
     };
     match &m {
         Message::Hello(h) => {
-            assert!((MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.version))
+            assert!((MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.version));
+            assert!(
+                h.version >= REPLICA_VERSION || h.replica.is_empty(),
+                "a replica in a version-{} hello",
+                h.version
+            );
+        }
+        Message::Refused(r) => {
+            // Bounded list on the wire; decoded into fixed counts.
+            assert!(r.counts.iter().count() <= MAX_REFUSED_PAIRS);
         }
         Message::Refuse(r) => assert!(r.reason.len() <= MAX_REASON_LEN),
         Message::Present(p) => {
@@ -507,17 +519,23 @@ pub fn check_series(bytes: &[u8], known_bugs: bool) {
     }
 }
 
-/// Re-encodes decoded entries with a fresh-per-connection encoder and checks
-/// a second decoder returns the same entries, bit for bit.
+/// Re-encodes decoded entries (those not refused) with a
+/// fresh-per-connection encoder and checks a second decoder returns the
+/// same entries, bit for bit.
 fn check_entries(
     entries: &[Entry<'_>],
     enc: &mut BatchEncoder,
     dec: &mut BatchDecoder,
     known_bugs: bool,
 ) {
+    // Nothing to re-encode of a refused entry: its series was not interned.
+    let kept: Vec<&Entry<'_>> = entries
+        .iter()
+        .filter(|e| !matches!(e, Entry::Refused(_)))
+        .collect();
     let mut body = Vec::new();
     let mut env = Vec::new();
-    for e in entries {
+    for e in &kept {
         env.clear();
         match e {
             Entry::App(b) => {
@@ -536,15 +554,16 @@ fn check_entries(
                 assert_eq!(s.timestamp_ms, *timestamp_ms);
                 assert_eq!(s.value.to_bits(), value.to_bits());
             }
+            Entry::Refused(_) => unreachable!("filtered out"),
         }
         enc.push_record(&env, &mut body)
             .expect("the encoder takes a valid envelope");
     }
     let mut back = Vec::new();
-    dec.decode(&body, entries.len() as u32, &mut back)
+    dec.decode(&body, kept.len() as u32, &mut back)
         .unwrap_or_else(|e| panic!("re-encoded batch does not decode: {e}"));
-    assert_eq!(back.len(), entries.len());
-    for (a, b) in entries.iter().zip(&back) {
+    assert_eq!(back.len(), kept.len());
+    for (a, b) in kept.iter().zip(&back) {
         assert!(same_entry(a, b), "re-encoded entry differs: {a:?} vs {b:?}");
     }
 }
@@ -565,6 +584,7 @@ pub fn same_entry(a: &Entry<'_>, b: &Entry<'_>) -> bool {
                 value: v2,
             },
         ) => same_series(s1, s2) && t1 == t2 && v1.to_bits() == v2.to_bits(),
+        (Entry::Refused(a), Entry::Refused(b)) => a == b,
         _ => false,
     }
 }

@@ -11,11 +11,12 @@ use telemetry_link::{
         batch::BatchEncoder,
         frame::encode_frame,
         message::{
-            Ack, Batch, ErrorCode, Hello, Message, Refusal, Skip, Welcome, PROTOCOL_VERSION,
+            Ack, Batch, ErrorCode, Hello, Message, Refusal, Refused, Skip, Welcome,
+            PROTOCOL_VERSION,
         },
         record::{encode_app_bytes, encode_record, encode_sample_parts},
     },
-    FsyncPolicy, Sample, SeriesKey, SpoolConfig,
+    FsyncPolicy, RefusedCounts, RefusedReason, Sample, SeriesKey, SpoolConfig,
 };
 
 use crate::{
@@ -96,6 +97,13 @@ fn frame(m: &Message<'_>, out: &mut Vec<u8>) {
 
 /// A whole session, sender and receiver messages interleaved.
 pub fn session_stream(max_series: u32, per_batch: usize) -> Vec<u8> {
+    session_stream_for(max_series, max_series, per_batch)
+}
+
+/// A whole session of a sender that interns up to `sender_max` series with
+/// a receiver that welcomes `max_series` (below it, the receiver refuses
+/// the samples of the series beyond, and reports them before its acks).
+pub fn session_stream_for(sender_max: u32, max_series: u32, per_batch: usize) -> Vec<u8> {
     let mut w = Vec::new();
     frame(
         &Message::Hello(Hello {
@@ -103,6 +111,7 @@ pub fn session_stream(max_series: u32, per_batch: usize) -> Vec<u8> {
             stream_id: 0x1234_5678_9abc_def0_1122_3344_5566_7788,
             last_seq: 40,
             max_frame: 1 << 20,
+            replica: "replica-1".into(),
         }),
         &mut w,
     );
@@ -124,7 +133,7 @@ pub fn session_stream(max_series: u32, per_batch: usize) -> Vec<u8> {
         &mut w,
     );
     let mut seq = 7;
-    for (count, body) in batch_bodies(max_series, per_batch) {
+    for (count, body) in batch_bodies(sender_max, per_batch) {
         frame(
             &Message::Batch(Batch {
                 first_seq: seq,
@@ -134,6 +143,17 @@ pub fn session_stream(max_series: u32, per_batch: usize) -> Vec<u8> {
             &mut w,
         );
         seq += u64::from(count);
+        if sender_max > max_series {
+            let mut counts = RefusedCounts::of(RefusedReason::SeriesLimit, 1);
+            counts.add(RefusedReason::Undecodable, 1);
+            frame(
+                &Message::Refused(Refused {
+                    through_seq: seq - 1,
+                    counts,
+                }),
+                &mut w,
+            );
+        }
         frame(
             &Message::Ack(Ack {
                 applied_seq: seq - 1,
@@ -188,6 +208,12 @@ pub fn frame_seeds() -> Vec<(String, Vec<u8>)> {
             Config::bytes(12, max_series, modes[(i * 2 + 1) % modes.len()], 200, 3).to_vec(); // max 1024
         s.extend_from_slice(&stream);
         out.push((format!("session-{i}-1k"), s));
+    }
+    // A sender interning more than the receiver allows: refused samples.
+    for (i, receiver_max) in [0u8, 2].into_iter().enumerate() {
+        let mut s = Config::bytes(13, receiver_max, modes[i + 3], 9, 5).to_vec();
+        s.extend_from_slice(&session_stream_for(31, u32::from(receiver_max), 3));
+        out.push((format!("over-budget-{i}"), s));
     }
     // Small frames only: the batches are refused as too large.
     let mut s = Config::bytes(7, 4, Chunking::Wanted, 255, 0).to_vec();

@@ -28,7 +28,7 @@ use std::{
 
 use telemetry_link::{
     internals::Spool,
-    net::{Delivery, Handler, HandlerError},
+    net::{Applied, Delivery, Handler, HandlerError},
     FsyncPolicy, Sample, SeriesKey, SpoolConfig,
 };
 use telemetry_test_support::{
@@ -76,10 +76,10 @@ impl Counting {
 }
 
 impl Handler<u64> for Counting {
-    async fn handle(&self, d: Delivery<u64>) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery<u64>) -> Result<Applied, HandlerError> {
         self.count
             .fetch_add(d.records.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(Applied::all())
     }
 }
 
@@ -90,7 +90,7 @@ impl telemetry_link::Payload for Stamped {}
 
 struct Latency(Arc<Counting>);
 impl Handler<Stamped> for Latency {
-    async fn handle(&self, d: Delivery<Stamped>) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery<Stamped>) -> Result<Applied, HandlerError> {
         let now = self.0.base.elapsed().as_nanos() as u64;
         if let Ok(mut h) = self.0.latency.lock() {
             for r in &d.records {
@@ -100,17 +100,17 @@ impl Handler<Stamped> for Latency {
         self.0
             .count
             .fetch_add(d.records.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(Applied::all())
     }
 }
 
 struct Samples(Arc<Counting>);
 impl Handler<Sample> for Samples {
-    async fn handle(&self, d: Delivery<Sample>) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery<Sample>) -> Result<Applied, HandlerError> {
         self.0
             .count
             .fetch_add(d.records.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(Applied::all())
     }
 }
 

@@ -8,25 +8,28 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{bail, Context, Result};
-use telemetry_link::{Delivery, Handler, HandlerError, Receiver, ReceiverConfig, TlsFiles};
+use telemetry_link::{
+    Applied, Delivery, Handler, HandlerError, Receiver, ReceiverConfig, TlsFiles,
+};
 
 struct Print;
 
 impl Handler<u64> for Print {
-    async fn handle(&self, d: Delivery<u64>) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery<u64>) -> Result<Applied, HandlerError> {
         let last = d.first_seq + d.records.len() as u64 - 1;
         println!(
-            "{}: records {}..={} (values {:?}..)",
+            "{} (replica {:?}): records {}..={} (values {:?}..)",
             d.sender,
+            d.replica,
             d.first_seq,
             last,
             d.records.first()
         );
-        Ok(())
+        Ok(Applied::all())
     }
 
-    fn sender_connected(&self, sender: &str) {
-        println!("{sender} connected");
+    fn sender_connected(&self, sender: &str, replica: &str) {
+        println!("{sender} (replica {replica:?}) connected");
     }
 }
 

@@ -28,13 +28,19 @@
 //!
 //! ## Delivery guarantee
 //!
-//! For one sender identity and one spool (stream):
+//! For one sender identity, replica ([`SenderConfig::replica`]) and spool
+//! (stream):
 //!
 //! 1. **No loss.** A record accepted by [`Sender::send`] stays in the spool
 //!    until a receiver acknowledges it, which it does only after its
 //!    [`Handler`] returned `Ok` and the applied sequence was persisted
 //!    (fsync + atomic rename). Crashes, kills, restarts and network outages
-//!    on either side only delay delivery.
+//!    on either side only delay delivery. A record can also be *refused*
+//!    for good — by the handler ([`Applied`]) or by the link (it does not
+//!    decode, or its series is beyond the receiver's interning budget or
+//!    label limits): it is then settled the same way, acknowledged and
+//!    counted by reason on both ends ([`RefusedReason`]), and never
+//!    delivered again; the stream goes on.
 //! 2. **No duplicates.** Records reach the handler in sequence order; each
 //!    session resumes at the receiver's persisted position; anything older
 //!    that arrives again is dropped and counted
@@ -78,17 +84,20 @@
 //! ```no_run
 //! use std::{net::SocketAddr, sync::Arc};
 //! use telemetry_link::{
-//!     net::{Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender, SenderConfig},
+//!     net::{
+//!         Applied, Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender,
+//!         SenderConfig,
+//!     },
 //!     tls::TlsFiles,
 //! };
 //!
 //! struct Print;
 //! impl Handler<String> for Print {
-//!     async fn handle(&self, d: Delivery<String>) -> Result<(), HandlerError> {
+//!     async fn handle(&self, d: Delivery<String>) -> Result<Applied, HandlerError> {
 //!         for (i, r) in d.records.iter().enumerate() {
 //!             println!("{} #{}: {r}", d.sender, d.first_seq + i as u64);
 //!         }
-//!         Ok(())
+//!         Ok(Applied::all())
 //!     }
 //! }
 //!
@@ -128,10 +137,13 @@ pub(crate) mod spool;
 pub mod tls;
 
 pub use net::{
-    Delivery, Handler, HandlerError, LinkStatus, PresentDelivery, Receiver, ReceiverConfig, Sender,
-    SenderConfig, TransportTuning,
+    Applied, Delivery, Handler, HandlerError, LinkStatus, PresentDelivery, Receiver,
+    ReceiverConfig, Sender, SenderConfig, TransportTuning,
 };
-pub use proto::record::Payload;
+pub use proto::{
+    record::Payload,
+    refused::{RefusedCounts, RefusedReason},
+};
 pub use receiver_state::StateError;
 pub use sample::{unix_ms, Sample, SeriesKey};
 pub use spool::{Appended, FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats};

@@ -1,7 +1,15 @@
 //! The link's own Prometheus metrics, registered in a registry the
 //! application owns and exposes.
+//!
+//! Label cardinality is bounded by what connects: `sender` by the
+//! identities the CA signed (and the allow list admits), `replica` by the
+//! replicas of those (only `telemetry_link_applied_seq`, the one
+//! per-stream position, carries it; counters add up per sender), `reason`
+//! by closed sets.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::proto::refused::RefusedReason;
 
 fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let c = IntCounter::with_opts(Opts::new(name, help))?;
@@ -48,9 +56,10 @@ pub struct ReceiverMetrics {
     pub duplicates_dropped: IntCounterVec,
     /// Records a sender announced as lost (dropped unacknowledged), per sender.
     pub records_lost: IntCounterVec,
-    /// Records that did not decode as the payload type and were skipped.
+    /// Records refused (settled without being applied), per sender and
+    /// reason.
     pub records_rejected: IntCounterVec,
-    /// Highest applied sequence, as persisted, per sender.
+    /// Highest applied sequence, as persisted, per sender and replica.
     pub applied_seq: IntGaugeVec,
     /// Connections refused before or during the hello, by reason.
     pub handshake_failures: IntCounterVec,
@@ -81,16 +90,20 @@ pub const HANDSHAKE_FAILURE_REASONS: [&str; 8] = [
 ];
 
 impl ReceiverMetrics {
-    /// Exports a sender's counters at 0 when it first connects, so the
-    /// first duplicate or loss shows up in `increase()`.
+    /// Exports a sender's counters at 0 when it first connects (refusals
+    /// for every known reason), so the first duplicate, loss or refusal
+    /// shows up in `increase()`.
     pub fn init_sender(&self, sender: &str) {
         for counter in [
             &self.records_received,
             &self.duplicates_dropped,
             &self.records_lost,
-            &self.records_rejected,
         ] {
             counter.with_label_values(&[sender]);
+        }
+        for reason in RefusedReason::ALL {
+            self.records_rejected
+                .with_label_values(&[sender, reason.as_str()]);
         }
     }
 
@@ -127,14 +140,14 @@ impl ReceiverMetrics {
             records_rejected: counter_vec(
                 reg,
                 "telemetry_link_records_rejected_total",
-                "Records that did not decode as the application's payload type and were skipped.",
-                &["sender"],
+                "Records refused, by reason: settled (acknowledged, never delivered again) without being applied. undecodable: not the application's payload type; series_limit, label_limit: the link's interning budget or label limits; budget, invalid, fenced, other: refused by the application.",
+                &["sender", "reason"],
             )?,
             applied_seq: gauge_vec(
                 reg,
                 "telemetry_link_applied_seq",
-                "Highest sequence number applied and persisted for the sender's current stream.",
-                &["sender"],
+                "Highest sequence number applied and persisted for the current stream of the sender's replica (replica empty: the default one).",
+                &["sender", "replica"],
             )?,
             handshake_failures: counter_vec(
                 reg,
@@ -181,8 +194,10 @@ impl ReceiverMetrics {
 pub struct SenderMetrics {
     /// Records appended to the spool.
     pub records_enqueued: IntCounter,
-    /// Records acknowledged by a receiver.
+    /// Records acknowledged by a receiver (applied or refused).
     pub records_acked: IntCounter,
+    /// Records a receiver refused, by reason (among the acknowledged).
+    pub records_refused: IntCounterVec,
     /// Records dropped unacknowledged (spool full or corrupt).
     pub records_dropped: IntCounter,
     /// Highest sequence assigned.
@@ -210,11 +225,28 @@ pub struct SenderMetrics {
 }
 
 impl SenderMetrics {
-    /// Creates and registers the metrics.
+    /// Creates and registers the metrics; refusals are exported at 0 for
+    /// every known reason.
     pub fn register(reg: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::register_families(reg)?;
+        for reason in RefusedReason::ALL {
+            metrics
+                .records_refused
+                .with_label_values(&[reason.as_str()]);
+        }
+        Ok(metrics)
+    }
+
+    fn register_families(reg: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
             records_enqueued: counter(reg, "telemetry_sender_records_enqueued_total", "Records appended to the sender's spool.")?,
-            records_acked: counter(reg, "telemetry_sender_records_acked_total", "Records acknowledged by a receiver and removed from the spool.")?,
+            records_acked: counter(reg, "telemetry_sender_records_acked_total", "Records acknowledged by a receiver (applied or refused) and removed from the spool.")?,
+            records_refused: counter_vec(
+                reg,
+                "telemetry_sender_records_refused_total",
+                "Records a receiver refused, by reason (settled: removed from the spool with the acknowledgement, never sent again; included in telemetry_sender_records_acked_total).",
+                &["reason"],
+            )?,
             records_dropped: counter(
                 reg,
                 "telemetry_sender_records_dropped_total",

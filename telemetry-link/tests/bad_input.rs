@@ -168,6 +168,7 @@ async fn hostile_peers_are_refused_and_counted_while_a_good_sender_loses_nothing
         stream_id: 1,
         last_seq: 0,
         max_frame: 1 << 20,
+        replica: String::new(),
     });
     let (_s, mut r) = raw::open_and_write(&conn, &raw::frame(&v99)).await?;
     match Message::decode(&raw::read_frame(&mut r).await?)? {

@@ -1,31 +1,15 @@
 //! Failover between two receivers and honest loss accounting when the
 //! spool overflows during an outage.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use telemetry_link::{Receiver, SpoolConfig};
+use telemetry_link::SpoolConfig;
 use telemetry_test_support::{
-    link::{assert_exactly_once, metric, start_receiver, start_sender, Collector},
+    link::{
+        assert_exactly_once, metric, restart_receiver, start_receiver, start_sender, Collector,
+    },
     pki::TestPki,
 };
-
-async fn restart_on(
-    pki: &TestPki,
-    port: u16,
-    state: &std::path::Path,
-    c: Arc<Collector<u64>>,
-) -> anyhow::Result<(Receiver, prometheus::Registry)> {
-    let limit = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match start_receiver::<u64, _>(pki, port, state, c.clone(), |_| {}).await {
-            Ok(r) => return Ok(r),
-            Err(_) if tokio::time::Instant::now() < limit => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_to_the_second_receiver_and_back_without_loss() -> anyhow::Result<()> {
@@ -61,7 +45,8 @@ async fn fails_over_to_the_second_receiver_and_back_without_loss() -> anyhow::Re
     a.shutdown(Duration::from_secs(2)).await; // the preferred receiver dies
     send(3001, 6000).await?;
     cb.wait_for("fo", 3000, Duration::from_secs(30)).await?; // ...the second takes over
-    let (a2, reg_a2) = restart_on(&pki, addr_a.port(), state_a.path(), ca.clone()).await?;
+    let (a2, reg_a2) =
+        restart_receiver::<u64, _>(&pki, addr_a.port(), state_a.path(), ca.clone(), |_| {}).await?;
     // Fail back to the preferred receiver once it is up again.
     let limit = tokio::time::Instant::now() + Duration::from_secs(30);
     while ca.log("fo").connects < 2 {

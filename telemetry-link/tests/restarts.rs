@@ -3,35 +3,16 @@
 //! SIGKILL and restarted on the same spool. In both, every record reaches
 //! the handler exactly once.
 
-use std::{net::SocketAddr, path::Path, process::Command, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use telemetry_link::Receiver;
 use telemetry_test_support::{
-    link::{assert_exactly_once, metric, start_receiver, start_sender, Collector},
+    link::{
+        assert_exactly_once, metric, restart_receiver, start_receiver, start_sender, Collector,
+    },
     pki::TestPki,
     process::ChildProcess,
 };
-
-/// Restarts a receiver on the same port, retrying while the old socket
-/// is released.
-async fn restart(
-    pki: &TestPki,
-    port: u16,
-    state: &Path,
-    collector: Arc<Collector<u64>>,
-) -> anyhow::Result<(Receiver, prometheus::Registry)> {
-    let start = tokio::time::Instant::now();
-    loop {
-        match start_receiver::<u64, _>(pki, port, state, collector.clone(), |_| {}).await {
-            Ok(r) => return Ok(r),
-            Err(e) if start.elapsed() < Duration::from_secs(10) => {
-                tracing::debug!("rebinding: {e:#}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -> anyhow::Result<()>
@@ -69,7 +50,9 @@ async fn receiver_dropped_and_restarted_mid_stream_loses_and_doubles_nothing() -
             .await?;
         drop(receiver); // abrupt: sessions aborted wherever they are
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (r, reg) = restart(&pki, addr.port(), state.path(), collector.clone()).await?;
+        let (r, reg) =
+            restart_receiver::<u64, _>(&pki, addr.port(), state.path(), collector.clone(), |_| {})
+                .await?;
         receiver = r;
         last_registry = Some(reg);
         // The sender finds the new receiver by itself.

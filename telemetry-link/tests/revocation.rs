@@ -224,8 +224,8 @@ impl telemetry_link::Handler<u64> for Discard {
     async fn handle(
         &self,
         _: telemetry_link::Delivery<u64>,
-    ) -> Result<(), telemetry_link::HandlerError> {
-        Ok(())
+    ) -> Result<telemetry_link::Applied, telemetry_link::HandlerError> {
+        Ok(telemetry_link::Applied::all())
     }
 }
 

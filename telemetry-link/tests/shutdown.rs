@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use telemetry_link::{Delivery, Handler, HandlerError};
+use telemetry_link::{Applied, Delivery, Handler, HandlerError};
 use telemetry_test_support::{
     link::{start_receiver, start_sender},
     pki::TestPki,
@@ -18,11 +18,11 @@ struct Stall {
 }
 
 impl Handler<String> for Stall {
-    async fn handle(&self, _delivery: Delivery<String>) -> Result<(), HandlerError> {
+    async fn handle(&self, _delivery: Delivery<String>) -> Result<Applied, HandlerError> {
         self.entered.notify_one();
         let mut release = self.release.clone();
         let _ = release.wait_for(|r| *r).await;
-        Ok(())
+        Ok(Applied::all())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Harness for link tests: a [`Collector`] handler that records every
-//! delivery and notices order violations, and helpers that start a receiver
-//! and a sender on loopback with certificates from a [`TestPki`].
+//! delivery per sender stream, notices order violations and can refuse
+//! records, and helpers that start a receiver and a sender on loopback with
+//! certificates from a [`TestPki`].
 
 use std::{
     collections::HashMap,
@@ -12,19 +13,31 @@ use std::{
 
 use telemetry_link::{
     net::{
-        Delivery, Handler, HandlerError, PresentDelivery, Receiver, ReceiverConfig, Sender,
-        SenderConfig,
+        Applied, Delivery, Handler, HandlerError, PresentDelivery, Receiver, ReceiverConfig,
+        Sender, SenderConfig,
     },
-    Payload,
+    Payload, RefusedReason,
 };
 
 use crate::pki::TestPki;
 
-/// What a [`Collector`] saw from one sender.
+/// The name a [`Collector`] files a sender stream under: the identity for
+/// the default replica, `identity@replica` for a named one.
+pub fn stream_name(sender: &str, replica: &str) -> String {
+    if replica.is_empty() {
+        sender.to_owned()
+    } else {
+        format!("{sender}@{replica}")
+    }
+}
+
+/// What a [`Collector`] saw from one sender stream.
 #[derive(Debug, Clone)]
 pub struct SenderLog<T> {
-    /// Every delivered record with its sequence number, in delivery order.
+    /// Every applied record with its sequence number, in delivery order.
     pub records: Vec<(u64, T)>,
+    /// Every record the collector refused, with its sequence number.
+    pub refused: Vec<(u64, RefusedReason)>,
     /// Deliveries whose first sequence was not the previous last + 1.
     pub order_violations: u64,
     /// Connect notifications.
@@ -48,6 +61,7 @@ impl<T> Default for SenderLog<T> {
     fn default() -> Self {
         Self {
             records: Vec::new(),
+            refused: Vec::new(),
             order_violations: 0,
             connects: 0,
             presents: Vec::new(),
@@ -55,11 +69,21 @@ impl<T> Default for SenderLog<T> {
     }
 }
 
-/// A handler that stores everything it is given.
-#[derive(Debug)]
+/// Which records a [`Collector`] refuses.
+type RefusePolicy<T> = Box<dyn Fn(&T) -> Option<RefusedReason> + Send + Sync>;
+
+/// A handler that stores everything it is given, by sender stream (see
+/// [`stream_name`]).
 pub struct Collector<T> {
     logs: Mutex<HashMap<String, SenderLog<T>>>,
     fail_next: Mutex<u32>,
+    refuse: Mutex<Option<RefusePolicy<T>>>,
+}
+
+impl<T> std::fmt::Debug for Collector<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector").finish_non_exhaustive()
+    }
 }
 
 impl<T> Default for Collector<T> {
@@ -67,6 +91,7 @@ impl<T> Default for Collector<T> {
         Self {
             logs: Mutex::new(HashMap::new()),
             fail_next: Mutex::new(0),
+            refuse: Mutex::new(None),
         }
     }
 }
@@ -84,7 +109,18 @@ impl<T: Clone> Collector<T> {
         }
     }
 
-    /// A copy of what `sender` delivered.
+    /// Refuses every record for which `policy` names a reason (it is
+    /// logged in [`SenderLog::refused`], not in [`SenderLog::records`]).
+    pub fn refuse_when(
+        &self,
+        policy: impl Fn(&T) -> Option<RefusedReason> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut r) = self.refuse.lock() {
+            *r = Some(Box::new(policy));
+        }
+    }
+
+    /// A copy of what sender stream `sender` delivered (a [`stream_name`]).
     pub fn log(&self, sender: &str) -> SenderLog<T> {
         self.logs
             .lock()
@@ -93,7 +129,17 @@ impl<T: Clone> Collector<T> {
             .unwrap_or_default()
     }
 
-    /// How many records `sender` delivered.
+    /// How many records of sender stream `sender` the collector settled:
+    /// applied and refused.
+    pub fn settled(&self, sender: &str) -> usize {
+        self.logs
+            .lock()
+            .ok()
+            .and_then(|l| l.get(sender).map(|s| s.records.len() + s.refused.len()))
+            .unwrap_or(0)
+    }
+
+    /// How many records sender stream `sender` delivered (applied ones).
     pub fn count(&self, sender: &str) -> usize {
         self.logs
             .lock()
@@ -102,7 +148,7 @@ impl<T: Clone> Collector<T> {
             .unwrap_or(0)
     }
 
-    /// Waits until `sender` delivered at least `n` records.
+    /// Waits until `sender` delivered at least `n` records (applied ones).
     pub async fn wait_for(&self, sender: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         while self.count(sender) < n {
@@ -119,7 +165,7 @@ impl<T: Clone> Collector<T> {
 }
 
 impl<T: Payload + Clone> Handler<T> for Collector<T> {
-    async fn handle(&self, d: Delivery<T>) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery<T>) -> Result<Applied, HandlerError> {
         {
             let mut f = self.fail_next.lock().map_err(|_| "poisoned")?;
             if *f > 0 {
@@ -127,21 +173,34 @@ impl<T: Payload + Clone> Handler<T> for Collector<T> {
                 return Err("collector told to fail".into());
             }
         }
+        let refuse = self.refuse.lock().map_err(|_| "poisoned")?;
         let mut logs = self.logs.lock().map_err(|_| "poisoned")?;
-        let log = logs.entry(d.sender.to_string()).or_default();
-        let expected = log.records.last().map_or(d.first_seq, |(s, _)| s + 1);
-        if d.first_seq != expected && !log.records.is_empty() {
+        let log = logs.entry(stream_name(&d.sender, &d.replica)).or_default();
+        let last = log
+            .records
+            .last()
+            .map(|(s, _)| *s)
+            .max(log.refused.last().map(|(s, _)| *s));
+        if last.is_some_and(|l| d.first_seq != l + 1) {
             log.order_violations += 1;
         }
+        let mut applied = Applied::all();
         for (i, r) in d.records.into_iter().enumerate() {
-            log.records.push((d.first_seq + i as u64, r));
+            let seq = d.first_seq + i as u64;
+            match refuse.as_ref().and_then(|policy| policy(&r)) {
+                Some(reason) => {
+                    applied.refuse(reason, 1);
+                    log.refused.push((seq, reason));
+                }
+                None => log.records.push((seq, r)),
+            }
         }
-        Ok(())
+        Ok(applied)
     }
 
     async fn present(&self, p: PresentDelivery<T>) -> Result<(), HandlerError> {
         let mut logs = self.logs.lock().map_err(|_| "poisoned")?;
-        let log = logs.entry(p.sender.to_string()).or_default();
+        let log = logs.entry(stream_name(&p.sender, &p.replica)).or_default();
         let after_records = log.records.len();
         log.presents.push(PresentLog {
             covers_seq: p.covers_seq,
@@ -151,9 +210,11 @@ impl<T: Payload + Clone> Handler<T> for Collector<T> {
         Ok(())
     }
 
-    fn sender_connected(&self, sender: &str) {
+    fn sender_connected(&self, sender: &str, replica: &str) {
         if let Ok(mut logs) = self.logs.lock() {
-            logs.entry(sender.to_owned()).or_default().connects += 1;
+            logs.entry(stream_name(sender, replica))
+                .or_default()
+                .connects += 1;
         }
     }
 }
@@ -204,6 +265,28 @@ pub async fn start_receiver<T: Payload, H: Handler<T>>(
     Ok((r, registry))
 }
 
+/// Starts a receiver on `port` again after the previous one stopped or was
+/// dropped, retrying for up to 10 s while the old socket is released.
+pub async fn restart_receiver<T: Payload, H: Handler<T>>(
+    pki: &TestPki,
+    port: u16,
+    state_dir: &Path,
+    handler: Arc<H>,
+    tune: impl Fn(&mut ReceiverConfig),
+) -> anyhow::Result<(Receiver, prometheus::Registry)> {
+    let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match start_receiver::<T, H>(pki, port, state_dir, handler.clone(), &tune).await {
+            Ok(r) => return Ok(r),
+            Err(e) if tokio::time::Instant::now() < limit => {
+                tracing::debug!("rebinding: {e:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Starts a sender with identity `id` towards `receivers`.
 pub async fn start_sender<T: Payload>(
     pki: &TestPki,
@@ -221,6 +304,21 @@ pub async fn start_sender<T: Payload>(
     tune(&mut cfg);
     let (s, _report) = Sender::<T>::start(cfg, &registry).await?;
     Ok((s, registry))
+}
+
+/// Whether a registry exports a series of `name` carrying `labels` (at
+/// whatever value, zero included).
+pub fn exported(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> bool {
+    registry.gather().iter().any(|fam| {
+        fam.name() == name
+            && fam.get_metric().iter().any(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+    })
 }
 
 /// Value of an unlabelled or labelled metric in a registry (sum over

@@ -158,6 +158,7 @@ pub async fn hello(
         stream_id,
         last_seq: 0,
         max_frame: 1 << 20,
+        replica: String::new(),
     });
     let (send, mut recv) = open_and_write(&conn, &frame(&h)).await?;
     let reply = read_frame(&mut recv).await?;

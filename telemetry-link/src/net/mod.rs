@@ -10,8 +10,8 @@ mod stream;
 mod transport;
 
 pub use receiver::{
-    Delivery, Handler, HandlerError, PresentDelivery, ReadyHandle, Receiver, ReceiverConfig,
-    ReceiverError, ReceiverLimits,
+    Applied, Delivery, Handler, HandlerError, PresentDelivery, ReadyHandle, Receiver,
+    ReceiverConfig, ReceiverError, ReceiverLimits,
 };
 pub use sender::{LinkStatus, SendError, Sender, SenderConfig, SenderError, ShutdownReport};
 pub use transport::TransportTuning;

@@ -1,7 +1,7 @@
 //! The receiver's state writer: one thread that persists applied positions
-//! for every sender, coalescing updates (only the newest position of each
-//! sender is written), so a busy sender costs one atomic file replace per
-//! write cycle rather than per batch.
+//! for every sender stream (identity and replica), coalescing updates (only
+//! the newest position of each stream is written), so a busy stream costs
+//! one atomic file replace per write cycle rather than per batch.
 //!
 //! Sessions submit a position synchronously, in the same step in which the
 //! handler's success is recorded, so no task cancellation can separate
@@ -18,11 +18,11 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    receiver_state::{StateError, StateStore},
+    receiver_state::{StateError, StateStore, StreamKey},
     session::dedup::StreamCursor,
 };
 
-/// Durable position of one sender as seen by waiting sessions.
+/// Durable position of one stream as seen by waiting sessions.
 #[derive(Debug, Clone)]
 pub(crate) enum Durable {
     /// Everything up to this sequence is on disk.
@@ -32,14 +32,14 @@ pub(crate) enum Durable {
 }
 
 struct Queue {
-    pending: HashMap<Arc<str>, StreamCursor>,
+    pending: HashMap<StreamKey, StreamCursor>,
     closed: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
-    watchers: Mutex<HashMap<Arc<str>, watch::Sender<Durable>>>,
+    watchers: Mutex<HashMap<StreamKey, watch::Sender<Durable>>>,
 }
 
 pub(crate) struct Persister {
@@ -67,24 +67,24 @@ impl Persister {
         })
     }
 
-    /// A receiver of `sender`'s durable position, starting at `applied`.
-    pub(crate) fn watch(&self, sender: &Arc<str>, applied: u64) -> watch::Receiver<Durable> {
+    /// A receiver of `stream`'s durable position, starting at `applied`.
+    pub(crate) fn watch(&self, stream: &StreamKey, applied: u64) -> watch::Receiver<Durable> {
         let mut w = self
             .shared
             .watchers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let tx = w
-            .entry(sender.clone())
+            .entry(stream.clone())
             .or_insert_with(|| watch::channel(Durable::Upto(applied)).0);
         tx.send_replace(Durable::Upto(applied));
         tx.subscribe()
     }
 
     /// Queues `cursor` to be written (never blocks on IO).
-    pub(crate) fn submit(&self, sender: &Arc<str>, cursor: StreamCursor) {
+    pub(crate) fn submit(&self, stream: &StreamKey, cursor: StreamCursor) {
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.pending.insert(sender.clone(), cursor);
+        q.pending.insert(stream.clone(), cursor);
         self.shared.ready.notify_one();
     }
 }
@@ -114,16 +114,16 @@ fn run(shared: Arc<Shared>, store: StateStore) {
             }
             std::mem::take(&mut q.pending)
         };
-        for (sender, cursor) in batch {
-            let outcome = match store.save(&sender, &cursor) {
+        for (stream, cursor) in batch {
+            let outcome = match store.save(&stream, &cursor) {
                 Ok(()) => Durable::Upto(cursor.applied()),
                 Err(e) => {
-                    tracing::error!(sender = %sender, error = %e, "cannot persist sender state");
+                    tracing::error!(sender = %stream.sender, replica = %stream.replica, error = %e, "cannot persist sender state");
                     Durable::Failed(Arc::new(e))
                 }
             };
             let w = shared.watchers.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(tx) = w.get(&sender) {
+            if let Some(tx) = w.get(&stream) {
                 tx.send_if_modified(|cur| {
                     let newer = match (&*cur, &outcome) {
                         (Durable::Upto(a), Durable::Upto(b)) => b > a,
@@ -148,18 +148,25 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = StateStore::open(d.path()).unwrap();
         let p = Persister::start(store.clone()).unwrap();
-        let s: Arc<str> = Arc::from("a");
+        let s = StreamKey::new("a", "");
+        let r = StreamKey::new("a", "r1");
         let mut w = p.watch(&s, 0);
+        let mut wr = p.watch(&r, 0);
         for i in 1..=100 {
             p.submit(&s, StreamCursor::new(1, i));
         }
+        p.submit(&r, StreamCursor::new(2, 7));
         w.wait_for(|d| matches!(d, Durable::Upto(100)))
             .await
             .unwrap();
-        assert_eq!(store.load("a").unwrap(), Some(StreamCursor::new(1, 100)));
+        wr.wait_for(|d| matches!(d, Durable::Upto(7)))
+            .await
+            .unwrap();
+        assert_eq!(store.load(&s).unwrap(), Some(StreamCursor::new(1, 100)));
+        assert_eq!(store.load(&r).unwrap(), Some(StreamCursor::new(2, 7)));
         // dropping drains what was submitted
         p.submit(&s, StreamCursor::new(1, 101));
         drop(p);
-        assert_eq!(store.load("a").unwrap(), Some(StreamCursor::new(1, 101)));
+        assert_eq!(store.load(&s).unwrap(), Some(StreamCursor::new(1, 101)));
     }
 }

@@ -12,6 +12,13 @@
 //!   connection and reset on reconnect, so nothing depends on state older than
 //!   the connection. Past the receiver's `max_series` the sender falls back to
 //!   inline (non-interned) entries instead of failing.
+//! * **Interning budget** (receiver side, [`InternLimits`]). A definition
+//!   beyond `max_series`, beyond the connection's definition bytes, or of a
+//!   series with more labels or label bytes than allowed still takes its id —
+//!   the decoder stays in step with the sender — but is not interned: every
+//!   sample of it (and every inline sample over the label limits) decodes as
+//!   [`Entry::Refused`], to be refused as a record, and costs no memory
+//!   beyond a slot of 8 bytes per id below `max_series`.
 //! * **Timestamps** are zigzag varint deltas from the previous sample on the
 //!   connection; an unchanged timestamp costs a flag bit.
 //! * **Values** that are exact integers (|v| ≤ 2^53) are deltas from the
@@ -38,9 +45,10 @@ use thiserror::Error;
 
 use super::{
     record::{RecordError, RecordView},
+    refused::RefusedReason,
     varint,
 };
-use crate::sample::{SeriesError, SeriesKey};
+use crate::sample::{SeriesError, SeriesKey, MAX_LABELS};
 
 const KIND_APP: u8 = 0b00 << 6;
 const KIND_SAMPLE: u8 = 0b01 << 6;
@@ -59,11 +67,72 @@ const RESERVED_MASK: u8 = 0b011;
 /// used to keep a batch under the frame limit before encoding it.
 pub const ENTRY_OVERHEAD: usize = 1 + 10 + 10 + 8;
 
-/// Default cap on interned series per connection.
+/// Default cap on defined series per connection.
 pub const DEFAULT_MAX_SERIES: u32 = 1 << 20;
 
-/// Hard cap on the total bytes of interned series definitions per connection.
-pub const MAX_SERIES_BYTES: usize = 256 * 1024 * 1024;
+/// Default cap on the bytes of interned series definitions per connection.
+pub const DEFAULT_MAX_DEFINITION_BYTES: usize = 128 * 1024 * 1024;
+
+/// Default cap on the label bytes (names and values) of one series.
+pub const DEFAULT_MAX_LABEL_BYTES: usize = 16 * 1024;
+
+/// What a label costs an interned definition beyond its bytes: about what
+/// its two strings and their place in the label list take in memory.
+pub const LABEL_COST: usize = 64;
+
+/// What interning `key` charges against
+/// [`InternLimits::max_definition_bytes`]: its canonical bytes plus
+/// [`LABEL_COST`] per label.
+pub fn definition_cost(key: &SeriesKey) -> usize {
+    key.encoded().len() + LABEL_COST * key.labels().len()
+}
+
+/// What one connection may intern (receiver side).
+///
+/// Memory: an interned series holds its canonical bytes twice (encoded, and
+/// decoded into strings), about 80 bytes per label (the tuple and two
+/// allocations; [`LABEL_COST`] of them are charged to the byte budget) and
+/// about 200 bytes of fixed overhead (the shared key, its allocations, its
+/// table entry with room to grow, and its 8-byte id slot). One connection's
+/// tables therefore stay below about
+/// `2 × max_definition_bytes + 200 B × max_series`: with the defaults
+/// (1 Mi series, 128 MiB) about 460 MiB for a connection that spends the
+/// whole budget. Typical series (a name and a handful of labels, ~500
+/// bytes charged) reach the byte budget first, at ~250 k series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InternLimits {
+    /// Most series defined per connection (the welcome's `max_series`);
+    /// later definitions are refused (`series_limit`).
+    pub max_series: u32,
+    /// Most bytes of interned definitions per connection, each charged its
+    /// [`definition_cost`]; a definition that would exceed it is refused
+    /// (`series_limit`).
+    pub max_definition_bytes: usize,
+    /// Most labels one series may have (refused as `label_limit` beyond;
+    /// a series key never has more than [`MAX_LABELS`]).
+    pub max_labels_per_series: usize,
+    /// Most bytes of label names and values one series may have (refused
+    /// as `label_limit` beyond).
+    pub max_label_bytes: usize,
+}
+
+impl InternLimits {
+    /// `max_series` with the default byte and label limits.
+    pub fn new(max_series: u32) -> Self {
+        Self {
+            max_series,
+            max_definition_bytes: DEFAULT_MAX_DEFINITION_BYTES,
+            max_labels_per_series: MAX_LABELS,
+            max_label_bytes: DEFAULT_MAX_LABEL_BYTES,
+        }
+    }
+
+    /// Whether `key` is within the per-series label limits.
+    fn labels_fit(&self, key: &SeriesKey) -> bool {
+        let bytes: usize = key.labels().iter().map(|(k, v)| k.len() + v.len()).sum();
+        key.labels().len() <= self.max_labels_per_series && bytes <= self.max_label_bytes
+    }
+}
 
 /// Why a batch body is invalid.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -80,9 +149,6 @@ pub enum BatchError {
     /// A sample refers to an id that was never defined.
     #[error("unknown series id {0}")]
     UnknownSeries(u64),
-    /// More series defined than the receiver allows.
-    #[error("more than {0} interned series")]
-    TooManySeries(u32),
     /// A series definition that does not decode.
     #[error("bad series definition: {0}")]
     BadSeries(#[from] SeriesError),
@@ -279,37 +345,106 @@ pub enum Entry<'a> {
         /// The value.
         value: f64,
     },
+    /// A sample of a series the decoder did not intern (see
+    /// [`InternLimits`]): the record is to be refused for this reason.
+    Refused(RefusedReason),
+}
+
+/// What a defined series id stands for on the receiving side.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Interned, at this index of the series table.
+    Interned(u32),
+    /// Not interned: its samples are refused for this reason.
+    Refused(RefusedReason),
 }
 
 /// Receiver side: decodes batch bodies, keeping the connection's tables.
 #[derive(Debug)]
 pub struct BatchDecoder {
+    /// The interned series.
     series: Vec<(Arc<SeriesKey>, ValueState)>,
+    /// What each id below `max_series` stands for.
+    ids: Vec<Slot>,
+    /// Ids defined so far (those at or above `max_series` are refused and
+    /// have no slot).
+    defined: u64,
     series_bytes: usize,
     last_ts: i64,
     next_id: u64,
-    max_series: u32,
+    limits: InternLimits,
 }
 
 impl BatchDecoder {
-    /// A fresh decoder (new connection) that refuses more than `max_series`
-    /// definitions.
+    /// A fresh decoder (new connection) that interns at most `max_series`
+    /// series, with the default byte and label limits.
     pub fn new(max_series: u32) -> Self {
+        Self::with_limits(InternLimits::new(max_series))
+    }
+
+    /// A fresh decoder (new connection) within `limits`.
+    pub fn with_limits(limits: InternLimits) -> Self {
         Self {
             series: Vec::new(),
+            ids: Vec::new(),
+            defined: 0,
             series_bytes: 0,
             last_ts: 0,
             next_id: 0,
-            max_series,
+            limits,
         }
     }
 
-    /// Number of series defined on this connection.
+    /// Number of series interned on this connection.
     pub fn interned(&self) -> usize {
         self.series.len()
     }
 
+    /// Number of series ids defined on this connection, interned or not.
+    pub fn defined(&self) -> u64 {
+        self.defined
+    }
+
+    /// The slot of a defined id.
+    fn slot(&self, id: u64) -> Result<Slot, BatchError> {
+        if id >= self.defined {
+            return Err(BatchError::UnknownSeries(id));
+        }
+        Ok(usize::try_from(id)
+            .ok()
+            .and_then(|i| self.ids.get(i).copied())
+            .unwrap_or(Slot::Refused(RefusedReason::SeriesLimit)))
+    }
+
+    /// Defines the next id from a definition's bytes: interned if the
+    /// budget and the label limits allow it, else refused. A definition
+    /// that does not decode is an error.
+    fn define(&mut self, bytes: &[u8]) -> Result<Slot, BatchError> {
+        let key = SeriesKey::decode(bytes)?;
+        let id = self.defined;
+        self.defined += 1;
+        if id >= u64::from(self.limits.max_series) {
+            // No slot: every id from here on is refused.
+            return Ok(Slot::Refused(RefusedReason::SeriesLimit));
+        }
+        let slot = if !self.limits.labels_fit(&key) {
+            Slot::Refused(RefusedReason::LabelLimit)
+        } else if self.series_bytes + definition_cost(&key) > self.limits.max_definition_bytes {
+            Slot::Refused(RefusedReason::SeriesLimit)
+        } else {
+            self.series_bytes += definition_cost(&key);
+            // At most max_series (a u32) entries.
+            let index = self.series.len() as u32;
+            self.series.push((Arc::new(key), ValueState::FRESH));
+            Slot::Interned(index)
+        };
+        self.ids.push(slot);
+        Ok(slot)
+    }
+
     /// Decodes exactly `count` entries from `body` into `out` (cleared first).
+    /// Samples of series beyond the [`InternLimits`] are
+    /// [`Entry::Refused`]; they are no error.
     ///
     /// On error the decoder's tables are unspecified; the caller must close
     /// the connection.
@@ -341,8 +476,7 @@ impl BatchDecoder {
             if control & ID_NEXT != 0 && kind != KIND_SAMPLE {
                 return Err(BatchError::BadControl(control));
             }
-            let mut inline_state = ValueState::FRESH;
-            let (series, state) = match kind {
+            let slot = match kind {
                 KIND_SAMPLE => {
                     let id = if control & ID_NEXT != 0 {
                         self.next_id
@@ -350,49 +484,94 @@ impl BatchDecoder {
                         varint::get_u64(&mut buf)?
                     };
                     self.next_id = id.saturating_add(1);
-                    let (k, st) = self
-                        .series
-                        .get_mut(usize::try_from(id).unwrap_or(usize::MAX))
-                        .ok_or(BatchError::UnknownSeries(id))?;
-                    (Arc::clone(k), st)
+                    self.slot(id)?
                 }
                 KIND_DEFINE => {
                     let bytes = take_bytes(&mut buf)?;
-                    if self.series.len() as u64 >= u64::from(self.max_series)
-                        || self.series_bytes + bytes.len() > MAX_SERIES_BYTES
-                    {
-                        return Err(BatchError::TooManySeries(self.max_series));
-                    }
-                    let key = Arc::new(SeriesKey::decode(bytes)?);
-                    self.series_bytes += bytes.len();
-                    self.series.push((Arc::clone(&key), ValueState::FRESH));
-                    let last = self.series.len() - 1;
-                    self.next_id = last as u64 + 1;
-                    (key, &mut self.series[last].1)
+                    let slot = self.define(bytes)?;
+                    self.next_id = self.defined;
+                    slot
                 }
                 _ => {
-                    let bytes = take_bytes(&mut buf)?;
-                    (Arc::new(SeriesKey::decode(bytes)?), &mut inline_state)
+                    let key = SeriesKey::decode(take_bytes(&mut buf)?)?;
+                    if self.limits.labels_fit(&key) {
+                        out.push(self.sample(control, Arc::new(key), None, &mut buf)?);
+                    } else {
+                        out.push(self.refused(control, RefusedReason::LabelLimit, &mut buf)?);
+                    }
+                    continue;
                 }
             };
-            let timestamp_ms = if control & TS_SAME != 0 {
-                self.last_ts
-            } else {
-                let ts = self.last_ts.wrapping_add(varint::get_i64(&mut buf)?);
-                self.last_ts = ts;
-                ts
+            let entry = match slot {
+                Slot::Interned(index) => {
+                    let key = Arc::clone(&self.series[index as usize].0);
+                    self.sample(control, key, Some(index as usize), &mut buf)?
+                }
+                Slot::Refused(reason) => self.refused(control, reason, &mut buf)?,
             };
-            let value = decode_value(state, control, &mut buf)?;
-            out.push(Entry::Sample {
-                series,
-                timestamp_ms,
-                value,
-            });
+            out.push(entry);
         }
         if !buf.is_empty() {
             return Err(BatchError::Trailing(buf.len()));
         }
         Ok(())
+    }
+}
+
+impl BatchDecoder {
+    /// The timestamp of a sample entry (advancing the connection's).
+    fn timestamp(&mut self, control: u8, buf: &mut &[u8]) -> Result<i64, BatchError> {
+        if control & TS_SAME != 0 {
+            return Ok(self.last_ts);
+        }
+        self.last_ts = self.last_ts.wrapping_add(varint::get_i64(buf)?);
+        Ok(self.last_ts)
+    }
+
+    /// The rest of a sample entry of `series`, whose value history is the
+    /// interned series at `index` (`None`: an inline series, no history).
+    fn sample<'a>(
+        &mut self,
+        control: u8,
+        series: Arc<SeriesKey>,
+        index: Option<usize>,
+        buf: &mut &[u8],
+    ) -> Result<Entry<'a>, BatchError> {
+        let timestamp_ms = self.timestamp(control, buf)?;
+        let mut inline_state = ValueState::FRESH;
+        let state = match index {
+            Some(i) => &mut self.series[i].1,
+            None => &mut inline_state,
+        };
+        let value = decode_value(state, control, buf)?;
+        Ok(Entry::Sample {
+            series,
+            timestamp_ms,
+            value,
+        })
+    }
+
+    /// The rest of a sample entry of a series that was not interned: its
+    /// fields are read past (the connection's timestamp still advances; the
+    /// value needs no history to be skipped).
+    fn refused<'a>(
+        &mut self,
+        control: u8,
+        reason: RefusedReason,
+        buf: &mut &[u8],
+    ) -> Result<Entry<'a>, BatchError> {
+        self.timestamp(control, buf)?;
+        match control & VAL_MASK {
+            VAL_REPEAT => {}
+            VAL_DELTA => {
+                varint::get_i64(buf)?;
+            }
+            VAL_RAW => {
+                *buf = buf.get(8..).ok_or(BatchError::Truncated)?;
+            }
+            _ => return Err(BatchError::BadControl(control)),
+        }
+        Ok(Entry::Refused(reason))
     }
 }
 
@@ -408,222 +587,4 @@ fn take_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], BatchError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::record::{encode_app_bytes, encode_sample_parts};
-    use proptest::prelude::*;
-
-    fn key(i: usize) -> SeriesKey {
-        SeriesKey::new(
-            "telemetry_synthetic_value",
-            [("cluster", "c1".to_string()), ("series", i.to_string())],
-        )
-        .unwrap()
-    }
-
-    fn sample_env(k: &SeriesKey, ts: i64, v: f64) -> Vec<u8> {
-        let mut e = Vec::new();
-        encode_sample_parts(ts, v, k.encoded(), &mut e);
-        e
-    }
-
-    fn roundtrip(envs: &[Vec<u8>], max_series: u32, batch: usize) -> Vec<Vec<u8>> {
-        let mut enc = BatchEncoder::new(max_series);
-        let mut dec = BatchDecoder::new(max_series);
-        let mut back = Vec::new();
-        for chunk in envs.chunks(batch.max(1)) {
-            let mut body = Vec::new();
-            for e in chunk {
-                enc.push_record(e, &mut body).unwrap();
-            }
-            let mut out = Vec::new();
-            dec.decode(&body, chunk.len() as u32, &mut out).unwrap();
-            for entry in out {
-                let mut e = Vec::new();
-                match entry {
-                    Entry::App(b) => encode_app_bytes(b, &mut e),
-                    Entry::Sample {
-                        series,
-                        timestamp_ms,
-                        value,
-                    } => encode_sample_parts(timestamp_ms, value, series.encoded(), &mut e),
-                }
-                back.push(e);
-            }
-        }
-        back
-    }
-
-    /// Bytes per sample in steady state for `n_series` series visited in
-    /// `order` (value = a per-series counter, 1 ms clock).
-    fn steady_bytes_per_sample(n_series: usize, order: impl Fn(u64) -> usize) -> f64 {
-        let keys: Vec<_> = (0..n_series).map(key).collect();
-        let mut enc = BatchEncoder::new(DEFAULT_MAX_SERIES);
-        let mut counters = vec![0u64; n_series];
-        let mut ts = 1_700_000_000_000i64;
-        let mut body = Vec::new();
-        let total = 20 * n_series as u64;
-        let warm = 2 * n_series as u64;
-        let mut steady_bytes = 0;
-        for seq in 0..total {
-            if seq.is_multiple_of(100) {
-                ts += 1;
-            }
-            let s = order(seq);
-            counters[s] += n_series as u64;
-            body.clear();
-            enc.push_record(&sample_env(&keys[s], ts, counters[s] as f64), &mut body)
-                .unwrap();
-            if seq >= warm {
-                steady_bytes += body.len();
-            }
-        }
-        steady_bytes as f64 / (total - warm) as f64
-    }
-
-    #[test]
-    fn steady_state_bytes_per_sample() {
-        // Stable order (a scrape, a collector round): no id bytes.
-        let ordered = steady_bytes_per_sample(1000, |seq| (seq % 1000) as usize);
-        assert!(ordered <= 1.1, "{ordered} bytes per sample in scrape order");
-        // Shuffled order: the id costs 2 bytes for ids >= 128.
-        let mut perm: Vec<usize> = (0..1000).collect();
-        let mut x = 12345u64;
-        for i in (1..perm.len()).rev() {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            perm.swap(i, (x >> 33) as usize % (i + 1));
-        }
-        let shuffled = steady_bytes_per_sample(1000, |seq| perm[((seq * 7919) % 1000) as usize]);
-        assert!(
-            shuffled <= 3.1,
-            "{shuffled} bytes per sample in shuffled order"
-        );
-    }
-
-    #[test]
-    fn special_values_survive_bit_exact() {
-        let k = key(0);
-        let vals = [
-            0.0,
-            -0.0,
-            1.0,
-            f64::NAN,
-            f64::INFINITY,
-            -1e300,
-            9007199254740992.0,
-            -9007199254740992.0,
-            0.1,
-            5.0,
-            5.0,
-            5.0,
-            4.0,
-            f64::MIN_POSITIVE,
-        ];
-        let envs: Vec<_> = vals
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| sample_env(&k, i as i64 * 1000 - 5000, v))
-            .collect();
-        assert_eq!(roundtrip(&envs, 10, 3), envs);
-    }
-
-    #[test]
-    fn series_beyond_the_cap_go_inline() {
-        let envs: Vec<_> = (0..20)
-            .map(|i| sample_env(&key(i % 7), 5, i as f64))
-            .collect();
-        assert_eq!(roundtrip(&envs, 3, 4), envs);
-    }
-
-    #[test]
-    fn decoder_refuses_bad_bodies() {
-        let mut dec = BatchDecoder::new(2);
-        let mut out = Vec::new();
-        assert_eq!(dec.decode(&[], 1, &mut out), Err(BatchError::Truncated));
-        assert_eq!(
-            dec.decode(&[0, 0, 9], 1, &mut out),
-            Err(BatchError::Trailing(1))
-        );
-        assert_eq!(
-            dec.decode(&[0x01], 1, &mut out),
-            Err(BatchError::BadControl(1))
-        );
-        assert_eq!(
-            dec.decode(&[KIND_SAMPLE | TS_SAME, 5], 1, &mut out),
-            Err(BatchError::UnknownSeries(5))
-        );
-        // value mode 11 is reserved
-        let k = key(1);
-        let mut body = vec![KIND_DEFINE | TS_SAME | VAL_MASK];
-        varint::put_u64(&mut body, k.encoded().len() as u64);
-        body.extend_from_slice(k.encoded());
-        assert_eq!(
-            dec.decode(&body, 1, &mut out),
-            Err(BatchError::BadControl(KIND_DEFINE | TS_SAME | VAL_MASK))
-        );
-        // repeat without history
-        let mut dec = BatchDecoder::new(2);
-        let mut body = vec![KIND_DEFINE | TS_SAME | VAL_REPEAT];
-        varint::put_u64(&mut body, k.encoded().len() as u64);
-        body.extend_from_slice(k.encoded());
-        assert_eq!(dec.decode(&body, 1, &mut out), Err(BatchError::BadValue));
-        // a huge count over a tiny body reserves nothing big and fails
-        let mut dec = BatchDecoder::new(2);
-        assert_eq!(
-            dec.decode(&[0, 0], u32::MAX, &mut out),
-            Err(BatchError::Truncated)
-        );
-        assert!(out.capacity() < 16);
-        // too many definitions
-        let mut enc = BatchEncoder::new(10);
-        let mut body = Vec::new();
-        for i in 0..3 {
-            enc.push_record(&sample_env(&key(i), 0, 0.0), &mut body)
-                .unwrap();
-        }
-        assert_eq!(
-            dec.decode(&body, 3, &mut out),
-            Err(BatchError::TooManySeries(2))
-        );
-    }
-
-    fn arb_value() -> impl Strategy<Value = f64> {
-        prop_oneof![
-            (-1000i64..1000).prop_map(|v| v as f64),
-            any::<f64>(),
-            Just(f64::NAN),
-            Just(-0.0),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn any_record_sequence_roundtrips(
-            recs in proptest::collection::vec(
-                prop_oneof![
-                    proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| { let mut e = Vec::new(); encode_app_bytes(&b, &mut e); e }),
-                    (0usize..12, any::<i64>(), arb_value()).prop_map(|(s, ts, v)| sample_env(&key(s), ts, v)),
-                    (0usize..12, 0i64..3, arb_value()).prop_map(|(s, ts, v)| sample_env(&key(s), ts, v)),
-                ],
-                0..200),
-            max_series in 0u32..16,
-            batch in 1usize..50,
-        ) {
-            let back = roundtrip(&recs, max_series, batch);
-            prop_assert_eq!(back.len(), recs.len());
-            for (a, b) in back.iter().zip(&recs) {
-                prop_assert_eq!(a, b);
-            }
-        }
-
-        #[test]
-        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300), count in 0u32..1000) {
-            let mut dec = BatchDecoder::new(8);
-            let mut out = Vec::new();
-            let _ = dec.decode(&body, count, &mut out);
-            prop_assert!(out.len() <= body.len());
-        }
-    }
-}
+mod tests;

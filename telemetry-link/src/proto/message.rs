@@ -4,8 +4,10 @@
 //! message's postcard encoding. The type codes and the layouts of [`Hello`]'s
 //! leading `version` field and of [`Refusal`] are frozen across protocol
 //! versions, so that any two versions can at least tell each other that they
-//! do not match. Everything is decoded from borrowed bytes; nothing is
-//! allocated from a length read off the wire except bounded strings.
+//! do not match. A [`Hello`]'s layout after its version depends on that
+//! version (version 3 appends the replica name). Everything is decoded from
+//! borrowed bytes; nothing is allocated from a length read off the wire
+//! except strings bounded by the frame.
 //!
 //! See `PROTOCOL.md` at the crate root for the state machine these messages
 //! drive.
@@ -13,14 +15,22 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::frame::{FrameError, HEADER_LEN};
+use super::{
+    frame::{FrameError, HEADER_LEN},
+    refused::RefusedCounts,
+};
 
 /// The protocol version this crate speaks. Version 2 added [`Present`]
-/// (the present-state lane); a version-1 peer is still served, without it.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (the present-state lane); version 3 added the replica name in
+/// [`Hello`] and the [`Refused`] report. Older peers are still served,
+/// without what their version lacks.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First protocol version with [`Present`].
 pub const PRESENT_VERSION: u16 = 2;
+
+/// First protocol version with [`Hello::replica`] and [`Refused`].
+pub const REPLICA_VERSION: u16 = 3;
 
 /// Oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -54,6 +64,9 @@ pub enum MessageType {
     /// Sender → receiver, on its own unidirectional stream: part of the
     /// sender's present state (protocol version 2).
     Present = 8,
+    /// Receiver → sender, records refused up to a sequence, sent before the
+    /// ack that covers them (protocol version 3).
+    Refused = 9,
 }
 
 impl MessageType {
@@ -67,6 +80,7 @@ impl MessageType {
             6 => Self::Ack,
             7 => Self::Bye,
             8 => Self::Present,
+            9 => Self::Refused,
             _ => return None,
         })
     }
@@ -98,7 +112,8 @@ pub enum ErrorCode {
     HelloTimeout = 9,
     /// A batch started after the next expected sequence without a skip.
     SequenceGap = 10,
-    /// The sender defined more interned series than the receiver allows.
+    /// The sender defined more interned series than the receiver allows
+    /// (receivers before version 3; version 3 refuses the records instead).
     TooManySeries = 11,
     /// The receiver has too many connections.
     Busy = 12,
@@ -163,17 +178,98 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// First message of a connection, sender → receiver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its encoding depends on `version`: versions 1 and 2 end after
+/// `max_frame`; version 3 appends `replica`. A hello below version 3 is
+/// always for the default replica (an empty `replica`; a non-empty one is
+/// not encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version; always the first field, in every version.
     pub version: u16,
-    /// Random id of the sender's spool. A new id means a new sequence space
-    /// (the spool was recreated), so the receiver starts the sender afresh.
+    /// Random id of the replica's spool. A new id means a new sequence space
+    /// (the spool was recreated), so the receiver starts that replica's
+    /// stream afresh.
     pub stream_id: u128,
     /// Highest sequence number the sender has assigned so far (0: none).
     pub last_seq: u64,
     /// Largest frame body the sender accepts.
     pub max_frame: u32,
+    /// The replica's name (version 3; empty: the default replica); see
+    /// [`super::replica`]. Checked by the receiver's session, not by the
+    /// decoder, so that a bad name gets a refusal naming it.
+    pub replica: String,
+}
+
+/// [`Hello`] as versions 1 and 2 encode it.
+#[derive(Serialize, Deserialize)]
+struct HelloV1 {
+    version: u16,
+    stream_id: u128,
+    last_seq: u64,
+    max_frame: u32,
+}
+
+/// [`Hello`] as version 3 encodes it.
+#[derive(Serialize, Deserialize)]
+struct HelloV3<'a> {
+    version: u16,
+    stream_id: u128,
+    last_seq: u64,
+    max_frame: u32,
+    replica: &'a str,
+}
+
+impl Hello {
+    fn encode(&self, out: &mut Vec<u8>) -> postcard::Result<()> {
+        if self.version >= REPLICA_VERSION {
+            postcard::to_io(
+                &HelloV3 {
+                    version: self.version,
+                    stream_id: self.stream_id,
+                    last_seq: self.last_seq,
+                    max_frame: self.max_frame,
+                    replica: &self.replica,
+                },
+                out,
+            )
+            .map(|_| ())
+        } else {
+            postcard::to_io(
+                &HelloV1 {
+                    version: self.version,
+                    stream_id: self.stream_id,
+                    last_seq: self.last_seq,
+                    max_frame: self.max_frame,
+                },
+                out,
+            )
+            .map(|_| ())
+        }
+    }
+
+    fn decode(version: u16, body: &[u8]) -> Result<Self, MessageError> {
+        let kind = MessageType::Hello;
+        Ok(if version >= REPLICA_VERSION {
+            let h: HelloV3<'_> = whole(kind, body)?;
+            Hello {
+                version: h.version,
+                stream_id: h.stream_id,
+                last_seq: h.last_seq,
+                max_frame: h.max_frame,
+                replica: h.replica.to_owned(),
+            }
+        } else {
+            let h: HelloV1 = whole(kind, body)?;
+            Hello {
+                version: h.version,
+                stream_id: h.stream_id,
+                last_seq: h.last_seq,
+                max_frame: h.max_frame,
+                replica: String::new(),
+            }
+        })
+    }
 }
 
 /// Positive answer to a [`Hello`], receiver → sender.
@@ -229,10 +325,26 @@ pub struct Skip {
 }
 
 /// Everything up to and including `applied_seq` is applied and persisted.
+/// Since version 3, "applied" means settled: applied, or refused (reported
+/// in a [`Refused`] before the ack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Highest applied sequence.
     pub applied_seq: u64,
+}
+
+/// Records the receiver refused (version 3): settled without being applied,
+/// never to be sent again. Sent right before the [`Ack`] that covers
+/// `through_seq`; it counts the refusals among the sequences after the
+/// previous ack, up to `through_seq`. Not to be confused with [`Refusal`],
+/// which refuses a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Highest sequence the report covers (the next ack's position).
+    pub through_seq: u64,
+    /// How many records were refused, per reason (at most
+    /// [`super::refused::MAX_REFUSED_PAIRS`] pairs on the wire).
+    pub counts: RefusedCounts,
 }
 
 /// One part of a present state: the sender's current view, sent on its own
@@ -276,6 +388,8 @@ pub enum Message<'a> {
     Bye,
     /// See [`Present`].
     Present(Present<'a>),
+    /// See [`Refused`].
+    Refused(Refused),
 }
 
 /// Why a frame body is not a valid message.
@@ -318,6 +432,7 @@ impl Message<'_> {
             Message::Ack(_) => MessageType::Ack,
             Message::Bye => MessageType::Bye,
             Message::Present(_) => MessageType::Present,
+            Message::Refused(_) => MessageType::Refused,
         }
     }
 
@@ -325,7 +440,7 @@ impl Message<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.message_type() as u8);
         let res = match self {
-            Message::Hello(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Hello(m) => m.encode(out),
             Message::Welcome(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Refuse(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Batch(m) => postcard::to_io(m, &mut *out).map(|_| ()),
@@ -333,6 +448,7 @@ impl Message<'_> {
             Message::Ack(m) => postcard::to_io(m, &mut *out).map(|_| ()),
             Message::Bye => Ok(()),
             Message::Present(m) => postcard::to_io(m, &mut *out).map(|_| ()),
+            Message::Refused(m) => postcard::to_io(m, &mut *out).map(|_| ()),
         };
         // Writing into a Vec cannot fail, and every field type is serializable.
         debug_assert!(res.is_ok());
@@ -373,7 +489,7 @@ impl Message<'_> {
                 if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     return Err(MessageError::UnsupportedVersion(version));
                 }
-                Message::Hello(whole(kind, body)?)
+                Message::Hello(Hello::decode(version, body)?)
             }
             MessageType::Welcome => Message::Welcome(whole(kind, body)?),
             MessageType::Refuse => {
@@ -393,6 +509,7 @@ impl Message<'_> {
                 Message::Bye
             }
             MessageType::Present => Message::Present(whole(kind, body)?),
+            MessageType::Refused => Message::Refused(whole(kind, body)?),
         })
     }
 }
@@ -433,123 +550,4 @@ fn whole<'a, T: Deserialize<'a>>(kind: MessageType, body: &'a [u8]) -> Result<T,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn samples() -> Vec<Message<'static>> {
-        vec![
-            Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                stream_id: 0xdead_beef_u128 << 64 | 7,
-                last_seq: 42,
-                max_frame: 1 << 20,
-            }),
-            Message::Welcome(Welcome {
-                version: 1,
-                applied_seq: 41,
-                max_frame: 1 << 20,
-                max_series: 1000,
-            }),
-            Message::Refuse(Refusal::new(ErrorCode::NotAllowed, "no")),
-            Message::Batch(Batch {
-                first_seq: 9,
-                count: 2,
-                body: b"\x00\x01a\x00\x01b",
-            }),
-            Message::Skip(Skip {
-                from: 1,
-                to: 5,
-                lost: 3,
-            }),
-            Message::Ack(Ack { applied_seq: 5 }),
-            Message::Bye,
-            Message::Present(Present {
-                id: 3,
-                covers_seq: 99,
-                part: 1,
-                last: true,
-                count: 1,
-                body: b"\x02\x00\x01",
-            }),
-        ]
-    }
-
-    #[test]
-    fn every_message_roundtrips() {
-        for m in samples() {
-            let bytes = m.to_vec();
-            assert_eq!(Message::decode(&bytes).unwrap(), m);
-        }
-    }
-
-    #[test]
-    fn unknown_version_is_named() {
-        let mut bytes = Message::Hello(Hello {
-            version: 99,
-            stream_id: 1,
-            last_seq: 0,
-            max_frame: 10,
-        })
-        .to_vec();
-        assert_eq!(
-            Message::decode(&bytes),
-            Err(MessageError::UnsupportedVersion(99))
-        );
-        // A future version may append fields the old one cannot parse: still
-        // reported as a version problem, not as garbage.
-        bytes.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(
-            Message::decode(&bytes),
-            Err(MessageError::UnsupportedVersion(99))
-        );
-    }
-
-    #[test]
-    fn bad_inputs_are_errors() {
-        assert_eq!(Message::decode(&[]), Err(MessageError::Empty));
-        assert_eq!(Message::decode(&[200]), Err(MessageError::UnknownType(200)));
-        assert!(matches!(
-            Message::decode(&[MessageType::Ack as u8]),
-            Err(MessageError::Malformed { .. })
-        ));
-        assert_eq!(
-            Message::decode(&[MessageType::Ack as u8, 1, 0]),
-            Err(MessageError::Trailing(1))
-        );
-        // A batch whose body length runs past the frame.
-        assert!(Message::decode(&[MessageType::Batch as u8, 1, 1, 200, 1]).is_err());
-    }
-
-    #[test]
-    fn long_reasons_are_cut_on_a_char_boundary() {
-        let r = Refusal::new(ErrorCode::Internal, "é".repeat(400));
-        assert!(r.reason.len() <= MAX_REASON_LEN);
-        assert!(Message::decode(&Message::Refuse(r).to_vec()).is_ok());
-    }
-
-    #[test]
-    fn error_codes_roundtrip() {
-        for v in 0..20 {
-            if let Some(c) = ErrorCode::from_u32(v) {
-                assert_eq!(c.as_u32(), v);
-            }
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn arbitrary_frames_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = Message::decode(&data);
-        }
-
-        #[test]
-        fn truncated_messages_are_errors(idx in 0usize..8, cut in 0usize..64) {
-            let m = &samples()[idx];
-            let bytes = m.to_vec();
-            if cut < bytes.len() && !matches!(m, Message::Bye) {
-                prop_assert!(Message::decode(&bytes[..cut]).is_err());
-            }
-        }
-    }
-}
+mod tests;

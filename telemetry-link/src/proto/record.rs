@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
-use super::batch::Entry;
+use super::{batch::Entry, refused::RefusedReason};
 use crate::sample::{Sample, SeriesError, SeriesKey};
 
 const TAG_APP: u8 = 0;
@@ -78,6 +78,10 @@ pub enum RecordError {
     /// A sample arrived for a payload type that has no sample variant.
     #[error("received a sample but the payload type cannot hold samples")]
     SampleNotSupported,
+    /// The batch decoder refused the record's series (see
+    /// [`super::batch::InternLimits`]).
+    #[error("record refused: {0}")]
+    Refused(RefusedReason),
 }
 
 /// Appends the envelope of `record` to `out`.
@@ -182,6 +186,7 @@ impl Entry<'_> {
                 value,
             } => T::from_sample(Sample::new(series, timestamp_ms, value))
                 .ok_or(RecordError::SampleNotSupported),
+            Entry::Refused(reason) => Err(RecordError::Refused(reason)),
         }
     }
 }

@@ -5,9 +5,11 @@
 //! receiver that refuses it as unsupported but speaks an older version this
 //! sender also speaks gets one more attempt in that version (a version-2
 //! sender keeps working with version-1 receivers, without the present
-//! lane). A [`Welcome`] is accepted only if the receiver's frame limit can
-//! carry this sender's largest record; anything else ends the attempt with
-//! a [`HandshakeError`].
+//! lane). A sender with a replica name cannot fall back below version 3:
+//! an older receiver would merge its stream with the other replicas', so
+//! that is an error naming both. A [`Welcome`] is accepted only if the
+//! receiver's frame limit can carry this sender's largest record; anything
+//! else ends the attempt with a [`HandshakeError`].
 
 use thiserror::Error;
 
@@ -15,7 +17,7 @@ use crate::proto::{
     batch::ENTRY_OVERHEAD,
     message::{
         ErrorCode, Hello, Message, MessageError, MessageType, Welcome, MIN_PROTOCOL_VERSION,
-        PROTOCOL_VERSION,
+        PROTOCOL_VERSION, REPLICA_VERSION,
     },
 };
 
@@ -69,6 +71,19 @@ pub(crate) enum HandshakeError {
         /// Newest version the receiver speaks.
         max: u16,
     },
+    /// This sender has a replica name, and the receiver speaks only
+    /// versions without replicas (it would merge the replicas' streams).
+    #[error(
+        "the receiver speaks protocol version {version} at most, which has no replicas, \
+         but this sender is replica {replica:?}; upgrade the receiver to version \
+         {REPLICA_VERSION} or run the sender as the default replica"
+    )]
+    ReplicaUnsupported {
+        /// Newest version the receiver speaks.
+        version: u16,
+        /// This sender's replica name.
+        replica: String,
+    },
     /// The receiver's frames are too small for this sender's records.
     #[error(
         "protocol error: the receiver accepts frames of at most {receiver_max_frame} bytes, \
@@ -93,7 +108,9 @@ impl HandshakeError {
     /// The `reason` label of `telemetry_sender_connect_failures_total`.
     pub(crate) fn label(&self) -> &'static str {
         match self {
-            Self::Refused { .. } | Self::OlderReceiver { .. } => "refused",
+            Self::Refused { .. } | Self::OlderReceiver { .. } | Self::ReplicaUnsupported { .. } => {
+                "refused"
+            }
             Self::FrameLimit { .. } | Self::Unexpected(_) | Self::Malformed(_) => "protocol",
         }
     }
@@ -121,17 +138,20 @@ pub(crate) struct Handshake {
     fell_back: bool,
     max_frame: usize,
     max_record_bytes: usize,
+    replica: String,
 }
 
 impl Handshake {
-    /// An exchange for a sender accepting frames up to `max_frame` bytes and
-    /// spooling records up to `max_record_bytes`.
-    pub(crate) fn new(max_frame: usize, max_record_bytes: usize) -> Self {
+    /// An exchange for replica `replica` (empty: the default one) of a
+    /// sender accepting frames up to `max_frame` bytes and spooling records
+    /// up to `max_record_bytes`.
+    pub(crate) fn new(max_frame: usize, max_record_bytes: usize, replica: &str) -> Self {
         Self {
             version: PROTOCOL_VERSION,
             fell_back: false,
             max_frame,
             max_record_bytes,
+            replica: replica.to_owned(),
         }
     }
 
@@ -143,7 +163,19 @@ impl Handshake {
             stream_id,
             last_seq,
             max_frame: self.max_frame as u32,
+            replica: self.replica.clone(),
         }
+    }
+
+    /// The error for a receiver speaking at most `version` when this
+    /// sender needs replicas, if it does.
+    fn replica_unsupported(&self, version: u16) -> Option<HandshakeError> {
+        (version < REPLICA_VERSION && !self.replica.is_empty()).then(|| {
+            HandshakeError::ReplicaUnsupported {
+                version,
+                replica: self.replica.clone(),
+            }
+        })
     }
 
     /// Interprets the receiver's first frame.
@@ -162,7 +194,10 @@ impl Handshake {
                     max_record_bytes: self.max_record_bytes,
                 })
             }
-            Message::Welcome(w) => Answer::Accepted(w),
+            Message::Welcome(w) => match self.replica_unsupported(w.version) {
+                Some(e) => Answer::Failed(e),
+                None => Answer::Accepted(w),
+            },
             Message::Refuse(r) if r.code == ErrorCode::UnsupportedVersion => {
                 self.on_unsupported(r.min_version, r.max_version)
             }
@@ -176,6 +211,11 @@ impl Handshake {
 
     fn on_unsupported(&mut self, min: u16, max: u16) -> Answer {
         let speakable = (MIN_PROTOCOL_VERSION..PROTOCOL_VERSION).contains(&max) && min <= max;
+        if speakable {
+            if let Some(e) = self.replica_unsupported(max) {
+                return Answer::Failed(e);
+            }
+        }
         if speakable && !self.fell_back {
             self.fell_back = true;
             self.version = max;
@@ -213,7 +253,7 @@ mod tests {
 
     #[test]
     fn the_hello_speaks_the_newest_version_and_carries_the_spool_position() {
-        let h = Handshake::new(1 << 20, 1000);
+        let h = Handshake::new(1 << 20, 1000, "");
         assert_eq!(
             h.hello(42, 9),
             Hello {
@@ -221,13 +261,66 @@ mod tests {
                 stream_id: 42,
                 last_seq: 9,
                 max_frame: 1 << 20,
+                replica: String::new(),
             }
         );
+        let named = Handshake::new(1 << 20, 1000, "r2");
+        assert_eq!(named.hello(42, 9).replica, "r2");
+    }
+
+    #[test]
+    fn a_named_replica_does_not_fall_back_below_version_3() {
+        // The default replica falls back to version 2 and then 1 as before.
+        let mut h = Handshake::new(1 << 20, 1000, "");
+        assert_eq!(
+            answer(&mut h, &unsupported(1, 2)),
+            Answer::Retry { version: 2 }
+        );
+        assert_eq!(h.hello(1, 0).version, 2);
+
+        // A named replica: a clear error instead of a merged stream.
+        for max in [1, 2] {
+            let mut h = Handshake::new(1 << 20, 1000, "r2");
+            let Answer::Failed(err) = answer(&mut h, &unsupported(1, max)) else {
+                panic!("a named replica fell back to version {max}");
+            };
+            assert_eq!(
+                err,
+                HandshakeError::ReplicaUnsupported {
+                    version: max,
+                    replica: "r2".into()
+                }
+            );
+            assert_eq!(err.label(), "refused");
+            assert!(
+                err.to_string().contains(&format!(
+                    "speaks protocol version {max} at most, which has no replicas, but this sender is replica \"r2\""
+                )),
+                "{err}"
+            );
+        }
+
+        // A welcome in an older version, whatever the reason, is refused too.
+        let mut h = Handshake::new(1 << 20, 1000, "r2");
+        let old_welcome = Message::Welcome(Welcome {
+            version: 2,
+            applied_seq: 0,
+            max_frame: 1 << 20,
+            max_series: 10,
+        });
+        assert!(matches!(
+            answer(&mut h, &old_welcome),
+            Answer::Failed(HandshakeError::ReplicaUnsupported { version: 2, .. })
+        ));
+        assert!(matches!(
+            answer(&mut Handshake::new(1 << 20, 1000, ""), &old_welcome),
+            Answer::Accepted(_)
+        ));
     }
 
     #[test]
     fn a_welcome_is_accepted() {
-        let mut h = Handshake::new(1 << 20, 1000);
+        let mut h = Handshake::new(1 << 20, 1000, "");
         match answer(&mut h, &welcome(1 << 20)) {
             Answer::Accepted(w) => assert_eq!(w.applied_seq, 7),
             other => panic!("{other:?}"),
@@ -236,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_older_receiver_gets_one_attempt_in_its_version() {
-        let mut h = Handshake::new(1 << 20, 1000);
+        let mut h = Handshake::new(1 << 20, 1000, "");
         assert_eq!(
             answer(&mut h, &unsupported(1, 1)),
             Answer::Retry { version: 1 }
@@ -252,7 +345,7 @@ mod tests {
     #[test]
     fn a_receiver_without_a_common_version_is_an_error() {
         for (min, max) in [(0, 0), (3, 4), (2, 1), (PROTOCOL_VERSION, PROTOCOL_VERSION)] {
-            let mut h = Handshake::new(1 << 20, 1000);
+            let mut h = Handshake::new(1 << 20, 1000, "");
             let err = match answer(&mut h, &unsupported(min, max)) {
                 Answer::Failed(e) => e,
                 other => panic!("{min}..={max}: {other:?}"),
@@ -268,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_frame_limit_too_small_for_our_records_is_refused() {
-        let mut h = Handshake::new(1 << 20, 10_000);
+        let mut h = Handshake::new(1 << 20, 10_000, "");
         let limit = (10_000 + BATCH_HEADER_ROOM + ENTRY_OVERHEAD) as u32;
         let Answer::Failed(err) = answer(&mut h, &welcome(limit - 1)) else {
             panic!("accepted a receiver that cannot carry our records");
@@ -283,7 +376,7 @@ mod tests {
 
     #[test]
     fn refusals_and_other_answers_are_typed_errors() {
-        let mut h = Handshake::new(1 << 20, 1000);
+        let mut h = Handshake::new(1 << 20, 1000, "");
         let refusal = Message::Refuse(Refusal::new(ErrorCode::NotAllowed, "stranger"));
         let err = match answer(&mut h, &refusal) {
             Answer::Failed(e) => e,

@@ -15,16 +15,20 @@
 //!   which receivers are tried.
 //! * `spool`: the spool as the sender session sees it (a trait, so tests use
 //!   an in-memory one).
+//! * `refusals`: refusal reports waiting for their ack, and the
+//!   rate-limited refusal log both ends keep.
 //!
 //! Receiver side:
 //! * [`dedup`]: the receiver's per-sender applied position and its
 //!   duplicate, gap and skip rules.
-//! * `receiver`: one receiving session, from the hello to the close.
+//! * `receiver`: one receiving session, from the hello to the close, for
+//!   one (identity, replica) stream.
 
 pub mod dedup;
 pub(crate) mod handshake;
 pub(crate) mod receiver;
 pub(crate) mod reconnect;
+pub(crate) mod refusals;
 pub(crate) mod sender;
 pub(crate) mod spool;
 pub(crate) mod window;

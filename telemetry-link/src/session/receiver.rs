@@ -8,17 +8,27 @@
 //! * **Hello.** The first message must be a hello, within `hello_timeout`
 //!   of the connection and again of the stream opening. A version this
 //!   receiver does not speak, or above its pinned maximum, gets a `Refuse`
-//!   carrying `min_version..=max_version` before the close. The welcome
-//!   speaks the lower of both versions and resumes at the stored position
-//!   of the hello's stream ([`StreamCursor::for_hello`]; a new stream id
-//!   starts at 0 and is counted as a reset).
+//!   carrying `min_version..=max_version` before the close; a replica name
+//!   that breaks the naming rules closes the connection naming it. The
+//!   session belongs to the hello's (identity, replica) stream (a hello
+//!   below version 3 is the default replica's). The welcome speaks the
+//!   lower of both versions and resumes at that replica's stored position
+//!   ([`StreamCursor::for_hello`]; a new stream id starts at 0 and is
+//!   counted as a reset).
 //! * **Order, no duplicates, no silent gaps.** Records are handed out by
 //!   [`Action::Deliver`] only at `applied + 1`, in order; records already
 //!   applied are counted and dropped; a batch that starts beyond
 //!   `applied + 1` closes the session with `SequenceGap`; a skip moves the
 //!   position and counts what it says was lost.
+//! * **Refused is settled.** A record the link refuses (it does not decode,
+//!   or its series is beyond the interning budget or the label limits) or
+//!   the handler refuses is settled like an applied one: the position moves
+//!   over it and it is never handed out again. Every fresh record is
+//!   counted exactly once, as received or as refused by reason; from
+//!   version 3 on, the refusals are reported to the sender
+//!   ([`Action::Report`]) right before the ack that covers them.
 //! * **Persist with the step.** Every step that moves the position (the
-//!   handler's success, a skip, a batch whose records were all rejected)
+//!   handler's success, a skip, a batch whose records were all refused)
 //!   emits [`Action::Persist`] at once, before the machine takes any other
 //!   input, so "applied" and "queued for persisting" cannot be separated.
 //! * **Ack only when durable.** An [`Action::Ack`] for a position follows
@@ -38,20 +48,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::dedup::StreamCursor;
 use crate::proto::{
-    batch::BatchDecoder,
-    frame::{FrameError, MAX_FRAME_LIMIT},
-    message::{
-        Ack, Batch, ErrorCode, Hello, Message, MessageError, Refusal, Skip, Welcome,
-        PROTOCOL_VERSION,
-    },
+    batch::{BatchDecoder, Entry},
+    message::{Ack, Batch, ErrorCode, Hello, Message, Refusal, Refused, Skip, REPLICA_VERSION},
     record::Payload,
+    refused::{RefusedCounts, RefusedReason},
 };
 
 mod ends;
+mod hello;
 mod interface;
 #[cfg(test)]
 mod tests;
@@ -79,15 +87,29 @@ enum After {
 
 #[derive(Debug)]
 enum State {
-    AwaitingStream { deadline: Instant },
-    AwaitingHello { deadline: Instant },
+    AwaitingStream {
+        deadline: Instant,
+    },
+    AwaitingHello {
+        deadline: Instant,
+    },
     Loading(Hello),
     Welcoming,
     Reading,
     ReadingMore,
-    Handling { last_seq: u64, delivered: u64 },
-    Persisting { target: u64, then: After },
-    Acking { then: After },
+    Handling {
+        last_seq: u64,
+        delivered: u64,
+        /// What the link refused in the batch (beside the delivery).
+        refused: RefusedCounts,
+    },
+    Persisting {
+        target: u64,
+        then: After,
+    },
+    Acking {
+        then: After,
+    },
     Done(End),
 }
 
@@ -95,6 +117,10 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct ReceiverSession<T> {
     sender: Arc<str>,
+    /// The hello's replica (empty until then, and for the default one).
+    replica: Arc<str>,
+    /// The version the welcome speaks (0 before it).
+    version: u16,
     config: Config,
     state: State,
     /// The stream's position; meaningful once the state is loaded.
@@ -103,6 +129,8 @@ pub(crate) struct ReceiverSession<T> {
     acked: u64,
     /// Frames applied since the last commit.
     frames: usize,
+    /// Refusals settled since the last report (version 3 and later).
+    unreported: RefusedCounts,
     decoder: BatchDecoder,
     shutdown: bool,
     welcomed: bool,
@@ -115,6 +143,8 @@ impl<T: Payload> ReceiverSession<T> {
     pub(crate) fn new(sender: Arc<str>, config: Config, now: Instant) -> Self {
         Self {
             sender,
+            replica: Arc::from(""),
+            version: 0,
             config,
             state: State::AwaitingStream {
                 deadline: now + config.hello_timeout,
@@ -122,7 +152,8 @@ impl<T: Payload> ReceiverSession<T> {
             cursor: StreamCursor::new(0, 0),
             acked: 0,
             frames: 0,
-            decoder: BatchDecoder::new(config.max_series),
+            unreported: RefusedCounts::NONE,
+            decoder: BatchDecoder::with_limits(config.intern),
             shutdown: false,
             welcomed: false,
             actions: VecDeque::new(),
@@ -159,6 +190,12 @@ impl<T: Payload> ReceiverSession<T> {
         }
     }
 
+    /// The replica the hello named (empty: the default one, and before the
+    /// hello); the session's state is that (identity, replica)'s.
+    pub(crate) fn replica(&self) -> &Arc<str> {
+        &self.replica
+    }
+
     /// Whether the welcome went out (the session is established).
     pub(crate) fn is_welcomed(&self) -> bool {
         self.welcomed
@@ -188,81 +225,12 @@ impl<T: Payload> ReceiverSession<T> {
             State::Handling {
                 last_seq,
                 delivered,
-            } => self.on_handled(last_seq, delivered, event),
+                refused,
+            } => self.on_handled(last_seq, delivered, refused, event),
             State::Persisting { target, then } => self.on_durable(target, then, event),
             State::Acking { then } => self.on_ack_sent(then, event),
             done @ State::Done(_) => done,
         };
-    }
-
-    fn on_awaiting_stream(&mut self, deadline: Instant, event: Event<'_>, now: Instant) -> State {
-        match event {
-            Event::StreamOpened => State::AwaitingHello {
-                deadline: now + self.config.hello_timeout,
-            },
-            Event::StreamFailed | Event::StreamFinished => self.refuse(HelloError::NoHello),
-            Event::Timeout if now >= deadline => self.refuse(HelloError::Timeout),
-            _ => State::AwaitingStream { deadline },
-        }
-    }
-
-    fn on_awaiting_hello(&mut self, deadline: Instant, event: Event<'_>, now: Instant) -> State {
-        match event {
-            Event::Frame(bytes) => self.on_hello(bytes),
-            Event::StreamFinished => self.refuse(HelloError::NoHello),
-            Event::BadFraming(FrameError::TooLarge { .. }) => self.refuse(HelloError::TooLarge),
-            Event::BadFraming(FrameError::Truncated { .. }) | Event::StreamFailed => {
-                self.refuse(HelloError::Unreadable)
-            }
-            Event::Timeout if now >= deadline => self.refuse(HelloError::Timeout),
-            _ => State::AwaitingHello { deadline },
-        }
-    }
-
-    fn on_hello(&mut self, bytes: &[u8]) -> State {
-        let max = self.config.max_protocol_version.min(PROTOCOL_VERSION);
-        match Message::decode(bytes) {
-            Ok(Message::Hello(h)) if h.version > self.config.max_protocol_version => {
-                self.refuse(HelloError::UnsupportedVersion {
-                    version: h.version,
-                    max,
-                })
-            }
-            Ok(Message::Hello(h)) => State::Loading(h),
-            Ok(_) => self.refuse(HelloError::NotHello),
-            Err(MessageError::UnsupportedVersion(version)) => {
-                self.refuse(HelloError::UnsupportedVersion { version, max })
-            }
-            Err(e) => self.refuse(HelloError::Malformed(e)),
-        }
-    }
-
-    fn on_state(&mut self, hello: Hello, event: Event<'_>) -> State {
-        let stored = match event {
-            Event::StateLoaded(stored) => stored,
-            Event::StateUnreadable => return self.refuse(HelloError::StateUnreadable),
-            _ => return State::Loading(hello),
-        };
-        let (cursor, reset) = StreamCursor::for_hello(stored, hello.stream_id);
-        if reset {
-            self.count(Count::StreamReset);
-            warn!(sender = %self.sender, "sender started a new stream (its spool was recreated); sequence restarts at 1");
-        }
-        self.cursor = cursor;
-        self.acked = cursor.applied();
-        let welcome = Welcome {
-            version: hello.version.min(self.config.max_protocol_version),
-            applied_seq: cursor.applied(),
-            max_frame: u32::try_from(self.config.max_frame).unwrap_or(u32::MAX),
-            max_series: self.config.max_series,
-        };
-        self.actions.push_back(Action::Welcome(Accepted {
-            welcome,
-            reply_max_frame: (hello.max_frame as usize).clamp(1024, MAX_FRAME_LIMIT),
-            sender_last_seq: hello.last_seq,
-            stream_id: cursor.stream_id(),
-        }));
-        State::Welcoming
     }
 
     fn on_welcome_sent(&mut self, event: Event<'_>) -> State {
@@ -322,23 +290,22 @@ impl<T: Payload> ReceiverSession<T> {
             return self.frame_done();
         }
         let mut records = Vec::with_capacity(plan.fresh as usize);
-        let mut rejected = 0u64;
+        let mut refused = RefusedCounts::NONE;
         for entry in entries.drain(plan.duplicates as usize..) {
+            if let Entry::Refused(reason) = entry {
+                refused.add(reason, 1);
+                continue;
+            }
             match entry.into_record::<T>() {
                 Ok(r) => records.push(r),
                 Err(e) => {
-                    rejected += 1;
-                    if rejected == 1 {
-                        warn!(sender = %self.sender, "skipping a record that does not decode: {e}");
-                    }
+                    debug!(sender = %self.sender, replica = %self.replica, error = %e, "refusing a record that does not decode");
+                    refused.add(RefusedReason::Undecodable, 1);
                 }
             }
         }
-        if rejected > 0 {
-            self.count(Count::Rejected(rejected));
-        }
         if records.is_empty() {
-            return self.applied_through(plan.last_seq);
+            return self.settled(plan.last_seq, 0, refused);
         }
         let delivered = records.len() as u64;
         self.actions.push_back(Action::Deliver(Deliver {
@@ -349,6 +316,7 @@ impl<T: Payload> ReceiverSession<T> {
         State::Handling {
             last_seq: plan.last_seq,
             delivered,
+            refused,
         }
     }
 
@@ -367,18 +335,44 @@ impl<T: Payload> ReceiverSession<T> {
         self.frame_done()
     }
 
-    fn on_handled(&mut self, last_seq: u64, delivered: u64, event: Event<'_>) -> State {
+    fn on_handled(
+        &mut self,
+        last_seq: u64,
+        delivered: u64,
+        mut refused: RefusedCounts,
+        event: Event<'_>,
+    ) -> State {
         match event {
-            Event::Handled(Ok(())) => {
-                self.count(Count::Received(delivered));
-                self.applied_through(last_seq)
+            Event::Handled(Ok(by_handler)) => {
+                if by_handler.total() > delivered {
+                    warn!(sender = %self.sender, delivered, refused = by_handler.total(), "the handler refused more records than it was given; counting {delivered}");
+                }
+                let by_handler = by_handler.capped(delivered);
+                refused.merge(&by_handler);
+                self.settled(last_seq, delivered - by_handler.total(), refused)
             }
             Event::Handled(Err(e)) => self.fail(SessionError::Handler(e)),
             _ => State::Handling {
                 last_seq,
                 delivered,
+                refused,
             },
         }
+    }
+
+    /// Counts a batch's fresh records as received or refused, keeps the
+    /// refusals for the next report, and moves the position over them.
+    fn settled(&mut self, last_seq: u64, received: u64, refused: RefusedCounts) -> State {
+        if received > 0 {
+            self.count(Count::Received(received));
+        }
+        if !refused.is_empty() {
+            self.count(Count::Refused(refused));
+            if self.version >= REPLICA_VERSION {
+                self.unreported.merge(&refused);
+            }
+        }
+        self.applied_through(last_seq)
     }
 
     /// Records `last_seq` as applied and queues it for persisting in the
@@ -418,6 +412,13 @@ impl<T: Payload> ReceiverSession<T> {
             Event::Durable(n) if n >= target => {
                 self.acked = target;
                 self.count(Count::AppliedSeq(target));
+                if !self.unreported.is_empty() {
+                    let counts = std::mem::take(&mut self.unreported);
+                    self.actions.push_back(Action::Report(Refused {
+                        through_seq: target,
+                        counts,
+                    }));
+                }
                 self.actions.push_back(Action::Ack(Ack {
                     applied_seq: target,
                 }));

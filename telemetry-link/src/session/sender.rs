@@ -25,6 +25,11 @@
 //! * **Acks.** Acks are cumulative. One that goes backwards or covers
 //!   sequences never sent ends the session ([`SessionError::BadAck`]); a
 //!   good one deletes the records from the spool.
+//! * **Refused records** (version 3). A receiver's [`Refused`] report is
+//!   checked against what was sent and acknowledged
+//!   ([`SessionError::BadReport`]) and reported as [`Event::Refused`] once
+//!   the ack covering it arrives; the refused records leave the spool with
+//!   that ack like the applied ones.
 //! * **Stop.** After [`Input::Stop`] the session ends once everything
 //!   spooled is acknowledged, or at the deadline.
 //! * **Failback.** On a non-preferred receiver the machine asks for a probe
@@ -44,6 +49,7 @@ use thiserror::Error;
 
 use super::{
     handshake::BATCH_HEADER_ROOM,
+    refusals::{PendingRefusals, ReportError},
     spool::SessionSpool,
     window::{AckError, SendWindow, WindowLimits},
 };
@@ -51,8 +57,11 @@ use crate::{
     proto::{
         batch::{BatchEncoder, ENTRY_OVERHEAD},
         frame::{FrameError, MAX_FRAME_LIMIT},
-        message::{Batch, Message, MessageError, MessageType, Skip, Welcome},
+        message::{
+            Batch, Message, MessageError, MessageType, Refused, Skip, Welcome, REPLICA_VERSION,
+        },
         record::RecordError,
+        refused::RefusedCounts,
     },
     spool::{ReadOutcome, SpoolError, MAX_SEQ},
 };
@@ -152,6 +161,9 @@ pub(crate) enum SessionError {
     /// An ack going backwards or beyond what was sent.
     #[error("receiver sent a bad ack: {0}")]
     BadAck(AckError),
+    /// A refusal report that does not fit what was sent and acknowledged.
+    #[error("receiver sent a bad refusal report: {0}")]
+    BadReport(ReportError),
     /// A frame from the receiver that does not decode.
     #[error("malformed message from receiver: {0}")]
     Malformed(MessageError),
@@ -194,6 +206,9 @@ pub(crate) enum Event {
         /// How many.
         records: u64,
     },
+    /// An ack settled records the receiver refused (they left the spool
+    /// with it and are among [`Event::Acked`]'s).
+    Refused(RefusedCounts),
     /// The receiver has applied more than the spool holds; numbering goes
     /// on after `applied`.
     ReceiverAhead {
@@ -264,6 +279,12 @@ pub(crate) struct SenderSession<S: SessionSpool> {
     initial_skip: Option<Skip>,
     /// The newest good ack not yet applied to the spool.
     pending_ack: Option<u64>,
+    /// Whether the receiver reports refused records (version 3).
+    reports: bool,
+    /// Refusal reports waiting for their ack.
+    refused: PendingRefusals,
+    /// Refusals settled by acks not yet applied to the spool.
+    settled: RefusedCounts,
     encoder: BatchEncoder,
     body: Vec<u8>,
     limits: FrameLimits,
@@ -301,6 +322,9 @@ impl<S: SessionSpool> SenderSession<S> {
             records: S::Records::default(),
             initial_skip,
             pending_ack: None,
+            reports: welcome.version >= REPLICA_VERSION,
+            refused: PendingRefusals::default(),
+            settled: RefusedCounts::NONE,
             encoder: BatchEncoder::new(welcome.max_series),
             body: Vec::new(),
             limits: FrameLimits::new(welcome.max_frame, config),
@@ -405,10 +429,20 @@ impl<S: SessionSpool> SenderSession<S> {
                 if newly > 0 {
                     self.pending_ack = Some(ack.applied_seq);
                 }
+                if let Some(counts) = self.refused.on_ack(ack.applied_seq) {
+                    self.settled.merge(&counts);
+                }
                 Ok(())
             }
+            Message::Refused(report) if self.reports => self.on_report(&report),
             other => Err(SessionError::Unexpected(other.message_type())),
         }
+    }
+
+    fn on_report(&mut self, report: &Refused) -> Result<(), SessionError> {
+        self.refused
+            .on_report(report, self.window.acked(), self.window.last_sent())
+            .map_err(SessionError::BadReport)
     }
 
     /// Deletes what the newest ack covers from the spool (once per poll,
@@ -420,6 +454,10 @@ impl<S: SessionSpool> SenderSession<S> {
         let records = spool.ack(acked).map_err(SessionError::Spool)?;
         spool.settle_delivered(acked).map_err(SessionError::Spool)?;
         self.events.push_back(Event::Acked { records });
+        if !self.settled.is_empty() {
+            self.events
+                .push_back(Event::Refused(std::mem::take(&mut self.settled)));
+        }
         Ok(())
     }
 

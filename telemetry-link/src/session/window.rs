@@ -78,6 +78,16 @@ impl SendWindow {
         self.next_seq
     }
 
+    /// The highest acknowledged sequence.
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The highest sequence sent.
+    pub(crate) fn last_sent(&self) -> u64 {
+        self.next_seq - 1
+    }
+
     /// Whether another batch may go out.
     pub(crate) fn has_room(&self) -> bool {
         self.in_flight.len() < self.limits.max_batches

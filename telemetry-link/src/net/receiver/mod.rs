@@ -1,17 +1,20 @@
 //! The receiving end: a quinn endpoint that authenticates senders by their
-//! client certificates, runs one session per sender identity, hands batches
-//! to the application's [`Handler`] in sequence order, persists the applied
-//! position and acknowledges.
+//! client certificates, runs one session per sender stream (an identity and
+//! a replica), hands batches to the application's [`Handler`] in sequence
+//! order, persists the applied position and acknowledges.
 //!
 //! # Delivery guarantee (receiver side)
 //!
-//! For each sender identity and stream, records reach [`Handler::handle`]
-//! in strictly increasing sequence order, each at most once **per receiver
-//! process**; a record is acknowledged only after the handler returned `Ok`
-//! for it and its sequence was persisted in the state directory. Records that
-//! arrive again after that are dropped and counted as duplicates; a batch
-//! that skips ahead without the sender announcing the gap closes the
-//! connection. Across a receiver crash, the window between the handler
+//! For each sender identity, replica and stream, records reach
+//! [`Handler::handle`] in strictly increasing sequence order, each at most
+//! once **per receiver process**; a record is acknowledged only after the
+//! handler returned `Ok` for it (applied or refused, see [`Applied`]) and
+//! its sequence was persisted in the state directory. Records the link
+//! refuses itself (they do not decode, or their series is beyond the
+//! interning budget or the label limits) are settled the same way without
+//! reaching the handler. Records that arrive again after that are dropped
+//! and counted as duplicates; a batch that skips ahead without the sender
+//! announcing the gap closes the connection. Across a receiver crash, the window between the handler
 //! returning and the state file being renamed into place (one fsync) is the
 //! one place where a batch can be handed to the next process's handler a
 //! second time; [`Delivery::first_seq`] lets a handler with durable side
@@ -29,12 +32,14 @@
 //! * `keys`: the stateless-reset and connection-ID keys kept across restarts.
 //! * `admission`: the accept loop; connection and pending-handshake limits.
 //! * `handshake`: the TLS handshake, the sender's identity, the allow list.
-//! * `slots`: one session per sender identity.
+//! * `handler`: the application's [`Handler`] and what it is given.
+//! * `slots`: one session per sender identity and replica.
 //! * `session`: drives the session machine over the backlog stream.
 //! * `presents`: the present-state lane.
 
 mod admission;
 mod endpoint;
+mod handler;
 mod handshake;
 mod keys;
 mod presents;
@@ -42,8 +47,7 @@ mod session;
 mod slots;
 
 use std::{
-    collections::BTreeSet,
-    future::Future,
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -62,90 +66,49 @@ use super::{close_code, persist::Persister, TransportTuning};
 use crate::{
     metrics::ReceiverMetrics,
     proto::{
-        batch::DEFAULT_MAX_SERIES,
+        batch::{
+            InternLimits, DEFAULT_MAX_DEFINITION_BYTES, DEFAULT_MAX_LABEL_BYTES, DEFAULT_MAX_SERIES,
+        },
         frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
         message::{ErrorCode, PROTOCOL_VERSION},
         record::Payload,
     },
     receiver_state::{StateError, StateStore},
+    sample::MAX_LABELS,
+    session::refusals::RefusalLog,
     tls::{ReloadableTls, Role, TlsError, TlsFiles},
 };
 use endpoint::ServerTemplate;
+pub use handler::{Applied, Delivery, Handler, HandlerError, PresentDelivery};
 use slots::Slots;
 
-/// Error type handlers return.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A run of consecutive, never-before-applied records from one sender.
-#[derive(Debug)]
-pub struct Delivery<T> {
-    /// The sender's identity (from its certificate).
-    pub sender: Arc<str>,
-    /// The sender's stream (its spool's id): sequence numbers restart at 1
-    /// when a sender starts a new stream, so `(stream_id, seq)` names a
-    /// record.
-    pub stream_id: u128,
-    /// Sequence number of `records[0]`.
-    pub first_seq: u64,
-    /// The records, in sequence order.
-    pub records: Vec<T>,
-}
-
-/// A sender's present state: its current view, sent on its own stream
-/// ahead of or beside its backlog (see [`crate::Sender::set_present`]).
-/// Not sequenced and not acknowledged; a handler applies it to show the
-/// present at once, and treats records of the same stream up to
-/// `covers_seq` that arrive afterwards as history (older than the present).
-#[derive(Debug)]
-pub struct PresentDelivery<T> {
-    /// The sender's identity (from its certificate).
-    pub sender: Arc<str>,
-    /// The sender's stream.
-    pub stream_id: u128,
-    /// The sender's last sequence number when it took the present.
-    pub covers_seq: u64,
-    /// The present's records.
-    pub records: Vec<T>,
-}
-
-/// The application's side of the receiver.
-pub trait Handler<T>: Send + Sync + 'static {
-    /// Applies a batch. Returning an error closes the sender's connection
-    /// without acknowledging the batch; the sender retries it later.
-    fn handle(
-        &self,
-        delivery: Delivery<T>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
-
-    /// A sender's present state arrived (default: ignored). It may arrive
-    /// while [`Handler::handle`] runs for the same sender's backlog. An
-    /// error is logged and counted; the session goes on.
-    fn present(
-        &self,
-        present: PresentDelivery<T>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        let _ = present;
-        async { Ok(()) }
-    }
-
-    /// A session with `sender` was established.
-    fn sender_connected(&self, sender: &str) {
-        let _ = sender;
-    }
-
-    /// The session with `sender` ended.
-    fn sender_disconnected(&self, sender: &str) {
-        let _ = sender;
-    }
-}
+/// How often a sender's refusals are summarised in the log, after the
+/// first one of each reason.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Resource limits of a receiver.
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiverLimits {
     /// Largest frame accepted (and announced to senders).
     pub max_frame: usize,
-    /// Interned series per connection.
+    /// Series a connection may define (announced to senders, which send
+    /// further series inline); samples of series defined beyond it are
+    /// refused (`series_limit`).
     pub max_series: u32,
+    /// Bytes of series definitions a connection may intern (each charged
+    /// its canonical bytes plus 64 per label); samples of series beyond it
+    /// are refused (`series_limit`). With `max_series` this bounds the
+    /// interning memory of a connection: about
+    /// `2 × max_definition_bytes + 200 B × max_series` (see
+    /// [`InternLimits`]; ~460 MiB with the defaults when a connection spends
+    /// all of it; ~250 k typical series fit).
+    pub max_definition_bytes: usize,
+    /// Labels one series may have (at most 64); samples of a series with
+    /// more are refused (`label_limit`).
+    pub max_labels_per_series: usize,
+    /// Bytes of label names and values one series may have; samples of a
+    /// series with more are refused (`label_limit`).
+    pub max_label_bytes: usize,
     /// Concurrent connections; more are refused.
     pub max_connections: usize,
     /// Concurrent unfinished handshakes from unvalidated addresses before
@@ -165,11 +128,26 @@ pub struct ReceiverLimits {
     pub max_protocol_version: u16,
 }
 
+impl ReceiverLimits {
+    /// The interning limits of one connection.
+    pub fn intern(&self) -> InternLimits {
+        InternLimits {
+            max_series: self.max_series,
+            max_definition_bytes: self.max_definition_bytes,
+            max_labels_per_series: self.max_labels_per_series,
+            max_label_bytes: self.max_label_bytes,
+        }
+    }
+}
+
 impl Default for ReceiverLimits {
     fn default() -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             max_series: DEFAULT_MAX_SERIES,
+            max_definition_bytes: DEFAULT_MAX_DEFINITION_BYTES,
+            max_labels_per_series: MAX_LABELS,
+            max_label_bytes: DEFAULT_MAX_LABEL_BYTES,
             max_connections: 1024,
             max_pending_handshakes: 64,
             hello_timeout: Duration::from_secs(5),
@@ -256,6 +234,8 @@ struct Shared<H> {
     persister: Persister,
     handler: Arc<H>,
     slots: Slots,
+    /// Each sender's refusal log (bounded by the identities that connect).
+    refusal_logs: Mutex<HashMap<Arc<str>, RefusalLog>>,
     /// Connections admitted and not finished.
     active: AtomicUsize,
     /// Admitted connections still in their TLS handshake.
@@ -334,10 +314,10 @@ impl Receiver {
         let metrics = ReceiverMetrics::register(registry)?;
         let tls_state = ReloadableTls::load(&config.tls, Role::Receiver)?;
         let state = StateStore::open(&config.state_dir)?;
-        for (id, c) in state.list() {
+        for (stream, c) in state.list() {
             metrics
                 .applied_seq
-                .with_label_values(&[id.as_str()])
+                .with_label_values(&[&stream.sender, &stream.replica])
                 .set(c.applied() as i64);
         }
         let template = ServerTemplate::new(&config.transport, &metrics);
@@ -363,6 +343,7 @@ impl Receiver {
             persister,
             handler,
             slots: Slots::default(),
+            refusal_logs: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             shutdown: shutdown_rx,

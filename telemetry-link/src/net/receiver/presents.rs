@@ -6,8 +6,6 @@
 //! `telemetry_link_presents_total{result}`; the session goes on. Presents
 //! are not sequenced or acknowledged.
 
-use std::sync::Arc;
-
 use thiserror::Error;
 use tracing::{debug, warn};
 
@@ -19,6 +17,7 @@ use crate::{
         present::{self, AssembledPresent, PresentAssembler, PresentError},
         record::{decode_record, Payload, RecordError},
     },
+    receiver_state::StreamKey,
 };
 
 /// Why an assembled present's records cannot be handed over.
@@ -35,9 +34,10 @@ enum PresentRecordError {
 pub(super) async fn receive<T: Payload, H: Handler<T>>(
     conn: quinn::Connection,
     shared: &Shared<H>,
-    sender: &Arc<str>,
+    stream: &StreamKey,
     stream_id: u128,
 ) -> std::convert::Infallible {
+    let sender = &stream.sender;
     let count = |result: &str| {
         shared
             .metrics
@@ -71,6 +71,7 @@ pub(super) async fn receive<T: Payload, H: Handler<T>>(
         };
         let delivery = PresentDelivery {
             sender: sender.clone(),
+            replica: stream.replica.clone(),
             stream_id,
             covers_seq: done.covers_seq,
             records,

@@ -1,12 +1,14 @@
 //! Drives one connection's session machine ([`ReceiverSession`]) over
 //! quinn, doing only what it asks, in its order: accept the backlog stream,
 //! read frames (waiting, or only what is already buffered for a group
-//! commit), claim the sender's slot and load its state, write the welcome,
-//! refusals and acks, hand deliveries to the handler, submit positions to
-//! the state writer the moment the machine emits them, wait for
-//! durability, finish and close. Beside an established session it runs the
-//! present lane. Logs and metrics for what the machine decided are emitted
-//! here, with the connection's details.
+//! commit), claim the stream's slot (identity and replica) and load its
+//! state, write the welcome, refusals, refusal reports and acks, hand
+//! deliveries to the handler, submit positions to the state writer the
+//! moment the machine emits them, wait for durability, finish and close.
+//! Beside an established session it runs the present lane. Logs and
+//! metrics for what the machine decided are emitted here, with the
+//! connection's details; refused records are logged at a bounded rate
+//! (the first of each reason per sender, then a summary per minute).
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -27,9 +29,12 @@ use crate::{
         frame::FrameError,
         message::{Ack, Message},
         record::Payload,
+        refused::RefusedCounts,
     },
-    session::receiver::{
-        Accepted, Action, Config, Count, Deliver, End, Event, ReceiverSession, Wants,
+    receiver_state::StreamKey,
+    session::{
+        receiver::{Accepted, Action, Config, Count, Deliver, End, Event, ReceiverSession, Wants},
+        refusals::{describe, LogLine, RefusalLog},
     },
 };
 
@@ -50,6 +55,7 @@ pub(super) async fn serve<T: Payload, H: Handler<T>>(
             conn: peer.conn,
             remote: peer.remote,
             sender: sender.clone(),
+            stream: StreamKey::new(&sender, ""),
             send: None,
             reader: None,
             buf: Vec::new(),
@@ -67,8 +73,9 @@ pub(super) async fn serve<T: Payload, H: Handler<T>>(
     };
     link.drive(true).await;
     if link.machine.is_welcomed() {
+        let stream = link.io.stream.clone();
         let presents =
-            presents::receive::<T, H>(link.io.conn.clone(), shared, &sender, link.stream_id);
+            presents::receive::<T, H>(link.io.conn.clone(), shared, &stream, link.stream_id);
         tokio::select! {
             () = link.drive(false) => {}
             never = presents => match never {},
@@ -80,7 +87,7 @@ pub(super) async fn serve<T: Payload, H: Handler<T>>(
 fn config(limits: &ReceiverLimits) -> Config {
     Config {
         max_frame: limits.max_frame,
-        max_series: limits.max_series,
+        intern: limits.intern(),
         hello_timeout: limits.hello_timeout,
         max_frames_per_commit: limits.max_frames_per_commit,
         max_protocol_version: limits.max_protocol_version,
@@ -140,6 +147,9 @@ struct Io<'a, H> {
     conn: quinn::Connection,
     remote: SocketAddr,
     sender: Arc<str>,
+    /// The session's stream: the sender and, once the hello named it, its
+    /// replica.
+    stream: StreamKey,
     send: Option<quinn::SendStream>,
     reader: Option<FrameReader>,
     buf: Vec<u8>,
@@ -176,8 +186,15 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
             Action::Deliver(d) => self.delivery = Some(d),
             // Synchronous, in the step that emitted it: nothing can cancel
             // the session between the handler's success and this.
-            Action::Persist(cursor) => io.shared.persister.submit(&io.sender, cursor),
+            Action::Persist(cursor) => io.shared.persister.submit(&io.stream, cursor),
             Action::Count(c) => io.count(c),
+            Action::Report(report) => {
+                // The ack written next fails too if this one does.
+                if let Some(send) = io.send.as_mut() {
+                    let msg = Message::Refused(report);
+                    let _ = write_message(send, &msg, io.reply_max_frame, &mut io.buf).await;
+                }
+            }
             Action::Refuse(refusal) => {
                 warn!(remote = %io.remote, sender = %io.sender, "{}", refusal.reason);
                 if let Some(send) = io.send.as_mut() {
@@ -229,12 +246,14 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
                 };
                 let delivery = Delivery {
                     sender: self.io.sender.clone(),
+                    replica: self.io.stream.replica.clone(),
                     stream_id: d.stream_id,
                     first_seq: d.first_seq,
                     records: d.records,
                 };
                 let result = self.io.shared.handler.handle(delivery).await;
-                self.machine.handle(Event::Handled(result), Instant::now());
+                let event = Event::Handled(result.map(|applied| *applied.refused()));
+                self.machine.handle(event, Instant::now());
             }
             Wants::Sent => {
                 let Some(outgoing) = self.outgoing.take() else {
@@ -265,19 +284,24 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
         true
     }
 
-    /// Takes the sender's slot (superseding an older connection), then
-    /// reads its stored position. `None`: this connection was superseded
-    /// or closed while it waited, or the slots are unusable.
+    /// Takes the slot of the hello's stream (superseding an older
+    /// connection of the same replica), then reads its stored position.
+    /// `None`: this connection was superseded or closed while it waited, or
+    /// the slots are unusable.
     async fn load_state(&mut self) -> Option<Event<'static>> {
-        let io = &self.io;
-        self.slot = Some(io.shared.slots.claim(&io.sender, &io.conn).await?);
+        let io = &mut self.io;
+        io.stream = StreamKey {
+            sender: io.sender.clone(),
+            replica: self.machine.replica().clone(),
+        };
+        self.slot = Some(io.shared.slots.claim(&io.stream, &io.conn).await?);
         if io.conn.close_reason().is_some() {
             return None;
         }
-        Some(match io.shared.state.load(&io.sender) {
+        Some(match io.shared.state.load(&io.stream) {
             Ok(stored) => Event::StateLoaded(stored),
             Err(e) => {
-                tracing::error!(sender = %io.sender, error = %e, "cannot load sender state; refusing the sender");
+                tracing::error!(sender = %io.sender, replica = %io.stream.replica, error = %e, "cannot load sender state; refusing the sender");
                 Event::StateUnreadable
             }
         })
@@ -321,12 +345,14 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
     fn connected(&mut self, accepted: &Accepted) {
         let io = &self.io;
         let sender = &io.sender;
+        let replica = &accepted.replica;
         let applied = accepted.welcome.applied_seq;
-        info!(remote = %io.remote, sender = %sender, applied, last = accepted.sender_last_seq, "sender connected");
+        let version = accepted.welcome.version;
+        info!(remote = %io.remote, sender = %sender, replica = %replica, version, applied, last = accepted.sender_last_seq, "sender connected");
         io.shared.metrics.senders_connected.inc();
         io.shared.metrics.init_sender(sender);
-        io.shared.handler.sender_connected(sender);
-        self.durable = Some(io.shared.persister.watch(sender, applied));
+        io.shared.handler.sender_connected(sender, replica);
+        self.durable = Some(io.shared.persister.watch(&io.stream, applied));
         self.stream_id = accepted.stream_id;
         self.connected = true;
     }
@@ -338,7 +364,10 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
         let sender = &io.sender;
         if self.connected {
             io.shared.metrics.senders_connected.dec();
-            io.shared.handler.sender_disconnected(sender);
+            io.shared
+                .handler
+                .sender_disconnected(sender, &io.stream.replica);
+            io.log_refusals(None);
             match self.machine.end() {
                 Some(End::Bye) => info!(sender = %sender, "sender closed the session"),
                 Some(End::Lost(lost)) => match &io.lost {
@@ -352,13 +381,52 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
             }
         }
         if let Some(exclusive) = self.slot.take() {
-            io.shared.slots.release(sender, &io.conn);
+            io.shared.slots.release(&io.stream, &io.conn);
             drop(exclusive);
         }
     }
 }
 
 impl<H> Io<'_, H> {
+    /// Logs refusals through the sender's rate-limited log (`None`: what is
+    /// left, as the session ends).
+    fn log_refusals(&self, counts: Option<&RefusedCounts>) {
+        let now = Instant::now();
+        let lines = {
+            let mut logs = self
+                .shared
+                .refusal_logs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let log = logs
+                .entry(self.sender.clone())
+                .or_insert_with(|| RefusalLog::new(super::REFUSAL_LOG_EVERY));
+            match counts {
+                Some(counts) => log.note(counts, now),
+                None => log.flush(now).into_iter().collect(),
+            }
+        };
+        let (sender, replica) = (&self.sender, &self.stream.replica);
+        for line in lines {
+            match line {
+                LogLine::First(reason, n) => warn!(
+                    sender = %sender,
+                    replica = %replica,
+                    reason = %reason,
+                    records = n,
+                    "refusing records (settled, not applied); further refusals are summarised"
+                ),
+                LogLine::Summary { counts, over } => warn!(
+                    sender = %sender,
+                    replica = %replica,
+                    refused = %describe(&counts),
+                    over = ?over,
+                    "records refused"
+                ),
+            }
+        }
+    }
+
     async fn accept_stream(&mut self, deadline: Option<Instant>) -> Event<'static> {
         let accepted = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), self.conn.accept_bi()).await,
@@ -475,10 +543,20 @@ impl<H> Io<'_, H> {
             }
             Count::StreamReset => m.stream_resets.with_label_values(&[sender]).inc(),
             Count::Duplicates(n) => m.duplicates_dropped.with_label_values(&[sender]).inc_by(n),
-            Count::Rejected(n) => m.records_rejected.with_label_values(&[sender]).inc_by(n),
+            Count::Refused(counts) => {
+                for (reason, n) in counts.iter() {
+                    m.records_rejected
+                        .with_label_values(&[sender, reason.as_str()])
+                        .inc_by(n);
+                }
+                self.log_refusals(Some(&counts));
+            }
             Count::Received(n) => m.records_received.with_label_values(&[sender]).inc_by(n),
             Count::Lost(n) => m.records_lost.with_label_values(&[sender]).inc_by(n),
-            Count::AppliedSeq(n) => m.applied_seq.with_label_values(&[sender]).set(n as i64),
+            Count::AppliedSeq(n) => m
+                .applied_seq
+                .with_label_values(&[sender, &self.stream.replica])
+                .set(n as i64),
             Count::ProtocolError(code) => {
                 m.protocol_errors.with_label_values(&[code.as_str()]).inc();
             }

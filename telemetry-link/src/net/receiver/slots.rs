@@ -1,45 +1,47 @@
-//! One session per sender identity. A newer connection from the same
-//! identity takes the slot and closes the older one with `Superseded` (the
-//! sender reconnected while the old path was still half-open), then waits
-//! until the older session has finished applying its batch.
+//! One session per sender stream: an identity and a replica. A newer
+//! connection of the same replica takes the slot and closes the older one
+//! with `Superseded` (the sender reconnected while the old path was still
+//! half-open), then waits until the older session has finished applying its
+//! batch. Another replica of the same identity has a slot of its own and
+//! runs beside it.
 
 use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::OwnedMutexGuard;
 
 use super::super::close_code;
-use crate::proto::message::ErrorCode;
+use crate::{proto::message::ErrorCode, receiver_state::StreamKey};
 
 struct Slot {
     lock: Arc<tokio::sync::Mutex<()>>,
     current: Option<quinn::Connection>,
 }
 
-/// The sessions' slots, by identity.
+/// The sessions' slots, by stream.
 #[derive(Default)]
 pub(super) struct Slots {
-    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    slots: std::sync::Mutex<HashMap<StreamKey, Slot>>,
 }
 
 impl Slots {
-    /// Makes `conn` the identity's connection, superseding an older one,
+    /// Makes `conn` the stream's connection, superseding an older one,
     /// and waits for exclusive use of the slot. `None` when the slot cannot
     /// be taken (a poisoned lock).
     pub(super) async fn claim(
         &self,
-        identity: &str,
+        stream: &StreamKey,
         conn: &quinn::Connection,
     ) -> Option<OwnedMutexGuard<()>> {
         let lock = {
             let mut slots = self.slots.lock().ok()?;
-            let slot = slots.entry(identity.to_owned()).or_insert_with(|| Slot {
+            let slot = slots.entry(stream.clone()).or_insert_with(|| Slot {
                 lock: Arc::new(tokio::sync::Mutex::new(())),
                 current: None,
             });
             if let Some(old) = slot.current.replace(conn.clone()) {
                 old.close(
                     close_code(ErrorCode::Superseded),
-                    b"replaced by a newer connection from the same sender",
+                    b"replaced by a newer connection from the same sender replica",
                 );
             }
             slot.lock.clone()
@@ -47,11 +49,11 @@ impl Slots {
         Some(lock.lock_owned().await)
     }
 
-    /// Forgets `conn` as the identity's connection, unless a newer one
+    /// Forgets `conn` as the stream's connection, unless a newer one
     /// took its place.
-    pub(super) fn release(&self, identity: &str, conn: &quinn::Connection) {
+    pub(super) fn release(&self, stream: &StreamKey, conn: &quinn::Connection) {
         if let Ok(mut slots) = self.slots.lock() {
-            if let Some(slot) = slots.get_mut(identity) {
+            if let Some(slot) = slots.get_mut(stream) {
                 if slot
                     .current
                     .as_ref()

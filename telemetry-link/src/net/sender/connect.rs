@@ -106,7 +106,7 @@ pub(super) async fn connect(
     cfg: &SenderConfig,
     address: &str,
 ) -> Result<Established, ConnectError> {
-    let mut handshake = Handshake::new(cfg.max_frame, cfg.spool.max_record_bytes);
+    let mut handshake = Handshake::new(cfg.max_frame, cfg.spool.max_record_bytes, &cfg.replica);
     loop {
         let addr = tokio::net::lookup_host(address)
             .await

@@ -21,9 +21,13 @@ use crate::{
         close_code,
         stream::{write_message, FrameReader, ReadError},
     },
-    proto::message::{ErrorCode, Message, Skip},
+    proto::{
+        message::{ErrorCode, Message, Skip},
+        refused::RefusedCounts,
+    },
     session::{
         handshake::PeerCode,
+        refusals::{describe, LogLine},
         sender::{Carries, End, Event, Input, SenderSession, SessionConfig, SessionError, Step},
     },
     spool::{Spool, SpoolStats},
@@ -139,6 +143,7 @@ fn take_events(
                 inner.metrics.records_acked.inc_by(records);
                 changed = true;
             }
+            Event::Refused(counts) => refused(inner, &counts),
             Event::ReceiverAhead { applied, last_seq } => warn!(
                 target: TARGET,
                 applied,
@@ -148,6 +153,38 @@ fn take_events(
         }
     }
     changed.then(|| spool.stats())
+}
+
+/// Counts and logs (at a bounded rate) records a receiver refused.
+fn refused(inner: &Inner, counts: &RefusedCounts) {
+    for (reason, n) in counts.iter() {
+        inner
+            .metrics
+            .records_refused
+            .with_label_values(&[reason.as_str()])
+            .inc_by(n);
+    }
+    let lines = inner
+        .refusal_log
+        .lock()
+        .map(|mut log| log.note(counts, Instant::now()))
+        .unwrap_or_default();
+    for line in lines {
+        match line {
+            LogLine::First(reason, n) => warn!(
+                target: TARGET,
+                reason = %reason,
+                records = n,
+                "the receiver refused records; they are settled and will not be sent again (further refusals are summarised)"
+            ),
+            LogLine::Summary { counts, over } => warn!(
+                target: TARGET,
+                refused = %describe(&counts),
+                over = ?over,
+                "the receiver refused records"
+            ),
+        }
+    }
 }
 
 /// One session's connection and machine.

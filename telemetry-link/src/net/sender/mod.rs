@@ -10,7 +10,13 @@
 //! `telemetry_sender_records_dropped_total` and the receiver is told how many
 //! records it lost ([`Skip`](crate::proto::message::Skip)). Sessions resume at the receiver's applied
 //! position, so after a crash of either side nothing is lost and what is
-//! resent is recognised as a duplicate.
+//! resent is recognised as a duplicate. Records the receiver refuses (see
+//! [`crate::Applied`]) leave the spool with the acknowledgement that
+//! settles them and are counted in `telemetry_sender_records_refused_total`.
+//!
+//! Several sender processes may share one certificate identity as
+//! replicas ([`SenderConfig::replica`]), each with its own spool: a
+//! receiver keeps each replica's stream apart.
 //!
 //! Limits: with [`crate::spool::FsyncPolicy::Interval`] or `Never`, a power cut (not a
 //! process crash) can lose the last records; if a receiver then reports more
@@ -56,8 +62,9 @@ use crate::{
     proto::{
         frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
         record::{encode_record, Payload},
+        replica::{validate_replica, ReplicaError},
     },
-    session::WindowLimits,
+    session::{refusals::RefusalLog, WindowLimits},
     spool::{Appended, RecoveryReport, Spool, SpoolConfig, SpoolError, SpoolStats},
     tls::{Reload, ReloadableTls, Role, TlsError, TlsFiles},
 };
@@ -66,6 +73,10 @@ use present::PresentState;
 /// The target of the sender's log messages, whichever of its modules
 /// writes them.
 const TARGET: &str = "telemetry_link::net::sender";
+
+/// How often refusals are summarised in the log, after the first one of
+/// each reason.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Sender settings.
 #[derive(Debug, Clone)]
@@ -101,6 +112,12 @@ pub struct SenderConfig {
     pub tls_reload_interval: Option<Duration>,
     /// Largest frame this sender accepts.
     pub max_frame: usize,
+    /// This process's replica name (0–64 characters of `[A-Za-z0-9._-]`;
+    /// empty: the default replica). Processes sharing a certificate
+    /// identity run as different replicas, each with its own spool; a
+    /// receiver keeps one stream per replica. A named replica needs
+    /// receivers speaking protocol version 3.
+    pub replica: String,
 }
 
 impl SenderConfig {
@@ -122,6 +139,7 @@ impl SenderConfig {
             bind: None,
             tls_reload_interval: Some(Duration::from_secs(5)),
             max_frame: DEFAULT_MAX_FRAME,
+            replica: String::new(),
         }
     }
 }
@@ -144,6 +162,9 @@ pub enum SenderError {
     /// The configuration names no receiver.
     #[error("configuration: at least one receiver address is required")]
     NoReceivers,
+    /// [`SenderConfig::replica`] breaks the naming rules.
+    #[error("configuration: {0}")]
+    Replica(#[from] ReplicaError),
     /// The largest record (plus its frame overhead) exceeds the largest
     /// frame.
     #[error(
@@ -211,6 +232,10 @@ struct Inner {
     present: watch::Sender<Option<Arc<PresentState>>>,
     /// Id of the newest present sent completely to some session.
     present_sent: Arc<AtomicU64>,
+    /// The replica name this sender says in its hellos.
+    replica: String,
+    /// Refusals reported by receivers, logged at a bounded rate.
+    refusal_log: Mutex<RefusalLog>,
 }
 
 impl Inner {
@@ -264,6 +289,7 @@ impl<T> std::fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let spool = self.inner.spool();
         f.debug_struct("Sender")
+            .field("replica", &self.inner.replica)
             .field("stream_id", &format_args!("{:032x}", spool.stream_id()))
             .field("spool_dir", &spool.dir())
             .field("last_seq", &spool.last_seq())
@@ -303,6 +329,7 @@ impl<T: Payload> Sender<T> {
         if config.receivers.is_empty() {
             return Err(SenderError::NoReceivers);
         }
+        validate_replica(&config.replica)?;
         if config.spool.max_record_bytes + 64 > config.max_frame.min(MAX_FRAME_LIMIT) {
             return Err(SenderError::RecordExceedsFrame {
                 max_record_bytes: config.spool.max_record_bytes,
@@ -338,6 +365,8 @@ impl<T: Payload> Sender<T> {
             current: Mutex::new(None),
             present: watch::channel(None).0,
             present_sent: Arc::new(AtomicU64::new(0)),
+            replica: config.replica.clone(),
+            refusal_log: Mutex::new(RefusalLog::new(REFUSAL_LOG_EVERY)),
         });
         inner.refresh_gauges(&stats);
         info!(
@@ -346,6 +375,7 @@ impl<T: Payload> Sender<T> {
                 .lock()
                 .map(|t| t.current().identity().to_owned())
                 .unwrap_or_default(),
+            replica = %config.replica,
             last_seq = stats.last_seq,
             unacked = stats.records,
             "telemetry link sender started"
@@ -422,6 +452,11 @@ impl<T: Payload> Sender<T> {
     /// The spool's stream id.
     pub fn stream_id(&self) -> u128 {
         self.inner.spool().stream_id()
+    }
+
+    /// This sender's replica name (empty: the default replica).
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
     }
 
     /// A counter that increases with every established session; sources

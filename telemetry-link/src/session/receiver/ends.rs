@@ -14,6 +14,7 @@ use crate::{
         batch::BatchError,
         frame::FrameError,
         message::{ErrorCode, MessageError, MessageType, MIN_PROTOCOL_VERSION},
+        replica::ReplicaError,
     },
     receiver_state::StateError,
     session::dedup::SeqError,
@@ -42,6 +43,9 @@ pub(crate) enum HelloError {
     /// The first frame is not a valid message.
     #[error("bad hello: {0}")]
     Malformed(MessageError),
+    /// The hello names a replica that breaks the naming rules.
+    #[error("bad hello: {0}")]
+    BadReplica(ReplicaError),
     /// The first frame is above the maximum.
     #[error("hello frame above the maximum size")]
     TooLarge,
@@ -62,9 +66,10 @@ impl HelloError {
             HelloError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             HelloError::TooLarge => ErrorCode::FrameTooLarge,
             HelloError::StateUnreadable => ErrorCode::StateError,
-            HelloError::NotHello | HelloError::Malformed(_) | HelloError::Unreadable => {
-                ErrorCode::ProtocolViolation
-            }
+            HelloError::NotHello
+            | HelloError::Malformed(_)
+            | HelloError::BadReplica(_)
+            | HelloError::Unreadable => ErrorCode::ProtocolViolation,
         })
     }
 
@@ -76,6 +81,7 @@ impl HelloError {
             HelloError::UnsupportedVersion { .. } => "unsupported_version",
             HelloError::TooLarge => "frame_too_large",
             HelloError::NotHello | HelloError::Malformed(_) | HelloError::Unreadable => "bad_hello",
+            HelloError::BadReplica(_) => "bad_replica",
             HelloError::StateUnreadable => return None,
         })
     }
@@ -130,10 +136,6 @@ impl SessionError {
     /// The close code.
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
-            SessionError::BadBatch {
-                source: BatchError::TooManySeries(_),
-                ..
-            } => ErrorCode::TooManySeries,
             SessionError::Sequence(SeqError::Gap { .. }) => ErrorCode::SequenceGap,
             SessionError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             SessionError::Handler(_) => ErrorCode::HandlerFailed,

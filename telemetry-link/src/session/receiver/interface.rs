@@ -7,8 +7,10 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     proto::{
+        batch::InternLimits,
         frame::FrameError,
-        message::{Ack, ErrorCode, Refusal, Welcome},
+        message::{Ack, ErrorCode, Refusal, Refused, Welcome},
+        refused::RefusedCounts,
     },
     receiver_state::StateError,
     session::dedup::StreamCursor,
@@ -22,8 +24,9 @@ pub(crate) type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct Config {
     /// Largest frame this receiver accepts (announced in the welcome).
     pub(crate) max_frame: usize,
-    /// Interned series per connection.
-    pub(crate) max_series: u32,
+    /// What a connection may intern (`max_series` is announced in the
+    /// welcome).
+    pub(crate) intern: InternLimits,
     /// Time allowed for the stream to open, and again for the hello.
     pub(crate) hello_timeout: Duration,
     /// Frames applied before one persist wait and one ack.
@@ -52,8 +55,9 @@ pub(crate) enum Event<'a> {
     StateLoaded(Option<StreamCursor>),
     /// The sender's stored position cannot be read.
     StateUnreadable,
-    /// The handler finished the last [`Action::Deliver`].
-    Handled(Result<(), HandlerError>),
+    /// The handler finished the last [`Action::Deliver`]: the records it
+    /// refused (the others it applied), or its error.
+    Handled(Result<RefusedCounts, HandlerError>),
     /// The last [`Action::Welcome`] or [`Action::Ack`] was written.
     Sent,
     /// The last [`Action::Welcome`] or [`Action::Ack`] could not be written.
@@ -102,6 +106,9 @@ pub(crate) enum Action<T> {
     Deliver(Deliver<T>),
     /// Queue this position for persisting, now.
     Persist(StreamCursor),
+    /// Write this refusal report (no report back; the [`Action::Ack`] that
+    /// follows reports for both).
+    Report(Refused),
     /// Write this ack, then report [`Event::Sent`] or [`Event::SendFailed`].
     Ack(Ack),
     /// Count this in the metrics.
@@ -133,6 +140,8 @@ pub(crate) struct Accepted {
     pub(crate) sender_last_seq: u64,
     /// The sender's stream.
     pub(crate) stream_id: u128,
+    /// The sender's replica (empty: the default one).
+    pub(crate) replica: Arc<str>,
 }
 
 /// Records for the handler.
@@ -155,8 +164,8 @@ pub(crate) enum Count {
     StreamReset,
     /// Records dropped as already applied.
     Duplicates(u64),
-    /// Records that do not decode as the payload type, skipped.
-    Rejected(u64),
+    /// Records refused (by the link or the handler), by reason; settled.
+    Refused(RefusedCounts),
     /// Records the handler applied.
     Received(u64),
     /// Records the sender announced as lost.

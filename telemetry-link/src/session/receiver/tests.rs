@@ -1,11 +1,19 @@
 //! The receiving session driven in memory with a simulated clock: every
 //! input is an event, every output an action, no sockets and no sleeping.
+//! Replicas, refusals and their reports: `tests/v3.rs`.
+
+mod v3;
 
 use std::sync::Arc;
 
 use super::*;
 use crate::{
-    proto::{batch::BatchEncoder, message::MIN_PROTOCOL_VERSION, record::encode_record},
+    proto::{
+        batch::{BatchEncoder, InternLimits},
+        frame::{FrameError, MAX_FRAME_LIMIT},
+        message::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION},
+        record::encode_record,
+    },
     receiver_state::StateError,
     sample::{Sample, SeriesKey},
     session::dedup::SeqError,
@@ -16,7 +24,7 @@ const STREAM: u128 = 7;
 fn config() -> Config {
     Config {
         max_frame: 1 << 20,
-        max_series: 1000,
+        intern: InternLimits::new(1000),
         hello_timeout: Duration::from_secs(5),
         max_frames_per_commit: 64,
         max_protocol_version: PROTOCOL_VERSION,
@@ -36,7 +44,7 @@ impl Harness {
         Self {
             m: ReceiverSession::new(Arc::from("s"), config, Instant::now()),
             now: Instant::now(),
-            encoder: BatchEncoder::new(config.max_series),
+            encoder: BatchEncoder::new(config.intern.max_series),
         }
     }
 
@@ -85,8 +93,15 @@ impl Harness {
         std::iter::from_fn(|| self.m.poll_action()).collect()
     }
 
-    /// Answers a delivery with `result`; returns the delivered records.
+    /// Answers a delivery with `result` (everything applied, or an
+    /// error); returns the delivered records.
     fn handled(&mut self, result: Result<(), HandlerError>) -> (u64, Vec<u64>) {
+        self.handled_with(result.map(|()| RefusedCounts::NONE))
+    }
+
+    /// Answers a delivery with the handler's refusals or error; returns
+    /// the delivered records.
+    fn handled_with(&mut self, result: Result<RefusedCounts, HandlerError>) -> (u64, Vec<u64>) {
         let delivered = match self.actions().pop() {
             Some(Action::Deliver(d)) => (d.first_seq, d.records),
             other => panic!("expected a delivery, got {other:?}"),
@@ -103,6 +118,7 @@ fn hello(version: u16, stream_id: u128) -> Message<'static> {
         stream_id,
         last_seq: 42,
         max_frame: 1 << 20,
+        replica: String::new(),
     })
 }
 
@@ -280,6 +296,7 @@ fn the_reply_frame_limit_is_the_senders_within_protocol_bounds() {
             stream_id: STREAM,
             last_seq: 0,
             max_frame: announced,
+            replica: String::new(),
         }));
         h.feed(Event::StateLoaded(None));
         match h.actions().as_slice() {
@@ -370,7 +387,7 @@ fn duplicates_are_counted_and_only_fresh_records_are_delivered() {
         }
         other => panic!("{other:?}"),
     }
-    h.feed(Event::Handled(Ok(())));
+    h.feed(Event::Handled(Ok(RefusedCounts::NONE)));
     let actions = h.actions();
     assert_eq!(counts(&actions), vec![Count::Received(2)]);
     assert_eq!(persisted(&actions), vec![12]);
@@ -564,8 +581,18 @@ fn records_that_do_not_decode_are_skipped_and_counted() {
         body: &body,
     }));
     let actions = h.actions();
-    assert_eq!(counts(&actions), vec![Count::Rejected(1)]);
     assert!(matches!(actions.last(), Some(Action::Deliver(d)) if d.records == vec![1]));
+    // Counted when settled, with the handler's outcome.
+    h.feed(Event::Handled(Ok(RefusedCounts::NONE)));
+    let actions = h.actions();
+    assert_eq!(
+        counts(&actions),
+        vec![
+            Count::Received(1),
+            Count::Refused(RefusedCounts::of(RefusedReason::Undecodable, 1))
+        ]
+    );
+    assert_eq!(persisted(&actions), vec![2]);
 }
 
 #[test]
@@ -664,33 +691,4 @@ fn framing_errors_and_unexpected_messages_close_the_session() {
         assert_eq!(counts(&actions), vec![Count::ProtocolError(code)]);
         assert_eq!(close_of(&actions), Some((code, reason.into())));
     }
-}
-
-#[test]
-fn too_many_series_closes_with_its_own_code() {
-    let (mut h, _) = Harness::established(
-        Config {
-            max_series: 1,
-            ..config()
-        },
-        None,
-    );
-    // The sender side believes the receiver allows more.
-    h.encoder = BatchEncoder::new(10);
-    let mut body = Vec::new();
-    for name in ["a", "b"] {
-        let key = Arc::new(SeriesKey::new(name, Vec::<(String, String)>::new()).unwrap());
-        let mut e = Vec::new();
-        encode_record(&Sample::new(key, 1, 1.0), &mut e).unwrap();
-        h.encoder.push_record(&e, &mut body).unwrap();
-    }
-    h.frame(&Message::Batch(Batch {
-        first_seq: 1,
-        count: 2,
-        body: &body,
-    }));
-    assert_eq!(
-        close_of(&h.actions()).map(|c| c.0),
-        Some(ErrorCode::TooManySeries)
-    );
 }

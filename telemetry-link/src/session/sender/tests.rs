@@ -1,6 +1,8 @@
 //! The sender session driven in memory: a fake spool, frames as bytes, and
 //! a simulated clock (`t(s)` is `s` seconds after the start).
 
+mod refused;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
