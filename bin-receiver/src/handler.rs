@@ -262,6 +262,7 @@ mod tests {
     fn delivery() -> Delivery<ClusterRecord> {
         Delivery {
             sender: Arc::from("cluster-a"),
+            replica: Arc::from(""),
             stream_id: 7,
             first_seq: 1,
             records: records(),
