@@ -57,14 +57,28 @@ impl<'a> Families<'a> {
         )
     }
 
-    /// The values of `name` keyed by the value of its label `label`
-    /// (series without it are left out).
-    pub fn by_label(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+    /// The values of the series of `name` whose labels include `matching`,
+    /// summed by the value of their label `label` (series without it are
+    /// left out).
+    pub fn by_label(
+        &self,
+        name: &str,
+        label: &str,
+        matching: &[(&str, &str)],
+    ) -> BTreeMap<String, f64> {
         let Some(family) = self.family(name) else {
             return BTreeMap::new();
         };
         let mut out = BTreeMap::new();
         for m in family.get_metric() {
+            let matches = matching.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|p| p.name() == *k && p.value() == *v)
+            });
+            if !matches {
+                continue;
+            }
             if let Some(p) = m.get_label().iter().find(|p| p.name() == label) {
                 *out.entry(p.value().to_owned()).or_insert(0.0) +=
                     metric_value(family.get_field_type(), m);
@@ -75,7 +89,7 @@ impl<'a> Families<'a> {
 
     /// The values of `label` that `name` has series for.
     pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
-        self.by_label(name, label).into_keys().collect()
+        self.by_label(name, label, &[]).into_keys().collect()
     }
 }
 
@@ -122,8 +136,8 @@ pub fn certificate_not_after(path: &Path) -> Result<i64, CertExpiryError> {
         .take(MAX_CERT_FILE)
         .read_to_end(&mut pem)
         .map_err(read_err)?;
-    let (_, parsed) =
-        x509_parser::pem::parse_x509_pem(&pem).map_err(|_| CertExpiryError::Parse(shown.clone()))?;
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|_| CertExpiryError::Parse(shown.clone()))?;
     let cert = parsed
         .parse_x509()
         .map_err(|_| CertExpiryError::Parse(shown.clone()))?;
@@ -157,7 +171,9 @@ pub fn expiry_cell(not_after_unix: i64, now_unix: i64) -> Cell<'static> {
             tone,
         )
     };
-    Cell::text(text).tone(tone).hint(utc_timestamp(not_after_unix))
+    Cell::text(text)
+        .tone(tone)
+        .hint(utc_timestamp(not_after_unix))
 }
 
 /// A duration in its two largest units: `3d 4h`, `5m 2s`, `12s`, `0s`.
@@ -237,11 +253,8 @@ mod tests {
     #[test]
     fn values_are_found_by_name_and_labels() {
         let registry = Registry::new();
-        let received = IntCounterVec::new(
-            Opts::new("received_total", "r"),
-            &["sender", "reason"],
-        )
-        .unwrap();
+        let received =
+            IntCounterVec::new(Opts::new("received_total", "r"), &["sender", "reason"]).unwrap();
         received.with_label_values(&["a", "x"]).inc_by(3);
         received.with_label_values(&["a", "y"]).inc_by(4);
         received.with_label_values(&["b", "x"]).inc_by(5);
@@ -258,8 +271,12 @@ mod tests {
         assert_eq!(f.sum("missing", &[]), None);
         assert_eq!(f.value("received_total", &[("sender", "c")]), None);
         assert_eq!(
-            f.by_label("received_total", "reason"),
+            f.by_label("received_total", "reason", &[]),
             BTreeMap::from([("x".to_owned(), 8.0), ("y".to_owned(), 4.0)])
+        );
+        assert_eq!(
+            f.by_label("received_total", "reason", &[("sender", "a")]),
+            BTreeMap::from([("x".to_owned(), 3.0), ("y".to_owned(), 4.0)])
         );
         assert_eq!(f.label_values("received_total", "sender"), vec!["a", "b"]);
     }
@@ -279,7 +296,12 @@ mod tests {
         assert_eq!(human_bytes(1 << 30), "1.0 GiB");
         let now = 1_796_092_759;
         let soon = expiry_cell(now + 3 * 86_400, now);
-        assert_eq!(soon, Cell::text("2026-12-04 (in 3d 0h)").tone(Tone::Warn).hint("2026-12-04 02:39:19 UTC"));
+        assert_eq!(
+            soon,
+            Cell::text("2026-12-04 (in 3d 0h)")
+                .tone(Tone::Warn)
+                .hint("2026-12-04 02:39:19 UTC")
+        );
         assert_eq!(
             expiry_cell(now - 60, now),
             Cell::text("expired 1m 0s ago (2026-12-01)")

@@ -84,7 +84,8 @@ impl Client {
 
     /// Sends `Authorization: Basic` with `user` and `password`.
     pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         self.basic = Some(format!("Basic {encoded}"));
         self
     }

@@ -158,6 +158,17 @@ struct Endpoint {
     queue: Mutex<EndpointQueue>,
     wake: Notify,
     metrics: Metrics,
+    /// The last refusal or failure, for the status page.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// The last time an endpoint refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// When (Unix milliseconds).
+    pub unix_ms: i64,
+    /// What happened.
+    pub message: String,
 }
 
 impl Endpoint {
@@ -174,6 +185,13 @@ impl Endpoint {
         m.queue_bytes
             .with_label_values(&[&self.name])
             .set(queue.bytes() as i64);
+    }
+
+    fn failed(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastError {
+            unix_ms: telemetry_link::unix_ms(),
+            message,
+        });
     }
 
     fn count_dropped(&self, dropped: u64) {
@@ -232,12 +250,22 @@ impl RemoteWrite {
                     source,
                 })?;
             tracing::info!(endpoint = %name, queue = %dir.display(), pending = queue.pending_samples(), "remote write");
+            // Every counter of the endpoint exists from the start, at 0.
+            for counter in [
+                &metrics.sent,
+                &metrics.failed,
+                &metrics.retried,
+                &metrics.dropped,
+            ] {
+                counter.with_label_values(&[&name]);
+            }
             let endpoint = Arc::new(Endpoint {
                 name,
                 client,
                 queue: Mutex::new(queue),
                 wake: Notify::new(),
                 metrics: metrics.clone(),
+                last_error: Mutex::new(None),
             });
             endpoint.refresh(&endpoint.queue());
             endpoints.push(endpoint);
@@ -356,6 +384,22 @@ impl RemoteWrite {
         Ok(())
     }
 
+    /// Each endpoint (as its metrics label it) and its last refusal or
+    /// failure, in configuration order.
+    pub fn last_errors(&self) -> Vec<(String, Option<LastError>)> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let last = e
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                (e.name.clone(), last)
+            })
+            .collect()
+    }
+
     /// Samples pending over all endpoints.
     pub fn pending_samples(&self) -> u64 {
         self.endpoints
@@ -457,6 +501,7 @@ async fn drain(
                 }
                 Outcome::Refused { reason } => {
                     tracing::warn!(endpoint = %name, samples = n, %reason, "remote write refused; not retrying");
+                    endpoint.failed(format!("refused: {reason}"));
                     m.failed.with_label_values(&[&name]).inc_by(n);
                     break;
                 }
@@ -469,6 +514,7 @@ async fn drain(
                     let delay =
                         retry_after.map_or(delay, |s| Duration::from_secs(s.min(300)).max(delay));
                     tracing::warn!(endpoint = %name, samples = n, %reason, retry_in = ?delay, "remote write failed; retrying");
+                    endpoint.failed(format!("retrying: {reason}"));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => {

@@ -152,10 +152,7 @@ mod tests {
     }
 
     fn auth() -> Arc<BasicAuth> {
-        let users = BTreeMap::from([(
-            "prometheus".to_owned(),
-            bcrypt::hash("right", 4).unwrap(),
-        )]);
+        let users = BTreeMap::from([("prometheus".to_owned(), bcrypt::hash("right", 4).unwrap())]);
         Arc::new(BasicAuth::new(users, Arc::new(Semaphore::new(BCRYPT_CONCURRENCY))).unwrap())
     }
 

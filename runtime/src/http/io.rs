@@ -47,7 +47,11 @@ impl TimedWrites {
     }
 
     /// Applies the timeout to the outcome of one write-side poll.
-    fn watch<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         match outcome {
             Poll::Ready(result) => {
                 self.stalled = None;
@@ -55,9 +59,9 @@ impl TimedWrites {
             }
             Poll::Pending => {
                 let timeout = self.timeout;
-                let timer = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
+                let timer = self.stalled.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + timeout))
+                });
                 ready!(timer.as_mut().poll(cx));
                 self.metrics.closed(CloseReason::WriteTimeout);
                 tracing::debug!("closing a connection whose client stopped reading");

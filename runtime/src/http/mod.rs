@@ -48,11 +48,7 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::{
-    net::TcpListener,
-    sync::watch,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
 use self::{
@@ -226,12 +222,10 @@ impl Endpoint {
                 source,
             })?;
         let listener = bind(settings.listen).await?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| BindError {
-                addr: settings.listen,
-                source,
-            })?;
+        let local_addr = listener.local_addr().map_err(|source| BindError {
+            addr: settings.listen,
+            source,
+        })?;
         let shared = Arc::new(Shared {
             exporter,
             web,

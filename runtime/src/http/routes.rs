@@ -45,7 +45,11 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-async fn route(request: &Request<Incoming>, shared: &Shared, active: &Active) -> Response<SharedBody> {
+async fn route(
+    request: &Request<Incoming>,
+    shared: &Shared,
+    active: &Active,
+) -> Response<SharedBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
@@ -58,7 +62,10 @@ async fn route(request: &Request<Incoming>, shared: &Shared, active: &Active) ->
         return text(StatusCode::OK, "ok\n");
     }
     if let Some(auth) = &active.auth {
-        if !auth.check(request.headers().get(header::AUTHORIZATION)).await {
+        if !auth
+            .check(request.headers().get(header::AUTHORIZATION))
+            .await
+        {
             shared.metrics.unauthorized();
             let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
             response.headers_mut().insert(
@@ -120,10 +127,9 @@ fn respond(
 ) -> Response<SharedBody> {
     let mut response = Response::new(SharedBody::new(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response.headers_mut().insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -72,7 +72,11 @@ fn open_file_limit() -> Option<usize> {
 }
 
 /// Accepts and serves until `stop` turns true.
-pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(shared.max_connections));
     let mut connections = JoinSet::new();
     loop {
@@ -91,7 +95,10 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: wa
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared.metrics.refused();
-            debug!(cap = shared.max_connections, "connection cap reached; closing a new connection");
+            debug!(
+                cap = shared.max_connections,
+                "connection cap reached; closing a new connection"
+            );
             drop(stream);
             continue;
         };

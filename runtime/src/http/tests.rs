@@ -67,7 +67,10 @@ async fn start(
         web_config_file: web_config.map(Path::to_path_buf),
         limits,
     };
-    Ok((Endpoint::start(&settings, exporter, &registry).await?, registry))
+    Ok((
+        Endpoint::start(&settings, exporter, &registry).await?,
+        registry,
+    ))
 }
 
 /// Runs blocking client code off the runtime.
@@ -121,7 +124,10 @@ async fn serves_status_metrics_health_and_readiness() -> anyhow::Result<()> {
     assert_eq!(not_ready.status, 503);
     assert!(not_ready.body.contains("first list not done"));
     let status = status?;
-    assert_eq!(status.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        status.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(status.body.contains("href=\"/metrics\""), "{}", status.body);
     assert!(status
         .header("content-security-policy")
@@ -187,7 +193,11 @@ async fn basic_auth_guards_all_but_healthz_and_follows_the_file() -> anyhow::Res
     }
     assert_eq!(status_of("/healthz", Client::default()).await?, 200);
     assert_eq!(
-        counter(&registry, "telemetry_endpoint_requests_unauthorized_total", &[]),
+        counter(
+            &registry,
+            "telemetry_endpoint_requests_unauthorized_total",
+            &[]
+        ),
         4.0
     );
 
@@ -200,14 +210,26 @@ async fn basic_auth_guards_all_but_healthz_and_follows_the_file() -> anyhow::Res
     }
     assert_eq!(status_of("/metrics", wrong.clone()).await?, 200);
     assert_eq!(
-        counter(&registry, "telemetry_endpoint_web_config_reloads_total", &[("result", "ok")]),
+        counter(
+            &registry,
+            "telemetry_endpoint_web_config_reloads_total",
+            &[("result", "ok")]
+        ),
         1.0
     );
     // A broken file keeps the config in force, and is counted.
     std::fs::write(&file, "basic_auth_users:\n  prometheus: not-bcrypt\n")?;
     let started = Instant::now();
-    while counter(&registry, "telemetry_endpoint_web_config_reloads_total", &[("result", "error")]) < 1.0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "failure not counted");
+    while counter(
+        &registry,
+        "telemetry_endpoint_web_config_reloads_total",
+        &[("result", "error")],
+    ) < 1.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "failure not counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status_of("/metrics", wrong).await?, 200);
@@ -239,18 +261,30 @@ async fn tls_with_verified_client_certificates() -> anyhow::Result<()> {
     let (with_cert, without_cert, plain) = blocking(move || {
         let with = Client::https_with_identity(&ca, "localhost", Some((&client.cert, &client.key)))
             .and_then(|c| get_with(addr, "/metrics", &[], &c));
-        let without = Client::https(&ca, "localhost").and_then(|c| get_with(addr, "/metrics", &[], &c));
+        let without =
+            Client::https(&ca, "localhost").and_then(|c| get_with(addr, "/metrics", &[], &c));
         (with, without, http_get(addr, "/metrics", &[]))
     })
     .await;
     let with_cert = with_cert?;
     assert_eq!(with_cert.status, 200);
     assert!(with_cert.body.contains("filler_value"));
-    assert!(without_cert.is_err(), "no client certificate: {without_cert:?}");
+    assert!(
+        without_cert.is_err(),
+        "no client certificate: {without_cert:?}"
+    );
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status != 200));
     let started = Instant::now();
-    while counter(&registry, "telemetry_endpoint_connections_closed_total", &[("reason", "tls_handshake")]) < 2.0 {
-        assert!(started.elapsed() < Duration::from_secs(5), "handshake failures not counted");
+    while counter(
+        &registry,
+        "telemetry_endpoint_connections_closed_total",
+        &[("reason", "tls_handshake")],
+    ) < 2.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "handshake failures not counted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     endpoint.shutdown().await;
@@ -288,22 +322,44 @@ async fn slow_heads_idle_connections_and_the_cap() -> anyhow::Result<()> {
     let addr = endpoint.local_addr();
     let (slow, idle) = blocking(move || {
         (
-            time_until_closed(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(5)),
+            time_until_closed(
+                addr,
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+                Duration::from_secs(5),
+            ),
             time_until_closed(addr, b"", Duration::from_secs(5)),
         )
     })
     .await;
     for waited in [slow?, idle?] {
-        assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(3), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
     }
-    assert!(counter(&registry, "telemetry_endpoint_connections_closed_total", &[("reason", "header_timeout")]) >= 2.0);
+    assert!(
+        counter(
+            &registry,
+            "telemetry_endpoint_connections_closed_total",
+            &[("reason", "header_timeout")]
+        ) >= 2.0
+    );
 
     // Three open connections fill the cap; the fourth is closed at once.
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr)).collect::<Result<_, _>>()?;
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<Result<_, _>>()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let refused = blocking(move || time_until_closed(addr, b"", Duration::from_secs(5))).await?;
     assert!(refused < Duration::from_millis(300), "{refused:?}");
-    assert_eq!(counter(&registry, "telemetry_endpoint_connections_refused_total", &[]), 1.0);
+    assert_eq!(
+        counter(
+            &registry,
+            "telemetry_endpoint_connections_refused_total",
+            &[]
+        ),
+        1.0
+    );
     drop(held);
     // Once they are gone, scrapes are served again.
     let started = Instant::now();
@@ -341,8 +397,16 @@ async fn clients_that_stop_reading_are_closed_and_scrapes_still_answer() -> anyh
     assert_eq!(scrape.status, 200);
     assert!(started.elapsed() < Duration::from_secs(1));
     let started = Instant::now();
-    while counter(&registry, "telemetry_endpoint_connections_closed_total", &[("reason", "write_timeout")]) < 4.0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "stuck clients not closed");
+    while counter(
+        &registry,
+        "telemetry_endpoint_connections_closed_total",
+        &[("reason", "write_timeout")],
+    ) < 4.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stuck clients not closed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(stuck);

@@ -30,15 +30,15 @@ use super::webconfig::{ClientAuth, TlsServerConfig, TlsVersion, WebConfigError};
 pub(crate) fn server_config(cfg: &TlsServerConfig) -> Result<Arc<ServerConfig>, WebConfigError> {
     let provider = telemetry_link::tls::provider();
     let chain = certificates(&cfg.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|source| {
-        WebConfigError::Pem {
+    let key =
+        PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|source| WebConfigError::Pem {
             path: cfg.key_file.clone(),
             source,
+        })?;
+    let versions: &[&'static SupportedProtocolVersion] = match (cfg.min_version, cfg.max_version) {
+        (TlsVersion::Tls12, TlsVersion::Tls13) => {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
         }
-    })?;
-    let versions: &[&'static SupportedProtocolVersion] = match (cfg.min_version, cfg.max_version)
-    {
-        (TlsVersion::Tls12, TlsVersion::Tls13) => &[&rustls::version::TLS13, &rustls::version::TLS12],
         (TlsVersion::Tls12, TlsVersion::Tls12) => &[&rustls::version::TLS12],
         (TlsVersion::Tls13, _) => &[&rustls::version::TLS13],
     };
@@ -51,9 +51,7 @@ pub(crate) fn server_config(cfg: &TlsServerConfig) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(config))
 }
 
-fn certificates(
-    path: &std::path::Path,
-) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
+fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
     let pem_err = |source| WebConfigError::Pem {
         path: path.to_owned(),
         source,

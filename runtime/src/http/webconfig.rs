@@ -316,7 +316,11 @@ impl WebConfig {
             basic_auth_users.insert(user, hash);
         }
         let mut headers = Vec::new();
-        for (name, value) in raw.http_server_config.and_then(|h| h.headers).unwrap_or_default() {
+        for (name, value) in raw
+            .http_server_config
+            .and_then(|h| h.headers)
+            .unwrap_or_default()
+        {
             let lower = name.to_ascii_lowercase();
             if !ALLOWED_HEADERS.contains(&lower.as_str()) {
                 return Err(WebConfigError::HeaderNotAllowed(name));
@@ -370,8 +374,14 @@ fn tls(raw: RawTls, dir: &Path) -> Result<TlsServerConfig, WebConfigError> {
         }
     }
     let resolve = |p: PathBuf| if p.is_relative() { dir.join(p) } else { p };
-    let cert_file = resolve(raw.cert_file.ok_or(WebConfigError::MissingTlsFile("cert_file"))?);
-    let key_file = resolve(raw.key_file.ok_or(WebConfigError::MissingTlsFile("key_file"))?);
+    let cert_file = resolve(
+        raw.cert_file
+            .ok_or(WebConfigError::MissingTlsFile("cert_file"))?,
+    );
+    let key_file = resolve(
+        raw.key_file
+            .ok_or(WebConfigError::MissingTlsFile("key_file"))?,
+    );
     let client_auth = ClientAuth::parse(raw.client_auth_type.as_deref().unwrap_or(""))?;
     let client_ca_file = raw.client_ca_file.map(resolve);
     match (client_auth, &client_ca_file) {
@@ -445,7 +455,13 @@ mod tests {
 
     #[test]
     fn empty_and_null_files_protect_nothing() {
-        for text in ["", "  \n", "~\n", "# only a comment\n", "basic_auth_users:\n"] {
+        for text in [
+            "",
+            "  \n",
+            "~\n",
+            "# only a comment\n",
+            "basic_auth_users:\n",
+        ] {
             let config = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!(config, WebConfig::default(), "{text:?}");
         }
@@ -482,7 +498,10 @@ mod tests {
             WebConfigError::ClientCaWithoutPolicy
         ));
         assert!(matches!(
-            parse(&format!("{base}  client_auth_type: VerifyClientCertIfGiven\n")).unwrap_err(),
+            parse(&format!(
+                "{base}  client_auth_type: VerifyClientCertIfGiven\n"
+            ))
+            .unwrap_err(),
             WebConfigError::PolicyWithoutClientCa(ClientAuth::VerifyClientCertIfGiven)
         ));
         assert!(matches!(
@@ -494,7 +513,10 @@ mod tests {
             WebConfigError::TlsVersionUnsupported { .. }
         ));
         assert!(matches!(
-            parse(&format!("{base}  min_version: TLS13\n  max_version: TLS12\n")).unwrap_err(),
+            parse(&format!(
+                "{base}  min_version: TLS13\n  max_version: TLS12\n"
+            ))
+            .unwrap_err(),
             WebConfigError::VersionRange
         ));
         let any = parse(&format!("{base}  client_auth_type: RequireClientCert\n")).unwrap();
