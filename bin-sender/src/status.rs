@@ -181,14 +181,15 @@ impl SenderStatus<'_> {
 
     fn link_facts(&self) -> Vec<(&'static str, Cell<'_>)> {
         let families = Families(self.families);
-        let count = |name: &str| {
+        // Families the link registers: absent only while no series has a value.
+        let count =
+            |name: &str| Cell::count(families.sum(name, &[]).unwrap_or(0.0).max(0.0) as u64);
+        let bytes = Cell::text(human_bytes(
             families
-                .sum(name, &[])
-                .map_or_else(dash, |v| Cell::count(v.max(0.0) as u64))
-        };
-        let bytes = families
-            .value("telemetry_sender_bytes_sent_total", &[])
-            .map_or_else(dash, |v| Cell::text(human_bytes(v.max(0.0) as u64)));
+                .value("telemetry_sender_bytes_sent_total", &[])
+                .unwrap_or(0.0)
+                .max(0.0) as u64,
+        ));
         vec![
             (
                 "Records enqueued",

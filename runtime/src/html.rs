@@ -165,10 +165,11 @@ header h1{margin:0;font-size:20px;font-weight:600}\
 header p{margin:4px 0 0;color:#c5cbe0}\
 main{padding:20px 32px 32px;max-width:1400px}\
 h2{font-size:15px;font-weight:600;margin:26px 0 10px;color:#2c3550;text-transform:uppercase;letter-spacing:.04em}\
-.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:10px}\
+.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:10px;margin:0}\
 .fact{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:10px 14px}\
 .fact dt{color:var(--muted);font-size:12px;margin-bottom:2px}\
 .fact dd{margin:0;font-size:15px;font-weight:500;overflow-wrap:anywhere}\
+.fact dd.num{text-align:left}\
 table{border-collapse:separate;border-spacing:0;width:100%;background:var(--card);border:1px solid var(--line);border-radius:8px;overflow:hidden}\
 th{background:#eef0f6;color:#3a4360;font-size:12px;font-weight:600;text-align:left;padding:8px 12px;border-bottom:1px solid var(--line);white-space:nowrap}\
 td{padding:8px 12px;border-bottom:1px solid var(--line);vertical-align:top;overflow-wrap:anywhere}\
@@ -179,9 +180,7 @@ td.good,td.warn,td.bad,dd.good,dd.warn,dd.bad{font-weight:600}\
 td.good,dd.good{color:var(--good)}td.warn,dd.warn{color:var(--warn)}td.bad,dd.bad{color:var(--bad)}\
 td.good:not(.num),td.warn:not(.num),td.bad:not(.num){white-space:nowrap}\
 .muted{color:var(--muted)}\
-.fact dd.good{background:var(--good-bg);display:inline-block;padding:0 8px;border-radius:10px}\
-.fact dd.warn{background:var(--warn-bg);display:inline-block;padding:0 8px;border-radius:10px}\
-.fact dd.bad{background:var(--bad-bg);display:inline-block;padding:0 8px;border-radius:10px}\
+.fact dd.good::before,.fact dd.warn::before,.fact dd.bad::before{content:'\\25CF\\00A0';font-size:12px;vertical-align:1px}\
 p.note{color:var(--muted);margin:8px 0 0;font-size:13px}\
 footer{color:var(--muted);font-size:12px;margin-top:28px}\
 a{color:#2456c8}";

@@ -163,13 +163,12 @@ pub fn expiry_cell(not_after_unix: i64, now_unix: i64) -> Cell<'static> {
         } else {
             Tone::Good
         };
-        (
-            format!(
-                "{date} (in {})",
-                human_duration(Duration::from_secs(left.unsigned_abs()))
-            ),
-            tone,
-        )
+        let within = if left >= 86_400 {
+            format!("{}d", left / 86_400)
+        } else {
+            human_duration(Duration::from_secs(left.unsigned_abs()))
+        };
+        (format!("{date} (in {within})"), tone)
     };
     Cell::text(text)
         .tone(tone)
@@ -298,7 +297,7 @@ mod tests {
         let soon = expiry_cell(now + 3 * 86_400, now);
         assert_eq!(
             soon,
-            Cell::text("2026-12-04 (in 3d 0h)")
+            Cell::text("2026-12-04 (in 3d)")
                 .tone(Tone::Warn)
                 .hint("2026-12-04 02:39:19 UTC")
         );
