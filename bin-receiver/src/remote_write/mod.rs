@@ -540,7 +540,39 @@ fn finish(endpoint: &Endpoint, batch: &queue::Batch) {
 
 #[cfg(test)]
 mod tests {
-    use super::dir_name;
+    use super::*;
+
+    #[tokio::test]
+    async fn every_counter_of_an_endpoint_is_exported_at_zero_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        let cfg = RemoteWriteConfig::new(
+            vec!["http://127.0.0.1:9/api/v1/write".into()],
+            dir.path().join("queues"),
+        );
+        let rw = RemoteWrite::start(cfg, &registry).unwrap();
+        let families = registry.gather();
+        for name in [
+            "telemetry_remote_write_samples_sent_total",
+            "telemetry_remote_write_samples_failed_total",
+            "telemetry_remote_write_samples_retried_total",
+            "telemetry_remote_write_samples_dropped_total",
+        ] {
+            let family = families
+                .iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| panic!("{name} is not exported"));
+            let values: Vec<f64> = family
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .collect();
+            assert_eq!(values, [0.0], "{name}");
+        }
+        assert_eq!(rw.last_errors().len(), 1);
+        assert_eq!(rw.last_errors()[0].1, None);
+        rw.shutdown(Duration::from_secs(1)).await;
+    }
 
     #[test]
     fn queue_directory_names_are_plain() {

@@ -68,7 +68,10 @@ pub trait Exporter: Send + Sync + 'static {
     /// Writes the status page (a whole HTML document) into `out`.
     fn render_status(&self, out: &mut String) {
         let mut page = Page::begin(out, "telemetry", "operations endpoint", None);
-        page.footer("", &[("/metrics", "metrics"), ("/readyz", "readiness")]);
+        page.footer(
+            "telemetry",
+            &[("/metrics", "metrics"), ("/readyz", "readiness")],
+        );
         page.end();
     }
 
@@ -79,32 +82,6 @@ pub trait Exporter: Send + Sync + 'static {
 impl std::fmt::Debug for dyn Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Exporter")
-    }
-}
-
-/// Renders a plain registry.
-#[derive(Debug)]
-pub struct RegistryExporter<R> {
-    registry: prometheus::Registry,
-    ready: R,
-}
-
-impl<R: Fn() -> Result<(), String> + Send + Sync + 'static> RegistryExporter<R> {
-    /// Serves `registry`; `ready` decides readiness.
-    pub fn new(registry: prometheus::Registry, ready: R) -> Self {
-        Self { registry, ready }
-    }
-}
-
-impl<R: Fn() -> Result<(), String> + Send + Sync + 'static> Exporter for RegistryExporter<R> {
-    fn render(&self, format: Format, out: &mut String) {
-        out.clear();
-        crate::exposition::render_metric_families(out, format, &self.registry.gather());
-        crate::exposition::finish(out, format);
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        (self.ready)()
     }
 }
 
@@ -262,8 +239,13 @@ impl Endpoint {
             %protection,
             web_config = %web_config,
             max_connections = self.shared.max_connections,
-            "operations endpoint: / (status), /metrics, /readyz protected as shown; /healthz open"
+            "operations endpoint: status page /, /metrics, /readyz, /healthz"
         );
+        if active.is_protected() {
+            info!(
+                "the web config protects every path but /healthz (left open for liveness probes)"
+            );
+        }
         if !self.local_addr.ip().is_loopback() {
             if !active.is_protected() {
                 warn!(
