@@ -16,15 +16,20 @@ use telemetry_link::TlsFiles;
 use telemetry_runtime::{
     config::{ByteSize, HumanDuration},
     flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
+    http::EndpointSettings,
 };
 
 /// Prefix of the environment variables (`TELEMETRY_RECEIVER_<FLAG>`).
 pub const ENV_PREFIX: &str = "TELEMETRY_RECEIVER";
 /// Default QUIC address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4433);
-/// Default metrics address.
+/// Default QUIC address of `--demo`: loopback.
+pub const DEMO_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4433);
+/// Default address of the operations endpoint: loopback, so that a fresh
+/// install never shows cluster data to other machines (serve them with
+/// `--metrics-listen 0.0.0.0:9464` and `--web-config-file`).
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9464);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 /// Default sender TTL.
 pub const DEFAULT_SENDER_TTL: Duration = Duration::from_secs(300);
 
@@ -36,14 +41,14 @@ pub const DEFAULT_SENDER_TTL: Duration = Duration::from_secs(300);
     name = "telemetry-receiver",
     version,
     about = "Accepts telemetry senders over QUIC with mutual TLS and exposes their clusters on a Prometheus /metrics endpoint.",
-    after_help = "Every flag can also be set with an environment variable TELEMETRY_RECEIVER_<FLAG> (repeatable flags comma-separated) or in the TOML file given with --config (same names, e.g. metrics-listen = \"0.0.0.0:9464\"). Flags win over the environment, which wins over the file."
+    after_help = "Every flag can also be set with an environment variable TELEMETRY_RECEIVER_<FLAG> (repeatable flags comma-separated) or in the TOML file given with --config (same names, e.g. metrics-listen = \"127.0.0.1:9464\"). Flags win over the environment, which wins over the file."
 )]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// UDP address for the QUIC listener [default: 0.0.0.0:4433].
+    /// UDP address for the QUIC listener [default: 0.0.0.0:4433; 127.0.0.1:4433 with --demo].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// CA, certificate and key (PEM): sender certificates must chain to the CA.
@@ -55,7 +60,7 @@ pub struct Args {
     /// with the certificates.
     #[arg(long)]
     pub crl: Option<PathBuf>,
-    /// The operations endpoint [default: 0.0.0.0:9464].
+    /// The operations endpoint [default: 127.0.0.1:9464].
     #[command(flatten)]
     #[serde(flatten)]
     pub endpoint: EndpointFlags,
@@ -99,7 +104,15 @@ impl LayeredArgs for Args {
     }
 
     fn path_keys() -> &'static [&'static str] {
-        &["ca", "cert", "key", "crl", "state-dir", "audit-log"]
+        &[
+            "ca",
+            "cert",
+            "key",
+            "crl",
+            "state-dir",
+            "audit-log",
+            EndpointFlags::PATH_KEYS[0],
+        ]
     }
 }
 
@@ -108,8 +121,8 @@ impl LayeredArgs for Args {
 pub struct Settings {
     /// QUIC address.
     pub listen: SocketAddr,
-    /// Metrics address.
-    pub metrics_listen: SocketAddr,
+    /// The operations endpoint: address, web config.
+    pub endpoint: EndpointSettings,
     /// TLS files (`None` in demo mode: made at start).
     pub tls: Option<TlsFiles>,
     /// State directory (`None` in demo mode without an explicit one: a temp dir).
@@ -179,8 +192,10 @@ impl Settings {
             Some(args.allow_sender.into_iter().collect())
         };
         Ok(Settings {
-            listen: args.listen.unwrap_or(DEFAULT_LISTEN),
-            metrics_listen: args.endpoint.listen_or(DEFAULT_METRICS_LISTEN),
+            listen: args
+                .listen
+                .unwrap_or(if demo { DEMO_LISTEN } else { DEFAULT_LISTEN }),
+            endpoint: args.endpoint.settings_or(DEFAULT_METRICS_LISTEN),
             tls,
             state_dir,
             allow_senders,
@@ -210,11 +225,14 @@ mod tests {
         assert!(err.contains("--ca, --cert, --key"), "{err}");
         let s = parse(&["--ca", "a", "--cert", "b", "--key", "c"]).unwrap();
         assert_eq!(s.listen, DEFAULT_LISTEN);
-        assert_eq!(s.metrics_listen, DEFAULT_METRICS_LISTEN);
+        assert_eq!(s.endpoint.listen, DEFAULT_METRICS_LISTEN);
+        assert!(s.endpoint.listen.ip().is_loopback());
+        assert_eq!(s.endpoint.web_config_file, None);
         assert_eq!(s.sender_ttl, DEFAULT_SENDER_TTL);
         assert!(s.allow_senders.is_none());
         let demo = parse(&["--demo"]).unwrap();
         assert!(demo.demo && demo.tls.is_none() && demo.state_dir.is_none());
+        assert!(demo.listen.ip().is_loopback() && demo.endpoint.listen.ip().is_loopback());
         assert!(parse(&["--demo", "--ca", "x"]).is_err());
         assert!(parse(&["--demo", "--crl", "x"]).is_err());
         assert_eq!(s.tls.unwrap().crl, None);
@@ -228,7 +246,7 @@ mod tests {
         let f = d.path().join("receiver.toml");
         std::fs::write(
             &f,
-            "listen = \"127.0.0.1:5000\"\nca = \"ca.pem\"\ncrl = \"crl.pem\"\ncert = \"/abs/r.pem\"\nkey = \"r.key\"\nallow-sender = [\"a\", \"b\"]\nsender-ttl = \"90s\"\n",
+            "listen = \"127.0.0.1:5000\"\nca = \"ca.pem\"\ncrl = \"crl.pem\"\ncert = \"/abs/r.pem\"\nkey = \"r.key\"\nallow-sender = [\"a\", \"b\"]\nsender-ttl = \"90s\"\nweb-config-file = \"web.yml\"\n",
         )
         .unwrap();
         let s = parse(&[
@@ -249,6 +267,11 @@ mod tests {
         );
         assert_eq!(s.sender_ttl, Duration::from_secs(90));
         assert_eq!(s.allow_senders.unwrap().len(), 2);
+        assert_eq!(
+            s.endpoint.web_config_file,
+            Some(d.path().join("web.yml")),
+            "relative to the file"
+        );
         std::fs::write(&f, "listn = \"x\"\n").unwrap();
         assert!(parse(&["--config", f.to_str().unwrap()])
             .unwrap_err()

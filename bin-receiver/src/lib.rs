@@ -9,6 +9,7 @@
 //!   store and remote write.
 //! * [`remote_write`]: the timeline's samples → Prometheus remote-write
 //!   endpoints.
+//! * [`status`]: the status page (`GET /`).
 //! * [`service`]: runs the link receiver, the endpoint and the signals.
 //! * [`demo`]: certificates and an in-process simulated sender for `--demo`.
 
@@ -18,4 +19,5 @@ pub mod handler;
 pub mod interpret;
 pub mod remote_write;
 pub mod service;
+pub mod status;
 pub mod store;

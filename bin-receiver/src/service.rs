@@ -1,37 +1,46 @@
 //! Runs the receiver: the QUIC link receiver feeding the store, the
-//! operations endpoint, certificate reloads on SIGHUP, and a graceful stop
-//! on SIGTERM/SIGINT (stop accepting, finish applying in-flight batches,
-//! persist state, exit 0).
+//! operations endpoint (status page, `/metrics`, probes), certificate and
+//! web-config reloads on SIGHUP, and a graceful stop on SIGTERM/SIGINT
+//! (stop accepting, finish applying in-flight batches, persist state,
+//! exit 0).
 
 use std::{
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use telemetry_link::{net::ReadyHandle, Receiver, ReceiverConfig};
+use telemetry_link::{net::ReadyHandle, Receiver, ReceiverConfig, TlsFiles};
 use telemetry_runtime::{
     exposition::Format,
-    http::{self, Exporter},
+    http::{Endpoint, Exporter},
     signals::{Request, Signals},
+    status::{certificate_not_after, unix_now},
 };
 use telemetry_schema::ClusterRecord;
-use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tempfile::TempDir;
+use tracing::{info, warn};
 
 use crate::{
     config::Settings,
-    demo,
+    demo::{self, DemoPki, DemoSender},
     handler::{lock, SharedStore, StoreHandler},
     remote_write::{RemoteWrite, RemoteWriteConfig},
+    status::ReceiverStatus,
     store::{ClusterStore, StoreConfig},
 };
 
-/// `/metrics` and `/readyz` of the receiver.
+/// What the receiver's endpoint serves: `/metrics` from the store and the
+/// registry, `/readyz` from the link, `/` from both and a few facts.
 struct ReceiverExporter {
     store: SharedStore,
     registry: prometheus::Registry,
     ready: ReadyHandle,
+    started: Instant,
+    quic: std::net::SocketAddr,
+    certificate: PathBuf,
+    remote_write: Option<Arc<RemoteWrite>>,
 }
 
 impl Exporter for ReceiverExporter {
@@ -40,48 +49,92 @@ impl Exporter for ReceiverExporter {
         lock(&self.store).scrape(Instant::now(), format, &families, out);
     }
 
+    fn render_status(&self, out: &mut String) {
+        let families = self.registry.gather();
+        let now = Instant::now();
+        let links = {
+            let mut store = lock(&self.store);
+            store.expire(now);
+            store.sender_links(now)
+        };
+        ReceiverStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime: self.started.elapsed(),
+            quic: self.quic,
+            certificate_not_after: certificate_not_after(&self.certificate).ok(),
+            ready: self.ready.check(),
+            links,
+            families: &families,
+            remote_write: self
+                .remote_write
+                .as_ref()
+                .map(|rw| rw.last_errors())
+                .unwrap_or_default(),
+            now_unix: unix_now(),
+        }
+        .render(out);
+    }
+
     fn ready(&self) -> Result<(), String> {
         self.ready.check()
     }
 }
 
-/// Runs until SIGTERM/SIGINT.
-pub async fn run(settings: Settings) -> Result<()> {
-    let mut signals = Signals::install().context("installing signal handlers")?;
-    let registry = prometheus::Registry::new();
-    let store: SharedStore = Arc::new(Mutex::new(ClusterStore::new(StoreConfig::with_sender_ttl(
-        settings.sender_ttl,
-    ))));
+/// The receiver's files: given by flags, or made at start for `--demo`.
+struct Files {
+    tls: TlsFiles,
+    state_dir: PathBuf,
+    /// The demo's certificates (in `demo_dir`).
+    demo_pki: Option<DemoPki>,
+    /// Kept for the process's life; removed on drop.
+    demo_dir: Option<TempDir>,
+}
 
-    // Demo: certificates and state in a temporary directory.
-    let demo_dir = if settings.demo {
-        Some(
-            tempfile::Builder::new()
-                .prefix("telemetry-demo-")
-                .tempdir()
-                .context("demo temp dir")?,
-        )
-    } else {
-        None
-    };
-    let demo_pki = match &demo_dir {
-        Some(d) => {
-            Some(demo::make_pki(d.path(), settings.listen).context("making demo certificates")?)
-        }
-        None => None,
-    };
-    let tls = match (&settings.tls, &demo_pki) {
-        (Some(t), _) => t.clone(),
-        (None, Some(p)) => p.receiver.clone(),
-        (None, None) => anyhow::bail!("no TLS files configured"),
-    };
-    let state_dir = match (&settings.state_dir, &demo_dir) {
-        (Some(s), _) => s.clone(),
-        (None, Some(d)) => d.path().join("state"),
-        (None, None) => anyhow::bail!("no state directory configured"),
-    };
+impl Files {
+    fn resolve(settings: &Settings) -> Result<Self> {
+        let demo_dir = if settings.demo {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("telemetry-demo-")
+                    .tempdir()
+                    .context("demo temp dir")?,
+            )
+        } else {
+            None
+        };
+        let demo_pki = match &demo_dir {
+            Some(d) => Some(
+                demo::make_pki(d.path(), settings.listen).context("making demo certificates")?,
+            ),
+            None => None,
+        };
+        let tls = match (&settings.tls, &demo_pki) {
+            (Some(t), _) => t.clone(),
+            (None, Some(p)) => p.receiver.clone(),
+            (None, None) => anyhow::bail!("no TLS files configured"),
+        };
+        let state_dir = match (&settings.state_dir, &demo_dir) {
+            (Some(s), _) => s.clone(),
+            (None, Some(d)) => d.path().join("state"),
+            (None, None) => anyhow::bail!("no state directory configured"),
+        };
+        Ok(Self {
+            tls,
+            state_dir,
+            demo_pki,
+            demo_dir,
+        })
+    }
+}
 
-    let mut cfg = ReceiverConfig::new(settings.listen, tls, &state_dir);
+/// Starts remote write (if configured) and the link receiver.
+async fn start_link(
+    settings: &Settings,
+    files: &Files,
+    store: &SharedStore,
+    registry: &prometheus::Registry,
+) -> Result<(Receiver, Option<Arc<RemoteWrite>>)> {
+    let mut cfg = ReceiverConfig::new(settings.listen, files.tls.clone(), &files.state_dir);
     cfg.allowed_senders = settings.allow_senders.clone();
     let mut handler = StoreHandler::new(store.clone());
     let remote_write = if settings.remote_write.is_empty() {
@@ -89,11 +142,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     } else {
         let mut rw = RemoteWriteConfig::new(
             settings.remote_write.clone(),
-            state_dir.join("remote-write"),
+            files.state_dir.join("remote-write"),
         );
         rw.max_queue_bytes = settings.remote_write_queue_bytes;
         rw.headers = settings.remote_write_headers.clone();
-        let rw = RemoteWrite::start(rw, &registry).context("starting remote write")?;
+        let rw = RemoteWrite::start(rw, registry).context("starting remote write")?;
         handler = handler.with_remote_write(rw.clone());
         Some(rw)
     };
@@ -102,57 +155,85 @@ pub async fn run(settings: Settings) -> Result<()> {
             .with_audit_log(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
     }
-    let receiver = Receiver::start::<ClusterRecord, _>(cfg, Arc::new(handler), &registry)
+    let receiver = Receiver::start::<ClusterRecord, _>(cfg, Arc::new(handler), registry)
         .await
         .context("starting the QUIC receiver")?;
+    Ok((receiver, remote_write))
+}
 
-    let listener = http::bind(settings.metrics_listen).await?;
-    let metrics_addr = listener.local_addr().context("metrics address")?;
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(settings: Settings) -> Result<()> {
+    let mut signals = Signals::install().context("installing signal handlers")?;
+    let started = Instant::now();
+    let registry = prometheus::Registry::new();
+    let store: SharedStore = Arc::new(Mutex::new(ClusterStore::new(StoreConfig::with_sender_ttl(
+        settings.sender_ttl,
+    ))));
+    let files = Files::resolve(&settings)?;
+    let (receiver, remote_write) = start_link(&settings, &files, &store, &registry).await?;
     let exporter = Arc::new(ReceiverExporter {
         store: store.clone(),
         registry: registry.clone(),
         ready: receiver.ready_handle(),
+        started,
+        quic: receiver.local_addr(),
+        certificate: files.tls.cert.clone(),
+        remote_write: remote_write.clone(),
     });
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(listener, exporter, async {
-        let _ = http_stopped.await;
-    }));
-
-    let demo_sender = match (&demo_pki, &demo_dir) {
+    let endpoint = Endpoint::start(&settings.endpoint, exporter, &registry).await?;
+    let demo_sender = match (&files.demo_pki, &files.demo_dir) {
         (Some(pki), Some(dir)) => {
             let target = demo::dial_address(settings.listen, receiver.local_addr());
             Some(demo::start_sender(pki, target, &dir.path().join("spool"), &registry).await?)
         }
         _ => None,
     };
+    announce(&files, &receiver, &endpoint);
+    wait_for_stop(&mut signals, &receiver, &endpoint).await;
+    stop(demo_sender, receiver, remote_write, endpoint).await;
+    Ok(())
+}
 
-    let shown = if metrics_addr.ip().is_unspecified() {
-        format!("http://127.0.0.1:{}/metrics", metrics_addr.port())
-    } else {
-        format!("http://{metrics_addr}/metrics")
-    };
-    info!(quic = %receiver.local_addr(), metrics = %shown, "telemetry receiver ready");
-    if let Some(d) = &demo_dir {
+fn announce(files: &Files, receiver: &Receiver, endpoint: &Endpoint) {
+    let metrics = endpoint.url("/metrics");
+    info!(quic = %receiver.local_addr(), metrics = %metrics, status = %endpoint.url("/"), "telemetry receiver ready");
+    if let Some(d) = &files.demo_dir {
         println!(
             "demo: simulated cluster {:?} -> QUIC + mutual TLS -> this receiver (certificates in {})",
             demo::DEMO_CLUSTER,
             d.path().display()
         );
-        println!("demo: metrics at {shown}   (Ctrl-C to stop)");
+        println!(
+            "demo: status page at {}   metrics at {metrics}   (Ctrl-C to stop)",
+            endpoint.url("/")
+        );
     }
+}
 
+async fn wait_for_stop(signals: &mut Signals, receiver: &Receiver, endpoint: &Endpoint) {
     loop {
         match signals.next().await {
-            Request::Reload => match receiver.reload_tls() {
-                Ok(()) => info!("SIGHUP: certificates re-read"),
-                Err(e) => {
-                    warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones")
+            Request::Reload => {
+                match receiver.reload_tls() {
+                    Ok(()) => info!("SIGHUP: certificates re-read"),
+                    Err(e) => {
+                        warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones")
+                    }
                 }
-            },
+                endpoint.reload_web_config();
+            }
             Request::Rebind => info!("SIGUSR1 ignored: the receiver's address is fixed"),
-            Request::Stop => break,
+            Request::Stop => return,
         }
     }
+}
+
+async fn stop(
+    demo_sender: Option<DemoSender>,
+    receiver: Receiver,
+    remote_write: Option<Arc<RemoteWrite>>,
+    endpoint: Endpoint,
+) {
     info!("stopping: finishing in-flight batches and persisting state");
     if let Some(d) = demo_sender {
         d.stop().await;
@@ -165,12 +246,6 @@ pub async fn run(settings: Settings) -> Result<()> {
             "remote write stopped; pending samples stay queued"
         );
     }
-    let _ = stop_http.send(());
-    match http_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "metrics endpoint failed"),
-        Err(e) => error!(error = %e, "metrics endpoint task failed"),
-    }
+    endpoint.shutdown().await;
     info!("stopped");
-    Ok(())
 }

@@ -15,13 +15,15 @@ use telemetry_link::{FsyncPolicy, TlsFiles};
 use telemetry_runtime::{
     config::{ByteSize, HumanDuration},
     flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
+    http::EndpointSettings,
 };
 
 /// Prefix of the environment variables (`TELEMETRY_SENDER_<FLAG>`).
 pub const ENV_PREFIX: &str = "TELEMETRY_SENDER";
-/// Default metrics address.
+/// Default address of the operations endpoint: loopback (Kubernetes
+/// manifests set `0.0.0.0:9465` for probes and Prometheus).
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9465);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
 
 /// Where records come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
@@ -76,7 +78,7 @@ pub struct Args {
     /// When to fsync the spool: `batch` (before every append returns), an interval like `100ms`, or `never` [default: batch].
     #[arg(long)]
     pub fsync: Option<String>,
-    /// The operations endpoint [default: 0.0.0.0:9465].
+    /// The operations endpoint [default: 127.0.0.1:9465].
     #[command(flatten)]
     #[serde(flatten)]
     pub endpoint: EndpointFlags,
@@ -143,8 +145,8 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     /// Spool fsync policy.
     pub fsync: FsyncPolicy,
-    /// Metrics address.
-    pub metrics_listen: SocketAddr,
+    /// The operations endpoint: address, web config.
+    pub endpoint: EndpointSettings,
     /// kubeconfig.
     pub kubeconfig: Option<PathBuf>,
     /// Context.
@@ -195,7 +197,14 @@ impl LayeredArgs for Args {
     }
 
     fn path_keys() -> &'static [&'static str] {
-        &["ca", "cert", "key", "spool-dir", "kubeconfig"]
+        &[
+            "ca",
+            "cert",
+            "key",
+            "spool-dir",
+            "kubeconfig",
+            EndpointFlags::PATH_KEYS[0],
+        ]
     }
 }
 
@@ -247,7 +256,7 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("telemetry-sender-spool")),
             spool_max_bytes,
             fsync,
-            metrics_listen: args.endpoint.listen_or(DEFAULT_METRICS_LISTEN),
+            endpoint: args.endpoint.settings_or(DEFAULT_METRICS_LISTEN),
             kubeconfig: args.kubeconfig,
             context: args.context,
             namespaces: args.namespaces,
@@ -290,7 +299,8 @@ mod tests {
         let s = parse(&a).unwrap();
         assert_eq!(s.source, SourceKind::Kube);
         assert_eq!(s.fsync, FsyncPolicy::EveryBatch);
-        assert_eq!(s.metrics_listen, DEFAULT_METRICS_LISTEN);
+        assert_eq!(s.endpoint.listen, DEFAULT_METRICS_LISTEN);
+        assert!(s.endpoint.listen.ip().is_loopback());
         assert_eq!(s.metrics_interval, Duration::from_secs(15));
         assert_eq!(s.spool_max_bytes, 1 << 30);
     }

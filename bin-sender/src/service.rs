@@ -1,19 +1,23 @@
 //! Runs the sender: the link sender (spool + QUIC), the chosen source, the
-//! operations endpoint, certificate reloads on SIGHUP, and a graceful stop
-//! on SIGTERM/SIGINT (stop the source, flush its records to the spool, send
-//! what the deadline allows, exit 0).
+//! operations endpoint (status page, `/metrics`, probes), certificate and
+//! web-config reloads on SIGHUP, and a graceful stop on SIGTERM/SIGINT
+//! (stop the source, flush its records to the spool, send what the
+//! deadline allows, exit 0).
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use telemetry_link::{Sender, SenderConfig, SpoolConfig};
 use telemetry_runtime::{
-    http::{self, RegistryExporter},
+    http::Endpoint,
     signals::{Request, Signals},
 };
 use telemetry_schema::ClusterRecord;
 use telemetry_sources::{SimulatedCluster, SimulatedClusterConfig, SyntheticSource};
-use tokio::sync::{oneshot, watch};
+use tokio::{
+    sync::watch,
+    task::{JoinError, JoinHandle},
+};
 use tracing::{error, info, warn};
 
 use telemetry_sources::kube::{client_from, KubeSource, KubeSourceConfig};
@@ -21,12 +25,11 @@ use telemetry_sources::kube::{client_from, KubeSource, KubeSourceConfig};
 use crate::{
     config::{Settings, SourceKind},
     sink::LinkSink,
+    status::SenderExporter,
 };
 
-/// Runs until SIGTERM/SIGINT (or until the source fails).
-pub async fn run(settings: Settings) -> Result<()> {
-    let mut signals = Signals::install().context("installing signal handlers")?;
-    let registry = prometheus::Registry::new();
+/// The link sender's settings.
+fn link_config(settings: &Settings) -> SenderConfig {
     let mut cfg = SenderConfig::new(
         settings.receivers.clone(),
         settings.tls.clone(),
@@ -41,7 +44,14 @@ pub async fn run(settings: Settings) -> Result<()> {
         fsync: settings.fsync,
         ..SpoolConfig::default()
     };
-    let (sender, recovery) = Sender::<ClusterRecord>::start(cfg, &registry)
+    cfg
+}
+
+/// Runs until SIGTERM/SIGINT (or until the source fails).
+pub async fn run(settings: Settings) -> Result<()> {
+    let mut signals = Signals::install().context("installing signal handlers")?;
+    let registry = prometheus::Registry::new();
+    let (sender, recovery) = Sender::<ClusterRecord>::start(link_config(&settings), &registry)
         .await
         .context("starting the link sender")?;
     if !recovery.is_clean() {
@@ -56,49 +66,24 @@ pub async fn run(settings: Settings) -> Result<()> {
         tokio::spawn(async move { run_source(settings, sender, source_stopped, ready_tx).await })
     };
 
-    let listener = http::bind(settings.metrics_listen).await?;
-    let exporter = Arc::new(RegistryExporter::new(registry.clone(), move || {
-        if *ready_rx.borrow() {
-            Ok(())
-        } else {
-            Err("waiting for the source's first full listing".into())
-        }
-    }));
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(listener, exporter, async {
-        let _ = http_stopped.await;
-    }));
-    info!(source = ?settings.source, receivers = ?settings.receivers, metrics = %settings.metrics_listen, "telemetry sender running");
+    let exporter = Arc::new(SenderExporter::new(
+        registry.clone(),
+        sender.clone(),
+        ready_rx,
+        settings.clone(),
+    ));
+    let endpoint = Endpoint::start(&settings.endpoint, exporter, &registry).await?;
+    info!(source = ?settings.source, receivers = ?settings.receivers, status = %endpoint.url("/"), metrics = %endpoint.url("/metrics"), "telemetry sender running");
 
-    let mut source_task = source_task;
-    let source_result = loop {
-        tokio::select! {
-            req = signals.next() => match req {
-                Request::Reload => match sender.reload_tls() {
-                    Ok(()) => info!("SIGHUP: certificates re-read"),
-                    Err(e) => warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones"),
-                },
-                Request::Rebind => {
-                    // Same address family and IP as now, a fresh port.
-                    let addr = match (settings.bind, sender.local_addr()) {
-                        (Some(b), _) => b,
-                        (None, Ok(cur)) => std::net::SocketAddr::new(cur.ip(), 0),
-                        (None, Err(_)) => std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
-                    };
-                    match sender.rebind(addr) {
-                        Ok(()) => info!(%addr, "SIGUSR1: UDP socket rebound; the session migrates to it"),
-                        Err(e) => warn!(%addr, error = %e, "SIGUSR1: rebind failed"),
-                    }
-                }
-                Request::Stop => {
-                    info!("stopping: flushing the source to the spool");
-                    let _ = stop_source.send(true);
-                    break (&mut source_task).await;
-                }
-            },
-            res = &mut source_task => break res,
-        }
-    };
+    let source_result = serve_signals(
+        &mut signals,
+        &settings,
+        &sender,
+        &endpoint,
+        stop_source,
+        source_task,
+    )
+    .await;
     let outcome = match source_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
@@ -113,11 +98,54 @@ pub async fn run(settings: Settings) -> Result<()> {
         left_in_spool = report.unacked,
         "link stopped"
     );
-    let _ = stop_http.send(());
-    if let Ok(Err(e)) = http_task.await {
-        error!(error = %e, "metrics endpoint failed");
-    }
+    endpoint.shutdown().await;
     outcome
+}
+
+/// Answers signals until SIGTERM/SIGINT (then stops the source and waits
+/// for it) or until the source ends by itself; returns how it ended.
+async fn serve_signals(
+    signals: &mut Signals,
+    settings: &Settings,
+    sender: &Sender<ClusterRecord>,
+    endpoint: &Endpoint,
+    stop_source: watch::Sender<bool>,
+    mut source_task: JoinHandle<Result<()>>,
+) -> Result<Result<()>, JoinError> {
+    loop {
+        tokio::select! {
+            req = signals.next() => match req {
+                Request::Reload => {
+                    match sender.reload_tls() {
+                        Ok(()) => info!("SIGHUP: certificates re-read"),
+                        Err(e) => warn!(error = %e, "SIGHUP: certificate reload failed; keeping the current ones"),
+                    }
+                    endpoint.reload_web_config();
+                }
+                Request::Rebind => rebind(settings, sender),
+                Request::Stop => {
+                    info!("stopping: flushing the source to the spool");
+                    let _ = stop_source.send(true);
+                    return (&mut source_task).await;
+                }
+            },
+            res = &mut source_task => return res,
+        }
+    }
+}
+
+/// SIGUSR1: a fresh UDP port (same address family and IP as now); the
+/// session migrates to it.
+fn rebind(settings: &Settings, sender: &Sender<ClusterRecord>) {
+    let addr = match (settings.bind, sender.local_addr()) {
+        (Some(b), _) => b,
+        (None, Ok(cur)) => std::net::SocketAddr::new(cur.ip(), 0),
+        (None, Err(_)) => std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    match sender.rebind(addr) {
+        Ok(()) => info!(%addr, "SIGUSR1: UDP socket rebound; the session migrates to it"),
+        Err(e) => warn!(%addr, error = %e, "SIGUSR1: rebind failed"),
+    }
 }
 
 async fn run_source(

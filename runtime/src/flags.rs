@@ -11,7 +11,8 @@
 //!   never silently ignored. Paths in the file are relative to the file's
 //!   directory.
 //! - [`TlsFlags`] (`--ca`, `--cert`, `--key`) and [`EndpointFlags`]
-//!   (`--metrics-listen`), flattened into each binary's flags.
+//!   (`--metrics-listen`, `--web-config-file`), flattened into each
+//!   binary's flags.
 //!
 //! How the layers merge: the flags and environment are parsed by clap into
 //! the binary's `Args`; the values actually given there are serialised and laid
@@ -208,19 +209,36 @@ impl TlsFlags {
     }
 }
 
-/// `--metrics-listen`: the operations endpoint (`/metrics`, `/healthz`, `/readyz`).
+/// `--metrics-listen` and `--web-config-file`: the operations endpoint
+/// (`/`, `/metrics`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct EndpointFlags {
-    /// TCP address for /metrics, /healthz and /readyz.
+    /// TCP address for the status page, /metrics, /healthz and /readyz.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Protect the endpoint with TLS and/or basic auth: a YAML file in the
+    /// format of Prometheus' --web.config.file (tls_server_config,
+    /// basic_auth_users, http_server_config.headers). Re-read when it changes.
+    #[arg(long)]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl EndpointFlags {
+    /// The path keys of this group, for [`LayeredArgs::path_keys`].
+    pub const PATH_KEYS: [&'static str; 1] = ["web-config-file"];
+
     /// The address to listen on, `default` when not given.
     pub fn listen_or(&self, default: SocketAddr) -> SocketAddr {
         self.metrics_listen.unwrap_or(default)
+    }
+
+    /// The endpoint's settings, listening on `default` unless told otherwise.
+    pub fn settings_or(&self, default: SocketAddr) -> crate::http::EndpointSettings {
+        crate::http::EndpointSettings {
+            web_config_file: self.web_config_file.clone(),
+            ..crate::http::EndpointSettings::new(self.listen_or(default))
+        }
     }
 }
 
@@ -256,7 +274,7 @@ mod tests {
             self.config.as_deref()
         }
         fn path_keys() -> &'static [&'static str] {
-            &TlsFlags::PATH_KEYS
+            &["ca", "cert", "key", "web-config-file"]
         }
     }
 
@@ -272,7 +290,7 @@ mod tests {
         let file = dir.path().join("demo.toml");
         std::fs::write(
             &file,
-            "ca = \"ca.pem\"\ncert = \"/abs/c.pem\"\nttl = \"90s\"\npeer = [\"a\", \"b\"]\nmetrics-listen = \"127.0.0.1:1\"\nquiet = true\n",
+            "ca = \"ca.pem\"\ncert = \"/abs/c.pem\"\nttl = \"90s\"\npeer = [\"a\", \"b\"]\nmetrics-listen = \"127.0.0.1:1\"\nweb-config-file = \"web.yml\"\nquiet = true\n",
         )
         .unwrap();
         let f = file.to_str().unwrap();
@@ -289,6 +307,11 @@ mod tests {
         assert_eq!(d.peers, vec!["a", "b"]);
         assert!(d.quiet);
         assert_eq!(d.endpoint.metrics_listen.unwrap().port(), 1);
+        assert_eq!(
+            d.endpoint.web_config_file,
+            Some(dir.path().join("web.yml")),
+            "relative to the file"
+        );
 
         std::env::set_var(format!("{prefix}_TTL"), "30s");
         std::env::set_var(format!("{prefix}_PEER"), "x,y,z");

@@ -73,6 +73,8 @@ pub struct ReceiverMetrics {
     pub tls_reloads: IntCounterVec,
     /// Present states received, by sender and result.
     pub presents: IntCounterVec,
+    /// End of validity of each sender's certificate, as of its last handshake.
+    pub sender_certificate_expiry: IntGaugeVec,
 }
 
 /// Handshake refusal reasons exported at 0 from the start, so that
@@ -104,6 +106,20 @@ impl ReceiverMetrics {
         for reason in RefusedReason::ALL {
             self.records_rejected
                 .with_label_values(&[sender, reason.as_str()]);
+        }
+    }
+
+    /// Records the end of validity of `sender`'s certificate (DER, as
+    /// presented in its handshake); a certificate that does not parse leaves
+    /// the gauge as it was.
+    pub fn observe_sender_certificate(&self, sender: &str, cert_der: Option<&[u8]>) {
+        use x509_parser::prelude::FromDer;
+        let parsed =
+            cert_der.and_then(|der| x509_parser::certificate::X509Certificate::from_der(der).ok());
+        if let Some((_, cert)) = parsed {
+            self.sender_certificate_expiry
+                .with_label_values(&[sender])
+                .set(cert.validity().not_after.timestamp());
         }
     }
 
@@ -184,6 +200,12 @@ impl ReceiverMetrics {
                 "telemetry_link_tls_reloads_total",
                 "Certificate/key/CA reloads, by result (ok or error).",
                 &["result"],
+            )?,
+            sender_certificate_expiry: gauge_vec(
+                reg,
+                "telemetry_link_sender_certificate_expiry_timestamp_seconds",
+                "End of validity (Unix seconds) of each sender's client certificate, as presented in its last handshake.",
+                &["sender"],
             )?,
         })
     }

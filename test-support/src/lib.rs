@@ -3,7 +3,8 @@
 //! * [`pki`]: a CA and certificates in a temporary directory.
 //! * [`binaries`]: command lines of the workspace's binaries, `telemetry-certs init`.
 //! * [`process`]: child processes that are killed on drop, with signals.
-//! * [`http`]: a tiny HTTP/1.1 GET client and a polling helper.
+//! * [`http`]: a tiny HTTP/1.1 GET client (plain, TLS, basic auth) and a polling helper.
+//! * [`browser`]: headless Chromium (rendered DOM, screenshots) for the status pages.
 //! * [`prom`]: a parser for the Prometheus text format, for assertions.
 //! * [`prometheus_server`]: a real Prometheus on loopback, queried over its API.
 //! * `kube_api` (feature `kube`): a test Kubernetes API server (list/watch over HTTP) with fault controls.
@@ -11,6 +12,7 @@
 //! * [`raw`]: hand-built QUIC peers that break the rules, for bad-input tests.
 
 pub mod binaries;
+pub mod browser;
 pub mod http;
 #[cfg(feature = "kube")]
 pub mod kube_api;

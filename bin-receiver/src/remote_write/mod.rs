@@ -158,6 +158,17 @@ struct Endpoint {
     queue: Mutex<EndpointQueue>,
     wake: Notify,
     metrics: Metrics,
+    /// The last refusal or failure, for the status page.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// The last time an endpoint refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// When (Unix milliseconds).
+    pub unix_ms: i64,
+    /// What happened.
+    pub message: String,
 }
 
 impl Endpoint {
@@ -174,6 +185,13 @@ impl Endpoint {
         m.queue_bytes
             .with_label_values(&[&self.name])
             .set(queue.bytes() as i64);
+    }
+
+    fn failed(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastError {
+            unix_ms: telemetry_link::unix_ms(),
+            message,
+        });
     }
 
     fn count_dropped(&self, dropped: u64) {
@@ -232,12 +250,22 @@ impl RemoteWrite {
                     source,
                 })?;
             tracing::info!(endpoint = %name, queue = %dir.display(), pending = queue.pending_samples(), "remote write");
+            // Every counter of the endpoint exists from the start, at 0.
+            for counter in [
+                &metrics.sent,
+                &metrics.failed,
+                &metrics.retried,
+                &metrics.dropped,
+            ] {
+                counter.with_label_values(&[&name]);
+            }
             let endpoint = Arc::new(Endpoint {
                 name,
                 client,
                 queue: Mutex::new(queue),
                 wake: Notify::new(),
                 metrics: metrics.clone(),
+                last_error: Mutex::new(None),
             });
             endpoint.refresh(&endpoint.queue());
             endpoints.push(endpoint);
@@ -356,6 +384,22 @@ impl RemoteWrite {
         Ok(())
     }
 
+    /// Each endpoint (as its metrics label it) and its last refusal or
+    /// failure, in configuration order.
+    pub fn last_errors(&self) -> Vec<(String, Option<LastError>)> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let last = e
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                (e.name.clone(), last)
+            })
+            .collect()
+    }
+
     /// Samples pending over all endpoints.
     pub fn pending_samples(&self) -> u64 {
         self.endpoints
@@ -457,6 +501,7 @@ async fn drain(
                 }
                 Outcome::Refused { reason } => {
                     tracing::warn!(endpoint = %name, samples = n, %reason, "remote write refused; not retrying");
+                    endpoint.failed(format!("refused: {reason}"));
                     m.failed.with_label_values(&[&name]).inc_by(n);
                     break;
                 }
@@ -469,6 +514,7 @@ async fn drain(
                     let delay =
                         retry_after.map_or(delay, |s| Duration::from_secs(s.min(300)).max(delay));
                     tracing::warn!(endpoint = %name, samples = n, %reason, retry_in = ?delay, "remote write failed; retrying");
+                    endpoint.failed(format!("retrying: {reason}"));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => {
@@ -494,7 +540,39 @@ fn finish(endpoint: &Endpoint, batch: &queue::Batch) {
 
 #[cfg(test)]
 mod tests {
-    use super::dir_name;
+    use super::*;
+
+    #[tokio::test]
+    async fn every_counter_of_an_endpoint_is_exported_at_zero_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        let cfg = RemoteWriteConfig::new(
+            vec!["http://127.0.0.1:9/api/v1/write".into()],
+            dir.path().join("queues"),
+        );
+        let rw = RemoteWrite::start(cfg, &registry).unwrap();
+        let families = registry.gather();
+        for name in [
+            "telemetry_remote_write_samples_sent_total",
+            "telemetry_remote_write_samples_failed_total",
+            "telemetry_remote_write_samples_retried_total",
+            "telemetry_remote_write_samples_dropped_total",
+        ] {
+            let family = families
+                .iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| panic!("{name} is not exported"));
+            let values: Vec<f64> = family
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .collect();
+            assert_eq!(values, [0.0], "{name}");
+        }
+        assert_eq!(rw.last_errors().len(), 1);
+        assert_eq!(rw.last_errors()[0].1, None);
+        rw.shutdown(Duration::from_secs(1)).await;
+    }
 
     #[test]
     fn queue_directory_names_are_plain() {

@@ -108,6 +108,22 @@ impl ClusterState {
     }
 }
 
+/// One sender's link, for the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SenderLink {
+    /// The cluster (the sender's certificate identity).
+    pub cluster: String,
+    /// Open connections (0 when disconnected or first seen through records).
+    pub connections: u32,
+    /// Connected, or disconnected within the TTL.
+    pub up: bool,
+    /// How long it has been disconnected (`None` while connected; for an
+    /// expired sender, unknown).
+    pub disconnected_for: Option<Duration>,
+    /// Unix seconds of the last connect, disconnect or delivery.
+    pub last_seen_unix: f64,
+}
+
 /// Maps monotonic instants to Unix time.
 #[derive(Debug, Clone, Copy)]
 struct WallClock {
@@ -195,6 +211,30 @@ impl ClusterStore {
         self.clusters
             .get(cluster)
             .map(|state| !matches!(state.link, LinkState::Expired))
+    }
+
+    /// Every sender's link at `now`, in cluster order (as of the last
+    /// [`ClusterStore::expire`]).
+    pub fn sender_links(&self, now: Instant) -> Vec<SenderLink> {
+        self.clusters
+            .iter()
+            .map(|(cluster, state)| {
+                let (connections, up, disconnected_for) = match state.link {
+                    LinkState::Connected { connections } => (connections, true, None),
+                    LinkState::Disconnected { since } => {
+                        (0, true, Some(now.saturating_duration_since(since)))
+                    }
+                    LinkState::Expired => (0, false, None),
+                };
+                SenderLink {
+                    cluster: cluster.clone(),
+                    connections,
+                    up,
+                    disconnected_for,
+                    last_seen_unix: state.last_seen_unix,
+                }
+            })
+            .collect()
     }
 
     fn cluster_mut(&mut self, cluster: &str, link_if_new: LinkState) -> &mut ClusterState {

@@ -81,6 +81,9 @@ pub(super) async fn establish<H>(
             return None;
         }
     }
+    shared
+        .metrics
+        .observe_sender_certificate(&identity, tls::peer_certificate(&conn).as_deref());
     Some(Peer {
         conn,
         identity,

@@ -1,0 +1,184 @@
+//! Connections of the operations endpoint: accepting within a cap, TLS,
+//! HTTP/1.1 with timeouts, and a graceful stop.
+//!
+//! What it guarantees:
+//! - At most `max_connections` connections are open; one more is closed
+//!   as soon as it is accepted and counted
+//!   (`telemetry_endpoint_connections_refused_total`). The cap is lowered
+//!   to a quarter of the process's open-file limit, so HTTP clients can
+//!   never take the file descriptors the QUIC side and the spool need.
+//! - A connection that has not completed its TLS handshake and request
+//!   head within `header_read_timeout` is closed (slowloris); the same
+//!   timer runs while a kept-alive connection waits for its next request,
+//!   so it is also the idle keep-alive timeout. A connection whose client
+//!   stops reading a response is closed after `write_timeout`
+//!   ([`super::io`]).
+//! - Request heads are limited to [`MAX_HEAD_BYTES`].
+//! - Accept errors (e.g. the file-descriptor limit) pause accepting for
+//!   100 ms instead of spinning.
+//! - On stop, accepting ends, open connections finish their current
+//!   response within [`DRAIN_TIME`] and are then dropped.
+
+use std::{sync::Arc, time::Duration};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
+use tracing::{debug, warn};
+
+use super::{
+    active::WebConfigState,
+    io::{Stream, TimedWrites},
+    metrics::{CloseReason, EndpointMetrics},
+    snapshot::Snapshots,
+    Exporter, Limits,
+};
+
+/// Largest request head (request line and headers) read.
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// How long open connections get to finish on stop.
+pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// What every connection of one endpoint shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) exporter: Arc<dyn Exporter>,
+    pub(crate) web: WebConfigState,
+    pub(crate) snapshots: Snapshots,
+    pub(crate) metrics: EndpointMetrics,
+    pub(crate) limits: Limits,
+    pub(crate) max_connections: usize,
+}
+
+/// `configured`, lowered to a quarter of the soft open-file limit.
+pub(crate) fn connection_cap(configured: usize) -> usize {
+    match open_file_limit() {
+        Some(limit) => configured.min((limit / 4).max(1)),
+        None => configured,
+    }
+    .max(1)
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Accepts and serves until `stop` turns true.
+pub(crate) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(shared.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                warn!(error = %e, "the operations endpoint cannot accept a connection; pausing 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.refused();
+            debug!(
+                cap = shared.max_connections,
+                "connection cap reached; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        };
+        connections.spawn(connection(stream, shared.clone(), permit, stop.clone()));
+    }
+    drop(listener);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIME, drained).await.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+struct Open(EndpointMetrics);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    shared.metrics.opened();
+    let _open = Open(shared.metrics.clone());
+    let _ = stream.set_nodelay(true);
+    let limits = shared.limits;
+    let tls = shared.web.current().tls.clone();
+    let io: Box<dyn Stream> = match tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    shared.metrics.closed(CloseReason::TlsHandshake);
+                    debug!(error = %e, "TLS handshake on the operations endpoint failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.closed(CloseReason::HeaderTimeout);
+                    return;
+                }
+            }
+        }
+    };
+    let io = TimedWrites::new(io, limits.write_timeout, shared.metrics.clone());
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |request| super::routes::handle(request, shared.clone()))
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES)
+        // Queue the shared page's slices instead of copying them into a
+        // per-connection buffer.
+        .writev(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let finished = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            shared.metrics.closed(CloseReason::HeaderTimeout);
+        }
+        debug!(error = %e, "operations endpoint connection ended");
+    }
+}
