@@ -131,7 +131,7 @@ pub fn parse_rescale_message(message: &str) -> Option<(i32, String)> {
 }
 
 /// When the event's latest occurrence happened (ms since epoch).
-fn occurrence_time_ms(ev: &Event) -> Option<i64> {
+pub(crate) fn occurrence_time_ms(ev: &Event) -> Option<i64> {
     ev.series
         .as_ref()
         .and_then(|s| s.last_observed_time.as_ref())
