@@ -4,7 +4,11 @@
 //! * [`service`]: runs the link sender, the chosen source (from
 //!   `telemetry-sources`), the endpoint, the signals.
 //! * [`sink`]: the link sender as the sources' sink.
+//! * `kube_source`: the Kubernetes source, with `election` (`--leader-elect`:
+//!   the Lease, the leader gauges) when replicas elect a leader.
 
 pub mod config;
+mod election;
+mod kube_source;
 pub mod service;
 pub mod sink;
