@@ -432,8 +432,9 @@ impl ClusterModel {
     }
 
     /// Usage, scale events and samples: the current view from every lane
-    /// (history only moves it forward), the timeline unless `lane` is the
-    /// present.
+    /// (history only moves it forward; a pod's usage never moves back to an
+    /// older measurement, whichever stream — replica — sent it), the
+    /// timeline unless `lane` is the present.
     fn apply_measurement<F: Facts>(
         &mut self,
         record: ClusterRecord,
@@ -450,6 +451,11 @@ impl ClusterModel {
         let timeline = self.timeline.as_mut().filter(|_| lane != Lane::Present);
         match record {
             ClusterRecord::PodUsage(usage) => {
+                let (namespace, pod) = (usage.namespace.as_str(), usage.pod.as_str());
+                let current = current.filter(|v| {
+                    v.usage_ms(namespace, pod)
+                        .is_none_or(|t| usage.timestamp_ms >= t)
+                });
                 if let Some(view) = current {
                     view.pod_usage(&usage, history, &mut quiet);
                 }

@@ -200,3 +200,34 @@ fn presents_and_their_history_are_per_stream() {
     );
     assert_eq!(phase(&both, "a").as_deref(), Some("Failed"));
 }
+
+#[test]
+fn a_new_leaders_older_usage_does_not_move_the_shown_usage_back() {
+    let mut both = Both::new(Limits::default());
+    both.deliver_on(
+        A,
+        1,
+        vec![
+            epoch(1),
+            ClusterRecord::PodUpsert(pod("a", PodPhase::Running, "n1")),
+            usage("a", 2_000, 0.5),
+        ],
+    );
+    // Replica b polled the metrics API before replica a's last poll.
+    let mut takeover = vec![epoch(2)];
+    takeover.extend(snapshot(
+        5,
+        &[ObjectKind::Pod],
+        vec![ClusterRecord::PodUpsert(pod("a", PodPhase::Running, "n1"))],
+    ));
+    takeover.push(usage("a", 1_500, 0.3));
+    let present = takeover.clone();
+    let outcome = both.store.present_at(CLUSTER, B, 0, present, both.now);
+    assert_eq!(outcome, PresentOutcome::Applied);
+    let cpu = |both: &Both| value_of(both, families::POD_CONTAINER_CPU_USAGE.name);
+    assert_eq!(cpu(&both), vec![0.5], "the present's older usage");
+    both.deliver_on(B, 1, takeover);
+    assert_eq!(cpu(&both), vec![0.5], "the snapshot's older usage");
+    both.deliver_on(B, 9, vec![usage("a", 2_500, 0.6)]);
+    assert_eq!(cpu(&both), vec![0.6]);
+}
