@@ -231,3 +231,18 @@ fn a_new_leaders_older_usage_does_not_move_the_shown_usage_back() {
     both.deliver_on(B, 9, vec![usage("a", 2_500, 0.6)]);
     assert_eq!(cpu(&both), vec![0.6]);
 }
+
+#[test]
+fn a_rescale_reported_unchanged_by_one_replica_counts_from_the_other() {
+    let mut both = Both::new(Limits::default());
+    both.deliver_on(A, 1, vec![hpa("api", 3)]);
+    // Replica b did not know the size before the rescale (it started after).
+    both.deliver_on(B, 1, vec![scale("api", 3, 3, "uid/1")]);
+    both.deliver_on(A, 2, vec![scale("api", 2, 3, "uid/1")]);
+    both.deliver_on(B, 2, vec![scale("api", 2, 3, "uid/1")]);
+    both.assert_same("one rescale, three copies");
+    let counted: f64 = value_of(&both, families::HPA_SCALE_EVENTS.name)
+        .iter()
+        .sum();
+    assert_eq!(counted, 1.0);
+}
