@@ -106,8 +106,8 @@ impl RunningSender {
         scrape(self.metrics)
     }
 
-    /// The value of an unlabelled (or the first matching) series of its
-    /// own metrics, if it has one.
+    /// The value of its own series `name` with `matching` labels, if it
+    /// has exactly one.
     pub fn metric(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
         self.scrape().ok()?.value(name, matching)
     }
