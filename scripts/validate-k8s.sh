@@ -33,7 +33,14 @@
 #        allowed volume types only, no host namespaces/paths/ports), run with
 #        a read-only root filesystem, resource limits and both probes, and
 #        their namespace enforces "restricted";
-#      - sender: read-only RBAC without Secrets, one replica, Recreate;
+#      - sender: read-only cluster-wide RBAC without Secrets; its only
+#        writes a Role in its own namespace with get/create/update on
+#        coordination.k8s.io leases (no delete, list or watch); a StatefulSet
+#        (no Deployment) of at least two replicas with leader election on,
+#        the replica id (POD_NAME) and the Lease namespace from the downward
+#        API, its spool directory on a volume claim template (one spool per
+#        replica), pod anti-affinity across nodes, and a PodDisruptionBudget
+#        with maxUnavailable 1;
 #      - receiver: a one-replica StatefulSet whose state directory is on its
 #        volume claim template, probes /healthz and /readyz on the metrics
 #        port, the TLS Secret's ca.pem/receiver.pem/receiver.key mounted where
@@ -315,25 +322,69 @@ def check_restricted(label, obj, namespaces, need):
 def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
+def sender_bound_roles(by_kind):
+    """(kind, name, namespace) of every role bound to the sender's ServiceAccount."""
+    bound = []
+    for b in by_kind.get("RoleBinding", []) + by_kind.get("ClusterRoleBinding", []):
+        if any(s.get("kind") == "ServiceAccount" and s.get("name") == "telemetry-sender" for s in b.get("subjects", [])):
+            ref = b["roleRef"]
+            ns = b["metadata"].get("namespace") if b["kind"] == "RoleBinding" else None
+            bound.append((ref["kind"], ref["name"], ns))
+    return bound
+
+def check_sender_rbac(label, by_kind, need):
+    bound = sender_bound_roles(by_kind)
+    sa_ns = {s["metadata"].get("namespace") for s in by_kind.get("ServiceAccount", []) if s["metadata"]["name"] == "telemetry-sender"}
+    lease_verbs = set()
+    for kind, name, ns in bound:
+        roles = [r for r in by_kind.get(kind, []) if r["metadata"]["name"] == name and (kind == "ClusterRole" or r["metadata"].get("namespace") == ns)]
+        if not need(roles, f"{label}: {kind} {name} bound to the sender does not exist"):
+            continue
+        for rule in roles[0].get("rules", []):
+            verbs, resources, groups = set(rule.get("verbs", [])), rule.get("resources", []), rule.get("apiGroups", [])
+            where = f"{label}: {kind} {name}"
+            need("*" not in resources and "*" not in groups and "*" not in verbs, f"{where}: wildcard")
+            need("secrets" not in resources, f"{where}: grants secrets")
+            if resources == ["leases"] and groups == ["coordination.k8s.io"]:
+                need(kind == "Role" and ns in sa_ns, f"{where}: leases only through a Role in the sender's own namespace")
+                need(verbs <= {"get", "create", "update"}, f"{where}: lease verbs {sorted(verbs)} beyond get, create, update")
+                lease_verbs |= verbs
+            else:
+                need(verbs <= {"get", "list", "watch"}, f"{where}: write verbs {sorted(verbs)}")
+    sender = any(x["metadata"]["name"] == "telemetry-sender" for x in by_kind.get("StatefulSet", []))
+    need(not sender or lease_verbs == {"get", "create", "update"}, f"{label}: the sender needs get, create and update on its Lease (got {sorted(lease_verbs)})")
+
 def check_sender(label, by_kind, need):
-    for role in by_kind.get("ClusterRole", []):
-        if role["metadata"]["name"] != "telemetry-sender":
-            continue
-        for rule in role.get("rules", []):
-            verbs = set(rule.get("verbs", []))
-            need(verbs <= {"get", "list", "watch"}, f"{label}: ClusterRole {role['metadata']['name']}: write verbs {sorted(verbs)}")
-            need("*" not in rule.get("resources", []) and "*" not in rule.get("apiGroups", []), f"{label}: wildcard in ClusterRole")
-            need("secrets" not in rule.get("resources", []), f"{label}: ClusterRole grants secrets")
+    check_sender_rbac(label, by_kind, need)
     for dep in by_kind.get("Deployment", []):
-        if dep["metadata"]["name"] != "telemetry-sender":
+        need(dep["metadata"]["name"] != "telemetry-sender", f"{label}: the sender runs as a StatefulSet (a spool per replica), not a Deployment")
+    for sts in by_kind.get("StatefulSet", []):
+        if sts["metadata"]["name"] != "telemetry-sender":
             continue
-        spec = dep["spec"]
-        need(spec.get("replicas") == 1, f"{label}: sender replicas must be 1")
-        need(spec.get("strategy", {}).get("type") == "Recreate", f"{label}: sender strategy must be Recreate (single-writer spool)")
-        for c in spec["template"]["spec"]["containers"]:
-            env = {e["name"] for e in c.get("env", [])}
-            for flag in ("RECEIVER", "SERVER_NAME", "CA", "CERT", "KEY", "SPOOL_DIR", "METRICS_LISTEN"):
-                need(f"TELEMETRY_SENDER_{flag}" in env, f"{label}: {c['name']}: env TELEMETRY_SENDER_{flag}")
+        where = f"{label}: StatefulSet telemetry-sender"
+        spec = sts["spec"]
+        pod = spec["template"]["spec"]
+        pod_labels = spec["template"]["metadata"].get("labels", {})
+        need(spec.get("replicas", 1) >= 2, f"{where}: at least 2 replicas (a leader and a standby)")
+        claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+        for c in pod["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            for flag in ("RECEIVER", "SERVER_NAME", "CA", "CERT", "KEY", "SPOOL_DIR", "METRICS_LISTEN", "LEADER_ELECT"):
+                need(f"TELEMETRY_SENDER_{flag}" in env, f"{where}: {c['name']}: env TELEMETRY_SENDER_{flag}")
+            need(env.get("TELEMETRY_SENDER_LEADER_ELECT", {}).get("value") == "true", f"{where}: TELEMETRY_SENDER_LEADER_ELECT must be \"true\"")
+            field = lambda name: env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            need(field("POD_NAME") == "metadata.name", f"{where}: POD_NAME (the replica id) from the downward API (metadata.name)")
+            need(field("TELEMETRY_SENDER_LEASE_NAMESPACE") == "metadata.namespace", f"{where}: TELEMETRY_SENDER_LEASE_NAMESPACE from the downward API (metadata.namespace)")
+            mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+            spool = env.get("TELEMETRY_SENDER_SPOOL_DIR", {}).get("value")
+            need(any(mounts.get(n) == spool for n in claims), f"{where}: TELEMETRY_SENDER_SPOOL_DIR ({spool}) must be a volume claim template's mount (one spool per replica)")
+        terms = pod.get("affinity", {}).get("podAntiAffinity", {})
+        terms = terms.get("requiredDuringSchedulingIgnoredDuringExecution", []) + [
+            t.get("podAffinityTerm", {}) for t in terms.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+        need(any(t.get("topologyKey") == "kubernetes.io/hostname" and selects(t.get("labelSelector", {}).get("matchLabels"), pod_labels) for t in terms),
+             f"{where}: pod anti-affinity across nodes (topologyKey kubernetes.io/hostname) selecting its own pods")
+        pdbs = [p for p in by_kind.get("PodDisruptionBudget", []) if selects(p["spec"].get("selector", {}).get("matchLabels"), pod_labels)]
+        need(len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == 1, f"{where}: one PodDisruptionBudget with maxUnavailable 1 selecting its pods")
 
 def check_receiver(label, sts, by_kind, need):
     where = f"{label}: StatefulSet {sts['metadata']['name']}"
@@ -416,10 +467,10 @@ def policy(root, render_list, *manifests):
         for d in docs:
             if d["kind"] in WORKLOADS:
                 check_images(label, d, version, need)
-        for dep in by_kind.get("Deployment", []):
-            if dep["metadata"]["name"] == "telemetry-sender":
+        for sts in by_kind.get("StatefulSet", []):
+            if sts["metadata"]["name"] == "telemetry-sender":
                 seen["sender"] += 1
-                check_restricted(label, dep, namespaces, need)
+                check_restricted(label, sts, namespaces, need)
         check_sender(label, by_kind, need)
         for sts in by_kind.get("StatefulSet", []):
             if sts["metadata"]["name"] == "telemetry-receiver":

@@ -17,6 +17,13 @@
 //! held, one delivery per stream, and queued first when the delivery
 //! comes again; the queues' idempotent producer marks then skip what the
 //! held samples covered.
+//!
+//! Replicas of a leader-elected sender: object state of an older
+//! leadership epoch than the cluster's is not applied; the handler refuses
+//! those records as `fenced` ([`Applied`]), so both ends count them (and
+//! the sender deletes them from its spool: refused, not lost). A present
+//! of an older epoch is not applied either; it is logged (the link's
+//! present lane has no refusal to report).
 
 use std::{
     collections::HashMap,
@@ -27,12 +34,12 @@ use std::{
     time::Instant,
 };
 
-use telemetry_link::{Applied, Delivery, Handler, HandlerError, PresentDelivery};
+use telemetry_link::{Applied, Delivery, Handler, HandlerError, PresentDelivery, RefusedReason};
 use telemetry_schema::ClusterRecord;
 
 use crate::{
     remote_write::{convert::Converted, RemoteWrite, RemoteWriteError},
-    store::ClusterStore,
+    store::{ClusterStore, PresentOutcome},
 };
 
 /// Shared store handle.
@@ -154,15 +161,18 @@ impl Handler<ClusterRecord> for StoreHandler {
             delivery.records.len(),
         );
         let ms = telemetry_link::unix_ms();
-        let converted = lock(&self.store).apply_delivery_at(
+        let delivered = lock(&self.store).deliver_at(
             &delivery.sender,
             delivery.stream_id,
             delivery.first_seq,
             delivery.records,
             Instant::now(),
         );
+        if delivered.fenced > 0 {
+            tracing::debug!(%sender, replica = %delivery.replica, first, fenced = delivered.fenced, "object state of an older leadership epoch refused");
+        }
         if let Some(rw) = &self.remote_write {
-            let converted = Arc::new(converted);
+            let converted = Arc::new(delivered.converted);
             self.queue(
                 rw,
                 &sender,
@@ -179,25 +189,36 @@ impl Handler<ClusterRecord> for StoreHandler {
             // One write per line: a crash leaves whole lines (or a torn last one).
             f.write_all(line.as_bytes())?;
         }
-        Ok(Applied::all())
+        Ok(Applied::all().with_refused(RefusedReason::Fenced, delivered.fenced))
     }
 
     async fn present(&self, present: PresentDelivery<ClusterRecord>) -> Result<(), HandlerError> {
         let records = present.records.len();
-        let applied = lock(&self.store).apply_present_at(
+        let outcome = lock(&self.store).present_at(
             &present.sender,
             present.stream_id,
             present.covers_seq,
             present.records,
             Instant::now(),
         );
-        tracing::info!(
-            sender = %present.sender,
-            covers_seq = present.covers_seq,
-            records,
-            applied,
-            "present state received ahead of the backlog"
-        );
+        let (sender, replica) = (&present.sender, &present.replica);
+        match outcome {
+            PresentOutcome::Fenced { epoch } => tracing::info!(
+                %sender,
+                %replica,
+                epoch,
+                records,
+                "present of an older leadership epoch refused (fenced)"
+            ),
+            outcome => tracing::info!(
+                %sender,
+                %replica,
+                covers_seq = present.covers_seq,
+                records,
+                applied = outcome == PresentOutcome::Applied,
+                "present state received ahead of the backlog"
+            ),
+        }
         Ok(())
     }
 
@@ -267,6 +288,27 @@ mod tests {
             first_seq: 1,
             records: records(),
         }
+    }
+
+    #[tokio::test]
+    async fn object_state_of_an_older_epoch_is_refused_as_fenced() {
+        let store = Arc::new(Mutex::new(ClusterStore::new(StoreConfig::default())));
+        let handler = StoreHandler::new(store);
+        let from = |replica: &str, stream_id, epoch| Delivery {
+            replica: Arc::from(replica),
+            stream_id,
+            records: std::iter::once(ClusterRecord::LeaderEpoch { epoch })
+                .chain(records())
+                .collect(),
+            ..delivery()
+        };
+        let applied = handler.handle(from("b", 2, 5)).await.unwrap();
+        assert!(applied.refused().is_empty());
+        let applied = handler.handle(from("a", 1, 4)).await.unwrap();
+        // The HPA upsert is refused; the marker, the observation time and
+        // the scale event (history, counted once) are not.
+        assert_eq!(applied.refused().get(RefusedReason::Fenced), 1);
+        assert_eq!(applied.refused().total(), 1);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use telemetry_runtime::{
     flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
     http::EndpointSettings,
 };
+use telemetry_sources::kube::{leader, LeaderElectionConfig};
 
 /// Prefix of the environment variables (`TELEMETRY_SENDER_<FLAG>`).
 pub const ENV_PREFIX: &str = "TELEMETRY_SENDER";
@@ -126,6 +127,125 @@ pub struct Args {
     /// (the receiver then shows the present only once the backlog drained).
     #[arg(long)]
     pub no_present: bool,
+    /// Run as one of several replicas that elect a leader over a Lease;
+    /// only the leader ships, the others stand by warm (`--source kube` only).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the Lease [default: telemetry-sender].
+    #[arg(long)]
+    pub lease_name: Option<String>,
+    /// Namespace of the Lease [default: the pod's namespace, else the kubeconfig context's, else `default`].
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// This replica's name, unique among the replicas: the Lease holder and the link replica (its own stream) [default: $POD_NAME, else the hostname].
+    #[arg(long)]
+    pub replica_id: Option<String>,
+    /// How long the others wait after the leader's last renewal before taking over, whole seconds [default: 15s].
+    #[arg(long)]
+    pub lease_duration: Option<HumanDuration>,
+    /// How long a leader keeps leading without a successful renewal; shorter than the lease duration [default: 10s].
+    #[arg(long)]
+    pub renew_deadline: Option<HumanDuration>,
+    /// How often the Lease is read and renewed [default: 2s].
+    #[arg(long)]
+    pub retry_period: Option<HumanDuration>,
+}
+
+/// Leader election among the sender's replicas (`--leader-elect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderSettings {
+    /// The Lease's name.
+    pub lease_name: String,
+    /// The Lease's namespace; `None`: the pod's, else the kubeconfig
+    /// context's, else `default` (resolved once the client exists).
+    pub lease_namespace: Option<String>,
+    /// This replica's name: Lease holder identity and link replica.
+    pub replica_id: String,
+    /// Lease duration.
+    pub lease_duration: Duration,
+    /// Renew deadline.
+    pub renew_deadline: Duration,
+    /// Retry period.
+    pub retry_period: Duration,
+}
+
+impl LeaderSettings {
+    /// The elector's configuration for the Lease in `namespace`.
+    pub fn election(&self, namespace: &str) -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+            ..LeaderElectionConfig::new(&self.lease_name, namespace, &self.replica_id)
+        }
+    }
+}
+
+/// The default replica id: `pod_name` (`$POD_NAME`), else `hostname`.
+pub fn default_replica_id(pod_name: Option<String>, hostname: Option<String>) -> Option<String> {
+    let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    given(pod_name).or_else(|| given(hostname))
+}
+
+/// This machine's hostname, if it can be read.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+}
+
+impl Args {
+    /// The leader-election settings: `None` without `--leader-elect`.
+    fn leader(&self, source: SourceKind) -> Result<Option<LeaderSettings>> {
+        if !self.leader_elect {
+            let lease_flags = [
+                self.lease_name.is_some(),
+                self.lease_namespace.is_some(),
+                self.replica_id.is_some(),
+                self.lease_duration.is_some(),
+                self.renew_deadline.is_some(),
+                self.retry_period.is_some(),
+            ];
+            if lease_flags.contains(&true) {
+                bail!("--lease-name, --lease-namespace, --replica-id, --lease-duration, --renew-deadline and --retry-period only apply with --leader-elect");
+            }
+            return Ok(None);
+        }
+        if source != SourceKind::Kube {
+            bail!("--leader-elect needs --source kube: replicas elect a leader over a Kubernetes Lease");
+        }
+        let replica_id = match &self.replica_id {
+            Some(id) => id.clone(),
+            None => {
+                default_replica_id(std::env::var("POD_NAME").ok(), hostname()).ok_or_else(|| {
+                    anyhow::anyhow!("--leader-elect: no replica id: set --replica-id (or POD_NAME)")
+                })?
+            }
+        };
+        if replica_id.is_empty() {
+            bail!("--replica-id must not be empty");
+        }
+        telemetry_link::proto::replica::validate_replica(&replica_id)
+            .map_err(|e| anyhow::anyhow!("--replica-id {replica_id:?}: {e}"))?;
+        let duration = |d: Option<HumanDuration>, default| d.map_or(default, |d| d.0);
+        let settings = LeaderSettings {
+            lease_name: self
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| "telemetry-sender".to_owned()),
+            lease_namespace: self.lease_namespace.clone(),
+            replica_id,
+            lease_duration: duration(self.lease_duration, leader::DEFAULT_LEASE_DURATION),
+            renew_deadline: duration(self.renew_deadline, leader::DEFAULT_RENEW_DEADLINE),
+            retry_period: duration(self.retry_period, leader::DEFAULT_RETRY_PERIOD),
+        };
+        let namespace = settings.lease_namespace.as_deref().unwrap_or("default");
+        settings
+            .election(namespace)
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--leader-elect: {e}"))?;
+        Ok(Some(settings))
+    }
 }
 
 /// Resolved settings.
@@ -175,6 +295,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Send the present state ahead of the backlog after a reconnect.
     pub present: bool,
+    /// Leader election among replicas (`--leader-elect`); its replica id
+    /// is also the link's replica name.
+    pub leader: Option<LeaderSettings>,
 }
 
 /// Parses `batch`, `never` or a duration.
@@ -209,6 +332,12 @@ impl LayeredArgs for Args {
 }
 
 impl Settings {
+    /// The link's replica name: the replica id with leader election (each
+    /// replica its own stream), else the default replica (empty).
+    pub fn link_replica(&self) -> &str {
+        self.leader.as_ref().map_or("", |l| l.replica_id.as_str())
+    }
+
     /// Reads flags, environment and the `--config` file of this process.
     pub fn from_process() -> Result<Settings> {
         Self::parse_from(std::env::args_os())
@@ -229,6 +358,8 @@ impl Settings {
 
     /// Applies defaults and checks the merged flags.
     pub fn resolve(args: Args) -> Result<Settings> {
+        let source = args.source.unwrap_or_default();
+        let leader = args.leader(source)?;
         if args.receivers.is_empty() {
             bail!("at least one --receiver host:port is required");
         }
@@ -247,7 +378,7 @@ impl Settings {
             d.map_or(Duration::from_secs(default), |d| d.0)
         };
         Ok(Settings {
-            source: args.source.unwrap_or_default(),
+            source,
             receivers: args.receivers,
             server_name: args.server_name,
             tls,
@@ -271,6 +402,7 @@ impl Settings {
             connect_timeout: secs(args.connect_timeout, 3),
             shutdown_timeout: secs(args.shutdown_timeout, 10),
             present: !args.no_present,
+            leader,
         })
     }
 }
@@ -323,5 +455,71 @@ mod tests {
         assert_eq!((s.synthetic_series, s.synthetic_rate), (7, 0));
         assert!(parse_fsync("sometimes").is_err());
         assert_eq!(parse_fsync("never").unwrap(), FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let mut a = vec!["--receiver", "r:4433"];
+        a.extend_from_slice(&TLS);
+        assert_eq!(parse(&a).unwrap().leader, None);
+        let with = |more: &[&'static str]| {
+            let mut v = a.clone();
+            v.extend_from_slice(more);
+            parse(&v)
+        };
+        let l = with(&["--leader-elect", "--replica-id", "sender-0"])
+            .unwrap()
+            .leader
+            .unwrap();
+        assert_eq!(l.lease_name, "telemetry-sender");
+        assert_eq!(l.lease_namespace, None);
+        assert_eq!(l.replica_id, "sender-0");
+        assert_eq!(
+            (l.lease_duration, l.renew_deadline, l.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        let l = with(&[
+            "--leader-elect",
+            "--replica-id=b",
+            "--lease-name=l",
+            "--lease-namespace=ns",
+            "--lease-duration=3s",
+            "--renew-deadline=2s",
+            "--retry-period=500ms",
+        ])
+        .unwrap()
+        .leader
+        .unwrap();
+        assert_eq!(l.election("ns").lease_name, "l");
+        assert_eq!(l.retry_period, Duration::from_millis(500));
+        let err = |more: &[&'static str]| with(more).unwrap_err().to_string();
+        assert!(
+            err(&["--leader-elect", "--replica-id=a", "--source=synthetic"])
+                .contains("--leader-elect needs --source kube")
+        );
+        assert!(err(&["--leader-elect", "--replica-id=a b"]).contains("--replica-id"));
+        assert!(
+            err(&["--leader-elect", "--replica-id=a", "--renew-deadline=20s"])
+                .contains("renew deadline")
+        );
+        assert!(err(&[
+            "--leader-elect",
+            "--replica-id=a",
+            "--lease-duration=1500ms"
+        ])
+        .contains("lease duration"));
+        assert!(err(&["--replica-id=a"]).contains("only apply with --leader-elect"));
+    }
+
+    #[test]
+    fn the_replica_id_defaults_to_the_pod_then_the_hostname() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(default_replica_id(s("sender-1"), s("node")), s("sender-1"));
+        assert_eq!(default_replica_id(s(" "), s("node\n")), s("node"));
+        assert_eq!(default_replica_id(None, None), None);
     }
 }

@@ -20,8 +20,6 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use telemetry_sources::kube::{client_from, KubeSource, KubeSourceConfig};
-
 use crate::{
     config::{Settings, SourceKind},
     sink::LinkSink,
@@ -39,6 +37,7 @@ fn link_config(settings: &Settings) -> SenderConfig {
     cfg.bind = settings.bind;
     cfg.failback_after = Some(settings.failback_after);
     cfg.connect_timeout = settings.connect_timeout;
+    cfg.replica = settings.link_replica().to_owned();
     cfg.spool = SpoolConfig {
         max_bytes: settings.spool_max_bytes,
         fsync: settings.fsync,
@@ -63,7 +62,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     let source_task = {
         let sender = sender.clone();
         let settings = settings.clone();
-        tokio::spawn(async move { run_source(settings, sender, source_stopped, ready_tx).await })
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            run_source(settings, sender, source_stopped, ready_tx, registry).await
+        })
     };
 
     let exporter = Arc::new(SenderExporter::new(
@@ -153,6 +155,7 @@ async fn run_source(
     sender: Sender<ClusterRecord>,
     mut stop: watch::Receiver<bool>,
     ready: watch::Sender<bool>,
+    registry: prometheus::Registry,
 ) -> Result<()> {
     let stopped = {
         let mut stop = stop.clone();
@@ -163,23 +166,7 @@ async fn run_source(
     let sink = LinkSink::new(sender.clone(), settings.present);
     match settings.source {
         SourceKind::Kube => {
-            let client = client_from(settings.kubeconfig.clone(), settings.context.clone())
-                .await
-                .context("connecting to the Kubernetes API")?;
-            let mut cfg = KubeSourceConfig::new(settings.spool_dir.join("kube-source-state"));
-            cfg.namespaces = settings.namespaces.clone();
-            cfg.label_selector = settings.label_selector.clone();
-            cfg.metrics_interval = settings.metrics_interval;
-            let source = KubeSource::new(cfg);
-            let mut source_ready = source.ready();
-            let forward = tokio::spawn(async move {
-                if source_ready.wait_for(|r| *r).await.is_ok() {
-                    let _ = ready.send(true);
-                }
-            });
-            let res = source.run(client, &sink, stop.clone()).await;
-            forward.abort();
-            res.context("Kubernetes source")?;
+            crate::kube_source::run(&settings, &sink, stop.clone(), ready, &registry).await?;
         }
         SourceKind::Simulated => {
             let _ = ready.send(true);

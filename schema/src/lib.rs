@@ -6,6 +6,9 @@
 //! current state of some object kinds bracketed by [`ClusterRecord::SnapshotBegin`]
 //! and [`ClusterRecord::SnapshotEnd`]. On a snapshot's end the receiver
 //! forgets every object of those kinds that the snapshot did not mention.
+//! Replicas of one sender elect a leader, and only it ships object state;
+//! [`ClusterRecord::LeaderEpoch`] names the term that state belongs to, so
+//! a receiver can refuse state from a replica that no longer leads.
 //!
 //! Quantities are already converted to base units: CPU in cores, memory in
 //! bytes (both `f64`), as kube-state-metrics exposes them.
@@ -51,11 +54,24 @@ pub enum ClusterRecord {
         /// Milliseconds since the Unix epoch.
         unix_ms: i64,
     },
+    /// The object state that follows on this sender stream (until the next
+    /// one of these) was shipped by the leader of this leadership epoch
+    /// (sender replicas elect one leader; every term has a higher epoch).
+    /// The link sink of a leader-elected sender puts one in front of every
+    /// batch with object state and in every present; a receiver keeps the
+    /// highest epoch per cluster and refuses object state of older epochs
+    /// (`fenced`). Senders without leader election send none and are never
+    /// fenced. Appended last: postcard numbers variants in order, and an
+    /// older receiver refuses this one as undecodable.
+    LeaderEpoch {
+        /// The term's epoch.
+        epoch: u64,
+    },
 }
 
 impl ClusterRecord {
     /// True for records that carry their own measurement time (samples,
-    /// usage, scale events) or none is needed.
+    /// usage, scale events) or none is needed (markers).
     pub fn is_timestamped(&self) -> bool {
         matches!(
             self,
@@ -63,6 +79,21 @@ impl ClusterRecord {
                 | ClusterRecord::PodUsage(_)
                 | ClusterRecord::ScaleEvent(_)
                 | ClusterRecord::ObservedAt { .. }
+                | ClusterRecord::LeaderEpoch { .. }
+        )
+    }
+
+    /// True for object state: snapshot brackets, upserts and deletes — what
+    /// only the leader ships and a receiver fences by epoch.
+    pub fn is_object_state(&self) -> bool {
+        matches!(
+            self,
+            ClusterRecord::SnapshotBegin { .. }
+                | ClusterRecord::SnapshotEnd { .. }
+                | ClusterRecord::PodUpsert(_)
+                | ClusterRecord::PodDelete(_)
+                | ClusterRecord::HpaUpsert(_)
+                | ClusterRecord::HpaDelete(_)
         )
     }
 }
@@ -302,6 +333,7 @@ mod tests {
             }),
             ClusterRecord::SnapshotEnd { id: 1 },
             ClusterRecord::Sample(Sample::new(key, 5, 1.0)),
+            ClusterRecord::LeaderEpoch { epoch: 7 },
         ];
         for r in recs {
             let bytes = postcard::to_allocvec(&r).unwrap();
@@ -311,6 +343,19 @@ mod tests {
                 matches!(r, ClusterRecord::Sample(_))
             );
         }
+    }
+
+    #[test]
+    fn the_epoch_marker_is_the_last_variant_and_no_object_state() {
+        // Postcard encodes the variant index first: ObservedAt is 9, so the
+        // marker must be 10 for receivers that know every earlier variant.
+        let bytes = postcard::to_allocvec(&ClusterRecord::LeaderEpoch { epoch: 3 }).unwrap();
+        assert_eq!(bytes, vec![10, 3]);
+        let marker = ClusterRecord::LeaderEpoch { epoch: 3 };
+        assert!(marker.is_timestamped());
+        assert!(!marker.is_object_state());
+        assert!(ClusterRecord::SnapshotEnd { id: 1 }.is_object_state());
+        assert!(!ClusterRecord::ObservedAt { unix_ms: 1 }.is_object_state());
     }
 
     #[test]

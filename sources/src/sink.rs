@@ -1,5 +1,11 @@
 //! Where sources put their records: the link sender in production, a
 //! vector in tests.
+//!
+//! Stamps: object state carries no time and no leadership of its own, so
+//! the production sink puts a [`ClusterRecord::ObservedAt`]
+//! ([`stamp_observed`]) and, for a leader-elected sender, a
+//! [`ClusterRecord::LeaderEpoch`] ([`stamp_epoch`]) in front of every batch
+//! with object state, and the epoch in front of every present.
 
 use std::{future::Future, sync::Mutex};
 
@@ -35,6 +41,15 @@ pub trait RecordSink: Send + Sync {
         let _ = records;
         Ok(())
     }
+
+    /// The leadership epoch stamped ([`stamp_epoch`]) on every later batch
+    /// with object state and every later present; `None` stamps nothing (a
+    /// sender without leader election). A source calls it when it starts
+    /// leading, after every record of an earlier term went to
+    /// [`RecordSink::send_batch`]. Default: ignored.
+    fn set_leader_epoch(&self, epoch: Option<u64>) {
+        let _ = epoch;
+    }
 }
 
 /// An in-memory sink for tests: collects records, lets the test bump the
@@ -44,6 +59,7 @@ pub struct VecSink {
     records: Mutex<Vec<ClusterRecord>>,
     presents: Mutex<Vec<Vec<ClusterRecord>>>,
     connections: watch::Sender<u64>,
+    epoch: Mutex<Option<u64>>,
 }
 
 impl Default for VecSink {
@@ -52,6 +68,7 @@ impl Default for VecSink {
             records: Mutex::new(Vec::new()),
             presents: Mutex::new(Vec::new()),
             connections: watch::channel(0).0,
+            epoch: Mutex::new(None),
         }
     }
 }
@@ -84,10 +101,18 @@ impl VecSink {
     pub fn reconnect(&self) {
         self.connections.send_modify(|c| *c += 1);
     }
+
+    /// The epoch set last ([`RecordSink::set_leader_epoch`]).
+    pub fn leader_epoch(&self) -> Option<u64> {
+        self.epoch.lock().map(|e| *e).unwrap_or_default()
+    }
 }
 
+/// Records and presents are stamped with the epoch ([`stamp_epoch`]), as
+/// the production sink does, so tests see which term shipped them.
 impl RecordSink for VecSink {
     async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
+        let records = stamp_epoch(records, self.leader_epoch());
         self.records
             .lock()
             .map_err(|_| SinkError("poisoned".into()))?
@@ -100,12 +125,34 @@ impl RecordSink for VecSink {
     }
 
     fn set_present(&self, records: &[ClusterRecord]) -> Result<(), SinkError> {
+        let records = stamp_epoch(records.to_vec(), self.leader_epoch());
         self.presents
             .lock()
             .map_err(|_| SinkError("poisoned".into()))?
-            .push(records.to_vec());
+            .push(records);
         Ok(())
     }
+
+    fn set_leader_epoch(&self, epoch: Option<u64>) {
+        if let Ok(mut e) = self.epoch.lock() {
+            *e = epoch;
+        }
+    }
+}
+
+/// Puts a [`ClusterRecord::LeaderEpoch`] in front of `records` when an
+/// epoch is given and they hold object state; anything else is left alone.
+pub fn stamp_epoch(records: Vec<ClusterRecord>, epoch: Option<u64>) -> Vec<ClusterRecord> {
+    let Some(epoch) = epoch else {
+        return records;
+    };
+    if !records.iter().any(ClusterRecord::is_object_state) {
+        return records;
+    }
+    let mut stamped = Vec::with_capacity(records.len() + 1);
+    stamped.push(ClusterRecord::LeaderEpoch { epoch });
+    stamped.extend(records);
+    stamped
 }
 
 /// Puts a [`ClusterRecord::ObservedAt`] with the current time in front of
@@ -168,5 +215,28 @@ mod tests {
             matches!(stamped[0], ClusterRecord::ObservedAt { unix_ms } if unix_ms > 1_600_000_000_000)
         );
         assert_eq!(stamped[1], delete);
+    }
+
+    #[test]
+    fn only_object_state_of_a_leader_gets_its_epoch() {
+        let delete = ClusterRecord::PodDelete(ObjectRef {
+            namespace: "n".into(),
+            name: "p".into(),
+        });
+        assert_eq!(
+            stamp_epoch(vec![delete.clone()], None),
+            vec![delete.clone()]
+        );
+        assert_eq!(
+            stamp_epoch(vec![delete.clone()], Some(4)),
+            vec![ClusterRecord::LeaderEpoch { epoch: 4 }, delete.clone()]
+        );
+        let marker_only = vec![ClusterRecord::ObservedAt { unix_ms: 5 }];
+        assert_eq!(stamp_epoch(marker_only.clone(), Some(4)), marker_only);
+        // The observation time goes in front of the epoch, which counts as
+        // needing none.
+        let both = stamp_observed(stamp_epoch(vec![delete.clone()], Some(4)));
+        assert!(matches!(both[0], ClusterRecord::ObservedAt { .. }));
+        assert_eq!(both[1..], [ClusterRecord::LeaderEpoch { epoch: 4 }, delete]);
     }
 }

@@ -10,6 +10,10 @@
 //! * `kube_api` (feature `kube`): a test Kubernetes API server (list/watch over HTTP) with fault controls.
 //! * [`link`]: a collecting handler and receiver/sender starters for link tests.
 //! * [`raw`]: hand-built QUIC peers that break the rules, for bad-input tests.
+//! * [`udp_proxy`]: a UDP relay a test can cut, to partition one sender from
+//!   its receiver.
+//! * [`running`]: a receiver and senders as real processes, with their
+//!   `/metrics` and logs, for process tests.
 
 pub mod binaries;
 pub mod browser;
@@ -22,6 +26,8 @@ pub mod process;
 pub mod prom;
 pub mod prometheus_server;
 pub mod raw;
+pub mod running;
+pub mod udp_proxy;
 
 /// Common start of a test: installs rustls' ring provider and a tracing
 /// subscriber writing through the test harness (level from `RUST_LOG`).

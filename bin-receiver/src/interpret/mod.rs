@@ -4,9 +4,11 @@
 //! What it owns, per cluster (`ClusterModel`): pods (info, phase,
 //! requests, limits, usage), HPAs (replicas, targets, scale-event
 //! counters), running pods per namespace, open snapshots, the scale-event
-//! keys already counted, the generic sample series, the sender's last
-//! [`ClusterRecord::ObservedAt`], and where its present stands. Family names
-//! and label orders are in `families`; the limits in [`Limits`].
+//! keys already counted, the generic sample series, and per sender stream
+//! (one per replica) its last [`ClusterRecord::ObservedAt`], its leadership
+//! epoch and where its present stands (`streams`), with the cluster's
+//! highest epoch. Family names and label orders are in `families`; the
+//! limits in [`Limits`].
 //!
 //! # Two views of one cluster
 //!
@@ -20,7 +22,7 @@
 //!   *history*: they do not change object state (upserts, deletes,
 //!   snapshots), a sample or a pod's usage only replaces an older
 //!   measurement, and scale events still count (each once). A present
-//!   older than records already applied is ignored.
+//!   older than records of its stream already applied is ignored.
 //! - the **timeline**, kept only for remote write: deliveries in sequence
 //!   order, every record applied (history included, presents never). Its
 //!   changes are reported as series-level facts (`facts`): an object's
@@ -49,6 +51,15 @@
 //! write writes a direction when it counts. A sender gone beyond its TTL
 //! loses its current view and samples (`ClusterModel::forget_current`);
 //! its timeline stays.
+//!
+//! # Leadership epochs
+//!
+//! Replicas of a leader-elected sender stamp their object state and
+//! presents with the epoch of their term ([`ClusterRecord::LeaderEpoch`]).
+//! Object state and presents of an epoch older than the cluster's highest
+//! are not applied to either view and are counted as fenced (the handler
+//! refuses them with `fenced`); measurements of an older epoch are history.
+//! See `streams`.
 
 pub(crate) mod facts;
 pub(crate) mod families;
@@ -56,6 +67,7 @@ pub(crate) mod hpa;
 pub(crate) mod pod;
 mod samples;
 mod scale;
+mod streams;
 #[cfg(test)]
 mod tests;
 pub(crate) mod view;
@@ -69,6 +81,7 @@ use self::{
     hpa::HpaState,
     pod::PodState,
     scale::ScaleKeys,
+    streams::{Epochs, StreamState, Streams},
     view::View,
 };
 pub(crate) use samples::SampleTable;
@@ -85,12 +98,18 @@ pub struct Limits {
     /// overlap after watch restarts.
     pub max_open_snapshots: usize,
     /// Scale-event keys remembered to count each event once. Default 4,096
-    /// per cluster: the sender itself reports each occurrence once (its
-    /// seen set survives restarts); the receiver only has to recognise a
-    /// batch the link hands over again after a receiver crash, or a relist
-    /// by a sender that lost its state. 4,096 keys (≈ 0.5 MB) cover hours
-    /// of rescales of a busy cluster, and the bound holds however many
-    /// HPAs there are.
+    /// per cluster: a sender replica reports each occurrence once (its
+    /// seen set survives restarts); the receiver has to recognise a batch
+    /// the link hands over again after a receiver crash, a relist by a
+    /// sender that lost its state, and, with leader-elected replicas, an
+    /// occurrence both the old and the new leader shipped. A new leader
+    /// ships what it saw standing by, which is at most the Events the API
+    /// server keeps (one event TTL, an hour by default), so counting is
+    /// exact while a cluster has fewer rescales than this per event TTL
+    /// (plus the time an old leader's backlog takes to arrive). 4,096 keys
+    /// (≈ 0.5 MB) cover hours of rescales of a busy cluster, and the bound
+    /// holds however many HPAs there are. The keys live in memory: a
+    /// receiver restart forgets them.
     pub scale_event_keys: usize,
     /// Generic sample series kept; new series beyond it are refused (not
     /// shown, not forwarded). Default 100,000, which a `/metrics` page
@@ -120,6 +139,20 @@ enum Lane {
     Present,
 }
 
+/// What became of a present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresentOutcome {
+    /// Applied to the current view.
+    Applied,
+    /// Older than records of its stream already applied: ignored.
+    Stale,
+    /// From an older leadership epoch than the cluster's: refused.
+    Fenced {
+        /// The present's epoch.
+        epoch: u64,
+    },
+}
+
 /// Everything the interpretation knows about one cluster.
 #[derive(Debug)]
 pub(crate) struct ClusterModel {
@@ -127,12 +160,12 @@ pub(crate) struct ClusterModel {
     timeline: Option<View>,
     samples: SampleTable,
     scale_keys: ScaleKeys,
-    /// The last `ObservedAt` of the sender's deliveries.
-    observed_ms: Option<i64>,
-    /// Stream and sequence of the last present applied.
-    present: Option<(u128, u64)>,
-    /// Stream and highest sequence applied from deliveries.
-    applied: Option<(u128, u64)>,
+    /// Where each sender stream stands.
+    streams: Streams,
+    /// Records applied without a stream (`apply_news`).
+    news: StreamState,
+    /// The highest leadership epoch.
+    epochs: Epochs,
 }
 
 impl ClusterModel {
@@ -144,9 +177,9 @@ impl ClusterModel {
             timeline: timeline.then(|| View::new(!current)),
             samples: SampleTable::default(),
             scale_keys: ScaleKeys::default(),
-            observed_ms: None,
-            present: None,
-            applied: None,
+            streams: Streams::default(),
+            news: StreamState::default(),
+            epochs: Epochs::default(),
         }
     }
 
@@ -177,8 +210,9 @@ impl ClusterModel {
     }
 
     /// Applies a delivery: `records` are sequence numbers `first_seq..` of
-    /// `cluster`'s stream `stream_id`; those the last present covers are
-    /// history. Timeline facts go to `facts`.
+    /// `cluster`'s stream `stream_id`; those its last present covers are
+    /// history. Timeline facts go to `facts`. Returns how many records were
+    /// refused as fenced (object state of an older leadership epoch).
     pub(crate) fn apply_delivery<F: Facts>(
         &mut self,
         cluster: &str,
@@ -187,21 +221,21 @@ impl ClusterModel {
         now_ms: i64,
         limits: &Limits,
         facts: &mut F,
-    ) {
+    ) -> u64 {
         if records.is_empty() {
-            return;
+            return 0;
         }
         let last_seq = first_seq.saturating_add(records.len() as u64 - 1);
-        let covers = match self.present {
-            Some((stream, covers)) if stream == stream_id => covers,
-            _ => 0,
-        };
-        self.applied = Some((stream_id, last_seq));
+        let mut stream = self.streams.get(stream_id);
+        let covers = stream.present.unwrap_or(0);
+        stream.applied = Some(last_seq);
         let lanes = records.into_iter().enumerate().map(|(i, record)| {
             let history = first_seq.saturating_add(i as u64) <= covers;
             (record, if history { Lane::History } else { Lane::News })
         });
-        self.apply(cluster, lanes, now_ms, limits, facts);
+        let fenced = self.apply(cluster, &mut stream, lanes, now_ms, limits, facts);
+        self.streams.put(stream_id, stream);
+        fenced
     }
 
     /// Applies records that are news (no sequence numbers, no present).
@@ -214,90 +248,126 @@ impl ClusterModel {
         facts: &mut F,
     ) {
         let lanes = records.into_iter().map(|record| (record, Lane::News));
-        self.apply(cluster, lanes, now_ms, limits, facts);
+        let mut news = self.news;
+        self.apply(cluster, &mut news, lanes, now_ms, limits, facts);
+        self.news = news;
     }
 
     /// Applies a sender's present state (its current view, ahead of its
-    /// backlog) to the current view, unless records newer than it were
-    /// applied already. Returns whether it was applied.
+    /// backlog) to the current view, unless records of its stream newer
+    /// than it were applied already (stale) or it is stamped with an epoch
+    /// older than the cluster's (fenced).
     pub(crate) fn apply_present(
         &mut self,
         cluster: &str,
         (stream_id, covers_seq): (u128, u64),
         records: Vec<ClusterRecord>,
         limits: &Limits,
-    ) -> bool {
-        let stale = |seen: Option<(u128, u64)>| {
-            seen.is_some_and(|(stream, seq)| stream == stream_id && seq > covers_seq)
-        };
-        if stale(self.applied) || stale(self.present) {
+    ) -> PresentOutcome {
+        let mut stream = self.streams.get(stream_id);
+        let newer = |seq: Option<u64>| seq.is_some_and(|seq| seq > covers_seq);
+        if newer(stream.applied) || newer(stream.present) {
             tracing::debug!(
                 cluster,
                 covers_seq,
                 "present older than what is applied; ignored"
             );
-            return false;
+            return PresentOutcome::Stale;
         }
-        self.present = Some((stream_id, covers_seq));
+        let epoch = records.iter().find_map(|r| match r {
+            ClusterRecord::LeaderEpoch { epoch } => Some(*epoch),
+            _ => None,
+        });
+        if let Some(epoch) = epoch {
+            if self.epochs.fences(Some(epoch)) {
+                return PresentOutcome::Fenced { epoch };
+            }
+            self.epochs.see(cluster, epoch);
+        }
+        stream.present = Some(covers_seq);
+        self.streams.put(stream_id, stream);
         let lanes = records.into_iter().map(|record| (record, Lane::Present));
-        self.apply(cluster, lanes, 0, limits, &mut NoFacts);
-        true
+        let mut own = StreamState::default();
+        self.apply(cluster, &mut own, lanes, 0, limits, &mut NoFacts);
+        PresentOutcome::Applied
     }
 
+    /// Applies `records` that follow `stream`'s position; returns how many
+    /// were refused as fenced.
     fn apply<F: Facts>(
         &mut self,
         cluster: &str,
+        stream: &mut StreamState,
         records: impl Iterator<Item = (ClusterRecord, Lane)>,
         now_ms: i64,
         limits: &Limits,
         facts: &mut F,
-    ) {
+    ) -> u64 {
         let mut out = Out { cluster, facts };
+        let mut fenced = 0;
         for (index, (record, lane)) in records.enumerate() {
             out.facts.record(index);
-            self.apply_one(record, lane, now_ms, limits, &mut out);
+            if !self.apply_one(stream, record, lane, now_ms, limits, &mut out) {
+                fenced += 1;
+            }
         }
-        let at_ms = self.observed_ms.unwrap_or(now_ms);
+        let at_ms = stream.observed_ms.unwrap_or(now_ms);
         if let Some(timeline) = &mut self.timeline {
             timeline.finish(&mut out, at_ms);
         }
+        fenced
     }
 
-    /// Applies one record to the views its lane reaches.
+    /// Applies one record of `stream` to the views its lane reaches;
+    /// false if it is object state of an older epoch (fenced, not applied).
     fn apply_one<F: Facts>(
         &mut self,
+        stream: &mut StreamState,
         record: ClusterRecord,
         lane: Lane,
         now_ms: i64,
         limits: &Limits,
         out: &mut Out<'_, F>,
-    ) {
+    ) -> bool {
+        let fenced = self.epochs.fences(stream.epoch);
         match record {
             ClusterRecord::ObservedAt { unix_ms } => {
                 if lane != Lane::Present {
-                    self.observed_ms = Some(unix_ms);
+                    stream.observed_ms = Some(unix_ms);
+                }
+            }
+            // A present's epoch was judged before it was applied.
+            ClusterRecord::LeaderEpoch { epoch } => {
+                if lane != Lane::Present {
+                    stream.epoch = Some(epoch);
+                    self.epochs.see(out.cluster, epoch);
                 }
             }
             ClusterRecord::PodUsage(_)
             | ClusterRecord::ScaleEvent(_)
             | ClusterRecord::Sample(_) => {
+                let lane = if fenced { Lane::History } else { lane };
                 self.apply_measurement(record, lane, limits, out);
             }
-            _ => self.apply_object(record, lane, now_ms, limits, out),
+            _ if fenced => return false,
+            _ => {
+                let at_ms = stream.observed_ms.unwrap_or(now_ms);
+                self.apply_object(record, lane, at_ms, limits, out);
+            }
         }
+        true
     }
 
-    /// Snapshots, upserts and deletes: the current view unless `lane` is
-    /// history, the timeline unless it is the present.
+    /// Snapshots, upserts and deletes observed at `at_ms`: the current view
+    /// unless `lane` is history, the timeline unless it is the present.
     fn apply_object<F: Facts>(
         &mut self,
         record: ClusterRecord,
         lane: Lane,
-        now_ms: i64,
+        at_ms: i64,
         limits: &Limits,
         out: &mut Out<'_, F>,
     ) {
-        let at_ms = self.observed_ms.unwrap_or(now_ms);
         let mut quiet = Out {
             cluster: out.cluster,
             facts: &mut NoFacts,
@@ -362,8 +432,9 @@ impl ClusterModel {
     }
 
     /// Usage, scale events and samples: the current view from every lane
-    /// (history only moves it forward), the timeline unless `lane` is the
-    /// present.
+    /// (history only moves it forward; a pod's usage never moves back to an
+    /// older measurement, whichever stream — replica — sent it), the
+    /// timeline unless `lane` is the present.
     fn apply_measurement<F: Facts>(
         &mut self,
         record: ClusterRecord,
@@ -380,6 +451,11 @@ impl ClusterModel {
         let timeline = self.timeline.as_mut().filter(|_| lane != Lane::Present);
         match record {
             ClusterRecord::PodUsage(usage) => {
+                let (namespace, pod) = (usage.namespace.as_str(), usage.pod.as_str());
+                let current = current.filter(|v| {
+                    v.usage_ms(namespace, pod)
+                        .is_none_or(|t| usage.timestamp_ms >= t)
+                });
                 if let Some(view) = current {
                     view.pod_usage(&usage, history, &mut quiet);
                 }

@@ -6,8 +6,11 @@
 //!
 //! What it guarantees: an event whose key is among the remembered ones is
 //! not counted again; an event that does not change the size is never
-//! counted (its key is remembered all the same); memory stays bounded by
-//! `capacity` keys whatever the number of HPAs.
+//! counted, and its key is not remembered — a sender replica that did not
+//! know the size before a rescale reports it unchanged, and another
+//! replica's copy of the same occurrence, with the size it knew, still
+//! counts (once); memory stays bounded by `capacity` keys whatever the
+//! number of HPAs.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -24,8 +27,8 @@ pub(crate) struct ScaleKeys {
 
 impl ScaleKeys {
     /// The direction to count `event` in, or `None` when it is a repeat of
-    /// a remembered key or does not change the size. Remembers its key,
-    /// forgetting the oldest beyond `capacity`.
+    /// a remembered key or does not change the size. Remembers the key of
+    /// an event it counts, forgetting the oldest beyond `capacity`.
     pub(crate) fn first_sighting(
         &mut self,
         event: &ScaleEvent,
@@ -34,6 +37,11 @@ impl ScaleKeys {
         if self.seen.contains(&event.key) {
             return None;
         }
+        let direction = match event.new_replicas.cmp(&event.old_replicas) {
+            std::cmp::Ordering::Greater => Direction::Up,
+            std::cmp::Ordering::Less => Direction::Down,
+            std::cmp::Ordering::Equal => return None,
+        };
         if capacity > 0 {
             while self.order.len() >= capacity {
                 if let Some(oldest) = self.order.pop_front() {
@@ -43,11 +51,7 @@ impl ScaleKeys {
             self.order.push_back(event.key.clone());
             self.seen.insert(event.key.clone());
         }
-        match event.new_replicas.cmp(&event.old_replicas) {
-            std::cmp::Ordering::Greater => Some(Direction::Up),
-            std::cmp::Ordering::Less => Some(Direction::Down),
-            std::cmp::Ordering::Equal => None,
-        }
+        Some(direction)
     }
 
     /// Keys remembered.
@@ -86,11 +90,13 @@ mod tests {
             Some(Direction::Down)
         );
         assert_eq!(keys.first_sighting(&event("same", 2, 2), 2), None);
+        assert_eq!(keys.len(), 2, "the same-size key is not remembered");
         assert_eq!(
-            keys.len(),
-            2,
-            "the same-size key is remembered; a is forgotten"
+            keys.first_sighting(&event("same", 1, 2), 2),
+            Some(Direction::Up),
+            "another replica's copy that knows the size counts"
         );
+        assert_eq!(keys.first_sighting(&event("same", 1, 2), 2), None);
         assert_eq!(keys.first_sighting(&event("b", 4, 2), 2), None);
         assert_eq!(
             keys.first_sighting(&event("a", 1, 4), 2),

@@ -2,7 +2,10 @@
 //! same series on `/metrics` (the store's page) and in remote write (the
 //! latest sample of every series the timeline wrote and did not mark
 //! stale), through the store the receiver runs (`keep_timeline`), and the
-//! limits hold for both.
+//! limits hold for both. Leadership epochs and several streams per
+//! cluster: `epochs`.
+
+mod epochs;
 
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
@@ -58,10 +61,17 @@ impl Both {
 
     /// Delivers `records` as sequence numbers `first..`.
     fn deliver_at(&mut self, first: u64, records: Vec<ClusterRecord>) {
+        self.deliver_on(STREAM, first, records);
+    }
+
+    /// Delivers `records` as sequence numbers `first..` of `stream`;
+    /// returns how many were refused as fenced.
+    fn deliver_on(&mut self, stream: u128, first: u64, records: Vec<ClusterRecord>) -> u64 {
         let count = records.len();
-        let converted = self
+        let delivered = self
             .store
-            .apply_delivery_at(CLUSTER, STREAM, first, records, self.now);
+            .deliver_at(CLUSTER, stream, first, records, self.now);
+        let converted = delivered.converted;
         assert_eq!(converted.starts.len(), count, "one start per record");
         for sample in converted.samples {
             if sample.is_stale() {
@@ -70,6 +80,7 @@ impl Both {
                 self.written.insert(sample.labels, sample.value);
             }
         }
+        delivered.fenced
     }
 
     /// The series on `/metrics` that remote write also carries: all but

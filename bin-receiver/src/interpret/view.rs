@@ -309,6 +309,13 @@ impl View {
         }
     }
 
+    /// When the usage shown for pod `namespace/pod` was measured, if the
+    /// view has a slot for it (`i64::MIN`: no usage yet).
+    pub(crate) fn usage_ms(&self, namespace: &str, pod: &str) -> Option<i64> {
+        let slot = self.pods.get(namespace)?.get(pod)?;
+        Some(slot.usage.timestamp_ms())
+    }
+
     /// Applies a pod's usage. A `history` record (older than the present
     /// the sender sent) only replaces an older measurement of a known pod.
     pub(crate) fn pod_usage<F: Facts>(

@@ -12,8 +12,12 @@
 //!
 //! What it guarantees:
 //! - Records are applied in order, by the rules of [`crate::interpret`]:
-//!   the present comes first ([`ClusterStore::apply_present_at`]) and the
-//!   backlog it covers never moves `/metrics` back.
+//!   the present comes first ([`ClusterStore::present_at`]) and the
+//!   backlog it covers never moves `/metrics` back. A cluster's sender may
+//!   run as several replicas, each its own stream: presents, history and
+//!   observation times are per stream, and object state of an older
+//!   leadership epoch is refused and counted ([`Delivered::fenced`],
+//!   [`PresentOutcome::Fenced`]).
 //! - `telemetry_link_sender_up{cluster}` is 1 while the sender is connected or
 //!   has been disconnected for at most `sender_ttl`; [`ClusterStore::expire`]
 //!   removes every series of a cluster disconnected for longer and turns it
@@ -40,10 +44,22 @@ use prometheus::proto::MetricFamily;
 use telemetry_runtime::exposition::{self, push_label, Format};
 use telemetry_schema::ClusterRecord;
 
+pub use crate::interpret::PresentOutcome;
 use crate::{
     interpret::{facts::NoFacts, families::FAMILIES, ClusterModel, Limits},
     remote_write::convert::Converted,
 };
+
+/// What applying a delivery did.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The delivery's remote-write samples (none unless the store keeps the
+    /// timeline).
+    pub converted: Converted,
+    /// Records refused as fenced: object state of an older leadership
+    /// epoch than the cluster's, not applied.
+    pub fenced: u64,
+}
 
 /// Limits and timings of a [`ClusterStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,11 +301,40 @@ impl ClusterStore {
     }
 
     /// Applies a delivery: `records` are sequence numbers `first_seq..` of
-    /// `cluster`'s stream `stream_id`. Those the last present covers are
-    /// history (see [`crate::interpret`]). Returns the delivery's
-    /// remote-write samples when the store keeps the timeline
-    /// ([`ClusterStore::keep_timeline`]; none otherwise); object state
-    /// without an observation time is stamped `now`.
+    /// `cluster`'s stream `stream_id`. Those the stream's last present
+    /// covers are history (see [`crate::interpret`]). Returns the
+    /// delivery's remote-write samples when the store keeps the timeline
+    /// ([`ClusterStore::keep_timeline`]; none otherwise) and how many of
+    /// its records were refused as fenced; object state without an
+    /// observation time is stamped `now`.
+    pub fn deliver_at(
+        &mut self,
+        cluster: &str,
+        stream_id: u128,
+        first_seq: u64,
+        records: Vec<ClusterRecord>,
+        now: Instant,
+    ) -> Delivered {
+        let mut delivered = Delivered::default();
+        if records.is_empty() {
+            return delivered;
+        }
+        let now_ms = self.clock.unix_ms(now);
+        let limits = self.config.limits;
+        let timeline = self.timeline;
+        let model = &mut self.sending(cluster, now).model;
+        let position = (stream_id, first_seq);
+        let converted = &mut delivered.converted;
+        delivered.fenced = if timeline {
+            model.apply_delivery(cluster, position, records, now_ms, &limits, converted)
+        } else {
+            model.apply_delivery(cluster, position, records, now_ms, &limits, &mut NoFacts)
+        };
+        delivered
+    }
+
+    /// [`ClusterStore::deliver_at`], returning only the remote-write
+    /// samples.
     pub fn apply_delivery_at(
         &mut self,
         cluster: &str,
@@ -298,26 +343,34 @@ impl ClusterStore {
         records: Vec<ClusterRecord>,
         now: Instant,
     ) -> Converted {
-        let mut converted = Converted::default();
-        if records.is_empty() {
-            return converted;
-        }
-        let now_ms = self.clock.unix_ms(now);
-        let limits = self.config.limits;
-        let timeline = self.timeline;
-        let model = &mut self.sending(cluster, now).model;
-        let position = (stream_id, first_seq);
-        if timeline {
-            model.apply_delivery(cluster, position, records, now_ms, &limits, &mut converted);
-        } else {
-            model.apply_delivery(cluster, position, records, now_ms, &limits, &mut NoFacts);
-        }
-        converted
+        self.deliver_at(cluster, stream_id, first_seq, records, now)
+            .converted
     }
 
     /// Applies a sender's present state (its current view, ahead of its
-    /// backlog), unless records newer than it were applied already.
-    /// Returns whether it was applied.
+    /// backlog), unless records of its stream newer than it were applied
+    /// already, or it comes from an older leadership epoch than the
+    /// cluster's.
+    pub fn present_at(
+        &mut self,
+        cluster: &str,
+        stream_id: u128,
+        covers_seq: u64,
+        records: Vec<ClusterRecord>,
+        now: Instant,
+    ) -> PresentOutcome {
+        let limits = self.config.limits;
+        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
+        let outcome = state
+            .model
+            .apply_present(cluster, (stream_id, covers_seq), records, &limits);
+        if outcome == PresentOutcome::Applied {
+            self.sending(cluster, now);
+        }
+        outcome
+    }
+
+    /// [`ClusterStore::present_at`]; true if the present was applied.
     pub fn apply_present_at(
         &mut self,
         cluster: &str,
@@ -326,15 +379,7 @@ impl ClusterStore {
         records: Vec<ClusterRecord>,
         now: Instant,
     ) -> bool {
-        let limits = self.config.limits;
-        let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
-        let applied = state
-            .model
-            .apply_present(cluster, (stream_id, covers_seq), records, &limits);
-        if applied {
-            self.sending(cluster, now);
-        }
-        applied
+        self.present_at(cluster, stream_id, covers_seq, records, now) == PresentOutcome::Applied
     }
 
     /// `cluster`'s sender connected at `now`.

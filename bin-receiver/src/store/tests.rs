@@ -474,20 +474,21 @@ fn scale_events_count_by_direction_once_per_key_with_bounded_memory() {
             ClusterRecord::ScaleEvent(scale("ns", "h", 4, 2, "b")),
             ClusterRecord::ScaleEvent(scale("ns", "h", 2, 2, "same-size")),
             ClusterRecord::ScaleEvent(scale("ns", "h", 4, 2, "b")),
+            ClusterRecord::ScaleEvent(scale("ns", "h", 2, 3, "c")),
         ],
     );
     let counted = page(&store);
     assert!(
-        counted.contains(r#"horizontalpodautoscaler="h",direction="up"} 1"#),
+        counted.contains(r#"horizontalpodautoscaler="h",direction="up"} 2"#),
         "{counted}"
     );
     assert!(counted.contains(r#"horizontalpodautoscaler="h",direction="down"} 1"#));
-    // Only the last 2 keys are remembered: "a" has been forgotten.
+    // Only the last 2 counted keys are remembered: "a" has been forgotten.
     store.apply(
         "c",
         [ClusterRecord::ScaleEvent(scale("ns", "h", 1, 4, "a"))],
     );
-    assert!(page(&store).contains(r#"horizontalpodautoscaler="h",direction="up"} 2"#));
+    assert!(page(&store).contains(r#"horizontalpodautoscaler="h",direction="up"} 3"#));
 
     store.apply("c", [ClusterRecord::HpaDelete(object("ns", "h"))]);
     let deleted = page(&store);

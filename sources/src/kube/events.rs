@@ -42,7 +42,23 @@
 //! knows the size before a rescale it missed.
 //!
 //! The state file is written atomically (temporary file, fsync, rename). One
-//! state directory belongs to one sender.
+//! state directory belongs to one sender replica.
+//!
+//! # Several replicas
+//!
+//! With leader election each replica has its own state directory, and its
+//! seen set holds the occurrences *this replica shipped*: a standby does
+//! not hand events to its tracker at all (the source holds them), so on
+//! taking over it ships every occurrence it knows and has not shipped
+//! itself — those the old leader shipped too, and those it never could
+//! (it was cut off from the API server, or died with them unspooled). The
+//! receiver counts each key once whichever replica sent it. That is exact
+//! as long as the receiver still remembers a key when its second sender's
+//! copy arrives: a standby holds the Events the API server still has (one
+//! event TTL, an hour by default), so the receiver's key memory must hold
+//! the rescale occurrences of a cluster's event TTL plus the time an old
+//! leader's backlog may take to arrive (the receiver keeps 4,096 keys per
+//! cluster in memory; a receiver restart forgets them).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -131,7 +147,7 @@ pub fn parse_rescale_message(message: &str) -> Option<(i32, String)> {
 }
 
 /// When the event's latest occurrence happened (ms since epoch).
-fn occurrence_time_ms(ev: &Event) -> Option<i64> {
+pub(crate) fn occurrence_time_ms(ev: &Event) -> Option<i64> {
     ev.series
         .as_ref()
         .and_then(|s| s.last_observed_time.as_ref())

@@ -6,7 +6,8 @@
 //! - [`quantity`]: Kubernetes quantity strings → base units.
 //! - [`convert`]: API objects → record types.
 //! - [`events`]: rescale events → scale events, counted once (persisted).
-//! - [`source`]: the watch loop ([`KubeSource`]).
+//! - [`source`]: the watch loop ([`KubeSource`]); with a leadership to follow,
+//!   only the leader ships.
 //! - [`client`]: building the `kube::Client` ([`client_from`]).
 //! - [`leader`]: leader election among sender replicas over a Lease
 //!   ([`LeaderElector`]), with fencing and epochs.

@@ -1,9 +1,11 @@
-//! [`KubeSource`]: watches a cluster and ships [`ClusterRecord`]s into a sink.
+//! [`KubeSource`]: watches a cluster and ships
+//! [`ClusterRecord`](telemetry_schema::ClusterRecord)s into a sink.
 //!
 //! This module owns the source's event loop: one kube-runtime watcher per
 //! watched resource (Pods, autoscaling/v2 HPAs, `SuccessfulRescale` Events)
-//! and per namespace (or one cluster-wide), the metrics poller, snapshots,
-//! readiness, batching and the handling of watch failures.
+//! and per namespace (or one cluster-wide; `watches`), the metrics poller,
+//! snapshots, readiness, batching (`batch`), the handling of watch failures
+//! and, for replicas that elect a leader, what each role ships (`runner`).
 //!
 //! Record rules:
 //! - A watcher's initial list (and every relist, e.g. after `410 Gone`) is
@@ -26,6 +28,19 @@
 //! - Records are batched: a batch goes to the sink after `flush_interval` or
 //!   at `max_batch` records.
 //!
+//! Leader election ([`KubeSource::with_leadership`]): only the leader ships.
+//! A standby keeps its watches, store and metrics poll running (it is
+//! ready once pods and HPAs are listed) and ships nothing — no state, no
+//! usage, no scale events, no present — while its link stays connected to
+//! deliver any backlog of an earlier term. The rescale events it sees are
+//! held, not marked shipped. On becoming leader it sets the present state
+//! and queues a full snapshot at once, stamped with the term's epoch
+//! ([`RecordSink::set_leader_epoch`]), then ships every held rescale
+//! occurrence it has not shipped itself (its tracker's seen set holds only
+//! what this replica shipped; the receiver counts each key once, whichever
+//! replica sent it). On losing the lease, or being fenced, it stops at
+//! once.
+//!
 //! Failures: a 403 from any watch or list ends [`KubeSource::run`] with
 //! [`KubeSourceError::Rbac`] naming the verb and resource; a 400 on a list
 //! (a selector the server rejects) ends it with
@@ -33,44 +48,28 @@
 //! cut, resourceVersion expired) is retried with backoff, logged once per
 //! outage; the kube watcher resumes from the last resourceVersion or relists.
 
-use std::{
-    collections::VecDeque,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+mod batch;
+mod held;
+mod runner;
+#[cfg(test)]
+mod tests;
+mod watches;
 
-use futures_util::{stream::BoxStream, StreamExt};
-use k8s_openapi::{
-    api::{
-        autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{Event, Pod},
-    },
-    NamespaceResourceScope,
-};
-use kube::{
-    api::Api,
-    runtime::{
-        utils::Backoff,
-        watcher::{self, watcher},
-        WatchStreamExt,
-    },
-    Resource,
-};
-use serde::de::DeserializeOwned;
-use telemetry_schema::{ClusterRecord, HpaInfo, ObjectKind, ObjectRef, PodInfo};
+use std::{path::PathBuf, time::Duration};
+
+use futures_util::{stream::SelectAll, Stream, StreamExt};
+use telemetry_schema::PodUsage;
 use tokio::sync::{mpsc, watch};
 
 use crate::sink::{RecordSink, SinkError};
 
+use self::{runner::Runner, watches::Item};
 use super::{
-    convert::{hpa_info, hpa_ref, pod_info, pod_ref},
     events::{ScaleTracker, StateError},
+    leader::Leadership,
     metrics::MetricsPoller,
-    store::Store,
 };
 
-/// Rescale events held back until the HPAs are listed.
-const MAX_PENDING_EVENTS: usize = 10_000;
 /// The field selector of the Events watch.
 pub const EVENTS_FIELD_SELECTOR: &str = "reason=SuccessfulRescale";
 
@@ -175,185 +174,10 @@ fn rbac_message(verb: &str, resource: &str, group: &str, namespace: Option<&str>
     )
 }
 
-/// The watched resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Watched {
-    Pods,
-    Hpas,
-    Events,
-}
-
-impl Watched {
-    fn plural(self) -> &'static str {
-        match self {
-            Watched::Pods => "pods",
-            Watched::Hpas => "horizontalpodautoscalers",
-            Watched::Events => "events",
-        }
-    }
-
-    fn group(self) -> &'static str {
-        match self {
-            Watched::Pods | Watched::Events => "",
-            Watched::Hpas => "autoscaling",
-        }
-    }
-}
-
-/// One watcher's bookkeeping.
-#[derive(Debug)]
-struct Slot {
-    what: Watched,
-    scope: Option<String>,
-    listed: bool,
-    failing: bool,
-    pods: Vec<PodInfo>,
-    hpas: Vec<HpaInfo>,
-}
-
-impl Slot {
-    fn namespace(&self) -> &str {
-        self.scope.as_deref().unwrap_or("*")
-    }
-}
-
-/// A watcher's output, tagged with its slot. Each is moved once from the
-/// stream into its handler; boxing the large pod variant would only add an
-/// allocation per watch event.
-#[allow(clippy::large_enum_variant)]
-enum Item {
-    Pod(usize, Result<watcher::Event<Pod>, watcher::Error>),
-    Hpa(
-        usize,
-        Result<watcher::Event<HorizontalPodAutoscaler>, watcher::Error>,
-    ),
-    Ev(usize, Result<watcher::Event<Event>, watcher::Error>),
-}
-
-/// Exponential backoff for failing watches: 500 ms doubling up to a maximum;
-/// it starts over only after a quiet period (as client-go's reflector does),
-/// since the watcher reports success (`Init`) before a relist can fail again.
-#[derive(Debug)]
-struct WatchBackoff {
-    min: Duration,
-    max: Duration,
-    quiet: Duration,
-    current: Option<Duration>,
-    last: Option<Instant>,
-}
-
-impl WatchBackoff {
-    fn new(max: Duration) -> Self {
-        let min = Duration::from_millis(500).min(max);
-        Self {
-            min,
-            max,
-            quiet: max.saturating_mul(2).max(Duration::from_secs(2)),
-            current: None,
-            last: None,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let d = match self.current {
-            None => self.min,
-            Some(c) => c.saturating_mul(2).min(self.max),
-        };
-        self.current = Some(d);
-        self.last = Some(Instant::now());
-        Some(d)
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        if self.last.is_none_or(|l| l.elapsed() >= self.quiet) {
-            self.current = None;
-        }
-    }
-}
-
-fn forbidden_verb(err: &watcher::Error) -> Option<&'static str> {
-    match err {
-        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.is_forbidden() => Some("list"),
-        watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s))
-            if s.is_forbidden() =>
-        {
-            Some("watch")
-        }
-        watcher::Error::WatchError(s) if s.is_forbidden() => Some("watch"),
-        _ => None,
-    }
-}
-
-fn bad_request(err: &watcher::Error) -> Option<(&'static str, String)> {
-    match err {
-        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 400 => {
-            Some(("list", s.message.clone()))
-        }
-        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 400 => {
-            Some(("watch", s.message.clone()))
-        }
-        _ => None,
-    }
-}
-
-fn is_gone(err: &watcher::Error) -> bool {
-    matches!(err, watcher::Error::WatchError(s) if s.code == 410)
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Records waiting for the sink.
-#[derive(Debug)]
-struct Batcher {
-    buf: Vec<ClusterRecord>,
-    since: Option<Instant>,
-    interval: Duration,
-    max: usize,
-}
-
-impl Batcher {
-    fn push(&mut self, r: ClusterRecord) {
-        if self.buf.is_empty() {
-            self.since = Some(Instant::now());
-        }
-        self.buf.push(r);
-    }
-
-    fn extend(&mut self, rs: Vec<ClusterRecord>) {
-        for r in rs {
-            self.push(r);
-        }
-    }
-
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.since
-            .map(|s| tokio::time::Instant::from_std(s + self.interval))
-    }
-
-    fn full(&self) -> bool {
-        self.buf.len() >= self.max
-    }
-
-    async fn flush(&mut self, sink: &impl RecordSink) -> Result<(), SinkError> {
-        self.since = None;
-        while !self.buf.is_empty() {
-            let rest = self.buf.split_off(self.max.min(self.buf.len()));
-            let head = std::mem::replace(&mut self.buf, rest);
-            sink.send_batch(head).await?;
-        }
-        Ok(())
-    }
 }
 
 /// Watches a cluster and ships records; see the module documentation.
@@ -361,6 +185,7 @@ impl Batcher {
 pub struct KubeSource {
     config: KubeSourceConfig,
     ready: watch::Sender<bool>,
+    leadership: Option<watch::Receiver<Leadership>>,
 }
 
 impl KubeSource {
@@ -369,11 +194,21 @@ impl KubeSource {
         Self {
             config,
             ready: watch::channel(false).0,
+            leadership: None,
         }
     }
 
+    /// Ships only while `leadership` reads [`Leadership::Leader`], stamped
+    /// with its epoch (see the module documentation); a closed channel
+    /// counts as standing by.
+    pub fn with_leadership(mut self, leadership: watch::Receiver<Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
     /// Becomes `true` once the first complete lists of pods and of HPAs
-    /// (all watched namespaces) have been shipped as snapshots.
+    /// (all watched namespaces) are in: shipped as snapshots, or, by a
+    /// standby, held ready for a takeover.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
@@ -386,82 +221,40 @@ impl KubeSource {
         self,
         client: kube::Client,
         sink: &S,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<(), KubeSourceError> {
         let tracker = ScaleTracker::open(&self.config.state_dir, now_ms())?;
         let scopes = self.config.scopes();
-        let mut runner = Runner::new(&self.config, &scopes, tracker, self.ready);
-        let mut watches = futures_util::stream::select_all(runner.streams(&client, &self.config));
-
-        let (usage_tx, mut usage_rx) = mpsc::channel(1);
+        let elected = self.leadership.is_some();
+        let mut runner = Runner::new(&self.config, &scopes, tracker, self.ready, elected);
+        let mut watches = futures_util::stream::select_all(watches::streams(
+            &runner.slots,
+            &client,
+            &self.config,
+        ));
+        let (usage_tx, usage_rx) = mpsc::channel(1);
         let poller = MetricsPoller {
             client: client.clone(),
-            scopes: scopes.clone(),
+            scopes,
             label_selector: self.config.label_selector.clone(),
             interval: self.config.metrics_interval,
             retry_interval: self.config.metrics_retry_interval,
         };
         let poller = AbortOnDrop(tokio::spawn(poller.run(runner.ready.subscribe(), usage_tx)));
-
-        let mut conns = sink.connections();
-        conns.borrow_and_update();
-        let mut conns_open = true;
-        let mut usage_open = true;
-        let shutdown_signal = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        tokio::pin!(shutdown_signal);
+        let mut inputs = Inputs::new(sink.connections(), usage_rx, self.leadership, shutdown);
         tracing::info!(
             namespaces = ?self.config.namespaces,
             label_selector = ?self.config.label_selector,
             state_dir = %self.config.state_dir.display(),
+            leader_elected = elected,
             "Kubernetes source starting"
         );
-
         let result = loop {
-            let deadline = runner.batch.deadline();
-            let step: Result<(), KubeSourceError> = tokio::select! {
-                biased;
-                _ = &mut shutdown_signal => break Ok(()),
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                    runner.batch.flush(sink).await.map_err(KubeSourceError::from)
-                }
-                changed = conns.changed(), if conns_open => {
-                    match changed {
-                        Ok(()) => {
-                            let n = *conns.borrow_and_update();
-                            // Everything the store reflects goes to the spool
-                            // first, so the present covers it.
-                            match runner.batch.flush(sink).await {
-                                Ok(()) => runner.on_reconnect(n, sink).map_err(KubeSourceError::from),
-                                Err(e) => Err(e.into()),
-                            }
-                        }
-                        Err(_) => {
-                            conns_open = false;
-                            Ok(())
-                        }
-                    }
-                }
-                usage = usage_rx.recv(), if usage_open => {
-                    match usage {
-                        Some(usage) => runner.on_usage(usage),
-                        None => usage_open = false,
-                    }
-                    Ok(())
-                }
-                item = watches.next() => match item {
-                    Some(item) => runner.on_item(item),
-                    None => Err(KubeSourceError::WatchesEnded),
-                },
-            };
-            if let Err(e) = step {
-                break Err(e);
-            }
-            if runner.batch.full() {
-                if let Err(e) = runner.batch.flush(sink).await {
-                    break Err(e.into());
-                }
+            let input = inputs.next(&mut watches, runner.batch.deadline()).await;
+            match runner.on_input(input, sink).await {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
             }
         };
         drop(poller);
@@ -476,567 +269,108 @@ impl KubeSource {
     }
 }
 
+/// One thing for the source to handle. Each is moved once into its
+/// handler (a watch item as it came from the stream; see `Item`).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Input {
+    /// Shutdown requested.
+    Stop,
+    /// The batch's flush interval passed.
+    FlushDue,
+    /// The link (re)connected: the sink's connection counter.
+    Connected(u64),
+    /// A metrics poll.
+    Usage(Vec<PodUsage>),
+    /// This replica's leadership changed.
+    Leadership(Leadership),
+    /// A watch produced something.
+    Watch(Item),
+    /// Every watch stream ended.
+    WatchesEnded,
+}
+
+/// Where inputs come from, apart from the watches.
+struct Inputs {
+    conns: Option<watch::Receiver<u64>>,
+    usage: Option<mpsc::Receiver<Vec<PodUsage>>>,
+    leadership: Option<watch::Receiver<Leadership>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Inputs {
+    fn new(
+        mut conns: watch::Receiver<u64>,
+        usage: mpsc::Receiver<Vec<PodUsage>>,
+        mut leadership: Option<watch::Receiver<Leadership>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        conns.borrow_and_update();
+        // The leadership at the start is news too.
+        if let Some(l) = &mut leadership {
+            l.mark_changed();
+        }
+        Self {
+            conns: Some(conns),
+            usage: Some(usage),
+            leadership,
+            shutdown,
+        }
+    }
+
+    /// The next input, in priority order: stop, a due flush, leadership,
+    /// reconnections, usage, watches.
+    async fn next(
+        &mut self,
+        watches: &mut SelectAll<impl Stream<Item = Item> + Unpin>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Input {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|stop| *stop) => return Input::Stop,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    return Input::FlushDue;
+                }
+                changed = changed(&mut self.leadership), if self.leadership.is_some() => match changed {
+                    Some(l) => return Input::Leadership(l),
+                    None => {
+                        self.leadership = None;
+                        return Input::Leadership(Leadership::Standby { holder: None });
+                    }
+                },
+                changed = changed(&mut self.conns), if self.conns.is_some() => match changed {
+                    Some(n) => return Input::Connected(n),
+                    None => self.conns = None,
+                },
+                usage = recv(&mut self.usage), if self.usage.is_some() => match usage {
+                    Some(usage) => return Input::Usage(usage),
+                    None => self.usage = None,
+                },
+                item = watches.next() => {
+                    return item.map_or(Input::WatchesEnded, Input::Watch);
+                }
+            }
+        }
+    }
+}
+
+/// The next value of `rx`; `None` once its sender is gone (or without one).
+async fn changed<T: Clone>(rx: &mut Option<watch::Receiver<T>>) -> Option<T> {
+    let rx = rx.as_mut()?;
+    rx.changed().await.ok()?;
+    Some(rx.borrow_and_update().clone())
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    rx.as_mut()?.recv().await
+}
+
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The state of a running source.
-struct Runner {
-    slots: Vec<Slot>,
-    store: Store,
-    tracker: ScaleTracker,
-    batch: Batcher,
-    pods_ready: bool,
-    hpas_ready: bool,
-    ready: watch::Sender<bool>,
-    next_snapshot_id: u64,
-    pending_events: VecDeque<Event>,
-    warned_pending_overflow: bool,
-    only_known_hpas: bool,
-    label_selector: Option<String>,
-}
-
-impl Runner {
-    fn new(
-        config: &KubeSourceConfig,
-        scopes: &[Option<String>],
-        tracker: ScaleTracker,
-        ready: watch::Sender<bool>,
-    ) -> Self {
-        let mut slots = Vec::new();
-        for what in [Watched::Pods, Watched::Hpas, Watched::Events] {
-            for scope in scopes {
-                slots.push(Slot {
-                    what,
-                    scope: scope.clone(),
-                    listed: false,
-                    failing: false,
-                    pods: Vec::new(),
-                    hpas: Vec::new(),
-                });
-            }
-        }
-        Runner {
-            slots,
-            store: Store::default(),
-            tracker,
-            batch: Batcher {
-                buf: Vec::new(),
-                since: None,
-                interval: config.flush_interval,
-                max: config.max_batch.max(1),
-            },
-            pods_ready: false,
-            hpas_ready: false,
-            ready,
-            // Distinct across restarts of the sender.
-            next_snapshot_id: u64::try_from(now_ms())
-                .unwrap_or_default()
-                .saturating_mul(1000),
-            pending_events: VecDeque::new(),
-            warned_pending_overflow: false,
-            only_known_hpas: config.label_selector.is_some(),
-            label_selector: config.label_selector.clone(),
-        }
-    }
-
-    fn streams(
-        &self,
-        client: &kube::Client,
-        config: &KubeSourceConfig,
-    ) -> Vec<BoxStream<'static, Item>> {
-        let timeout = u32::try_from(config.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
-        // Small list pages bound the memory a (re)list needs at once: only
-        // one page of full API objects is decoded at a time.
-        let base = watcher::Config::default()
-            .timeout(timeout)
-            .page_size(LIST_PAGE_SIZE);
-        let labelled = match &self.label_selector {
-            Some(sel) => base.clone().labels(sel),
-            None => base.clone(),
-        };
-        self.slots
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let scope = slot.scope.as_deref();
-                match slot.what {
-                    Watched::Pods => {
-                        watch_stream::<Pod>(client, scope, labelled.clone(), config.max_backoff)
-                            .map(move |r| Item::Pod(i, r))
-                            .boxed()
-                    }
-                    Watched::Hpas => watch_stream::<HorizontalPodAutoscaler>(
-                        client,
-                        scope,
-                        labelled.clone(),
-                        config.max_backoff,
-                    )
-                    .map(move |r| Item::Hpa(i, r))
-                    .boxed(),
-                    Watched::Events => watch_stream::<Event>(
-                        client,
-                        scope,
-                        base.clone().fields(EVENTS_FIELD_SELECTOR),
-                        config.max_backoff,
-                    )
-                    .map(move |r| Item::Ev(i, r))
-                    .boxed(),
-                }
-            })
-            .collect()
-    }
-
-    fn snapshot_id(&mut self) -> u64 {
-        self.next_snapshot_id = self.next_snapshot_id.wrapping_add(1);
-        self.next_snapshot_id
-    }
-
-    fn update_ready(&self) {
-        if self.pods_ready && self.hpas_ready && !*self.ready.borrow() {
-            let (pods, hpas) = self.store.len();
-            tracing::info!(pods, hpas, "Kubernetes source ready: pods and HPAs listed");
-            self.ready.send_replace(true);
-        }
-    }
-
-    fn on_item(&mut self, item: Item) -> Result<(), KubeSourceError> {
-        // `Init` only announces a list attempt; anything after it proves the
-        // watch works again.
-        match &item {
-            Item::Pod(i, Ok(ev)) if !matches!(ev, watcher::Event::Init) => self.watch_ok(*i),
-            Item::Hpa(i, Ok(ev)) if !matches!(ev, watcher::Event::Init) => self.watch_ok(*i),
-            Item::Ev(i, Ok(ev)) if !matches!(ev, watcher::Event::Init) => self.watch_ok(*i),
-            _ => {}
-        }
-        match item {
-            Item::Pod(i, Ok(ev)) => {
-                let listed = matches!(ev, watcher::Event::InitDone);
-                self.on_pod(i, ev);
-                if listed {
-                    crate::memory::release_free_memory();
-                }
-            }
-            Item::Hpa(i, Ok(ev)) => self.on_hpa(i, ev),
-            Item::Ev(i, Ok(ev)) => match ev {
-                watcher::Event::InitApply(e) | watcher::Event::Apply(e) => self.on_k8s_event(e),
-                watcher::Event::InitDone => {
-                    tracing::debug!(namespace = self.slots[i].namespace(), "events listed");
-                    self.slots[i].listed = true;
-                }
-                watcher::Event::Init | watcher::Event::Delete(_) => {}
-            },
-            Item::Pod(i, Err(e)) | Item::Hpa(i, Err(e)) | Item::Ev(i, Err(e)) => {
-                self.watch_error(i, &e)?
-            }
-        }
-        Ok(())
-    }
-
-    fn watch_ok(&mut self, i: usize) {
-        let slot = &mut self.slots[i];
-        if slot.failing {
-            slot.failing = false;
-            tracing::info!(
-                resource = slot.what.plural(),
-                namespace = slot.namespace(),
-                "watch recovered"
-            );
-        }
-    }
-
-    fn watch_error(&mut self, i: usize, err: &watcher::Error) -> Result<(), KubeSourceError> {
-        let slot = &mut self.slots[i];
-        if let Some(verb) = forbidden_verb(err) {
-            return Err(KubeSourceError::Rbac {
-                verb,
-                resource: slot.what.plural(),
-                group: slot.what.group(),
-                namespace: slot.scope.clone(),
-            });
-        }
-        if let Some((verb, message)) = bad_request(err) {
-            return Err(KubeSourceError::Rejected {
-                verb,
-                resource: slot.what.plural(),
-                message,
-            });
-        }
-        if is_gone(err) {
-            tracing::info!(
-                resource = slot.what.plural(),
-                namespace = slot.namespace(),
-                "resourceVersion expired (410 Gone); relisting"
-            );
-        } else if slot.failing {
-            tracing::debug!(resource = slot.what.plural(), namespace = slot.namespace(), error = %err, "watch still failing");
-        } else {
-            slot.failing = true;
-            tracing::warn!(
-                resource = slot.what.plural(),
-                namespace = slot.namespace(),
-                error = %err,
-                "watch failed; retrying with backoff"
-            );
-        }
-        Ok(())
-    }
-
-    fn all_listed(&self, what: Watched) -> bool {
-        self.slots
-            .iter()
-            .filter(|s| s.what == what)
-            .all(|s| s.listed)
-    }
-
-    fn on_pod(&mut self, i: usize, ev: watcher::Event<Pod>) {
-        match ev {
-            watcher::Event::Init => self.slots[i].pods.clear(),
-            watcher::Event::InitApply(p) => self.slots[i].pods.push(pod_info(&p)),
-            watcher::Event::InitDone => {
-                let slot = &mut self.slots[i];
-                let items = std::mem::take(&mut slot.pods);
-                let relist = slot.listed;
-                slot.listed = true;
-                let scope = slot.scope.clone();
-                tracing::info!(
-                    namespace = slot.namespace(),
-                    pods = items.len(),
-                    relist,
-                    "pods listed"
-                );
-                self.store.replace_pods(scope.as_deref(), items);
-                if self.all_listed(Watched::Pods) {
-                    self.pods_ready = true;
-                    let id = self.snapshot_id();
-                    self.batch
-                        .extend(self.store.snapshot(id, &[ObjectKind::Pod], false));
-                    self.update_ready();
-                }
-            }
-            watcher::Event::Apply(p) => {
-                let info = pod_info(&p);
-                if self.store.upsert_pod(info.clone()) && self.pods_ready {
-                    self.batch.push(ClusterRecord::PodUpsert(info));
-                }
-            }
-            watcher::Event::Delete(p) => {
-                let r = pod_ref(&p);
-                if self.store.delete_pod(&r) && self.pods_ready {
-                    self.batch.push(ClusterRecord::PodDelete(r));
-                }
-            }
-        }
-    }
-
-    fn on_hpa(&mut self, i: usize, ev: watcher::Event<HorizontalPodAutoscaler>) {
-        match ev {
-            watcher::Event::Init => self.slots[i].hpas.clear(),
-            watcher::Event::InitApply(h) => {
-                self.tracker.observe_hpa(&h);
-                self.slots[i].hpas.push(hpa_info(&h));
-            }
-            watcher::Event::InitDone => {
-                let slot = &mut self.slots[i];
-                let items = std::mem::take(&mut slot.hpas);
-                let relist = slot.listed;
-                slot.listed = true;
-                let scope = slot.scope.clone();
-                tracing::info!(
-                    namespace = slot.namespace(),
-                    hpas = items.len(),
-                    relist,
-                    "HPAs listed"
-                );
-                self.store.replace_hpas(scope.as_deref(), items);
-                if self.all_listed(Watched::Hpas) {
-                    let first = !self.hpas_ready;
-                    self.hpas_ready = true;
-                    let id = self.snapshot_id();
-                    self.batch
-                        .extend(self.store.snapshot(id, &[ObjectKind::Hpa], false));
-                    self.update_ready();
-                    if first {
-                        while let Some(e) = self.pending_events.pop_front() {
-                            self.process_event(&e);
-                        }
-                    }
-                }
-            }
-            watcher::Event::Apply(h) => {
-                self.tracker.observe_hpa(&h);
-                let info = hpa_info(&h);
-                if self.store.upsert_hpa(info.clone()) && self.hpas_ready {
-                    self.batch.push(ClusterRecord::HpaUpsert(info));
-                }
-            }
-            watcher::Event::Delete(h) => {
-                let r = hpa_ref(&h);
-                self.tracker.forget_hpa(&r);
-                if self.store.delete_hpa(&r) && self.hpas_ready {
-                    self.batch.push(ClusterRecord::HpaDelete(r));
-                }
-            }
-        }
-    }
-
-    fn on_k8s_event(&mut self, e: Event) {
-        if self.hpas_ready {
-            self.process_event(&e);
-            return;
-        }
-        if self.pending_events.len() >= MAX_PENDING_EVENTS {
-            self.pending_events.pop_front();
-            if !self.warned_pending_overflow {
-                self.warned_pending_overflow = true;
-                tracing::warn!(
-                    max = MAX_PENDING_EVENTS,
-                    "too many rescale events before the HPAs were listed; dropping the oldest"
-                );
-            }
-        }
-        self.pending_events.push_back(e);
-    }
-
-    fn process_event(&mut self, e: &Event) {
-        let scale_events = self.tracker.on_event(e);
-        if scale_events.is_empty() {
-            return;
-        }
-        // Remember before shipping: a crash in between loses an occurrence
-        // rather than counting it twice.
-        if let Err(error) = self.tracker.persist() {
-            tracing::error!(%error, "could not persist the scale-event state; a restart may count these rescales again");
-        }
-        for se in scale_events {
-            let hpa = ObjectRef {
-                namespace: se.namespace.clone(),
-                name: se.hpa.clone(),
-            };
-            if self.only_known_hpas && !self.store.has_hpa(&hpa) {
-                tracing::debug!(namespace = %se.namespace, hpa = %se.hpa, "rescale of an HPA outside the label selector");
-                continue;
-            }
-            tracing::info!(
-                namespace = %se.namespace,
-                hpa = %se.hpa,
-                old = se.old_replicas,
-                new = se.new_replicas,
-                key = %se.key,
-                "HPA rescale"
-            );
-            self.batch.push(ClusterRecord::ScaleEvent(se));
-        }
-    }
-
-    fn on_usage(&mut self, usage: Vec<telemetry_schema::PodUsage>) {
-        if !self.pods_ready {
-            return;
-        }
-        for u in usage {
-            if self.store.set_usage(&u) {
-                self.batch.push(ClusterRecord::PodUsage(u));
-            }
-        }
-    }
-
-    /// After a (re)connection: the full state becomes the sink's present
-    /// (it reaches the receiver ahead of any backlog) and is queued as a
-    /// snapshot behind the backlog.
-    fn on_reconnect(&mut self, connection: u64, sink: &impl RecordSink) -> Result<(), SinkError> {
-        let mut kinds = Vec::new();
-        if self.pods_ready {
-            kinds.push(ObjectKind::Pod);
-        }
-        if self.hpas_ready {
-            kinds.push(ObjectKind::Hpa);
-        }
-        if kinds.is_empty() {
-            tracing::debug!(
-                connection,
-                "link reconnected before the first lists; the initial snapshots follow"
-            );
-            return Ok(());
-        }
-        tracing::info!(
-            connection,
-            ?kinds,
-            "link reconnected; re-sending a full snapshot"
-        );
-        let id = self.snapshot_id();
-        let snapshot = self.store.snapshot(id, &kinds, true);
-        sink.set_present(&snapshot)?;
-        self.batch.extend(snapshot);
-        Ok(())
-    }
-}
-
-/// Objects per list page when a watch (re)lists.
-const LIST_PAGE_SIZE: u32 = 100;
-
-fn watch_stream<K>(
-    client: &kube::Client,
-    scope: Option<&str>,
-    config: watcher::Config,
-    max_backoff: Duration,
-) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    let api: Api<K> = match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    watcher(api, config).backoff(WatchBackoff::new(max_backoff))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::core::Status;
-
-    fn api(code: u16, reason: &str) -> kube::Error {
-        kube::Error::Api(Status::failure("nope", reason).with_code(code).boxed())
-    }
-
-    #[test]
-    fn rbac_error_names_verb_resource_and_group() {
-        let e = KubeSourceError::Rbac {
-            verb: "watch",
-            resource: "horizontalpodautoscalers",
-            group: "autoscaling",
-            namespace: None,
-        };
-        assert_eq!(
-            e.to_string(),
-            "RBAC: the service account may not \"watch\" \"horizontalpodautoscalers\" (group \"autoscaling\") — check the ClusterRole in k8s/sender/"
-        );
-        let e = KubeSourceError::Rbac {
-            verb: "list",
-            resource: "pods",
-            group: "",
-            namespace: Some("shop".into()),
-        };
-        assert!(
-            e.to_string()
-                .contains("\"list\" \"pods\" (group \"\") in namespace \"shop\""),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn watcher_errors_are_classified() {
-        assert_eq!(
-            forbidden_verb(&watcher::Error::InitialListFailed(api(403, "Forbidden"))),
-            Some("list")
-        );
-        assert_eq!(
-            forbidden_verb(&watcher::Error::WatchStartFailed(api(403, "Forbidden"))),
-            Some("watch")
-        );
-        assert_eq!(
-            forbidden_verb(&watcher::Error::WatchError(
-                Status::failure("x", "Forbidden").with_code(403).boxed()
-            )),
-            Some("watch")
-        );
-        assert_eq!(
-            forbidden_verb(&watcher::Error::InitialListFailed(api(
-                500,
-                "InternalError"
-            ))),
-            None
-        );
-        let gone = watcher::Error::WatchError(
-            Status::failure("too old", "Expired").with_code(410).boxed(),
-        );
-        assert!(is_gone(&gone));
-        assert_eq!(forbidden_verb(&gone), None);
-        assert_eq!(
-            bad_request(&watcher::Error::InitialListFailed(api(400, "BadRequest"))),
-            Some(("list", "nope".to_string()))
-        );
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_resets_after_quiet() {
-        let mut b = WatchBackoff::new(Duration::from_secs(2));
-        assert_eq!(b.next(), Some(Duration::from_millis(500)));
-        assert_eq!(b.next(), Some(Duration::from_secs(1)));
-        b.reset(); // too soon: keeps growing
-        assert_eq!(b.next(), Some(Duration::from_secs(2)));
-        assert_eq!(b.next(), Some(Duration::from_secs(2)));
-        b.last = Some(Instant::now() - Duration::from_secs(10));
-        b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(500)));
-    }
-
-    #[test]
-    fn scopes_dedupe_and_default_to_all() {
-        let mut c = KubeSourceConfig::new("/tmp/x");
-        assert_eq!(c.scopes(), vec![None]);
-        c.namespaces = vec!["a".into(), "b".into(), "a".into()];
-        assert_eq!(
-            c.scopes(),
-            vec![Some("a".to_string()), Some("b".to_string())]
-        );
-    }
-
-    /// Records the size of every batch.
-    #[derive(Default)]
-    struct SizesSink {
-        sizes: std::sync::Mutex<Vec<usize>>,
-        inner: crate::sink::VecSink,
-    }
-
-    impl RecordSink for SizesSink {
-        async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
-            self.sizes.lock().unwrap().push(records.len());
-            self.inner.send_batch(records).await
-        }
-
-        fn connections(&self) -> watch::Receiver<u64> {
-            self.inner.connections()
-        }
-    }
-
-    #[tokio::test]
-    async fn batcher_splits_into_max_sized_batches() {
-        let sink = SizesSink::default();
-        let mut b = Batcher {
-            buf: Vec::new(),
-            since: None,
-            interval: Duration::from_millis(100),
-            max: 2,
-        };
-        assert!(b.deadline().is_none());
-        for id in 0..5 {
-            b.push(ClusterRecord::SnapshotEnd { id });
-        }
-        assert!(b.full());
-        assert!(b.deadline().is_some());
-        b.flush(&sink).await.unwrap();
-        assert!(b.deadline().is_none());
-        assert_eq!(*sink.sizes.lock().unwrap(), vec![2, 2, 1]);
-        let got: Vec<u64> = sink
-            .inner
-            .records()
-            .into_iter()
-            .map(|r| match r {
-                ClusterRecord::SnapshotEnd { id } => id,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 }
