@@ -65,6 +65,22 @@ fn count(value: Option<f64>) -> Cell<'static> {
     value.map_or_else(dash, |v| Cell::count(v.max(0.0) as u64))
 }
 
+/// The applied sequence of a sender's stream, or of each replica's stream
+/// (`replica: seq`, one per replica) when it runs several.
+fn applied_cell(by_replica: &std::collections::BTreeMap<String, f64>) -> Cell<'static> {
+    match by_replica.len() {
+        0 => dash(),
+        1 => count(by_replica.values().next().copied()),
+        _ => Cell::text(
+            by_replica
+                .iter()
+                .map(|(replica, seq)| format!("{replica}: {}", seq.max(0.0) as u64))
+                .collect::<Vec<_>>()
+                .join(" · "),
+        ),
+    }
+}
+
 /// A count that should stay 0: amber (or red with `bad`) above it.
 fn alarm(value: Option<f64>, bad: bool) -> Cell<'static> {
     match value {
@@ -196,7 +212,7 @@ impl ReceiverStatus<'_> {
                 Cell::text(sender.clone()),
                 state,
                 seen,
-                count(families.value(APPLIED_SEQ, &labels)),
+                applied_cell(&families.by_label(APPLIED_SEQ, "replica", &labels)),
                 count(families.value(RECEIVED, &labels)),
                 alarm(families.value(LOST, &labels), true),
                 refused_cell,
@@ -270,7 +286,7 @@ mod tests {
             .with_label_values(&["lab"])
             .inc_by(1234);
         link.records_lost.with_label_values(&["lab"]).inc_by(2);
-        link.applied_seq.with_label_values(&["lab"]).set(1234);
+        link.applied_seq.with_label_values(&["lab", ""]).set(1234);
         link.sender_certificate_expiry
             .with_label_values(&["lab"])
             .set(1_800_000_000);
