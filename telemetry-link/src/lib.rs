@@ -127,6 +127,8 @@ pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod queue;
+// The state formats are `pub` so that `internals` can re-export them.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub(crate) mod receiver_state;
 pub mod sample;
 pub mod session;
@@ -144,7 +146,7 @@ pub use proto::{
     record::Payload,
     refused::{RefusedCounts, RefusedReason},
 };
-pub use receiver_state::StateError;
+pub use receiver_state::{StateDamage, StateError};
 pub use sample::{unix_ms, Sample, SeriesKey};
 pub use spool::{Appended, FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats};
 pub use tls::TlsFiles;

@@ -73,7 +73,10 @@ use crate::{
         message::{ErrorCode, PROTOCOL_VERSION},
         record::Payload,
     },
-    receiver_state::{StateError, StateStore},
+    receiver_state::{
+        journal::{self, JournalOptions},
+        StateError, StateStore,
+    },
     sample::MAX_LABELS,
     session::refusals::RefusalLog,
     tls::{ReloadableTls, Role, TlsError, TlsFiles},
@@ -313,8 +316,17 @@ impl Receiver {
         }
         let metrics = ReceiverMetrics::register(registry)?;
         let tls_state = ReloadableTls::load(&config.tls, Role::Receiver)?;
-        let state = StateStore::open(&config.state_dir)?;
-        for (stream, c) in state.list() {
+        let (state, journal, recovery) = journal::open(
+            &config.state_dir,
+            JournalOptions::new(metrics.state_syncs.clone()),
+        )?;
+        info!(
+            streams = recovery.streams,
+            migrated = recovery.migrated,
+            journal_records = recovery.journal_records,
+            "sender positions recovered"
+        );
+        for (stream, c) in state.positions() {
             metrics
                 .applied_seq
                 .with_label_values(&[&stream.sender, &stream.replica])
@@ -331,7 +343,7 @@ impl Receiver {
             })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let persister = Persister::start(state.clone()).map_err(|source| StateError::Io {
+        let persister = Persister::start(journal).map_err(|source| StateError::Io {
             path: config.state_dir.clone(),
             source,
         })?;
