@@ -111,24 +111,24 @@ struct Printed {
     delivered: BTreeMap<String, Vec<(u64, u64)>>,
 }
 
-fn parse(output: &str) -> Printed {
+fn parse(output: &str) -> anyhow::Result<Printed> {
     let mut p = Printed::default();
     for line in output.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["R", s, applied] => {
                 p.recovered
-                    .insert((*s).to_owned(), applied.parse::<f64>().unwrap() as u64);
+                    .insert((*s).to_owned(), applied.parse::<f64>()? as u64);
             }
             ["D", s, first, last] => p
                 .delivered
                 .entry((*s).to_owned())
                 .or_default()
-                .push((first.parse().unwrap(), last.parse().unwrap())),
+                .push((first.parse()?, last.parse()?)),
             _ => {}
         }
     }
-    p
+    Ok(p)
 }
 
 /// Each sender sends 1..=N in small batches, a little at a time.
@@ -233,7 +233,7 @@ async fn crash_and_recover(crash_at: Option<&str>) -> anyhow::Result<()> {
     if std::env::var_os("CRASH_TEST_VERBOSE").is_some() {
         eprintln!("first:\n{first_output}\nsecond:\n{second_output}");
     }
-    let (before, after) = (parse(&first_output), parse(&second_output));
+    let (before, after) = (parse(&first_output)?, parse(&second_output)?);
     let mut mid_stream = false;
     for (i, id) in STREAMS.iter().enumerate() {
         let applied_first = check_stream(id, acked_at_crash[i], &before, &after);

@@ -38,6 +38,10 @@ use crate::{
     },
 };
 
+/// Read buffer a session keeps while it waits for the next frame; a larger
+/// one (grown for a large batch) is freed.
+const IDLE_READ_BUFFER: usize = 64 * 1024;
+
 /// Serves one admitted connection, from its TLS handshake to its close.
 pub(super) async fn serve<T: Payload, H: Handler<T>>(
     incoming: quinn::Incoming,
@@ -476,6 +480,10 @@ impl<H> Io<'_, H> {
         let Some(reader) = self.reader.as_mut() else {
             return Event::StreamFailed;
         };
+        if welcomed {
+            // Between commits: an idle session keeps a small buffer only.
+            reader.release_idle(IDLE_READ_BUFFER);
+        }
         let read = if let Some(d) = deadline {
             let limit = d.saturating_duration_since(Instant::now());
             match reader.next_within(limit).await {
