@@ -34,7 +34,8 @@
 //! 1. **No loss.** A record accepted by [`Sender::send`] stays in the spool
 //!    until a receiver acknowledges it, which it does only after its
 //!    [`Handler`] returned `Ok` and the applied sequence was persisted
-//!    (fsync + atomic rename). Crashes, kills, restarts and network outages
+//!    (appended to the receiver's state journal and fdatasync'd; one sync
+//!    covers every session's positions submitted meanwhile). Crashes, kills, restarts and network outages
 //!    on either side only delay delivery. A record can also be *refused*
 //!    for good — by the handler ([`Applied`]) or by the link (it does not
 //!    decode, or its series is beyond the receiver's interning budget or
@@ -53,9 +54,13 @@
 //!    silently.
 //!
 //! **Limits**, precisely:
-//! * A receiver crash after the handler returned but before the state file
-//!   was renamed into place (one fsync, typically well under a millisecond)
-//!   lets the next receiver process hand that batch to its handler again.
+//! * A receiver crash after the handler returned but before the write
+//!   cycle carrying its position finished its fdatasync (the sync in
+//!   progress, a journal compaction if one is due, then that cycle's own
+//!   sync: typically a few milliseconds) lets the next receiver process
+//!   hand that batch to its handler again. It is the only case: a position
+//!   is acknowledged only once durable, and recovery never yields a
+//!   position that was not applied.
 //!   [`Delivery::first_seq`] identifies records, so a handler with durable
 //!   side effects can recognise them; an in-memory handler cannot observe it.
 //! * With a non-default [`FsyncPolicy`], a power cut (not a crash)
