@@ -480,7 +480,11 @@ pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
         encode_header(JOURNAL_MAGIC, generation, &mut out);
         for i in 0..n {
             let k = &keys[(i % 3) as usize];
-            let stream = if i == n / 2 && k.replica.is_empty() { 99 } else { (i % 3) as u128 + 1 };
+            let stream = if i == n / 2 && k.replica.is_empty() {
+                99
+            } else {
+                (i % 3) as u128 + 1
+            };
             encode_record(k, &StreamCursor::new(stream, from + i), &mut out);
         }
         out
@@ -508,12 +512,33 @@ pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
     };
     add("empty", &[]);
     add("journal-only", &[(kind::JOURNAL, journal(0, 1, 12))]);
-    add("snapshot-and-journal", &[(kind::SNAPSHOT, snapshot(3, 40)), (kind::JOURNAL, journal(3, 50, 9))]);
-    add("stale-journal", &[(kind::SNAPSHOT, snapshot(4, 40)), (kind::JOURNAL, journal(3, 50, 9))]);
-    add("journal-ahead", &[(kind::SNAPSHOT, snapshot(2, 40)), (kind::JOURNAL, journal(3, 50, 4))]);
+    add(
+        "snapshot-and-journal",
+        &[
+            (kind::SNAPSHOT, snapshot(3, 40)),
+            (kind::JOURNAL, journal(3, 50, 9)),
+        ],
+    );
+    add(
+        "stale-journal",
+        &[
+            (kind::SNAPSHOT, snapshot(4, 40)),
+            (kind::JOURNAL, journal(3, 50, 9)),
+        ],
+    );
+    add(
+        "journal-ahead",
+        &[
+            (kind::SNAPSHOT, snapshot(2, 40)),
+            (kind::JOURNAL, journal(3, 50, 4)),
+        ],
+    );
     let mut torn = journal(1, 7, 10);
     torn.truncate(torn.len() - 5);
-    add("torn-journal", &[(kind::SNAPSHOT, snapshot(1, 1)), (kind::JOURNAL, torn)]);
+    add(
+        "torn-journal",
+        &[(kind::SNAPSHOT, snapshot(1, 1)), (kind::JOURNAL, torn)],
+    );
     add(
         "older-layout",
         &[

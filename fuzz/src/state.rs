@@ -177,12 +177,21 @@ fn ref_record(b: &[u8]) -> Option<(Position, usize)> {
     let rep_len = usize::from(*body.get(1 + id_len)?);
     let rep = body.get(2 + id_len..2 + id_len + rep_len)?;
     let nums = body.get(2 + id_len + rep_len..)?;
-    if id.is_empty() || id_len > 128 || rep_len > 64 || !name_ok(id) || !name_ok(rep) || nums.len() != 24 {
+    if id.is_empty()
+        || id_len > 128
+        || rep_len > 64
+        || !name_ok(id)
+        || !name_ok(rep)
+        || nums.len() != 24
+    {
         return None;
     }
     let stream_id = u128::from_le_bytes(nums[..16].try_into().ok()?);
     let applied = u64::from_le_bytes(nums[16..].try_into().ok()?);
-    let key = StreamKey::new(std::str::from_utf8(id).ok()?, std::str::from_utf8(rep).ok()?);
+    let key = StreamKey::new(
+        std::str::from_utf8(id).ok()?,
+        std::str::from_utf8(rep).ok()?,
+    );
     Some(((key, StreamCursor::new(stream_id, applied)), 6 + len))
 }
 
@@ -290,7 +299,10 @@ pub fn run(data: &[u8]) {
     if let Some(positions) = &got {
         let witnesses = witnesses(&legacy, &files);
         for p in positions {
-            assert!(witnesses.contains(&flat(p)), "{p:?} is in no complete record");
+            assert!(
+                witnesses.contains(&flat(p)),
+                "{p:?} is in no complete record"
+            );
         }
     }
     check_directory(&files, got.as_deref());
