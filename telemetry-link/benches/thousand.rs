@@ -368,9 +368,11 @@ async fn run() -> anyhow::Result<()> {
     }
     rx.kill_9()?;
     // The senders go with the process (a graceful stop of 1,000 is not
-    // what is measured); their spools and the state are removed first.
+    // what is measured); their spools, the state and the certificates are
+    // removed first.
     let _ = std::fs::remove_dir_all(fleet.spools.path());
     let _ = std::fs::remove_dir_all(state.path());
+    let _ = std::fs::remove_dir_all(pki.dir());
     std::process::exit(0)
 }
 
