@@ -242,7 +242,7 @@ fn a_sender_gone_past_the_ttl_loses_its_series_and_sigterm_persists_state() -> R
     assert!(
         files
             .iter()
-            .any(|f| f.to_string_lossy() == "sender-short.state"),
+            .any(|f| f.to_string_lossy() == "positions.journal"),
         "{files:?}"
     );
     // A restarted receiver resumes at 600: a new sender stream would start at 1,

@@ -395,17 +395,29 @@ impl Replica {
             || cluster.outputs(&[self]),
         )
         .unwrap();
-        // A stream that never shipped has no position yet.
-        let applied = cluster
-            .page()
-            .value(
-                "telemetry_link_applied_seq",
-                &[("sender", CLUSTER), ("replica", self.id)],
-            )
-            .unwrap_or(0.0);
-        assert_eq!(
-            applied, last,
-            "replica {}: the receiver's position",
+        // The receiver's page may be up to a second old (scrapes share a
+        // rendered page); a stream that never shipped has no position yet.
+        let applied = poll(
+            WAIT,
+            Duration::from_millis(100),
+            &format!("the receiver's position of replica {}", self.id),
+            || {
+                let applied = cluster
+                    .page()
+                    .value(
+                        "telemetry_link_applied_seq",
+                        &[("sender", CLUSTER), ("replica", self.id)],
+                    )
+                    .unwrap_or(0.0);
+                (applied >= last).then_some(applied)
+            },
+            || cluster.outputs(&[self]),
+        )
+        .unwrap();
+        let sent = self.metric("telemetry_sender_last_seq");
+        assert!(
+            applied <= sent,
+            "replica {}: the receiver applied {applied}, beyond the {sent} records sent",
             self.id
         );
     }

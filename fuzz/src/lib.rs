@@ -13,6 +13,9 @@
 //!   reading everything, appending, acknowledging, reopening.
 //! * [`batch`]: structured records encoded with `BatchEncoder`, framed,
 //!   decoded again, compared bit for bit.
+//! * [`state`]: arbitrary receiver state directories (positions journal,
+//!   snapshot, per-stream files of the older layout), recovered by the
+//!   format's fold and by opening the directory, against a reference model.
 //! * [`seeds`]: valid encodings for the seed corpora.
 
 pub mod alloc;
@@ -20,6 +23,7 @@ pub mod batch;
 pub mod frame;
 pub mod seeds;
 pub mod spool;
+pub mod state;
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;

@@ -437,6 +437,7 @@ pub fn write_all(root: &Path) -> std::io::Result<usize> {
         ("frame_decoder", frame_seeds()),
         ("spool_reader", spool_seeds()),
         ("batch_roundtrip", batch_seeds()),
+        ("state_journal", state_seeds()),
     ] {
         let dir = root.join(target);
         fs::create_dir_all(&dir)?;
@@ -446,4 +447,114 @@ pub fn write_all(root: &Path) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Receiver state directories: snapshots and journals written with the
+/// library's encoders (current, stale and torn journals, several streams,
+/// a stream reset), and per-stream files of the older layout.
+pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
+    use telemetry_link::internals::{
+        state_format::{encode_header, encode_record, encode_snapshot, JOURNAL_MAGIC},
+        StreamCursor, StreamKey,
+    };
+
+    use crate::state::kind;
+
+    let keys = [
+        StreamKey::new("l0", ""),
+        StreamKey::new("l1", "r"),
+        StreamKey::new("cluster-a", "replica.1"),
+    ];
+    let snapshot = |generation: u64, applied: u64| {
+        let cursors: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, StreamCursor::new(i as u128 + 1, applied + i as u64)))
+            .collect();
+        let mut out = Vec::new();
+        encode_snapshot(generation, cursors.iter().map(|(k, c)| (*k, c)), &mut out);
+        out
+    };
+    let journal = |generation: u64, from: u64, n: u64| {
+        let mut out = Vec::new();
+        encode_header(JOURNAL_MAGIC, generation, &mut out);
+        for i in 0..n {
+            let k = &keys[(i % 3) as usize];
+            let stream = if i == n / 2 && k.replica.is_empty() {
+                99
+            } else {
+                (i % 3) as u128 + 1
+            };
+            encode_record(k, &StreamCursor::new(stream, from + i), &mut out);
+        }
+        out
+    };
+    let legacy = |pick: u8, stream_id: u128, applied: u64| {
+        let mut body = if pick & 4 == 0 {
+            postcard::to_allocvec(&(1u32, format!("l{}", pick % 4), stream_id, applied))
+        } else {
+            postcard::to_allocvec(&(2u32, format!("l{}", pick % 4), "r", stream_id, applied))
+        }
+        .expect("encode");
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let mut out = vec![pick];
+        out.extend_from_slice(&body);
+        out
+    };
+    let mut seeds = Vec::new();
+    let mut add = |name: &str, parts: &[(u8, Vec<u8>)]| {
+        let mut out = Vec::new();
+        for (k, data) in parts {
+            crate::state::section(*k, data, &mut out);
+        }
+        seeds.push((name.to_owned(), out));
+    };
+    add("empty", &[]);
+    add("journal-only", &[(kind::JOURNAL, journal(0, 1, 12))]);
+    add(
+        "snapshot-and-journal",
+        &[
+            (kind::SNAPSHOT, snapshot(3, 40)),
+            (kind::JOURNAL, journal(3, 50, 9)),
+        ],
+    );
+    add(
+        "stale-journal",
+        &[
+            (kind::SNAPSHOT, snapshot(4, 40)),
+            (kind::JOURNAL, journal(3, 50, 9)),
+        ],
+    );
+    add(
+        "journal-ahead",
+        &[
+            (kind::SNAPSHOT, snapshot(2, 40)),
+            (kind::JOURNAL, journal(3, 50, 4)),
+        ],
+    );
+    let mut torn = journal(1, 7, 10);
+    torn.truncate(torn.len() - 5);
+    add(
+        "torn-journal",
+        &[(kind::SNAPSHOT, snapshot(1, 1)), (kind::JOURNAL, torn)],
+    );
+    add(
+        "older-layout",
+        &[
+            (kind::LEGACY, legacy(0, 1, 30)),
+            (kind::LEGACY, legacy(5, 2, 31)),
+            (kind::STRAY, vec![0, 1, 2]),
+            (kind::STRAY, vec![2]),
+        ],
+    );
+    add(
+        "older-layout-and-journal",
+        &[
+            (kind::LEGACY, legacy(0, 7, 300)),
+            (kind::SNAPSHOT, snapshot(1, 40)),
+            (kind::JOURNAL, journal(1, 50, 6)),
+        ],
+    );
+    seeds
 }

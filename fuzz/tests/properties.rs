@@ -10,7 +10,7 @@
 //! open bugs are off here (see `tests/regressions.rs`).
 
 use proptest::prelude::*;
-use telemetry_link_fuzz::{batch, frame, seeds, spool};
+use telemetry_link_fuzz::{batch, frame, seeds, spool, state};
 
 /// Applies byte-level mutations (flip, overwrite, truncate, insert) to `base`.
 fn mutate(base: &[u8], ops: &[(u16, u8, u8)]) -> Vec<u8> {
@@ -66,6 +66,10 @@ fn every_seed_passes() {
         eprintln!("batch_roundtrip/{name}");
         batch::run(&s);
     }
+    for (name, s) in seeds::state_seeds() {
+        eprintln!("state_journal/{name}");
+        state::run(&s);
+    }
 }
 
 proptest! {
@@ -117,5 +121,37 @@ proptest! {
     #[test]
     fn spool_reader_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
         guarded("spool_reader_random_bytes", &data, |d| spool::run_with(d, false));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn state_journal_mutated_directories(seed in 0usize..64, ops in ops()) {
+        let seeds = seeds::state_seeds();
+        let (_, s) = &seeds[seed % seeds.len()];
+        guarded("state_journal_mutated_directories", &mutate(s, &ops), state::run);
+    }
+
+    /// Mutations with every checksum repaired, so they reach the records.
+    #[test]
+    fn state_journal_mutated_repaired(seed in 0usize..64, ops in ops()) {
+        let seeds = seeds::state_seeds();
+        let (_, s) = &seeds[seed % seeds.len()];
+        let mut data = mutate(s, &ops);
+        // Set every repair flag on the section kinds at their offsets.
+        let mut at = 0;
+        while at < data.len() {
+            data[at] |= 0x07;
+            let len = data.get(at + 1..at + 3).map_or(0, |l| usize::from(u16::from_le_bytes([l[0], l[1]])));
+            at += 3 + len;
+        }
+        guarded("state_journal_mutated_repaired", &data, state::run);
+    }
+
+    #[test]
+    fn state_journal_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..800)) {
+        guarded("state_journal_random_bytes", &data, state::run);
     }
 }

@@ -34,7 +34,8 @@
 //! 1. **No loss.** A record accepted by [`Sender::send`] stays in the spool
 //!    until a receiver acknowledges it, which it does only after its
 //!    [`Handler`] returned `Ok` and the applied sequence was persisted
-//!    (fsync + atomic rename). Crashes, kills, restarts and network outages
+//!    (appended to the receiver's state journal and fdatasync'd; one sync
+//!    covers every session's positions submitted meanwhile). Crashes, kills, restarts and network outages
 //!    on either side only delay delivery. A record can also be *refused*
 //!    for good — by the handler ([`Applied`]) or by the link (it does not
 //!    decode, or its series is beyond the receiver's interning budget or
@@ -53,9 +54,13 @@
 //!    silently.
 //!
 //! **Limits**, precisely:
-//! * A receiver crash after the handler returned but before the state file
-//!   was renamed into place (one fsync, typically well under a millisecond)
-//!   lets the next receiver process hand that batch to its handler again.
+//! * A receiver crash after the handler returned but before the write
+//!   cycle carrying its position finished its fdatasync (the sync in
+//!   progress, a journal compaction if one is due, then that cycle's own
+//!   sync: typically a few milliseconds) lets the next receiver process
+//!   hand that batch to its handler again. It is the only case: a position
+//!   is acknowledged only once durable, and recovery never yields a
+//!   position that was not applied.
 //!   [`Delivery::first_seq`] identifies records, so a handler with durable
 //!   side effects can recognise them; an in-memory handler cannot observe it.
 //! * With a non-default [`FsyncPolicy`], a power cut (not a crash)
@@ -127,6 +132,8 @@ pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod queue;
+// The state formats are `pub` so that `internals` can re-export them.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub(crate) mod receiver_state;
 pub mod sample;
 pub mod session;
@@ -144,7 +151,7 @@ pub use proto::{
     record::Payload,
     refused::{RefusedCounts, RefusedReason},
 };
-pub use receiver_state::StateError;
+pub use receiver_state::{StateDamage, StateError};
 pub use sample::{unix_ms, Sample, SeriesKey};
 pub use spool::{Appended, FsyncPolicy, RecoveryReport, SpoolConfig, SpoolError, SpoolStats};
 pub use tls::TlsFiles;

@@ -75,6 +75,13 @@ pub struct ReceiverMetrics {
     pub presents: IntCounterVec,
     /// End of validity of each sender's certificate, as of its last handshake.
     pub sender_certificate_expiry: IntGaugeVec,
+    /// fsync and fdatasync calls of the receiver's state (journal appends,
+    /// compactions, directory syncs).
+    pub state_syncs: IntCounter,
+    /// UDP datagrams sent to each sender, as QUIC counts them.
+    pub udp_datagrams_sent: IntCounterVec,
+    /// UDP payload bytes sent to each sender, as QUIC counts them.
+    pub udp_bytes_sent: IntCounterVec,
 }
 
 /// Handshake refusal reasons exported at 0 from the start, so that
@@ -100,6 +107,8 @@ impl ReceiverMetrics {
             &self.records_received,
             &self.duplicates_dropped,
             &self.records_lost,
+            &self.udp_datagrams_sent,
+            &self.udp_bytes_sent,
         ] {
             counter.with_label_values(&[sender]);
         }
@@ -133,6 +142,7 @@ impl ReceiverMetrics {
     }
 
     fn register_families(reg: &Registry) -> prometheus::Result<Self> {
+        let (udp_datagrams_sent, udp_bytes_sent) = Self::register_udp(reg)?;
         Ok(Self {
             senders_connected: gauge(reg, "telemetry_link_senders_connected", "Senders with an established link session.")?,
             records_received: counter_vec(
@@ -207,7 +217,34 @@ impl ReceiverMetrics {
                 "End of validity (Unix seconds) of each sender's client certificate, as presented in its last handshake.",
                 &["sender"],
             )?,
+            state_syncs: counter(
+                reg,
+                "telemetry_link_state_syncs_total",
+                "fsync and fdatasync calls made to keep the senders' applied positions durable (journal group commits, compactions, directory syncs).",
+            )?,
+            udp_datagrams_sent,
+            udp_bytes_sent,
         })
+    }
+}
+
+impl ReceiverMetrics {
+    fn register_udp(reg: &Registry) -> prometheus::Result<(IntCounterVec, IntCounterVec)> {
+        let when = "as QUIC counts them (updated at each acknowledgement and when a session ends)";
+        Ok((
+            counter_vec(
+                reg,
+                "telemetry_link_udp_datagrams_sent_total",
+                &format!("UDP datagrams sent on the sender's connections, {when}."),
+                &["sender"],
+            )?,
+            counter_vec(
+                reg,
+                "telemetry_link_udp_bytes_sent_total",
+                &format!("UDP payload bytes sent on the sender's connections, {when}."),
+                &["sender"],
+            )?,
+        ))
     }
 }
 

@@ -108,7 +108,7 @@ async fn two_replicas_of_one_identity_are_separate_streams_across_a_receiver_res
 }
 
 /// The receiver resumed each replica of `c1` at its own position (`n`),
-/// reset and lost nothing, and keeps one state file per replica.
+/// reset and lost nothing, and keeps every position in the state journal.
 fn check_streams_apart(
     rx_reg: &prometheus::Registry,
     state: &std::path::Path,
@@ -134,9 +134,9 @@ fn check_streams_apart(
     let mut files: Vec<String> = std::fs::read_dir(state)?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<std::io::Result<_>>()?;
-    files.retain(|f| f.ends_with(".state"));
+    files.retain(|f| f.starts_with("positions.") || f.ends_with(".state"));
     files.sort();
-    assert_eq!(files, ["sender-c1@r1.state", "sender-c1@r2.state"]);
+    assert_eq!(files, ["positions.journal", "positions.snapshot"]);
     Ok(())
 }
 

@@ -53,6 +53,13 @@ impl FrameReader {
         Ok(self.decoder.next_frame()?)
     }
 
+    /// Frees the read buffer when nothing is buffered and it grew beyond
+    /// `keep` bytes (a connection about to wait idle need not hold on to
+    /// its largest frame).
+    pub(crate) fn release_idle(&mut self, keep: usize) {
+        self.decoder.release_idle(keep);
+    }
+
     /// Tells the peer to stop sending on this stream (nothing more is read).
     pub(crate) fn stop(&mut self) {
         let _ = self.recv.stop(0u32.into());

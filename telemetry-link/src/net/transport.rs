@@ -1,4 +1,11 @@
 //! QUIC transport settings shared by both ends, and their quinn form.
+//!
+//! Per connection, quinn allocates as data arrives, not up front: the
+//! windows below bound what a peer may have buffered (unread) on this end,
+//! they are not reserved. An idle connection costs its state (a few KiB)
+//! and its timers; the receiver sends no keep-alives of its own by default
+//! ([`TransportTuning::receiver_keep_alive`]), so an idle link wakes it only
+//! for the sender's keep-alives.
 
 use std::{sync::Arc, time::Duration};
 
@@ -6,8 +13,15 @@ use std::{sync::Arc, time::Duration};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportTuning {
     /// Keep-alive interval: traffic every so often even when idle, so that
-    /// a dead peer is noticed by the idle timeout.
+    /// a dead peer is noticed by the idle timeout (the sender's; see
+    /// `receiver_keep_alive` for the receiver's).
     pub keep_alive: Duration,
+    /// The receiver's own keep-alive interval; `None` (the default): it
+    /// sends none. The sender's keep-alives, which the receiver
+    /// acknowledges, keep both ends' idle timers fresh and any NAT mapping
+    /// open, so a second set of pings from the receiver would only double
+    /// the wake-ups of every idle link.
+    pub receiver_keep_alive: Option<Duration>,
     /// Idle timeout: a connection with no packets from the peer for this
     /// long is considered dead.
     pub idle_timeout: Duration,
@@ -21,6 +35,7 @@ impl Default for TransportTuning {
     fn default() -> Self {
         Self {
             keep_alive: Duration::from_millis(1000),
+            receiver_keep_alive: None,
             idle_timeout: Duration::from_millis(5000),
             stream_window: 8 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
@@ -31,7 +46,14 @@ impl Default for TransportTuning {
 impl TransportTuning {
     pub(crate) fn build(&self, accept_streams: bool) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(Some(self.keep_alive));
+        // `accept_streams`: this is the receiver's configuration.
+        t.keep_alive_interval(if accept_streams {
+            self.receiver_keep_alive
+        } else {
+            Some(self.keep_alive)
+        });
+        // Unreliable datagrams are not used: no buffer for them.
+        t.datagram_receive_buffer_size(None);
         // The idle timeout is at most 2^62 ms; clamp instead of failing.
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(u32::MAX)));

@@ -84,6 +84,15 @@ impl FrameDecoder {
         self.max = max.min(MAX_FRAME_LIMIT);
     }
 
+    /// Frees the buffer if it holds nothing and is larger than `keep`
+    /// bytes, so an idle connection does not hold on to its largest frame.
+    pub fn release_idle(&mut self, keep: usize) {
+        if self.buffered() == 0 && self.buf.capacity() > keep {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
@@ -169,6 +178,22 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_idle_decoder_frees_a_large_buffer_but_never_buffered_bytes() {
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut wire = Vec::new();
+        encode_frame(&[7u8; 200_000], 1 << 20, &mut wire).unwrap();
+        d.push(&wire[..100]).unwrap();
+        d.release_idle(1024);
+        assert_eq!(d.buffered(), 100, "buffered bytes are kept");
+        d.push(&wire[100..]).unwrap();
+        assert_eq!(d.next_frame().unwrap().map(<[u8]>::len), Some(200_000));
+        d.release_idle(1024);
+        assert_eq!(d.buf.capacity(), 0);
+        d.push(&wire).unwrap();
+        assert_eq!(d.next_frame().unwrap().map(<[u8]>::len), Some(200_000));
+    }
 
     #[test]
     fn roundtrip_split_anywhere() {

@@ -14,10 +14,13 @@
 //! interning budget or the label limits) are settled the same way without
 //! reaching the handler. Records that arrive again after that are dropped
 //! and counted as duplicates; a batch that skips ahead without the sender
-//! announcing the gap closes the connection. Across a receiver crash, the window between the handler
-//! returning and the state file being renamed into place (one fsync) is the
-//! one place where a batch can be handed to the next process's handler a
-//! second time; [`Delivery::first_seq`] lets a handler with durable side
+//! announcing the gap closes the connection. Positions are kept in the
+//! state journal: one writer appends every session's newest positions and
+//! makes them durable with one fdatasync per cycle (`net::persist`); a
+//! session acknowledges only what is durable. Across a receiver crash, the
+//! window between the handler returning and the fdatasync of the write
+//! cycle carrying its position is the one place where a batch can be
+//! handed to the next process's handler a second time; [`Delivery::first_seq`] lets a handler with durable side
 //! effects recognise that. A handler whose state lives in memory (like the
 //! metrics store of `telemetry-receiver`) loses its state with the process
 //! anyway and cannot observe it.
@@ -73,7 +76,10 @@ use crate::{
         message::{ErrorCode, PROTOCOL_VERSION},
         record::Payload,
     },
-    receiver_state::{StateError, StateStore},
+    receiver_state::{
+        journal::{self, JournalOptions},
+        StateError, StateStore,
+    },
     sample::MAX_LABELS,
     session::refusals::RefusalLog,
     tls::{ReloadableTls, Role, TlsError, TlsFiles},
@@ -165,7 +171,8 @@ pub struct ReceiverConfig {
     pub listen: SocketAddr,
     /// CA, certificate and key.
     pub tls: TlsFiles,
-    /// Where per-sender state and the stateless-reset key live.
+    /// Where the senders' applied positions (`positions.journal`,
+    /// `positions.snapshot`) and the stateless-reset key live.
     pub state_dir: PathBuf,
     /// Identities allowed to connect; `None` allows every certificate the CA
     /// signed.
@@ -313,8 +320,17 @@ impl Receiver {
         }
         let metrics = ReceiverMetrics::register(registry)?;
         let tls_state = ReloadableTls::load(&config.tls, Role::Receiver)?;
-        let state = StateStore::open(&config.state_dir)?;
-        for (stream, c) in state.list() {
+        let (state, journal, recovery) = journal::open(
+            &config.state_dir,
+            JournalOptions::new(metrics.state_syncs.clone()),
+        )?;
+        info!(
+            streams = recovery.streams,
+            migrated = recovery.migrated,
+            journal_records = recovery.journal_records,
+            "sender positions recovered"
+        );
+        for (stream, c) in state.positions() {
             metrics
                 .applied_seq
                 .with_label_values(&[&stream.sender, &stream.replica])
@@ -331,7 +347,7 @@ impl Receiver {
             })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let persister = Persister::start(state.clone()).map_err(|source| StateError::Io {
+        let persister = Persister::start(journal).map_err(|source| StateError::Io {
             path: config.state_dir.clone(),
             source,
         })?;

@@ -38,6 +38,10 @@ use crate::{
     },
 };
 
+/// Read buffer a session keeps while it waits for the next frame; a larger
+/// one (grown for a large batch) is freed.
+const IDLE_READ_BUFFER: usize = 64 * 1024;
+
 /// Serves one admitted connection, from its TLS handshake to its close.
 pub(super) async fn serve<T: Payload, H: Handler<T>>(
     incoming: quinn::Incoming,
@@ -63,6 +67,7 @@ pub(super) async fn serve<T: Payload, H: Handler<T>>(
             shutdown: shared.shutdown.clone(),
             shutdown_told: false,
             lost: None,
+            udp_reported: (0, 0),
         },
         outgoing: None,
         delivery: None,
@@ -159,6 +164,8 @@ struct Io<'a, H> {
     shutdown_told: bool,
     /// The first IO failure that lost the session.
     lost: Option<LostError>,
+    /// UDP datagrams and bytes sent on this connection already counted.
+    udp_reported: (u64, u64),
 }
 
 impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
@@ -331,7 +338,10 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
                 };
                 match write_message(send, &Message::Ack(ack), io.reply_max_frame, &mut io.buf).await
                 {
-                    Ok(()) => Event::Sent,
+                    Ok(()) => {
+                        io.count_udp();
+                        Event::Sent
+                    }
                     Err(e) => {
                         io.lost.get_or_insert(LostError::Ack(e));
                         Event::SendFailed
@@ -360,6 +370,7 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
     /// After the machine is done (or abandoned): the disconnect, the log
     /// line for how the session ended, and the slot.
     fn conclude(&mut self) {
+        self.io.count_udp();
         let io = &self.io;
         let sender = &io.sender;
         if self.connected {
@@ -388,6 +399,23 @@ impl<T: Payload, H: Handler<T>> Link<'_, T, H> {
 }
 
 impl<H> Io<'_, H> {
+    /// Adds what the connection sent since the last call to the sender's
+    /// UDP counters (called at each ack and at the end, so an idle session
+    /// costs nothing).
+    fn count_udp(&mut self) {
+        let udp = self.conn.stats().udp_tx;
+        let (datagrams, bytes) = self.udp_reported;
+        let m = &self.shared.metrics;
+        let sender: &str = &self.sender;
+        m.udp_datagrams_sent
+            .with_label_values(&[sender])
+            .inc_by(udp.datagrams.saturating_sub(datagrams));
+        m.udp_bytes_sent
+            .with_label_values(&[sender])
+            .inc_by(udp.bytes.saturating_sub(bytes));
+        self.udp_reported = (udp.datagrams.max(datagrams), udp.bytes.max(bytes));
+    }
+
     /// Logs refusals through the sender's rate-limited log (`None`: what is
     /// left, as the session ends).
     fn log_refusals(&self, counts: Option<&RefusedCounts>) {
@@ -452,6 +480,10 @@ impl<H> Io<'_, H> {
         let Some(reader) = self.reader.as_mut() else {
             return Event::StreamFailed;
         };
+        if welcomed {
+            // Between commits: an idle session keeps a small buffer only.
+            reader.release_idle(IDLE_READ_BUFFER);
+        }
         let read = if let Some(d) = deadline {
             let limit = d.saturating_duration_since(Instant::now());
             match reader.next_within(limit).await {
