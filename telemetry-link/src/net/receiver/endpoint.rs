@@ -1,17 +1,17 @@
 //! The receiver's quinn endpoint: its server configuration (TLS material
 //! plus transport settings), binding it with the long-lived keys and the
 //! datagram-counting socket, and swapping in reloaded TLS material for new
-//! handshakes.
+//! handshakes, then closing the open sessions the new CRL revokes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{keys::endpoint_keys, ReceiverConfig, ReceiverError};
+use super::{admission::Admission, keys::endpoint_keys, ReceiverConfig, ReceiverError};
 use crate::{
     metrics::ReceiverMetrics,
     net::{socket::CountingSocket, TransportTuning},
-    tls::{self, Reload, ReloadableTls, TlsError},
+    tls::{self, Reload, TlsError},
 };
 
 /// What a server configuration is built from besides the TLS material.
@@ -77,16 +77,17 @@ pub(super) fn bind(
 }
 
 /// Re-reads the TLS files (only if they changed, unless `force`) and
-/// installs the new material for new handshakes; counts the outcome. On
+/// installs the new material for new handshakes, then closes every open
+/// session whose certificate the new CRL revokes; counts the outcome. On
 /// error the previous material stays in use.
 pub(super) fn reload(
     endpoint: &quinn::Endpoint,
-    tls: &Mutex<ReloadableTls>,
+    admission: &Admission,
     template: &ServerTemplate,
-    metrics: &ReceiverMetrics,
     force: bool,
 ) -> Result<(), TlsError> {
-    let Ok(mut guard) = tls.lock() else {
+    let metrics = &admission.metrics;
+    let Ok(mut guard) = admission.tls.lock() else {
         return Err(TlsError::Config("TLS state lock poisoned".into()));
     };
     match guard.poll(force) {
@@ -95,7 +96,13 @@ pub(super) fn reload(
             Ok(cfg) => {
                 endpoint.set_server_config(Some(cfg));
                 metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                info!("TLS material reloaded; new handshakes use it");
+                let closed = admission
+                    .open
+                    .close_revoked(guard.current(), &metrics.admission.sessions_revoked);
+                info!(
+                    revoked_sessions_closed = closed,
+                    "TLS material reloaded; new handshakes use it"
+                );
                 Ok(())
             }
             Err(e) => {
