@@ -3,7 +3,9 @@
 //! ones that never finish — legitimate senders connect and reconnect
 //! (every connect succeeds within a sender's connect timeout) and
 //! established senders stream on undisturbed. Handshakes in progress never
-//! take a session slot. Each test prints its figures (`--nocapture`).
+//! take a session slot. Each test prints its figures (`--nocapture`). The
+//! floods run one at a time: two at once on a small machine measure its
+//! saturation (lost datagrams, retransmission timers), not admission.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -20,6 +22,9 @@ use telemetry_test_support::{
 };
 
 const HS: &str = "telemetry_link_handshake_failures_total";
+
+/// Held by a test while it floods.
+static ONE_FLOOD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A sender's default connect timeout: a legitimate connect slower than
 /// this has failed.
@@ -197,6 +202,7 @@ async fn receiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legitimate_senders_get_in_during_a_flood_of_handshakes_without_a_certificate(
 ) -> anyhow::Result<()> {
+    let _flooding = ONE_FLOOD_AT_A_TIME.lock().await;
     telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;
@@ -239,6 +245,7 @@ async fn legitimate_senders_get_in_during_a_flood_of_handshakes_without_a_certif
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_that_never_finish_take_no_session_slot_and_are_limited_per_address(
 ) -> anyhow::Result<()> {
+    let _flooding = ONE_FLOOD_AT_A_TIME.lock().await;
     telemetry_test_support::init();
     let pki = TestPki::new()?;
     let state = tempfile::tempdir()?;

@@ -46,9 +46,16 @@ impl ServerTemplate {
     }
 }
 
+/// Receive buffer asked for the receiver's socket: a reconnect storm or a
+/// handshake flood arrives in bursts of full-size Initial datagrams, and
+/// every one the kernel drops costs its sender a retransmission timer
+/// (about a second). The kernel caps it at `net.core.rmem_max`.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// Binds the endpoint on `config.listen`: stateless resets and connection
 /// IDs keyed from the state directory, no QUIC-bit greasing (so datagrams
-/// without the fixed bit can be counted as not QUIC).
+/// without the fixed bit can be counted as not QUIC), a receive buffer of
+/// up to [`RECEIVE_BUFFER`].
 pub(super) fn bind(
     config: &ReceiverConfig,
     server: quinn::ServerConfig,
@@ -66,6 +73,7 @@ pub(super) fn bind(
         source,
     };
     let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    enlarge_receive_buffer(&socket);
     let runtime = quinn::default_runtime().ok_or(ReceiverError::NoRuntime)?;
     let wrapped = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
     let counting = Arc::new(CountingSocket::new(
@@ -74,6 +82,24 @@ pub(super) fn bind(
     ));
     quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server), counting, runtime)
         .map_err(bind_err)
+}
+
+/// Asks for [`RECEIVE_BUFFER`]; says so when the kernel gives less (the
+/// socket works either way).
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
+    let Ok(state) = quinn::udp::UdpSocketState::new(socket.into()) else {
+        return;
+    };
+    let _ = state.set_recv_buffer_size(socket.into(), RECEIVE_BUFFER);
+    match state.recv_buffer_size(socket.into()) {
+        // Linux reports twice the size asked for (its bookkeeping share).
+        Ok(got) if got < RECEIVE_BUFFER => info!(
+            bytes = got,
+            wanted = RECEIVE_BUFFER,
+            "UDP receive buffer smaller than wanted (raise net.core.rmem_max): handshake bursts may lose datagrams"
+        ),
+        _ => {}
+    }
 }
 
 /// Re-reads the TLS files (only if they changed, unless `force`) and
