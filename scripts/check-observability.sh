@@ -162,7 +162,8 @@ for svc in s.values():
     for v in svc.get("volumes", []):
         src = v.split(":")[0]
         if src.startswith("./") and not os.path.exists(os.path.join(obs, src)):
-            assert "observability/" + src[2:].rstrip("/") in ignored, f"{src}: missing, and not a gitignored user directory"
+            rel = "observability/" + src[2:].rstrip("/")
+            assert any(rel == d or rel.startswith(d + "/") for d in ignored), f"{src}: missing, and not in a gitignored user directory"
 PYEOF
 fi
 

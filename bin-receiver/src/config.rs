@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use crate::remote_write::{client::parse_header, redact::redact};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -116,8 +117,9 @@ impl LayeredArgs for Args {
     }
 }
 
-/// Resolved settings.
-#[derive(Debug, Clone)]
+/// Resolved settings. Their `Debug` form shows remote-write URLs redacted
+/// and headers by name only.
+#[derive(Clone)]
 pub struct Settings {
     /// QUIC address.
     pub listen: SocketAddr,
@@ -141,6 +143,30 @@ pub struct Settings {
     pub remote_write_queue_bytes: u64,
     /// Demo mode.
     pub demo: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.remote_write.iter().map(|u| redact(u)).collect();
+        let headers: Vec<&str> = self
+            .remote_write_headers
+            .iter()
+            .map(|h| h.split_once(':').map_or("?", |(name, _)| name.trim()))
+            .collect();
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls)
+            .field("state_dir", &self.state_dir)
+            .field("allow_senders", &self.allow_senders)
+            .field("sender_ttl", &self.sender_ttl)
+            .field("audit_log", &self.audit_log)
+            .field("remote_write", &urls)
+            .field("remote_write_headers", &headers)
+            .field("remote_write_queue_bytes", &self.remote_write_queue_bytes)
+            .field("demo", &self.demo)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -191,6 +217,10 @@ impl Settings {
             }
             Some(args.allow_sender.into_iter().collect())
         };
+        // Bad headers are reported by position and name, never by value.
+        for (i, header) in args.remote_write_header.iter().enumerate() {
+            parse_header(i + 1, header)?;
+        }
         Ok(Settings {
             listen: args
                 .listen
@@ -288,5 +318,36 @@ mod tests {
             "bad/id"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn remote_write_secrets_stay_out_of_errors_and_debug_output() {
+        let tls = ["--ca", "a", "--cert", "b", "--key", "c"];
+        let with = |extra: &[&str]| {
+            let mut args = tls.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let e = with(&["--remote-write-header", "Authorization Bearer SECRET"]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("remote-write header #1") && !e.contains("SECRET"),
+            "{e}"
+        );
+        let s = with(&[
+            "--remote-write",
+            "http://u:p@127.0.0.1:1/api/v1/write?api_key=SECRET",
+            "--remote-write-header",
+            "Authorization: Bearer SECRET2",
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("u:p@"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("http://127.0.0.1:1/api/v1/write") && shown.contains("Authorization")
+        );
     }
 }

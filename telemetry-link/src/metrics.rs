@@ -63,6 +63,8 @@ pub struct ReceiverMetrics {
     pub applied_seq: IntGaugeVec,
     /// Connections refused before or during the hello, by reason.
     pub handshake_failures: IntCounterVec,
+    /// Admission: Retries, handshakes in progress, revoked sessions.
+    pub admission: AdmissionMetrics,
     /// Established sessions closed for a protocol error, by reason.
     pub protocol_errors: IntCounterVec,
     /// Datagrams that cannot be QUIC for this endpoint, by reason.
@@ -84,18 +86,43 @@ pub struct ReceiverMetrics {
     pub udp_bytes_sent: IntCounterVec,
 }
 
-/// Handshake refusal reasons exported at 0 from the start, so that
+/// Every handshake refusal reason, exported at 0 from the start so that
 /// `rate()`/`increase()` see the first refusal and alert rules find the
-/// series (others appear when they first happen).
-pub const HANDSHAKE_FAILURE_REASONS: [&str; 8] = [
+/// series. Certificates: `no_certificate` … `bad_crl`; the TLS and QUIC
+/// handshake: `alpn_mismatch` … `reset`; who the peer is: `bad_identity`,
+/// `not_allowed`; admission: `busy`, `handshake_limit`, `address_limit`;
+/// the hello: `no_hello` … `frame_too_large`.
+pub const HANDSHAKE_FAILURE_REASONS: [&str; 30] = [
     "no_certificate",
     "unknown_ca",
     "expired",
     "not_yet_valid",
-    "not_allowed",
-    "bad_hello",
-    "unsupported_version",
+    "revoked",
+    "unknown_revocation",
+    "bad_eku",
+    "bad_signature",
+    "bad_certificate",
+    "bad_crl",
+    "alpn_mismatch",
+    "tls_version",
+    "tls_error",
+    "transport_error",
+    "peer_rejected_certificate",
+    "peer_closed",
     "handshake_timeout",
+    "quic_version",
+    "reset",
+    "bad_identity",
+    "not_allowed",
+    "busy",
+    "handshake_limit",
+    "address_limit",
+    "no_hello",
+    "hello_timeout",
+    "bad_hello",
+    "bad_replica",
+    "unsupported_version",
+    "frame_too_large",
 ];
 
 impl ReceiverMetrics {
@@ -181,6 +208,7 @@ impl ReceiverMetrics {
                 "Connections refused during the TLS handshake or the link hello, by reason.",
                 &["reason"],
             )?,
+            admission: AdmissionMetrics::register(reg)?,
             protocol_errors: counter_vec(
                 reg,
                 "telemetry_link_protocol_errors_total",
@@ -245,6 +273,41 @@ impl ReceiverMetrics {
                 &["sender"],
             )?,
         ))
+    }
+}
+
+/// The receiver's admission metrics (besides the refusals, which are
+/// `telemetry_link_handshake_failures_total`).
+#[derive(Debug, Clone)]
+pub struct AdmissionMetrics {
+    /// Handshakes asked to prove their address with a QUIC Retry.
+    pub retries: IntCounter,
+    /// Handshakes in progress (not yet authenticated).
+    pub pending: IntGauge,
+    /// Established sessions closed because a reloaded CRL revokes the
+    /// sender's certificate.
+    pub sessions_revoked: IntCounter,
+}
+
+impl AdmissionMetrics {
+    fn register(reg: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            retries: counter(
+                reg,
+                "telemetry_link_handshake_retries_total",
+                "Handshakes asked to prove their address with a QUIC Retry first (the receiver is under handshake pressure: half its pending-handshake budget in use).",
+            )?,
+            pending: gauge(
+                reg,
+                "telemetry_link_handshakes_pending",
+                "Handshakes in progress: admitted, the peer's certificate not yet verified.",
+            )?,
+            sessions_revoked: counter(
+                reg,
+                "telemetry_link_sessions_revoked_total",
+                "Established sessions closed because a reloaded CRL revokes the sender's certificate.",
+            )?,
+        })
     }
 }
 

@@ -46,13 +46,14 @@ pub struct RemoteWriteClient {
     timeout: Duration,
 }
 
-/// Why a client could not be made.
+/// Why a client could not be made. No variant shows a secret: URLs appear
+/// redacted ([`super::redact::redact`]), header values never.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The URL does not parse or is not http(s).
-    #[error("remote-write URL {url:?}: {reason}")]
+    #[error("remote-write URL {url}: {reason}")]
     BadUrl {
-        /// The URL.
+        /// The URL, redacted.
         url: String,
         /// Why.
         reason: String,
@@ -61,49 +62,109 @@ pub enum ClientError {
     #[error("loading the system's root certificates for https: {0}")]
     Roots(std::io::Error),
     /// An extra header is not `Name: value` with a valid name and value.
-    #[error(
-        "remote-write header {0:?}: expected \"Name: value\" with a valid header name and value"
-    )]
-    BadHeader(String),
+    #[error("remote-write header #{index}{}: {problem} (its value is not shown)", name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default())]
+    BadHeader {
+        /// Its position among the headers, from 1.
+        index: usize,
+        /// Its name, when that is a valid header name.
+        name: Option<String>,
+        /// What is wrong.
+        problem: &'static str,
+    },
 }
 
-/// Parses `Name: value` (e.g. `X-Scope-OrgID: tenant-1`,
-/// `Authorization: Bearer …`).
-pub fn parse_header(text: &str) -> Result<(header::HeaderName, header::HeaderValue), ClientError> {
-    let bad = || ClientError::BadHeader(text.split(':').next().unwrap_or("").to_owned());
-    let (name, value) = text.split_once(':').ok_or_else(bad)?;
-    let name = header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
-    let mut value = header::HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+/// Parses the `index`th (from 1) extra header, `Name: value` (e.g.
+/// `X-Scope-OrgID: tenant-1`, `Authorization: Bearer …`). The value is
+/// marked sensitive; an error names the header by position (and by name
+/// when the name is valid), never by its text.
+pub fn parse_header(
+    index: usize,
+    text: &str,
+) -> Result<(header::HeaderName, header::HeaderValue), ClientError> {
+    let bad = |name: Option<&header::HeaderName>, problem| ClientError::BadHeader {
+        index,
+        name: name.map(|n| n.as_str().to_owned()),
+        problem,
+    };
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| bad(None, "expected \"Name: value\", found no colon"))?;
+    let name = header::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| bad(None, "the name is not a valid header name"))?;
+    let mut value = header::HeaderValue::from_str(value.trim())
+        .map_err(|_| bad(Some(&name), "the value is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((name, value))
 }
 
+/// The request URI and, for credentials in the URL, the basic
+/// authentication header they stand for.
+fn split_credentials(
+    uri: Uri,
+    bad: impl Fn(&str) -> ClientError,
+) -> Result<(Uri, Option<header::HeaderValue>), ClientError> {
+    let Some(authority) = uri.authority().cloned() else {
+        return Ok((uri, None));
+    };
+    let Some((userinfo, host)) = authority.as_str().rsplit_once('@') else {
+        return Ok((uri, None));
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| bad("the credentials are not UTF-8"))
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let credentials = format!("{}:{}", decode(user)?, decode(password)?);
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, credentials);
+    let mut value = header::HeaderValue::from_str(&format!("Basic {encoded}"))
+        .map_err(|_| bad("the credentials do not make a header"))?;
+    value.set_sensitive(true);
+    let mut parts = uri.into_parts();
+    parts.authority = Some(
+        host.parse()
+            .map_err(|_| bad("no host after the credentials"))?,
+    );
+    let uri = Uri::from_parts(parts).map_err(|_| bad("no host after the credentials"))?;
+    Ok((uri, Some(value)))
+}
+
 impl RemoteWriteClient {
     /// A client posting to `url` (http:// or https://) with the extra
-    /// `headers` (`Name: value`) on every request.
+    /// `headers` (`Name: value`) on every request. Credentials in the URL
+    /// (`https://user:password@host/…`) are sent as basic authentication,
+    /// unless an `Authorization` header is given (it wins); a query string
+    /// is sent as it is.
     pub fn new(url: &str, headers: &[String], timeout: Duration) -> Result<Self, ClientError> {
-        let bad = |reason: String| ClientError::BadUrl {
-            url: url.to_owned(),
-            reason,
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: super::redact::redact(url),
+            reason: reason.to_owned(),
         };
-        let uri: Uri = url.parse().map_err(|e| bad(format!("{e}")))?;
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
-            _ => return Err(bad("the scheme must be http or https".into())),
+            _ => return Err(bad("the scheme must be http or https")),
         }
         if uri.host().is_none() {
-            return Err(bad("no host".into()));
+            return Err(bad("no host"));
         }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(bad(
-                "credentials in the URL are not supported; use --remote-write-header \"Authorization: ...\""
-                    .into(),
-            ));
-        }
-        let headers = headers
+        let mut headers = headers
             .iter()
-            .map(|h| parse_header(h))
+            .enumerate()
+            .map(|(i, h)| parse_header(i + 1, h))
             .collect::<Result<Vec<_>, _>>()?;
+        let (uri, basic) = split_credentials(uri, bad)?;
+        if let Some(basic) = basic {
+            if headers.iter().any(|(n, _)| n == header::AUTHORIZATION) {
+                tracing::warn!(
+                    endpoint = %super::redact::redact(url),
+                    "remote write: credentials in the URL ignored, an Authorization header is given"
+                );
+            } else {
+                headers.push((header::AUTHORIZATION, basic));
+            }
+        }
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         // The system's roots only where TLS is used: a plain-http endpoint
@@ -130,9 +191,11 @@ impl RemoteWriteClient {
         })
     }
 
-    /// The endpoint, for logs and metric labels.
-    pub fn endpoint(&self) -> String {
-        self.uri.to_string()
+    /// The endpoint's host and port, for its queue directory's name.
+    pub fn host_port(&self) -> String {
+        self.uri
+            .authority()
+            .map_or_else(String::new, |a| a.as_str().to_owned())
     }
 
     /// Posts `body` (a snappy-compressed WriteRequest) once.
@@ -244,21 +307,57 @@ mod tests {
     fn refuses_urls_it_cannot_post_to() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let t = Duration::from_secs(1);
-        for url in [
-            "ftp://x/api/v1/write",
-            "not a url",
-            "/api/v1/write",
-            "http://user:secret@mimir/api/v1/push",
-        ] {
+        for url in ["ftp://x/api/v1/write", "not a url", "/api/v1/write"] {
             assert!(RemoteWriteClient::new(url, &[], t).is_err(), "{url}");
         }
         let url = "http://127.0.0.1:9090/api/v1/write";
         assert!(RemoteWriteClient::new(url, &["X-Scope-OrgID: tenant-1".into()], t).is_ok());
-        for header in ["no colon", "bad name: x", "X-Ok: bad\nvalue"] {
-            assert!(
-                RemoteWriteClient::new(url, &[header.into()], t).is_err(),
-                "{header}"
-            );
+        for (header, shown) in [
+            ("Authorization Bearer SECRET", "remote-write header #1: expected \"Name: value\", found no colon (its value is not shown)"),
+            ("bad SECRET: x", "remote-write header #1: the name is not a valid header name (its value is not shown)"),
+            ("X-Ok: bad\nSECRET", "remote-write header #1 (x-ok): the value is not a valid header value (its value is not shown)"),
+        ] {
+            let e = RemoteWriteClient::new(url, &[header.into()], t).unwrap_err().to_string();
+            assert_eq!(e, shown);
         }
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_authentication_and_are_never_shown() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let t = Duration::from_secs(1);
+        let c = RemoteWriteClient::new(
+            "http://u%40x:p%3Aw@mimir:8080/api/v1/push?api_key=SECRET",
+            &[],
+            t,
+        )
+        .unwrap();
+        assert_eq!(
+            c.uri.to_string(),
+            "http://mimir:8080/api/v1/push?api_key=SECRET"
+        );
+        assert_eq!(c.host_port(), "mimir:8080");
+        let (name, value) = c.headers.last().unwrap();
+        assert_eq!(name, header::AUTHORIZATION);
+        // base64("u@x:p:w")
+        assert_eq!(value.to_str().unwrap(), "Basic dUB4OnA6dw==");
+        assert!(value.is_sensitive());
+        let both = RemoteWriteClient::new(
+            "http://u:p@mimir/api/v1/push?api_key=SECRET",
+            &["Authorization: Bearer SECRET2".into()],
+            t,
+        )
+        .unwrap();
+        let auth: Vec<_> = both
+            .headers
+            .iter()
+            .filter(|(n, _)| n == header::AUTHORIZATION)
+            .collect();
+        assert_eq!(auth.len(), 1, "the header wins");
+        assert_eq!(auth[0].1.to_str().unwrap(), "Bearer SECRET2");
+        let unparsable = RemoteWriteClient::new("http://u:SECRET@ho st/?k=SECRET", &[], t)
+            .unwrap_err()
+            .to_string();
+        assert!(!unparsable.contains("SECRET"), "{unparsable}");
     }
 }

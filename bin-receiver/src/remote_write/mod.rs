@@ -4,7 +4,9 @@
 //! Layers: [`convert`] turns the interpretation's timeline facts into
 //! samples (no I/O), [`wire`] makes the protobuf + snappy body (no I/O),
 //! [`queue`] is the durable queue of one endpoint, [`client`] does one
-//! POST; this module wires them: the link handler calls
+//! POST, `drain` sends a queue's samples (and splits a refused request by
+//! sender), [`redact`] decides what a URL may show of itself; this module
+//! wires them: the link handler calls
 //! [`RemoteWrite::forward_converted`] with the samples the store's
 //! interpretation produced before it lets the link acknowledge a batch,
 //! and one task per endpoint drains its queue.
@@ -29,34 +31,50 @@
 //! samples each, every series' samples in timestamp order. 5xx, 429 and
 //! transport errors are retried with exponential backoff and jitter
 //! (honouring `Retry-After`), forever — the queue's cap is the bound; any
-//! other 4xx is logged and counted as failed, and the request is not sent
-//! again. A request whose answer was lost may be written twice; Prometheus
-//! drops an identical (series, timestamp, value) sample silently.
+//! other 4xx is not retried: a request of several senders is split and each
+//! sender's samples are sent alone, and only what is refused again is
+//! logged and counted as failed, so one sender's bad sample never costs
+//! another sender its samples. A request whose answer was lost may be
+//! written twice; Prometheus drops an identical (series, timestamp, value)
+//! sample silently.
+//!
+//! # Secrets
+//!
+//! A URL may carry credentials and an API key in its query; headers may
+//! carry tokens. Logs, errors and the `endpoint` label show URLs redacted
+//! (`scheme://host:port/path`), queue directories are named by host and a
+//! hash of the whole URL (a queue under the name earlier releases used,
+//! the whole URL sanitised, is moved there on start), header values are
+//! never shown.
 
 pub mod client;
 pub mod convert;
+mod drain;
+pub use drain::LastError;
 pub mod queue;
+pub mod redact;
 pub mod wire;
 
 use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use telemetry_link::{session::Backoff, SpoolConfig};
+use prometheus::Registry;
+use telemetry_link::SpoolConfig;
 use telemetry_schema::ClusterRecord;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use self::{
-    client::{ClientError, Outcome, RemoteWriteClient},
+    client::{ClientError, RemoteWriteClient},
     convert::{Converted, SeriesTracker},
+    drain::{drain, Endpoint, Metrics},
     queue::{EndpointQueue, QueueError},
 };
 
 /// Settings of the forwarder.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteWriteConfig {
     /// Endpoints (`http(s)://host:port/api/v1/write`).
     pub urls: Vec<String>,
@@ -71,6 +89,26 @@ pub struct RemoteWriteConfig {
     pub max_samples_per_request: usize,
     /// Timeout of one request.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RemoteWriteConfig {
+    /// URLs redacted, headers by name only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact::redact(u)).collect();
+        let headers: Vec<&str> = self
+            .headers
+            .iter()
+            .map(|h| h.split_once(':').map_or("?", |(name, _)| name.trim()))
+            .collect();
+        f.debug_struct("RemoteWriteConfig")
+            .field("urls", &urls)
+            .field("headers", &headers)
+            .field("queue_dir", &self.queue_dir)
+            .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("max_samples_per_request", &self.max_samples_per_request)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl RemoteWriteConfig {
@@ -96,7 +134,7 @@ pub enum RemoteWriteError {
     /// A queue failed.
     #[error("remote-write queue of {endpoint}: {source}")]
     Queue {
-        /// The endpoint.
+        /// The endpoint (its `endpoint` label: the URL redacted).
         endpoint: String,
         /// What failed.
         source: QueueError,
@@ -107,102 +145,6 @@ pub enum RemoteWriteError {
     /// The blocking queue task panicked.
     #[error("remote-write queue task: {0}")]
     Join(#[from] tokio::task::JoinError),
-}
-
-/// The forwarder's metrics, by endpoint.
-#[derive(Clone)]
-struct Metrics {
-    sent: IntCounterVec,
-    failed: IntCounterVec,
-    retried: IntCounterVec,
-    dropped: IntCounterVec,
-    pending: IntGaugeVec,
-    queue_bytes: IntGaugeVec,
-}
-
-impl Metrics {
-    fn register(reg: &Registry) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help), &["endpoint"])?;
-            reg.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
-            reg.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        Ok(Self {
-            sent: counter("telemetry_remote_write_samples_sent_total", "Samples the endpoint accepted (2xx).")?,
-            failed: counter(
-                "telemetry_remote_write_samples_failed_total",
-                "Samples in requests the endpoint refused for good (4xx other than 429); not sent again.",
-            )?,
-            retried: counter(
-                "telemetry_remote_write_samples_retried_total",
-                "Samples in requests sent again after a 5xx, a 429 or a transport error.",
-            )?,
-            dropped: counter(
-                "telemetry_remote_write_samples_dropped_total",
-                "Samples dropped unsent because the endpoint's queue reached its byte cap.",
-            )?,
-            pending: gauge("telemetry_remote_write_samples_pending", "Samples queued for the endpoint and not yet accepted.")?,
-            queue_bytes: gauge("telemetry_remote_write_queue_bytes", "Bytes the endpoint's queue occupies on disk.")?,
-        })
-    }
-}
-
-struct Endpoint {
-    name: String,
-    client: RemoteWriteClient,
-    queue: Mutex<EndpointQueue>,
-    wake: Notify,
-    metrics: Metrics,
-    /// The last refusal or failure, for the status page.
-    last_error: Mutex<Option<LastError>>,
-}
-
-/// The last time an endpoint refused or failed a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastError {
-    /// When (Unix milliseconds).
-    pub unix_ms: i64,
-    /// What happened.
-    pub message: String,
-}
-
-impl Endpoint {
-    fn queue(&self) -> MutexGuard<'_, EndpointQueue> {
-        // Every queue operation completes its file work before returning.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn refresh(&self, queue: &EndpointQueue) {
-        let m = &self.metrics;
-        m.pending
-            .with_label_values(&[&self.name])
-            .set(queue.pending_samples() as i64);
-        m.queue_bytes
-            .with_label_values(&[&self.name])
-            .set(queue.bytes() as i64);
-    }
-
-    fn failed(&self, message: String) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastError {
-            unix_ms: telemetry_link::unix_ms(),
-            message,
-        });
-    }
-
-    fn count_dropped(&self, dropped: u64) {
-        if dropped > 0 {
-            self.metrics
-                .dropped
-                .with_label_values(&[&self.name])
-                .inc_by(dropped);
-            tracing::warn!(endpoint = %self.name, dropped, "remote-write queue full: dropped its oldest samples");
-        }
-    }
 }
 
 /// The running forwarder.
@@ -235,40 +177,26 @@ impl RemoteWrite {
         let metrics = Metrics::register(registry)?;
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut endpoints = Vec::new();
-        for url in &cfg.urls {
+        for (url, name) in cfg.urls.iter().zip(redact::labels(&cfg.urls)) {
             let client = RemoteWriteClient::new(url, &cfg.headers, cfg.timeout)?;
-            let name = client.endpoint();
-            let dir = cfg.queue_dir.join(dir_name(&name));
+            let queue_err = |source| RemoteWriteError::Queue {
+                endpoint: name.clone(),
+                source,
+            };
+            let dir = queue_dir(&cfg.queue_dir, url, &client).map_err(queue_err)?;
             let spool = SpoolConfig {
                 max_bytes: cfg.max_queue_bytes,
                 max_record_bytes: 16 << 20,
                 ..SpoolConfig::default()
             };
-            let queue =
-                EndpointQueue::open(&dir, spool).map_err(|source| RemoteWriteError::Queue {
-                    endpoint: name.clone(),
-                    source,
-                })?;
+            let queue = EndpointQueue::open(&dir, spool).map_err(queue_err)?;
             tracing::info!(endpoint = %name, queue = %dir.display(), pending = queue.pending_samples(), "remote write");
-            // Every counter of the endpoint exists from the start, at 0.
-            for counter in [
-                &metrics.sent,
-                &metrics.failed,
-                &metrics.retried,
-                &metrics.dropped,
-            ] {
-                counter.with_label_values(&[&name]);
-            }
-            let endpoint = Arc::new(Endpoint {
+            endpoints.push(Arc::new(Endpoint::new(
                 name,
                 client,
-                queue: Mutex::new(queue),
-                wake: Notify::new(),
-                metrics: metrics.clone(),
-                last_error: Mutex::new(None),
-            });
-            endpoint.refresh(&endpoint.queue());
-            endpoints.push(endpoint);
+                queue,
+                metrics.clone(),
+            )));
         }
         let rw = Arc::new(Self {
             tracker: Mutex::new(SeriesTracker::new()),
@@ -426,116 +354,32 @@ impl RemoteWrite {
     }
 }
 
-/// A directory name for an endpoint's queue: its URL with everything but
-/// `[A-Za-z0-9.-]` replaced.
-fn dir_name(endpoint: &str) -> String {
-    let s: String = endpoint
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect();
-    s.trim_matches('_').to_owned()
-}
-
-/// Drains one endpoint's queue until told to stop.
-async fn drain(
-    endpoint: Arc<Endpoint>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    max_samples: usize,
-) {
-    let name = endpoint.name.clone();
-    let m = endpoint.metrics.clone();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    loop {
-        if *stop.borrow() {
-            return;
+/// The queue directory of `url` under `queue_dir`, named by host and a
+/// hash of the whole URL; a queue in the directory earlier releases named
+/// after the whole URL is moved there first.
+fn queue_dir(
+    queue_dir: &Path,
+    url: &str,
+    client: &RemoteWriteClient,
+) -> Result<PathBuf, QueueError> {
+    let dir = queue_dir.join(redact::queue_dir_name(&client.host_port(), url));
+    let Ok(printed) = url.parse::<hyper::Uri>() else {
+        return Ok(dir);
+    };
+    let legacy = queue_dir.join(redact::legacy_queue_dir_name(&printed.to_string()));
+    if legacy != dir && legacy.is_dir() {
+        if dir.exists() {
+            // Its name may hold a secret: not shown.
+            tracing::warn!(queue = %dir.display(), "an older queue directory of this endpoint is left in place beside its queue");
+        } else {
+            std::fs::rename(&legacy, &dir).map_err(|source| QueueError::Move {
+                to: dir.clone(),
+                source,
+            })?;
+            tracing::info!(queue = %dir.display(), "remote-write queue moved to its directory named by host and hash");
         }
-        let next = {
-            let mut queue = endpoint.queue();
-            queue.next_batch(max_samples)
-        };
-        let batch = match next {
-            Ok(Some(batch)) => batch,
-            Ok(None) => {
-                tokio::select! {
-                    _ = endpoint.wake.notified() => {}
-                    _ = stop.changed() => return,
-                    // A push notifies (the permit is kept if nobody
-                    // waits); the poll is only a safety net.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %name, error = %e, "reading the remote-write queue");
-                endpoint.queue().rewind();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
-        };
-        let n = batch.samples.len() as u64;
-        let body = match wire::encode(&wire::write_request(&batch.samples)) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(endpoint = %name, error = %e, "compressing a remote-write request; dropping it");
-                m.failed.with_label_values(&[&name]).inc_by(n);
-                finish(&endpoint, &batch);
-                continue;
-            }
-        };
-        loop {
-            match endpoint.client.post(body.clone()).await {
-                Outcome::Sent => {
-                    m.sent.with_label_values(&[&name]).inc_by(n);
-                    backoff.reset();
-                    break;
-                }
-                Outcome::Refused { reason } => {
-                    tracing::warn!(endpoint = %name, samples = n, %reason, "remote write refused; not retrying");
-                    endpoint.failed(format!("refused: {reason}"));
-                    m.failed.with_label_values(&[&name]).inc_by(n);
-                    break;
-                }
-                Outcome::Retry {
-                    reason,
-                    retry_after,
-                } => {
-                    m.retried.with_label_values(&[&name]).inc_by(n);
-                    let delay = backoff.next_delay(&mut rand::rng());
-                    let delay =
-                        retry_after.map_or(delay, |s| Duration::from_secs(s.min(300)).max(delay));
-                    tracing::warn!(endpoint = %name, samples = n, %reason, retry_in = ?delay, "remote write failed; retrying");
-                    endpoint.failed(format!("retrying: {reason}"));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => {
-                            endpoint.queue().rewind();
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        finish(&endpoint, &batch);
     }
-}
-
-fn finish(endpoint: &Endpoint, batch: &queue::Batch) {
-    let mut queue = endpoint.queue();
-    if let Err(e) = queue.done(batch) {
-        // The batch stays queued and is sent again after a restart.
-        tracing::error!(endpoint = %endpoint.name, error = %e, "recording a sent remote-write batch");
-    }
-    endpoint.refresh(&queue);
+    Ok(dir)
 }
 
 #[cfg(test)]
@@ -567,19 +411,35 @@ mod tests {
                 .iter()
                 .map(|m| m.get_counter().get_value())
                 .collect();
-            assert_eq!(values, [0.0], "{name}");
+            assert!(
+                !values.is_empty() && values.iter().all(|v| *v == 0.0),
+                "{name}: {values:?}"
+            );
         }
         assert_eq!(rw.last_errors().len(), 1);
         assert_eq!(rw.last_errors()[0].1, None);
         rw.shutdown(Duration::from_secs(1)).await;
     }
 
-    #[test]
-    fn queue_directory_names_are_plain() {
-        assert_eq!(
-            dir_name("http://127.0.0.1:9090/api/v1/write"),
-            "http___127.0.0.1_9090_api_v1_write"
-        );
-        assert!(!dir_name("https://a/../../etc").contains('/'));
+    #[tokio::test]
+    async fn a_queue_under_the_old_directory_name_is_moved_to_the_new_one() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let d = tempfile::tempdir().unwrap();
+        let url = "http://127.0.0.1:9/api/v1/write?api_key=SECRET";
+        let old = d
+            .path()
+            .join("http___127.0.0.1_9_api_v1_write_api_key_SECRET");
+        std::fs::create_dir_all(old.join("queue")).unwrap();
+        std::fs::write(old.join("queue").join("marker"), b"x").unwrap();
+        let client = RemoteWriteClient::new(url, &[], Duration::from_secs(1)).unwrap();
+        let dir = queue_dir(d.path(), url, &client).unwrap();
+        assert!(dir.join("queue").join("marker").exists());
+        assert!(!old.exists());
+        let names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("SECRET")), "{names:?}");
+        assert_eq!(queue_dir(d.path(), url, &client).unwrap(), dir, "stable");
     }
 }

@@ -41,6 +41,16 @@ pub enum QueueError {
     /// Samples could not be encoded.
     #[error("encoding queued samples: {0}")]
     Encode(#[from] postcard::Error),
+    /// The queue could not be moved from the directory earlier releases
+    /// named after the whole URL (that name is not shown: it may hold a
+    /// secret).
+    #[error("moving the queue from its old directory to {}: {source}", to.display())]
+    Move {
+        /// The new directory.
+        to: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Entries read for one request.

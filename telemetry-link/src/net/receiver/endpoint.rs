@@ -1,17 +1,17 @@
 //! The receiver's quinn endpoint: its server configuration (TLS material
 //! plus transport settings), binding it with the long-lived keys and the
 //! datagram-counting socket, and swapping in reloaded TLS material for new
-//! handshakes.
+//! handshakes, then closing the open sessions the new CRL revokes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{keys::endpoint_keys, ReceiverConfig, ReceiverError};
+use super::{admission::Admission, keys::endpoint_keys, ReceiverConfig, ReceiverError};
 use crate::{
     metrics::ReceiverMetrics,
     net::{socket::CountingSocket, TransportTuning},
-    tls::{self, Reload, ReloadableTls, TlsError},
+    tls::{self, Reload, TlsError},
 };
 
 /// What a server configuration is built from besides the TLS material.
@@ -46,9 +46,16 @@ impl ServerTemplate {
     }
 }
 
+/// Receive buffer asked for the receiver's socket: a reconnect storm or a
+/// handshake flood arrives in bursts of full-size Initial datagrams, and
+/// every one the kernel drops costs its sender a retransmission timer
+/// (about a second). The kernel caps it at `net.core.rmem_max`.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// Binds the endpoint on `config.listen`: stateless resets and connection
 /// IDs keyed from the state directory, no QUIC-bit greasing (so datagrams
-/// without the fixed bit can be counted as not QUIC).
+/// without the fixed bit can be counted as not QUIC), a receive buffer of
+/// up to [`RECEIVE_BUFFER`].
 pub(super) fn bind(
     config: &ReceiverConfig,
     server: quinn::ServerConfig,
@@ -66,6 +73,7 @@ pub(super) fn bind(
         source,
     };
     let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    enlarge_receive_buffer(&socket);
     let runtime = quinn::default_runtime().ok_or(ReceiverError::NoRuntime)?;
     let wrapped = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
     let counting = Arc::new(CountingSocket::new(
@@ -76,17 +84,36 @@ pub(super) fn bind(
         .map_err(bind_err)
 }
 
+/// Asks for [`RECEIVE_BUFFER`]; says so when the kernel gives less (the
+/// socket works either way).
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
+    let Ok(state) = quinn::udp::UdpSocketState::new(socket.into()) else {
+        return;
+    };
+    let _ = state.set_recv_buffer_size(socket.into(), RECEIVE_BUFFER);
+    match state.recv_buffer_size(socket.into()) {
+        // Linux reports twice the size asked for (its bookkeeping share).
+        Ok(got) if got < RECEIVE_BUFFER => info!(
+            bytes = got,
+            wanted = RECEIVE_BUFFER,
+            "UDP receive buffer smaller than wanted (raise net.core.rmem_max): handshake bursts may lose datagrams"
+        ),
+        _ => {}
+    }
+}
+
 /// Re-reads the TLS files (only if they changed, unless `force`) and
-/// installs the new material for new handshakes; counts the outcome. On
+/// installs the new material for new handshakes, then closes every open
+/// session whose certificate the new CRL revokes; counts the outcome. On
 /// error the previous material stays in use.
 pub(super) fn reload(
     endpoint: &quinn::Endpoint,
-    tls: &Mutex<ReloadableTls>,
+    admission: &Admission,
     template: &ServerTemplate,
-    metrics: &ReceiverMetrics,
     force: bool,
 ) -> Result<(), TlsError> {
-    let Ok(mut guard) = tls.lock() else {
+    let metrics = &admission.metrics;
+    let Ok(mut guard) = admission.tls.lock() else {
         return Err(TlsError::Config("TLS state lock poisoned".into()));
     };
     match guard.poll(force) {
@@ -95,7 +122,13 @@ pub(super) fn reload(
             Ok(cfg) => {
                 endpoint.set_server_config(Some(cfg));
                 metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                info!("TLS material reloaded; new handshakes use it");
+                let closed = admission
+                    .open
+                    .close_revoked(guard.current(), &metrics.admission.sessions_revoked);
+                info!(
+                    revoked_sessions_closed = closed,
+                    "TLS material reloaded; new handshakes use it"
+                );
                 Ok(())
             }
             Err(e) => {

@@ -33,7 +33,13 @@
 //!
 //! * `endpoint`: the quinn endpoint, its server configuration and TLS reload.
 //! * `keys`: the stateless-reset and connection-ID keys kept across restarts.
-//! * `admission`: the accept loop; connection and pending-handshake limits.
+//! * `gate`: the admission decisions (pending-handshake and session
+//!   budgets, Retry under pressure, the per-address limit), without IO.
+//! * `admission`: the accept loop putting connections to the gate, and each
+//!   connection's standing (pending, then an open session).
+//! * `failure_log`: handshake failures in the log at a bounded rate.
+//! * `open`: the authenticated connections and their certificates; closes
+//!   those a reloaded CRL revokes.
 //! * `handshake`: the TLS handshake, the sender's identity, the allow list.
 //! * `handler`: the application's [`Handler`] and what it is given.
 //! * `slots`: one session per sender identity and replica.
@@ -42,9 +48,12 @@
 
 mod admission;
 mod endpoint;
+mod failure_log;
+mod gate;
 mod handler;
 mod handshake;
 mod keys;
+mod open;
 mod presents;
 mod session;
 mod slots;
@@ -54,7 +63,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -84,6 +93,7 @@ use crate::{
     session::refusals::RefusalLog,
     tls::{ReloadableTls, Role, TlsError, TlsFiles},
 };
+use admission::Admission;
 use endpoint::ServerTemplate;
 pub use handler::{Applied, Delivery, Handler, HandlerError, PresentDelivery};
 use slots::Slots;
@@ -115,12 +125,34 @@ pub struct ReceiverLimits {
     /// Bytes of label names and values one series may have; samples of a
     /// series with more are refused (`label_limit`).
     pub max_label_bytes: usize,
-    /// Concurrent connections; more are refused.
+    /// Concurrent authenticated sessions; a connection arriving while they
+    /// are all taken is refused (`busy`). Handshakes in progress do not
+    /// count here.
     pub max_connections: usize,
-    /// Concurrent unfinished handshakes from unvalidated addresses before
-    /// new ones must prove their address with a QUIC retry.
+    /// Concurrent handshakes in progress (until the peer's certificate is
+    /// verified, address validated or not); more are refused
+    /// (`handshake_limit`). From half of it on the receiver is under
+    /// pressure: handshakes from unvalidated addresses must first prove
+    /// their address with a QUIC Retry, and the per-address limit applies.
+    /// The default, 2048, admits a reconnect storm of 1000 senders without
+    /// reaching the pressure mark; a pending handshake costs a few tens of
+    /// kilobytes.
     pub max_pending_handshakes: usize,
-    /// Time allowed for the TLS handshake and for the hello.
+    /// Handshakes in progress from one address (an IPv4 address, an IPv6
+    /// /64) while the receiver is under pressure; more are refused
+    /// (`address_limit`). An address whose sender completed a session in
+    /// the last 10 minutes may use up to half of `max_pending_handshakes`
+    /// instead. The default, 32, lets a NAT with dozens of senders through a
+    /// reconnect storm even during a flood; below the pressure mark there
+    /// is no per-address limit at all.
+    pub max_pending_per_address: usize,
+    /// Time allowed for the TLS handshake, from the first packet until the
+    /// peer's certificate is verified. The default, 3 s, is a sender's
+    /// default connect timeout (a slower handshake has been abandoned by
+    /// the sender anyway) and bounds how long a peer that never finishes
+    /// holds a pending slot.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the hello, once the TLS handshake is done.
     pub hello_timeout: Duration,
     /// Frames applied before the state is persisted and acknowledged, when
     /// more are already waiting (group commit).
@@ -155,7 +187,9 @@ impl Default for ReceiverLimits {
             max_labels_per_series: MAX_LABELS,
             max_label_bytes: DEFAULT_MAX_LABEL_BYTES,
             max_connections: 1024,
-            max_pending_handshakes: 64,
+            max_pending_handshakes: 2048,
+            max_pending_per_address: 32,
+            handshake_timeout: Duration::from_secs(3),
             hello_timeout: Duration::from_secs(5),
             max_frames_per_commit: 64,
             max_present_bytes: 64 << 20,
@@ -243,10 +277,8 @@ struct Shared<H> {
     slots: Slots,
     /// Each sender's refusal log (bounded by the identities that connect).
     refusal_logs: Mutex<HashMap<Arc<str>, RefusalLog>>,
-    /// Connections admitted and not finished.
-    active: AtomicUsize,
-    /// Admitted connections still in their TLS handshake.
-    pending: AtomicUsize,
+    /// The gate, the open connections, the handshake-failure log.
+    admission: Arc<Admission>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -276,7 +308,7 @@ pub struct Receiver {
     local_addr: SocketAddr,
     metrics: ReceiverMetrics,
     state: StateStore,
-    tls: Arc<Mutex<ReloadableTls>>,
+    admission: Arc<Admission>,
     server_template: ServerTemplate,
     shutdown: watch::Sender<bool>,
     accept: Option<tokio::task::JoinHandle<()>>,
@@ -351,6 +383,8 @@ impl Receiver {
             path: config.state_dir.clone(),
             source,
         })?;
+        let tls = Arc::new(Mutex::new(tls_state));
+        let admission = Arc::new(Admission::new(&config.limits, tls, metrics.clone()));
         let shared = Arc::new(Shared {
             limits: config.limits,
             allowed: config.allowed_senders.clone(),
@@ -360,17 +394,14 @@ impl Receiver {
             handler,
             slots: Slots::default(),
             refusal_logs: Mutex::new(HashMap::new()),
-            active: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            admission: admission.clone(),
             shutdown: shutdown_rx,
         });
-        let tls = Arc::new(Mutex::new(tls_state));
         let running = Arc::new(AtomicBool::new(true));
         let accept = tokio::spawn(admission::accept_loop::<T, H>(
             endpoint.clone(),
             shared,
             admission::Reloads {
-                tls: tls.clone(),
                 template: template.clone(),
                 every: config.tls_reload_interval,
             },
@@ -382,7 +413,7 @@ impl Receiver {
             local_addr,
             metrics,
             state,
-            tls,
+            admission,
             server_template: template,
             shutdown: shutdown_tx,
             accept: Some(accept),
@@ -414,16 +445,14 @@ impl Receiver {
     }
 
     /// Re-reads the TLS files now (e.g. on SIGHUP). New handshakes use the
-    /// new material; established connections are not disturbed. On error the
-    /// old material stays in use.
+    /// new material; established sessions stay, except those whose
+    /// certificate the new CRL revokes: they are closed (`NotAllowed`,
+    /// "certificate revoked") and counted in
+    /// `telemetry_link_sessions_revoked_total`. On error the old material
+    /// stays in use. The files are also polled every
+    /// [`ReceiverConfig::tls_reload_interval`], with the same effect.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
-        endpoint::reload(
-            &self.endpoint,
-            &self.tls,
-            &self.server_template,
-            &self.metrics,
-            true,
-        )
+        endpoint::reload(&self.endpoint, &self.admission, &self.server_template, true)
     }
 
     /// Graceful stop: refuse new connections, let every session finish the
