@@ -27,21 +27,7 @@ use crate::{
 pub async fn run(settings: Settings) -> Result<()> {
     let mut signals = Signals::install().context("installing signal handlers")?;
     let registry = prometheus::Registry::new();
-    let mut cfg = SenderConfig::new(
-        settings.receivers.clone(),
-        settings.tls.clone(),
-        &settings.spool_dir,
-    );
-    cfg.server_name = settings.server_name.clone();
-    cfg.bind = settings.bind;
-    cfg.failback_after = Some(settings.failback_after);
-    cfg.connect_timeout = settings.connect_timeout;
-    cfg.spool = SpoolConfig {
-        max_bytes: settings.spool_max_bytes,
-        fsync: settings.fsync,
-        ..SpoolConfig::default()
-    };
-    let (sender, recovery) = Sender::<ClusterRecord>::start(cfg, &registry)
+    let (sender, recovery) = Sender::<ClusterRecord>::start(link_config(&settings), &registry)
         .await
         .context("starting the link sender")?;
     if !recovery.is_clean() {
@@ -118,6 +104,26 @@ pub async fn run(settings: Settings) -> Result<()> {
         error!(error = %e, "metrics endpoint failed");
     }
     outcome
+}
+
+/// The link sender's settings from the sender's.
+fn link_config(settings: &Settings) -> SenderConfig {
+    let mut cfg = SenderConfig::new(
+        settings.receivers.clone(),
+        settings.tls.clone(),
+        &settings.spool_dir,
+    );
+    cfg.server_name = settings.server_name.clone();
+    cfg.bind = settings.bind;
+    cfg.failback_after = Some(settings.failback_after);
+    cfg.connect_timeout = settings.connect_timeout;
+    cfg.linger = settings.linger;
+    cfg.spool = SpoolConfig {
+        max_bytes: settings.spool_max_bytes,
+        fsync: settings.fsync,
+        ..SpoolConfig::default()
+    };
+    cfg
 }
 
 async fn run_source(
