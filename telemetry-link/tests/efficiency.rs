@@ -39,9 +39,22 @@ impl Handler<u64> for Batches {
     }
 }
 
+/// [`Sender::flush`], failing the test instead of hanging it.
+async fn flush(sender: &Sender<u64>) -> anyhow::Result<Flushed> {
+    Ok(tokio::time::timeout(Duration::from_secs(10), sender.flush()).await?)
+}
+
 async fn connected(sender: &Sender<u64>) -> anyhow::Result<()> {
     let mut status = sender.status();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected)).await??;
+    Ok(())
+}
+
+/// Connected, and the session running: records spooled before it started
+/// are its backlog, which does not linger.
+async fn session_running(sender: &Sender<u64>) -> anyhow::Result<()> {
+    connected(sender).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }
 
@@ -62,7 +75,7 @@ async fn records_sent_one_by_one_leave_together_after_the_linger() -> anyhow::Re
         |c| c.linger = linger,
     )
     .await?;
-    connected(&sender).await?;
+    session_running(&sender).await?;
     let first = Instant::now();
     for i in 0..10u64 {
         sender.send(&i).await?;
@@ -102,15 +115,18 @@ async fn a_flush_sends_at_once_and_says_whether_it_was_acknowledged() -> anyhow:
         |c| c.linger = Duration::from_secs(600),
     )
     .await?;
-    connected(&sender).await?;
+    session_running(&sender).await?;
     assert_eq!(
-        sender.flush().await,
+        flush(&sender).await?,
         Flushed::Acknowledged,
         "nothing spooled"
     );
     sender.send_batch(&[1, 2, 3]).await?;
+    // The session is waiting for the batch to linger when the flush comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(batches.records.load(Ordering::SeqCst), 0, "lingering");
     let t = Instant::now();
-    assert_eq!(sender.flush().await, Flushed::Acknowledged);
+    assert_eq!(flush(&sender).await?, Flushed::Acknowledged);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(batches.records.load(Ordering::SeqCst), 3);
     assert_eq!(sender.stats().records, 0, "acknowledged and removed");
@@ -119,7 +135,7 @@ async fn a_flush_sends_at_once_and_says_whether_it_was_acknowledged() -> anyhow:
     let mut status = sender.status();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| !s.connected)).await??;
     sender.send(&4).await?;
-    assert_eq!(sender.flush().await, Flushed::LinkDown);
+    assert_eq!(flush(&sender).await?, Flushed::LinkDown);
     assert_eq!(
         sender.stats().records,
         1,
@@ -201,7 +217,7 @@ async fn udp_counters_follow_what_quic_reports_across_sessions() -> anyhow::Resu
         start_sender::<u64>(&pki, "udp", &[receiver.local_addr()], spool.path(), |_| {}).await?;
     connected(&sender).await?;
     sender.send_batch(&[1, 2, 3]).await?;
-    assert_eq!(sender.flush().await, Flushed::Acknowledged);
+    assert_eq!(flush(&sender).await?, Flushed::Acknowledged);
     let quic = sender.quic_stats().map(|s| s.udp_tx).unwrap_or_default();
     let datagrams = metric(&reg, "telemetry_sender_udp_datagrams_sent_total", &[]);
     let bytes = metric(&reg, "telemetry_sender_udp_bytes_sent_total", &[]);
@@ -223,7 +239,7 @@ async fn udp_counters_follow_what_quic_reports_across_sessions() -> anyhow::Resu
     })
     .await?;
     sender.send(&4).await?;
-    assert_eq!(sender.flush().await, Flushed::Acknowledged);
+    assert_eq!(flush(&sender).await?, Flushed::Acknowledged);
     let second = sender.quic_stats().map(|s| s.udp_tx).unwrap_or_default();
     let total = sender.metrics().udp_sent();
     assert!(total.datagrams >= first.datagrams + second.datagrams);

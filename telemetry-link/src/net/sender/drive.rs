@@ -114,9 +114,6 @@ pub(super) async fn drive(
         }
         machine
     };
-    // A flush asked for before this session still applies.
-    let mut flush = inner.flush.subscribe();
-    flush.mark_changed();
     let mut driver = Driver {
         inner,
         cfg,
@@ -126,7 +123,8 @@ pub(super) async fn drive(
         address,
         machine,
         stopping: inner.stopping.subscribe(),
-        flush,
+        // A flush asked for before this session still applies.
+        flush: inner.flush.subscribe(),
         probe: None,
         preferred: None,
         frame: Vec::new(),
@@ -185,10 +183,10 @@ impl Driver<'_> {
                 self.machine
                     .handle(Instant::now(), Input::Stop { deadline });
             }
-            if self.flush.has_changed().unwrap_or(false) {
-                let upto = *self.flush.borrow_and_update();
-                self.machine.handle(Instant::now(), Input::Flush { upto });
-            }
+            // Read on every turn: a wake by `flush.changed()` has marked
+            // the value seen already.
+            let upto = *self.flush.borrow_and_update();
+            self.machine.handle(Instant::now(), Input::Flush { upto });
             if let Err(reason) = self.read_ready() {
                 return SessionEnd::Lost(reason);
             }
