@@ -87,6 +87,8 @@ pub async fn start_sender(
 ) -> Result<DemoSender> {
     let mut cfg = SenderConfig::new(vec![target.to_string()], pki.sender.clone(), spool_dir);
     cfg.server_name = Some("localhost".into());
+    // One machine, a few records a second: every change shows at once.
+    cfg.linger = std::time::Duration::ZERO;
     let (sender, _) = Sender::<ClusterRecord>::start(cfg, registry)
         .await
         .context("starting the demo's embedded sender")?;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
-use telemetry_link::{FsyncPolicy, TlsFiles};
+use telemetry_link::{net::DEFAULT_LINGER, FsyncPolicy, TlsFiles};
 use telemetry_runtime::{
     config::{ByteSize, HumanDuration},
     flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
@@ -79,6 +79,9 @@ pub struct Args {
     /// When to fsync the spool: `batch` (before every append returns), an interval like `100ms`, or `never` [default: batch].
     #[arg(long)]
     pub fsync: Option<String>,
+    /// How long a batch that is not full waits for more records after its first one before it is sent; `0s` sends every record at once [default: 1s].
+    #[arg(long)]
+    pub linger: Option<HumanDuration>,
     /// The operations endpoint [default: 127.0.0.1:9465].
     #[command(flatten)]
     #[serde(flatten)]
@@ -265,6 +268,8 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     /// Spool fsync policy.
     pub fsync: FsyncPolicy,
+    /// How long a batch that is not full waits for more records.
+    pub linger: Duration,
     /// The operations endpoint: address, web config.
     pub endpoint: EndpointSettings,
     /// kubeconfig.
@@ -387,6 +392,7 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("telemetry-sender-spool")),
             spool_max_bytes,
             fsync,
+            linger: args.linger.map_or(DEFAULT_LINGER, |d| d.0),
             endpoint: args.endpoint.settings_or(DEFAULT_METRICS_LISTEN),
             kubeconfig: args.kubeconfig,
             context: args.context,
@@ -435,6 +441,15 @@ mod tests {
         assert!(s.endpoint.listen.ip().is_loopback());
         assert_eq!(s.metrics_interval, Duration::from_secs(15));
         assert_eq!(s.spool_max_bytes, 1 << 30);
+        assert_eq!(s.linger, Duration::from_secs(1));
+        for (flag, linger) in [
+            ("250ms", Duration::from_millis(250)),
+            ("0s", Duration::ZERO),
+        ] {
+            let mut with = a.clone();
+            with.extend_from_slice(&["--linger", flag]);
+            assert_eq!(parse(&with).unwrap().linger, linger);
+        }
     }
 
     #[test]
@@ -443,7 +458,7 @@ mod tests {
         let f = d.path().join("sender.toml");
         std::fs::write(
             &f,
-            "source = \"synthetic\"\nreceiver = [\"a:1\", \"b:2\"]\nca = \"ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\nfsync = \"100ms\"\nspool-max-bytes = \"64MiB\"\nsynthetic-rate = 0\n",
+            "source = \"synthetic\"\nreceiver = [\"a:1\", \"b:2\"]\nca = \"ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\nfsync = \"100ms\"\nlinger = \"2s\"\nspool-max-bytes = \"64MiB\"\nsynthetic-rate = 0\n",
         )
         .unwrap();
         let s = parse(&["--config", f.to_str().unwrap(), "--synthetic-series", "7"]).unwrap();
@@ -451,6 +466,7 @@ mod tests {
         assert_eq!(s.receivers, vec!["a:1", "b:2"]);
         assert_eq!(s.tls.ca, d.path().join("ca.pem"));
         assert_eq!(s.fsync, FsyncPolicy::Interval(Duration::from_millis(100)));
+        assert_eq!(s.linger, Duration::from_secs(2), "file key");
         assert_eq!(s.spool_max_bytes, 64 << 20);
         assert_eq!((s.synthetic_series, s.synthetic_rate), (7, 0));
         assert!(parse_fsync("sometimes").is_err());

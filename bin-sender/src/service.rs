@@ -38,6 +38,7 @@ fn link_config(settings: &Settings) -> SenderConfig {
     cfg.failback_after = Some(settings.failback_after);
     cfg.connect_timeout = settings.connect_timeout;
     cfg.replica = settings.link_replica().to_owned();
+    cfg.linger = settings.linger;
     cfg.spool = SpoolConfig {
         max_bytes: settings.spool_max_bytes,
         fsync: settings.fsync,

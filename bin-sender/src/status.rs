@@ -317,6 +317,7 @@ mod tests {
                 uncertain: 0,
                 segments: 3,
                 cap_bytes: 1 << 30,
+                syncs: 0,
             },
             families: &families,
             certificate_not_after: None,

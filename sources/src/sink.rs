@@ -1,5 +1,6 @@
 //! Where sources put their records: the link sender in production, a
-//! vector in tests.
+//! vector in tests; and [`InFlight`], for a source that keeps producing
+//! while earlier batches are made durable.
 //!
 //! Stamps: object state carries no time and no leadership of its own, so
 //! the production sink puts a [`ClusterRecord::ObservedAt`]
@@ -7,7 +8,7 @@
 //! [`ClusterRecord::LeaderEpoch`] ([`stamp_epoch`]) in front of every batch
 //! with object state, and the epoch in front of every present.
 
-use std::{future::Future, sync::Mutex};
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Mutex, task::Poll};
 
 use tokio::sync::watch;
 
@@ -21,7 +22,9 @@ pub struct SinkError(pub String);
 /// The destination of a source's records.
 pub trait RecordSink: Send + Sync {
     /// Hands over records in order. Returns once they are durably queued;
-    /// never waits for the network.
+    /// never waits for the network. The batch takes its place in the order
+    /// when the future is first polled; sends in flight together may share
+    /// the sink's fsync ([`InFlight`]).
     fn send_batch(
         &self,
         records: Vec<ClusterRecord>,
@@ -34,9 +37,8 @@ pub trait RecordSink: Send + Sync {
 
     /// Sets the source's present state (its current view), which travels to
     /// the receiver ahead of any backlog. Sources call it when
-    /// [`RecordSink::connections`] changes, after every record that the
-    /// view reflects was handed to [`RecordSink::send_batch`]. Default:
-    /// ignored.
+    /// [`RecordSink::connections`] changes, after the sends of every record
+    /// that the view reflects returned. Default: ignored.
     fn set_present(&self, records: &[ClusterRecord]) -> Result<(), SinkError> {
         let _ = records;
         Ok(())
@@ -49,6 +51,87 @@ pub trait RecordSink: Send + Sync {
     /// [`RecordSink::send_batch`]. Default: ignored.
     fn set_leader_epoch(&self, epoch: Option<u64>) {
         let _ = epoch;
+    }
+}
+
+/// Sends handed to a sink and not yet done, oldest first, at most `max`.
+///
+/// A source that awaits each send before producing the next batch can
+/// never share an fsync, and falls behind its schedule whenever a send
+/// takes longer than its tick. With `InFlight` it keeps producing: each
+/// send is polled once as it is handed over ([`InFlight::push`]), so it
+/// takes its place in the sink's order at once, and its completion is
+/// collected later, in order ([`InFlight::next`]). When `max` sends are
+/// pending, `push` waits for the oldest: back-pressure when the sink (the
+/// disk) cannot keep up. Cancel-safe: a cancelled `next` leaves the send
+/// in place.
+pub struct InFlight<F> {
+    sends: VecDeque<Pin<Box<F>>>,
+    max: usize,
+}
+
+impl<F> std::fmt::Debug for InFlight<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("pending", &self.sends.len())
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+impl<F: Future<Output = Result<(), SinkError>>> InFlight<F> {
+    /// At most `max` (at least 1) sends pending at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            sends: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Sends pending.
+    pub fn len(&self) -> usize {
+        self.sends.len()
+    }
+
+    /// Whether no send is pending.
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+    }
+
+    /// Hands a send over: waits for the oldest while `max` are pending,
+    /// then polls `send` once and keeps it if it is not done. Fails with
+    /// the first failed send.
+    pub async fn push(&mut self, send: F) -> Result<(), SinkError> {
+        while self.sends.len() >= self.max {
+            self.next().await?;
+        }
+        let mut send = Box::pin(send);
+        match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                self.sends.push_back(send);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the oldest pending send (forever when there is none, so
+    /// it can sit in a `select!`).
+    pub async fn next(&mut self) -> Result<(), SinkError> {
+        let Some(oldest) = self.sends.front_mut() else {
+            return std::future::pending().await;
+        };
+        let result = oldest.as_mut().await;
+        self.sends.pop_front();
+        result
+    }
+
+    /// Waits for every pending send; fails with the first failure.
+    pub async fn drain(&mut self) -> Result<(), SinkError> {
+        while !self.sends.is_empty() {
+            self.next().await?;
+        }
+        Ok(())
     }
 }
 
@@ -195,10 +278,69 @@ impl RecordSink for telemetry_link::Sender<ClusterRecord> {
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
     use telemetry_link::{Sample, SeriesKey};
 
     use super::*;
     use telemetry_schema::ObjectRef;
+
+    /// A send that finishes after `delay`, noting its order when first
+    /// polled and when done.
+    async fn slow_send(
+        id: u32,
+        delay: Duration,
+        log: Arc<Mutex<Vec<String>>>,
+    ) -> Result<(), SinkError> {
+        log.lock().unwrap().push(format!("start {id}"));
+        tokio::time::sleep(delay).await;
+        log.lock().unwrap().push(format!("done {id}"));
+        if id == 99 {
+            return Err(SinkError("refused".into()));
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_sends_start_in_order_overlap_and_push_back_at_the_limit() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut in_flight = InFlight::new(2);
+        let t0 = tokio::time::Instant::now();
+        // Each takes 10 ms; 1 and 2 overlap, 3 waits for 1.
+        for id in 1..=3 {
+            in_flight
+                .push(slow_send(id, Duration::from_millis(10), log.clone()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(t0.elapsed(), Duration::from_millis(10), "3 waited for 1");
+        assert_eq!(in_flight.len(), 2);
+        in_flight.drain().await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_millis(20));
+        // A send is seen done when it is the oldest: 2 (done at 10 ms) is
+        // collected after 3 was handed over.
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["start 1", "start 2", "done 1", "start 3", "done 2", "done 3"]
+        );
+        assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_reports_a_failed_send() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut in_flight = InFlight::new(4);
+        in_flight
+            .push(slow_send(99, Duration::from_millis(5), log.clone()))
+            .await
+            .unwrap();
+        in_flight
+            .push(slow_send(1, Duration::from_millis(5), log.clone()))
+            .await
+            .unwrap();
+        let err = in_flight.drain().await.unwrap_err();
+        assert!(err.to_string().contains("refused"));
+    }
 
     #[test]
     fn only_batches_with_object_state_get_an_observation_time() {

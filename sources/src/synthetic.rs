@@ -17,19 +17,27 @@
 //!   previous run stopped.
 //! - **Exact long-run rate.** With `rate = R > 0`, records are sent as one
 //!   batch per [`TICK`] (10 ms). After `k` ticks exactly `floor(R·k/100)`
-//!   records have been sent: the fractional remainders are carried, so any
-//!   whole simulated second carries exactly `R` records, even when `R` is not a
-//!   multiple of 100. Missed ticks (a slow sink) are caught up in bursts.
+//!   records have been handed to the sink: the fractional remainders are
+//!   carried, so any whole simulated second carries exactly `R` records, even
+//!   when `R` is not a multiple of 100. Missed ticks are caught up in bursts.
 //!   With `R = 0` batches of [`UNPACED_BATCH`] records are sent back to back,
 //!   yielding to the runtime between them.
+//! - **Pipelined sends.** The source does not await a batch's send before
+//!   producing the next: up to [`MAX_IN_FLIGHT`] sends are pending at once
+//!   ([`InFlight`]), so a send slower than a tick does not slow the source,
+//!   and sends pending together share the sink's fsync. With that many
+//!   pending it waits for the oldest (back-pressure: the sink cannot keep
+//!   up). Batches keep their order.
 //! - **A bounded total.** With `last_value = Some(K)` the source stops after
 //!   emitting `K` (`--synthetic-total K`: values up to `K` across restarts); if
 //!   `first_value > K` it emits nothing.
 //! - **Clean shutdown.** The `shutdown` future is checked between batches; a
-//!   batch handed to the sink is never abandoned halfway.
+//!   batch handed to the sink is never abandoned halfway: the pending sends
+//!   are awaited before `run` returns.
 //! - **The present on reconnect.** When the sink's connection counter
-//!   changes, the newest sample of every series becomes the sink's present
-//!   state, so a receiver shows current values before the backlog drains.
+//!   changes, the pending sends are awaited and the newest sample of every
+//!   series becomes the sink's present state, so a receiver shows current
+//!   values before the backlog drains.
 
 use std::{
     future::Future,
@@ -42,7 +50,7 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use telemetry_schema::ClusterRecord;
 
-use crate::sink::{RecordSink, SinkError};
+use crate::sink::{InFlight, RecordSink, SinkError};
 
 /// Metric name of every synthetic series.
 pub const SYNTHETIC_METRIC: &str = "telemetry_synthetic_value";
@@ -56,6 +64,8 @@ const TICKS_PER_SECOND: u128 = 100;
 pub const UNPACED_BATCH: u64 = 1024;
 /// Largest batch handed to the sink at once when catching up at high rates.
 pub const MAX_PACED_BATCH: u64 = 16 * 1024;
+/// Most sends pending at once (80 ms of records when paced).
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Generates consecutive counter values over `series` series at `rate`
 /// records per second. See the module documentation for the guarantees.
@@ -163,17 +173,14 @@ impl ValueGenerator {
             .collect()
     }
 
-    /// Sets the present whenever the link (re)connected since the last call.
-    fn present_on_reconnect(
+    /// Sets the present once every send in flight returned.
+    async fn set_present<F: Future<Output = Result<(), SinkError>>>(
         &self,
-        connections: &mut tokio::sync::watch::Receiver<u64>,
+        in_flight: &mut InFlight<F>,
         sink: &impl RecordSink,
     ) -> Result<(), SinkError> {
-        if connections.has_changed().unwrap_or(false) {
-            connections.borrow_and_update();
-            sink.set_present(&self.present())?;
-        }
-        Ok(())
+        in_flight.drain().await?;
+        sink.set_present(&self.present())
     }
 
     /// The next `count` records (fewer when `last_value` is reached).
@@ -222,16 +229,20 @@ async fn run_unpaced<F: Future<Output = ()>>(
 ) -> Result<(), SinkError> {
     let mut connections = sink.connections();
     connections.borrow_and_update();
+    let mut in_flight = InFlight::new(MAX_IN_FLIGHT);
     while !generator.is_finished() {
         if shutdown_requested(shutdown).await {
-            return Ok(());
+            break;
         }
-        generator.present_on_reconnect(&mut connections, sink)?;
+        if connections.has_changed().unwrap_or(false) {
+            connections.borrow_and_update();
+            generator.set_present(&mut in_flight, sink).await?;
+        }
         let batch = generator.next_batch(UNPACED_BATCH);
-        sink.send_batch(batch).await?;
+        in_flight.push(sink.send_batch(batch)).await?;
         tokio::task::yield_now().await;
     }
-    Ok(())
+    in_flight.drain().await
 }
 
 async fn run_paced<F: Future<Output = ()>>(
@@ -248,13 +259,18 @@ async fn run_paced<F: Future<Output = ()>>(
     ticker.tick().await;
     let mut connections = sink.connections();
     connections.borrow_and_update();
+    let mut in_flight = InFlight::new(MAX_IN_FLIGHT);
     while !generator.is_finished() {
         tokio::select! {
             biased;
-            _ = shutdown.as_mut() => return Ok(()),
+            _ = shutdown.as_mut() => break,
             Ok(()) = connections.changed() => {
                 connections.borrow_and_update();
-                sink.set_present(&generator.present())?;
+                generator.set_present(&mut in_flight, sink).await?;
+                continue;
+            }
+            done = in_flight.next() => {
+                done?;
                 continue;
             }
             _ = ticker.tick() => {}
@@ -265,240 +281,11 @@ async fn run_paced<F: Future<Output = ()>>(
             let want = (due - sent).min(MAX_PACED_BATCH as u128) as u64;
             let batch = generator.next_batch(want);
             sent += batch.len() as u128;
-            sink.send_batch(batch).await?;
+            in_flight.push(sink.send_batch(batch)).await?;
         }
     }
-    Ok(())
+    in_flight.drain().await
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sink::VecSink;
-    use tokio::sync::oneshot;
-
-    fn values_and_series(records: &[ClusterRecord]) -> Vec<(u64, String)> {
-        records
-            .iter()
-            .map(|r| match r {
-                ClusterRecord::Sample(s) => {
-                    assert_eq!(s.series.name(), SYNTHETIC_METRIC);
-                    (
-                        s.value as u64,
-                        s.series
-                            .label(SYNTHETIC_SERIES_LABEL)
-                            .unwrap_or("")
-                            .to_string(),
-                    )
-                }
-                other => panic!("unexpected record {other:?}"),
-            })
-            .collect()
-    }
-
-    /// Spawns `source` on a shared `VecSink`; returns the sink, the shutdown
-    /// trigger and the task.
-    fn spawn(
-        source: SyntheticSource,
-    ) -> (
-        Arc<VecSink>,
-        oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<u64, SinkError>>,
-    ) {
-        let sink = Arc::new(VecSink::new());
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task_sink = sink.clone();
-        let task = tokio::spawn(async move {
-            source
-                .run(&*task_sink, async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
-        (sink, stop_tx, task)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn paced_rate_is_exact_over_simulated_seconds_with_fractional_ticks() {
-        // 250/s is 2.5 records per 10 ms tick: the remainder must be carried.
-        let source = SyntheticSource {
-            series: 3,
-            rate: 250,
-            first_value: 1,
-            last_value: None,
-        };
-        let (sink, stop, task) = spawn(source);
-        tokio::time::sleep(Duration::from_millis(1005)).await;
-        assert_eq!(sink.records().len(), 250, "after 1 s");
-        tokio::time::sleep(Duration::from_millis(3000)).await;
-        assert_eq!(sink.records().len(), 1000, "after 4 s");
-        // Half a second in between: floor(250 * 50 / 100) = 125 more.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(sink.records().len(), 1125, "after 4.5 s");
-        stop.send(()).ok();
-        let last = task.await.unwrap().unwrap();
-        assert_eq!(last, 1125);
-        let values: Vec<u64> = values_and_series(&sink.records())
-            .into_iter()
-            .map(|(v, _)| v)
-            .collect();
-        assert_eq!(values, (1..=1125).collect::<Vec<_>>());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_rates_below_one_per_tick_are_exact_too() {
-        let source = SyntheticSource {
-            series: 1,
-            rate: 7,
-            first_value: 10,
-            last_value: None,
-        };
-        let (sink, stop, task) = spawn(source);
-        tokio::time::sleep(Duration::from_millis(10_005)).await;
-        assert_eq!(sink.records().len(), 70);
-        stop.send(()).ok();
-        assert_eq!(task.await.unwrap().unwrap(), 79);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn values_rotate_round_robin_by_value_so_restarts_continue_the_rotation() {
-        let source = SyntheticSource {
-            series: 4,
-            rate: 0,
-            first_value: 6,
-            last_value: Some(13),
-        };
-        let (sink, _stop, task) = spawn(source);
-        assert_eq!(task.await.unwrap().unwrap(), 13);
-        let got = values_and_series(&sink.records());
-        let expected: Vec<(u64, String)> = (6..=13).map(|v| (v, (v % 4).to_string())).collect();
-        assert_eq!(got, expected);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn series_keys_are_built_once_and_shared() {
-        let source = SyntheticSource {
-            series: 2,
-            rate: 0,
-            first_value: 0,
-            last_value: Some(5),
-        };
-        let (sink, _stop, task) = spawn(source);
-        task.await.unwrap().unwrap();
-        let records = sink.records();
-        let arc = |i: usize| match &records[i] {
-            ClusterRecord::Sample(s) => s.series.clone(),
-            _ => unreachable!(),
-        };
-        assert!(Arc::ptr_eq(&arc(0), &arc(2)));
-        assert!(Arc::ptr_eq(&arc(1), &arc(5)));
-        assert!(!Arc::ptr_eq(&arc(0), &arc(1)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unpaced_source_stops_after_last_value_in_full_batches() {
-        let source = SyntheticSource {
-            series: 5,
-            rate: 0,
-            first_value: 1,
-            last_value: Some(3000),
-        };
-        let (sink, _stop, task) = spawn(source);
-        assert_eq!(task.await.unwrap().unwrap(), 3000);
-        let values: Vec<u64> = values_and_series(&sink.records())
-            .into_iter()
-            .map(|(v, _)| v)
-            .collect();
-        assert_eq!(values, (1..=3000).collect::<Vec<_>>());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn paced_source_stops_at_last_value_without_shutdown() {
-        let source = SyntheticSource {
-            series: 2,
-            rate: 1000,
-            first_value: 1,
-            last_value: Some(1500),
-        };
-        let (sink, _stop, task) = spawn(source);
-        let started = tokio::time::Instant::now();
-        assert_eq!(task.await.unwrap().unwrap(), 1500);
-        assert_eq!(sink.records().len(), 1500);
-        assert_eq!(started.elapsed(), Duration::from_millis(1500));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn total_already_reached_emits_nothing() {
-        let source = SyntheticSource {
-            series: 2,
-            rate: 100,
-            first_value: 51,
-            last_value: Some(50),
-        };
-        let (sink, _stop, task) = spawn(source);
-        assert_eq!(task.await.unwrap().unwrap(), 50);
-        assert!(sink.records().is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unpaced_source_honours_shutdown_between_batches() {
-        let source = SyntheticSource {
-            series: 3,
-            rate: 0,
-            first_value: 1,
-            last_value: None,
-        };
-        let (sink, stop, task) = spawn(source);
-        for _ in 0..5 {
-            tokio::task::yield_now().await;
-        }
-        stop.send(()).ok();
-        let last = task.await.unwrap().unwrap();
-        let values: Vec<u64> = values_and_series(&sink.records())
-            .into_iter()
-            .map(|(v, _)| v)
-            .collect();
-        assert!(!values.is_empty());
-        assert_eq!(values.len() as u64 % UNPACED_BATCH, 0, "whole batches only");
-        assert_eq!(last, values.len() as u64);
-        assert_eq!(values, (1..=last).collect::<Vec<_>>());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn paced_source_honours_shutdown() {
-        let source = SyntheticSource {
-            series: 1,
-            rate: 100,
-            first_value: 1,
-            last_value: None,
-        };
-        let (sink, stop, task) = spawn(source);
-        tokio::time::sleep(Duration::from_millis(205)).await;
-        stop.send(()).ok();
-        assert_eq!(task.await.unwrap().unwrap(), 20);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(sink.records().len(), 20, "nothing after shutdown");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn sink_failure_is_reported() {
-        struct RefusingSink(tokio::sync::watch::Sender<u64>);
-        impl RecordSink for RefusingSink {
-            async fn send_batch(&self, _records: Vec<ClusterRecord>) -> Result<(), SinkError> {
-                Err(SinkError("spool full".into()))
-            }
-            fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.0.subscribe()
-            }
-        }
-        let sink = RefusingSink(tokio::sync::watch::channel(0).0);
-        let source = SyntheticSource {
-            series: 1,
-            rate: 0,
-            first_value: 1,
-            last_value: None,
-        };
-        let err = source.run(&sink, std::future::pending()).await.unwrap_err();
-        assert!(err.to_string().contains("spool full"));
-    }
-}
+mod tests;

@@ -10,8 +10,15 @@
 //!    raw quinn single-stream transfer (the ceiling);
 //! 2. bytes per sample in steady state — link frames and UDP payload — next
 //!    to the same samples as Prometheus remote_write 1.0 (protobuf + snappy);
-//! 3. p50/p99 latency from `send` to the handler at a fixed 10,000 records/s;
-//! 4. spool append MB/s with fsync per batch and without fsync.
+//! 3. p50/p99 latency from `send` to the handler at a fixed 10,000 records/s,
+//!    with batches sent at once (linger 0) and with the default linger;
+//! 4. a steady trickle of 100 records/s (one record per 10 ms, sends
+//!    pipelined): batches, datagrams and spool fsyncs per second, with
+//!    linger 0 and the default linger;
+//! 5. spool append MB/s with fsync per batch and without fsync.
+//!
+//! The throughput and byte figures use linger 0 (`start_sender`'s test
+//! default): they measure the link, not the wait.
 //!
 //! `BENCH_SCALE` (default 1.0) scales the record counts.
 
@@ -28,7 +35,7 @@ use std::{
 
 use telemetry_link::{
     internals::Spool,
-    net::{Applied, Delivery, Handler, HandlerError},
+    net::{Applied, Delivery, Handler, HandlerError, DEFAULT_LINGER},
     FsyncPolicy, Sample, SeriesKey, SpoolConfig,
 };
 use telemetry_test_support::{
@@ -50,6 +57,7 @@ fn scaled(n: u64) -> u64 {
 /// Counts deliveries; records latency when payloads carry send times.
 struct Counting {
     count: AtomicU64,
+    deliveries: AtomicU64,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
     base: Instant,
 }
@@ -58,6 +66,7 @@ impl Counting {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             count: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
             latency: Mutex::new(hdrhistogram::Histogram::new(3).expect("histogram")),
             base: Instant::now(),
         })
@@ -77,6 +86,7 @@ impl Counting {
 
 impl Handler<u64> for Counting {
     async fn handle(&self, d: Delivery<u64>) -> Result<Applied, HandlerError> {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.count
             .fetch_add(d.records.len() as u64, Ordering::Relaxed);
         Ok(Applied::all())
@@ -260,14 +270,21 @@ async fn e2e_samples(
     })
 }
 
-async fn latency(pki: &TestPki, rate: u64, seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
+async fn latency(
+    pki: &TestPki,
+    rate: u64,
+    seconds: u64,
+    linger: Duration,
+) -> anyhow::Result<(f64, f64, f64)> {
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let c = Counting::new();
     let (r, _) =
         start_receiver::<Stamped, _>(pki, 0, state.path(), Arc::new(Latency(c.clone())), |_| {})
             .await?;
-    let (s, _) =
-        start_sender::<Stamped>(pki, "latency", &[r.local_addr()], spool.path(), |_| {}).await?;
+    let (s, _) = start_sender::<Stamped>(pki, "latency", &[r.local_addr()], spool.path(), |c| {
+        c.linger = linger;
+    })
+    .await?;
     // 10 records every millisecond, each stamped when it is handed over.
     let per_tick = (rate / 1000).max(1);
     let ticks = seconds * 1000;
@@ -295,6 +312,67 @@ async fn latency(pki: &TestPki, rate: u64, seconds: u64) -> anyhow::Result<(f64,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0,
     ))
+}
+
+/// Per-second costs of a steady trickle.
+struct Trickle {
+    batches: f64,
+    datagrams: f64,
+    syncs: f64,
+}
+
+/// `rate` records/s for `seconds`, one send per 10 ms, up to 8 sends in
+/// flight (as the synthetic source does).
+async fn trickle(
+    pki: &TestPki,
+    rate: u64,
+    seconds: u64,
+    linger: Duration,
+) -> anyhow::Result<Trickle> {
+    let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let c = Counting::new();
+    let (r, _) = start_receiver::<u64, _>(pki, 0, state.path(), c.clone(), |_| {}).await?;
+    let (s, reg) = start_sender::<u64>(pki, "trickle", &[r.local_addr()], spool.path(), |cfg| {
+        cfg.linger = linger;
+    })
+    .await?;
+    let mut status = s.status();
+    status.wait_for(|st| st.connected).await?;
+    let per_tick = (rate / 100).max(1);
+    let ticks = seconds * 100;
+    let (syncs0, dgrams0) = (
+        metric(&reg, "telemetry_sender_spool_syncs_total", &[]),
+        metric(&reg, "telemetry_sender_udp_datagrams_sent_total", &[]),
+    );
+    let start = Instant::now();
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = 0u64;
+    for _ in 0..ticks {
+        interval.tick().await;
+        let v: Vec<u64> = (next..next + per_tick).collect();
+        next += per_tick;
+        let s = s.clone();
+        in_flight.push_back(tokio::spawn(async move { s.send_batch(&v).await }));
+        while in_flight.len() > 8 {
+            if let Some(h) = in_flight.pop_front() {
+                h.await??;
+            }
+        }
+    }
+    for h in in_flight {
+        h.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let figures = Trickle {
+        batches: c.deliveries.load(Ordering::Relaxed) as f64 / secs,
+        datagrams: (metric(&reg, "telemetry_sender_udp_datagrams_sent_total", &[]) - dgrams0)
+            / secs,
+        syncs: (metric(&reg, "telemetry_sender_spool_syncs_total", &[]) - syncs0) / secs,
+    };
+    s.shutdown(Duration::from_secs(5)).await;
+    r.shutdown(Duration::from_secs(5)).await;
+    Ok(figures)
 }
 
 fn spool_append(fsync: FsyncPolicy, records: usize, size: usize) -> anyhow::Result<f64> {
@@ -456,8 +534,17 @@ fn main() -> anyhow::Result<()> {
                 ws.frame_bytes_per_sample / rw_random
             );
         }
-        let (p50, p99, max) = latency(&pki, 10_000, 10).await?;
-        println!("latency send→handler @10k rec/s:    p50 {p50:.2} ms   p99 {p99:.2} ms   max {max:.2} ms");
+        for (what, linger) in [("linger 0", Duration::ZERO), ("default linger", DEFAULT_LINGER)] {
+            let (p50, p99, max) = latency(&pki, 10_000, 10, linger).await?;
+            println!("latency send→handler @10k rec/s, {what}: p50 {p50:.2} ms   p99 {p99:.2} ms   max {max:.2} ms");
+        }
+        for (what, linger) in [("linger 0", Duration::ZERO), ("default linger", DEFAULT_LINGER)] {
+            let t = trickle(&pki, 100, 10, linger).await?;
+            println!(
+                "100 rec/s trickle, {what}: {:.1} batches/s, {:.1} datagrams/s, {:.1} spool fsyncs/s",
+                t.batches, t.datagrams, t.syncs
+            );
+        }
         let recs = scaled(2_000_000) as usize;
         let synced = spool_append(FsyncPolicy::EveryBatch, recs, 64)?;
         let unsynced = spool_append(FsyncPolicy::Never, recs, 64)?;

@@ -6,8 +6,21 @@
 //! replicas of those (only `telemetry_link_applied_seq`, the one
 //! per-stream position, carries it; counters add up per sender), `reason`
 //! by closed sets.
+//!
+//! Most are updated as things happen. The sender's UDP counters are read
+//! from its QUIC connections when the registry is gathered (`UdpTracker`),
+//! so an idle link costs nothing to keep them exact.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use prometheus::{
+    core::{Collector, Desc},
+    proto::MetricFamily,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::proto::refused::RefusedReason;
 
@@ -344,6 +357,10 @@ pub struct SenderMetrics {
     pub tls_reloads: IntCounterVec,
     /// Present states sent completely.
     pub presents_sent: IntCounter,
+    /// fsync and fdatasync calls of the spool (every policy).
+    pub spool_syncs: IntCounter,
+    /// The QUIC connections whose UDP datagrams and bytes are counted.
+    pub(crate) udp: UdpTracker,
 }
 
 impl SenderMetrics {
@@ -403,6 +420,142 @@ impl SenderMetrics {
                 "Certificate/key/CA reloads, by result (ok or error).",
                 &["result"],
             )?,
+            spool_syncs: counter(
+                reg,
+                "telemetry_sender_spool_syncs_total",
+                "fsync and fdatasync calls the spool made (appends, segment files, metadata), whatever the fsync policy.",
+            )?,
+            udp: UdpTracker::register(reg)?,
         })
+    }
+
+    /// UDP datagrams and bytes the sender's QUIC connections sent so far,
+    /// as quinn counts them (`telemetry_sender_udp_*_sent_total`).
+    pub fn udp_sent(&self) -> UdpSent {
+        self.udp.totals()
+    }
+}
+
+/// UDP traffic sent, as QUIC reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpSent {
+    /// Datagrams.
+    pub datagrams: u64,
+    /// Bytes inside them (UDP payload).
+    pub bytes: u64,
+}
+
+impl UdpSent {
+    fn of(conn: &quinn::Connection) -> Self {
+        let tx = conn.stats().udp_tx;
+        Self {
+            datagrams: tx.datagrams,
+            bytes: tx.bytes,
+        }
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            datagrams: self.datagrams + other.datagrams,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    /// What connections no longer tracked sent.
+    ended: UdpSent,
+    live: HashMap<u64, quinn::Connection>,
+    next_id: u64,
+}
+
+/// The sender's QUIC connections, for `telemetry_sender_udp_datagrams_sent_total`
+/// and `telemetry_sender_udp_bytes_sent_total`: each connection is counted
+/// from its handshake until its [`TrackedConnection`] is dropped, when its
+/// final figures are added to the total; the counters are brought up to date
+/// when the registry is gathered. Handshakes that never complete leave no
+/// connection to read and are not counted.
+#[derive(Debug, Clone)]
+pub(crate) struct UdpTracker {
+    tracked: Arc<Mutex<Tracked>>,
+    datagrams: IntCounter,
+    bytes: IntCounter,
+}
+
+impl UdpTracker {
+    fn register(reg: &Registry) -> prometheus::Result<Self> {
+        let tracker = Self {
+            tracked: Arc::default(),
+            datagrams: IntCounter::with_opts(Opts::new(
+                "telemetry_sender_udp_datagrams_sent_total",
+                "UDP datagrams the sender's QUIC connections sent (handshakes, records, acks, keep-alives), as QUIC counts them.",
+            ))?,
+            bytes: IntCounter::with_opts(Opts::new(
+                "telemetry_sender_udp_bytes_sent_total",
+                "UDP payload bytes the sender's QUIC connections sent, as QUIC counts them.",
+            ))?,
+        };
+        reg.register(Box::new(tracker.clone()))?;
+        Ok(tracker)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tracked> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `conn`'s traffic until the returned guard is dropped.
+    pub(crate) fn track(&self, conn: &quinn::Connection) -> TrackedConnection {
+        let mut t = self.lock();
+        let id = t.next_id;
+        t.next_id += 1;
+        t.live.insert(id, conn.clone());
+        TrackedConnection {
+            tracker: self.clone(),
+            id,
+        }
+    }
+
+    fn totals(&self) -> UdpSent {
+        let t = self.lock();
+        t.live.values().map(UdpSent::of).fold(t.ended, UdpSent::add)
+    }
+}
+
+impl Collector for UdpTracker {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.datagrams.desc();
+        d.extend(self.bytes.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // Under the lock, so that concurrent gathers add each delta once.
+        let t = self.lock();
+        let now = t.live.values().map(UdpSent::of).fold(t.ended, UdpSent::add);
+        for (counter, total) in [(&self.datagrams, now.datagrams), (&self.bytes, now.bytes)] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        drop(t);
+        let mut families = self.datagrams.collect();
+        families.extend(self.bytes.collect());
+        families
+    }
+}
+
+/// A connection counted by a [`UdpTracker`]; dropping it adds the
+/// connection's final figures to the total (and releases the connection).
+#[derive(Debug)]
+pub(crate) struct TrackedConnection {
+    tracker: UdpTracker,
+    id: u64,
+}
+
+impl Drop for TrackedConnection {
+    fn drop(&mut self) {
+        let mut t = self.tracker.lock();
+        if let Some(conn) = t.live.remove(&self.id) {
+            t.ended = t.ended.add(UdpSent::of(&conn));
+        }
     }
 }

@@ -287,7 +287,9 @@ pub async fn restart_receiver<T: Payload, H: Handler<T>>(
     }
 }
 
-/// Starts a sender with identity `id` towards `receivers`.
+/// Starts a sender with identity `id` towards `receivers`. Batches do not
+/// linger (`linger` is zero, so tests see records at once); `tune` may
+/// change that.
 pub async fn start_sender<T: Payload>(
     pki: &TestPki,
     id: &str,
@@ -301,6 +303,7 @@ pub async fn start_sender<T: Payload>(
         pki.sender(id)?,
         spool_dir,
     );
+    cfg.linger = std::time::Duration::ZERO;
     tune(&mut cfg);
     let (s, _report) = Sender::<T>::start(cfg, &registry).await?;
     Ok((s, registry))

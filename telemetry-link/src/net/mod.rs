@@ -13,7 +13,10 @@ pub use receiver::{
     Applied, Delivery, Handler, HandlerError, PresentDelivery, ReadyHandle, Receiver,
     ReceiverConfig, ReceiverError, ReceiverLimits,
 };
-pub use sender::{LinkStatus, SendError, Sender, SenderConfig, SenderError, ShutdownReport};
+pub use sender::{
+    Flushed, LinkStatus, SendError, Sender, SenderConfig, SenderError, ShutdownReport,
+    DEFAULT_LINGER,
+};
 pub use transport::TransportTuning;
 
 fn close_code(code: crate::proto::message::ErrorCode) -> quinn::VarInt {

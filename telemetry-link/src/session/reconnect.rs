@@ -5,10 +5,15 @@
 //!
 //! * [`Backoff`]: exponential backoff with jitter and a cap.
 //! * [`Failover`]: the order in which receiver addresses are tried.
-//! * [`Reconnect`]: both together, as the link's reconnect policy: after a
-//!   lost session the same receiver is tried again (it may just have
-//!   restarted); after a failed connection attempt the next one is; every
-//!   failure waits for the backoff, every established session resets it.
+//! * [`Reconnect`]: both together, as the link's reconnect policy: the very
+//!   first attempt waits a random part of the initial delay; after a lost
+//!   session the same receiver is tried again (it may just have restarted);
+//!   after a failed connection attempt the next one is; every failure waits
+//!   for the backoff, every established session resets it.
+//!
+//! Many senders that start, or lose their receiver, at the same moment
+//! spread their attempts: the first one over `[0, initial]`, each retry
+//! over the upper half of its backoff.
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +121,14 @@ impl Reconnect {
         }
     }
 
+    /// When to make the link's first attempt: a uniformly random point of
+    /// `[now, now + initial]`, so that a fleet of senders started together
+    /// (a rollout, power back) does not reach the receiver in one burst.
+    pub(crate) fn first_attempt(&mut self, now: Instant) -> Instant {
+        let initial = self.backoff.initial.as_nanos() as u64;
+        now + Duration::from_nanos(self.rng.random_range(0..=initial))
+    }
+
     /// Index of the receiver address to connect to next.
     pub(crate) fn target(&self) -> usize {
         self.failover.current()
@@ -186,6 +199,54 @@ mod tests {
             })
             .collect();
         assert!(delays.len() > 40);
+    }
+
+    /// How many of `times` (offsets from a common start) fall in the
+    /// busiest `bucket`.
+    fn busiest(times: &[Duration], bucket: Duration) -> usize {
+        let mut counts = std::collections::HashMap::new();
+        for t in times {
+            *counts.entry(t.as_nanos() / bucket.as_nanos()).or_insert(0) += 1;
+        }
+        counts.into_values().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn a_thousand_senders_starting_or_losing_their_receiver_together_spread_out() {
+        let now = Instant::now();
+        let initial = Duration::from_millis(100);
+        let fleet = |seed_base: u64| {
+            (0..1000u64).map(move |i| {
+                Reconnect::new(
+                    1,
+                    initial,
+                    Duration::from_secs(2),
+                    StdRng::seed_from_u64(seed_base + i),
+                )
+            })
+        };
+        // Started together: first attempts over [0, 100 ms].
+        let first: Vec<Duration> = fleet(0).map(|mut r| r.first_attempt(now) - now).collect();
+        assert!(first.iter().all(|d| *d <= initial));
+        assert!(first.iter().any(|d| *d < Duration::from_millis(5)));
+        assert!(first.iter().any(|d| *d > Duration::from_millis(95)));
+        assert!(
+            busiest(&first, Duration::from_millis(1)) <= 30,
+            "about 10 per millisecond expected"
+        );
+        // Their receiver restarted: every sender's session is lost at once,
+        // the retries spread over [50, 100] ms.
+        let retry: Vec<Duration> = fleet(5000)
+            .map(|mut r| {
+                r.on_connected();
+                r.on_session_lost(now) - now
+            })
+            .collect();
+        assert!(retry.iter().all(|d| *d >= initial / 2 && *d <= initial));
+        assert!(
+            busiest(&retry, Duration::from_millis(1)) <= 50,
+            "about 20 per millisecond expected"
+        );
     }
 
     #[test]

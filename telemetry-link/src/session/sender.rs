@@ -22,6 +22,12 @@
 //!   its position, so new records are not taken for duplicates.
 //! * **Order and flow control.** Batches and skips cover consecutive
 //!   sequences in order; at most [`WindowLimits`] are unacknowledged.
+//! * **Batching.** A batch leaves when it is full or once the linger since
+//!   its first record has passed; a flush ([`Input::Flush`]), a stop, and
+//!   the backlog found at the session's start do not linger (see
+//!   `batching`). While it lingers the caller is woken by the appends that
+//!   matter ([`SenderSession::wake_on`]) and the deadline
+//!   ([`SenderSession::poll_timeout`]), not by every append.
 //! * **Acks.** Acks are cumulative. One that goes backwards or covers
 //!   sequences never sent ends the session ([`SessionError::BadAck`]); a
 //!   good one deletes the records from the spool.
@@ -37,6 +43,7 @@
 //!   sends nothing more and ends with [`End::FailBack`] as soon as the
 //!   batches in flight are acknowledged, so nothing is sent to both.
 
+mod batching;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +53,9 @@ use std::{
 };
 
 use thiserror::Error;
+
+pub(crate) use batching::WakeOn;
+use batching::{Batching, Unsent};
 
 use super::{
     handshake::BATCH_HEADER_ROOM,
@@ -78,6 +88,9 @@ pub(crate) struct SessionConfig {
     /// While on a non-preferred receiver, how often to probe the preferred
     /// one; `None` stays until the session fails.
     pub(crate) failback_after: Option<Duration>,
+    /// How long a batch that is not full waits for more records after its
+    /// first one.
+    pub(crate) linger: Duration,
 }
 
 /// Something that happened to the session.
@@ -95,6 +108,12 @@ pub(crate) enum Input<'a> {
     ProbeSucceeded,
     /// The probe failed; the next one is due after `failback_after`.
     ProbeFailed,
+    /// The application asked for everything up to `upto` to be sent now,
+    /// without lingering.
+    Flush {
+        /// The last sequence to send at once.
+        upto: u64,
+    },
 }
 
 /// What the caller should do next.
@@ -106,9 +125,11 @@ pub(crate) enum Step {
     /// the outcome ([`Input::ProbeSucceeded`] or [`Input::ProbeFailed`]).
     Probe,
     /// Nothing to do until an input arrives, [`SenderSession::poll_timeout`]
-    /// passes or — when `wants_records` — the spool grows.
+    /// passes or — when `wants_records` — the spool grows as
+    /// [`SenderSession::wake_on`] says.
     Wait {
-        /// Whether new spooled records would be sent at once.
+        /// Whether new spooled records would be sent (at once, or when
+        /// their batch is full or has lingered long enough).
         wants_records: bool,
     },
     /// The session is over; the machine must not be used any more.
@@ -291,6 +312,9 @@ pub(crate) struct SenderSession<S: SessionSpool> {
     stop: Option<Instant>,
     failback: Failback,
     failback_after: Option<Duration>,
+    batching: Batching,
+    /// Which appends should wake the caller, as of the last poll.
+    wake_on: WakeOn,
     end: Option<End>,
     events: VecDeque<Event>,
 }
@@ -316,8 +340,11 @@ impl<S: SessionSpool> SenderSession<S> {
             Some(after) if failed_over => Failback::Waiting { at: now + after },
             _ => Failback::Off,
         };
+        let window = SendWindow::new(applied.min(MAX_SEQ), config.window);
+        let limits = FrameLimits::new(welcome.max_frame, config);
+        let backlog = initial_skip.is_some() || spool.last_seq() >= window.next_seq();
         Self {
-            window: SendWindow::new(applied.min(MAX_SEQ), config.window),
+            window,
             cursor,
             records: S::Records::default(),
             initial_skip,
@@ -327,10 +354,18 @@ impl<S: SessionSpool> SenderSession<S> {
             settled: RefusedCounts::NONE,
             encoder: BatchEncoder::new(welcome.max_series),
             body: Vec::new(),
-            limits: FrameLimits::new(welcome.max_frame, config),
+            limits,
             stop: None,
             failback,
             failback_after: config.failback_after,
+            batching: Batching::new(
+                config.linger,
+                limits.max_records,
+                limits.budget,
+                now,
+                backlog,
+            ),
+            wake_on: WakeOn::NEVER,
             end,
             events,
         }
@@ -366,12 +401,14 @@ impl<S: SessionSpool> SenderSession<S> {
                     };
                 }
             }
+            Input::Flush { upto } => self.batching.flush(upto),
         }
     }
 
     /// Decides the next step. A [`Step::Transmit`] has put its frame in
     /// `out` and counts as sent.
     pub(crate) fn poll(&mut self, now: Instant, spool: &mut S, out: &mut Vec<u8>) -> Step {
+        self.wake_on = WakeOn::NEVER;
         if let Some(end) = self.end.take() {
             return Step::End(end);
         }
@@ -391,16 +428,50 @@ impl<S: SessionSpool> SenderSession<S> {
             }
             _ => {}
         }
-        let sending = self.failback != Failback::Switching && self.window.has_room();
+        let sending = self.can_send();
         if sending {
-            match self.transmit(spool, out) {
-                Ok(Some(t)) => return Step::Transmit(t),
-                Ok(None) => {}
-                Err(e) => return Step::End(End::Failed(e)),
+            let unsent = self.unsent(spool);
+            self.batching.observe(now, &unsent);
+            let urgent = self.stop.is_some() || self.initial_skip.is_some();
+            if self.batching.is_due(now, &unsent, urgent) {
+                match self.transmit(spool, out) {
+                    Ok(Some(t)) => {
+                        // All sent: the next record starts a new linger.
+                        self.batching.observe(now, &self.unsent(spool));
+                        return Step::Transmit(t);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Step::End(End::Failed(e)),
+                }
             }
+            self.wake_on = self.batching.wake_on(&unsent);
         }
         Step::Wait {
             wants_records: sending,
+        }
+    }
+
+    /// Which appends should wake the caller while it waits after the last
+    /// [`Step::Wait`]: the first record of a batch, or enough records to
+    /// fill one ([`WakeOn::NEVER`] when the window is full). The caller
+    /// records it with the spool locked, as the poll left it, so that no
+    /// append is missed.
+    pub(crate) fn wake_on(&self) -> WakeOn {
+        self.wake_on
+    }
+
+    fn can_send(&self) -> bool {
+        self.failback != Failback::Switching && self.window.has_room()
+    }
+
+    /// What waits to be sent.
+    fn unsent(&self, spool: &S) -> Unsent {
+        let next_seq = self.window.next_seq();
+        Unsent {
+            next_seq,
+            records: (spool.last_seq() + 1).saturating_sub(next_seq),
+            bytes: spool.unsent_bytes(&self.cursor),
+            appended_bytes: spool.appended_bytes(),
         }
     }
 
@@ -410,13 +481,18 @@ impl<S: SessionSpool> SenderSession<S> {
     }
 
     /// When the machine must be polled again even if nothing happens: the
-    /// stop deadline or the next failback probe.
+    /// stop deadline, the next failback probe, or — while it can send —
+    /// the end of a batch's linger.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let probe = match self.failback {
             Failback::Waiting { at } => Some(at),
             _ => None,
         };
-        [self.stop, probe].into_iter().flatten().min()
+        let linger = self
+            .batching
+            .deadline()
+            .filter(|_| self.end.is_none() && self.can_send());
+        [self.stop, probe, linger].into_iter().flatten().min()
     }
 
     fn on_frame(&mut self, frame: &[u8]) -> Result<(), SessionError> {

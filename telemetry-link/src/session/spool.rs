@@ -47,6 +47,12 @@ pub(crate) trait SessionSpool {
     fn records(out: &Self::Records) -> impl Iterator<Item = &[u8]>;
     /// Notes that sequences up to `seq` were handed to a connection.
     fn mark_sent(&mut self, seq: u64);
+    /// Payload bytes of the records from `cursor` on (an overestimate is
+    /// allowed: it only makes a batch leave sooner).
+    fn unsent_bytes(&self, cursor: &Self::Cursor) -> u64;
+    /// Bytes appended so far (never decreases); a measure for waking on
+    /// appends.
+    fn appended_bytes(&self) -> u64;
 }
 
 impl SessionSpool for Spool {
@@ -105,5 +111,13 @@ impl SessionSpool for Spool {
 
     fn mark_sent(&mut self, seq: u64) {
         Spool::mark_sent(self, seq);
+    }
+
+    fn unsent_bytes(&self, cursor: &Cursor) -> u64 {
+        Spool::unsent_bytes(self, cursor)
+    }
+
+    fn appended_bytes(&self) -> u64 {
+        Spool::appended_bytes(self)
     }
 }

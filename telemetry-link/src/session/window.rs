@@ -73,7 +73,6 @@ impl SendWindow {
     }
 
     /// The next sequence to send.
-    #[cfg(test)]
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }

@@ -1,6 +1,7 @@
 //! Appending: numbering records, checking a batch before anything is
 //! written, making room under the cap, writing into the active segment
-//! (rolling to new segments as they fill) and fsyncing per the policy.
+//! (rolling to new segments as they fill) and fsyncing per the policy
+//! (or leaving that to the caller: [`Spool::append_unsynced`]).
 //!
 //! A batch is checked whole first: a record above the maximum, a batch
 //! above half the cap or an exhausted sequence space writes nothing. If the
@@ -30,10 +31,26 @@ pub struct Appended {
 
 impl Spool {
     /// Appends records (their payloads); returns their sequence numbers.
+    /// Under [`FsyncPolicy::EveryBatch`] the records are fsynced before it
+    /// returns.
     ///
     /// The whole batch is checked before anything is written. To make room
     /// the oldest segments may be dropped (reported in [`Appended::dropped`]).
     pub fn append<B: AsRef<[u8]>>(&mut self, payloads: &[B]) -> Result<Appended, SpoolError> {
+        let appended = self.append_unsynced(payloads)?;
+        if self.cfg.fsync == FsyncPolicy::EveryBatch {
+            self.sync()?;
+        }
+        Ok(appended)
+    }
+
+    /// [`Spool::append`] without the fsync, whatever the policy: the caller
+    /// makes the records durable ([`Spool::sync`], or a
+    /// [`SyncTicket`](super::SyncTicket) as group commit does).
+    pub fn append_unsynced<B: AsRef<[u8]>>(
+        &mut self,
+        payloads: &[B],
+    ) -> Result<Appended, SpoolError> {
         let first_seq = self.next_seq;
         if payloads.is_empty() {
             return Ok(Appended {
@@ -45,9 +62,6 @@ impl Spool {
         let size = self.check_batch(payloads)?;
         let mut dropped = self.make_room(size)?;
         self.write_batch(payloads, &mut dropped)?;
-        if self.cfg.fsync == FsyncPolicy::EveryBatch {
-            self.sync()?;
-        }
         Ok(Appended {
             first_seq,
             last_seq: self.next_seq - 1,
@@ -153,15 +167,15 @@ impl Spool {
     fn write_chunk(&mut self, last_seq: u64, dropped: &mut u64) -> Result<(), SpoolError> {
         loop {
             let before = self.active_segment().bytes;
-            match self.active.write_all(&self.write_buf) {
+            match (&*self.active).write_all(&self.write_buf) {
                 Ok(()) => {
                     let len = self.write_buf.len() as u64;
                     let seg = self.active_segment_mut();
                     seg.bytes += len;
                     seg.last = last_seq;
                     self.total_bytes += len;
+                    self.appended_bytes += len;
                     self.next_seq = last_seq + 1;
-                    self.unsynced = true;
                     return Ok(());
                 }
                 Err(e) => {
@@ -179,22 +193,5 @@ impl Spool {
                 }
             }
         }
-    }
-
-    /// Fsyncs appended data (what [`FsyncPolicy::Interval`] callers call
-    /// on their timer). Cheap when nothing is pending.
-    pub fn sync(&mut self) -> Result<(), SpoolError> {
-        if self.unsynced {
-            self.active
-                .sync_data()
-                .map_err(io_err(&self.active_segment().path))?;
-            self.unsynced = false;
-        }
-        Ok(())
-    }
-
-    /// Whether appended data awaits an fsync.
-    pub fn needs_sync(&self) -> bool {
-        self.unsynced
     }
 }

@@ -11,7 +11,7 @@ use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::{error::io_err, RecoveryReport, Spool, SpoolError, MAX_SEQ};
+use super::{error::io_err, sync::WRITE_ATOMIC_SYNCS, RecoveryReport, Spool, SpoolError, MAX_SEQ};
 use crate::fsutil::write_atomic;
 
 /// Name of the metadata file in the spool directory.
@@ -78,6 +78,7 @@ impl Spool {
             uncertain: self.uncertain.ranges().to_vec(),
         };
         let path = self.dir.join(META_FILE);
+        self.count_syncs(WRITE_ATOMIC_SYNCS);
         write_atomic(&path, &encode_meta(&meta)).map_err(io_err(&path))
     }
 }

@@ -12,7 +12,10 @@
 //!   record the caller was told about survives power loss. With
 //!   [`FsyncPolicy::Interval`] or [`FsyncPolicy::Never`] the data is in the
 //!   kernel when `append` returns, so it survives a crash or `kill -9` of
-//!   the process but not a power cut within the interval.
+//!   the process but not a power cut within the interval. Shared between
+//!   threads, a [`SharedSpool`] gives the same promise to every submitted
+//!   batch while batches submitted close together share one fsync (group
+//!   commit, see [`commit`]).
 //! * **Crash recovery.** [`Spool::open`] checks every record's CRC32C,
 //!   length and sequence. A torn tail (an interrupted write) is truncated; a
 //!   corrupt region in the middle is cut out and the records after it are
@@ -45,8 +48,11 @@
 //!   byte-level scan of a segment; `meta`: the metadata file.
 //! * `segment`: segment files and their life cycle; `capacity`: the cap
 //!   and the filesystem's free space; `loss`: loss accounting.
-//! * `append` and `read`: writing and reading records.
+//! * `append` and `read`: writing and reading records; `sync`: fsyncs
+//!   that may run outside the spool's lock, and the count of every fsync.
+//! * [`commit`]: the spool shared between threads, with group commit.
 
+pub(crate) mod commit;
 pub mod format;
 pub mod ranges;
 
@@ -60,20 +66,24 @@ mod read;
 mod recovery;
 mod scan;
 mod segment;
+mod sync;
 
 use std::{
     collections::VecDeque,
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
 pub(crate) use crate::proto::seq::MAX_SEQ;
 pub use append::Appended;
+pub(crate) use commit::{SharedSpool, Submission};
 pub use config::{FsyncPolicy, SpoolConfig};
 pub use error::SpoolError;
 pub use read::{Cursor, ReadBuf, ReadOutcome};
 pub use recovery::RecoveryReport;
+pub(crate) use sync::SyncTicket;
 
 use ranges::RangeSet;
 use segment::Segment;
@@ -100,6 +110,9 @@ pub struct SpoolStats {
     /// Bytes the spool may use before it drops its oldest records: the
     /// configured cap, lowered to what its filesystem has room for.
     pub cap_bytes: u64,
+    /// fsync and fdatasync calls this spool made since it was opened (its
+    /// recovery's included), whatever the [`FsyncPolicy`].
+    pub syncs: u64,
 }
 
 /// The spool. Not thread-safe by itself; wrap it in a mutex to share.
@@ -110,7 +123,9 @@ pub struct Spool {
     segment_bytes: u64,
     stream_id: u128,
     segments: VecDeque<Segment>,
-    active: File,
+    /// The active segment's file, shared with [`SyncTicket`]s so that an
+    /// fsync can run without the spool's lock.
+    active: Arc<File>,
     reader: Option<(u64, File)>,
     next_seq: u64,
     acked: u64,
@@ -124,7 +139,13 @@ pub struct Spool {
     sent_hwm: u64,
     dropped_total: u64,
     total_bytes: u64,
-    unsynced: bool,
+    /// Record bytes written since the spool was opened (never decreases):
+    /// the position fsyncs are measured against.
+    appended_bytes: u64,
+    /// `appended_bytes` as far as an fsync has covered it.
+    synced_bytes: u64,
+    /// fsync and fdatasync calls so far.
+    syncs: u64,
     write_buf: Vec<u8>,
     read_scratch: Vec<u8>,
     /// The cap in force: the configured one, or less when the filesystem
@@ -172,6 +193,7 @@ impl Spool {
             uncertain: self.uncertain.count_in(0, u64::MAX),
             segments: self.segments.len(),
             cap_bytes: self.effective_cap,
+            syncs: self.syncs,
         }
     }
 

@@ -160,6 +160,27 @@ impl Spool {
         }
     }
 
+    /// Payload bytes of the records from the cursor on: exact when the
+    /// cursor has read in its segment, otherwise counted from the start of
+    /// that segment (an overestimate).
+    pub fn unsent_bytes(&self, cur: &Cursor) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| !s.is_empty() && s.last >= cur.next_seq)
+            .map(|s| {
+                let records = s.count_in(cur.next_seq, u64::MAX);
+                let positioned = s.base == cur.seg_base
+                    && (SEGMENT_HEADER_LEN as u64..=s.bytes).contains(&cur.offset);
+                let from = if positioned {
+                    cur.offset
+                } else {
+                    SEGMENT_HEADER_LEN as u64
+                };
+                (s.bytes - from).saturating_sub(records * RECORD_HEADER_LEN as u64)
+            })
+            .sum()
+    }
+
     /// Reads up to `max_records` consecutive records (and about `max_bytes`
     /// of payload; a single larger record is still returned alone) at the
     /// cursor, or reports the gap in front of it.
@@ -403,5 +424,26 @@ mod tests {
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![&b"ab"[..], b"", b"cde"]);
         b.clear();
         assert!(b.is_empty() && b.bytes() == 0);
+    }
+
+    #[test]
+    fn unsent_bytes_count_the_payloads_after_the_cursor() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = super::super::tests::test_cfg(super::super::FsyncPolicy::Never);
+        let (mut s, _) = Spool::open(d.path(), cfg).unwrap();
+        s.append(&[[1u8; 10], [2; 10], [3; 10]]).unwrap();
+        let mut cur = s.cursor(1);
+        assert_eq!(s.unsent_bytes(&cur), 30);
+        let mut buf = ReadBuf::new();
+        s.read(&mut cur, 2, 1 << 20, &mut buf).unwrap();
+        assert_eq!(s.unsent_bytes(&cur), 10, "positioned: exact");
+        s.append(&[[4u8; 5]]).unwrap();
+        assert_eq!(s.unsent_bytes(&cur), 15);
+        assert!(
+            s.unsent_bytes(&s.cursor(2)) >= 25,
+            "an unpositioned cursor never undercounts"
+        );
+        s.read(&mut cur, 10, 1 << 20, &mut buf).unwrap();
+        assert_eq!(s.unsent_bytes(&cur), 0);
     }
 }

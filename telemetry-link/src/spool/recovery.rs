@@ -29,6 +29,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use super::{
@@ -39,6 +40,7 @@ use super::{
     ranges::RangeSet,
     scan::{gaps_between, scan_segment, Piece},
     segment::{create_segment_file, segment_path, Segment, SEGMENT_EXT},
+    sync::{SEGMENT_CREATE_SYNCS, WRITE_ATOMIC_SYNCS},
     FsyncPolicy, Spool, SpoolConfig, SpoolError, MAX_SEQ,
 };
 use crate::fsutil::{sync_dir, write_atomic};
@@ -105,6 +107,7 @@ impl Spool {
             loader.load(base, path, &mut report, &mut quarantined)?;
         }
         let mut segments = loader.segments;
+        let mut syncs = loader.syncs + 1;
         sync_dir(&dir).map_err(io_err(&dir))?;
 
         let stream_id = stream_id.unwrap_or_else(rand::random::<u128>);
@@ -121,10 +124,14 @@ impl Spool {
         let existing: u64 = segments.iter().map(|s| s.bytes).sum();
         let segment_bytes = segment_bytes_for_disk(&dir, existing, &cfg);
         remove_acked_segments(&mut segments, acked)?;
-        let active = open_active_segment(&dir, &mut segments, next_seq, stream_id, cfg.fsync)?;
+        let (active, created) =
+            open_active_segment(&dir, &mut segments, next_seq, stream_id, cfg.fsync)?;
+        if created && cfg.fsync != FsyncPolicy::Never {
+            syncs += SEGMENT_CREATE_SYNCS;
+        }
 
         let mut spool = Spool {
-            active,
+            active: Arc::new(active),
             segment_bytes,
             stream_id,
             segments,
@@ -141,7 +148,9 @@ impl Spool {
             sent_hwm: next_seq - 1,
             dropped_total: meta.as_ref().map_or(0, |m| m.dropped_total),
             total_bytes: 0,
-            unsynced: false,
+            appended_bytes: 0,
+            synced_bytes: 0,
+            syncs,
             write_buf: Vec::new(),
             read_scratch: Vec::new(),
             effective_cap: 0,
@@ -292,6 +301,8 @@ struct SegmentLoader<'a> {
     /// Files this recovery wrote (pieces split off a damaged segment);
     /// they are in the index already.
     written: HashSet<PathBuf>,
+    /// fsyncs made by the repairs.
+    syncs: u64,
 }
 
 impl<'a> SegmentLoader<'a> {
@@ -301,6 +312,7 @@ impl<'a> SegmentLoader<'a> {
             max_record,
             segments: VecDeque::new(),
             written: HashSet::new(),
+            syncs: 0,
         }
     }
 
@@ -407,6 +419,7 @@ impl<'a> SegmentLoader<'a> {
                     .open(path)
                     .map_err(io_err(path))?;
                 f.set_len(pieces[0].end as u64).map_err(io_err(path))?;
+                self.syncs += 1;
                 f.sync_all().map_err(io_err(path))?;
             }
         } else if !original_used {
@@ -430,6 +443,7 @@ impl<'a> SegmentLoader<'a> {
         .encode()
         .to_vec();
         out.extend_from_slice(&bytes[piece.start..piece.end]);
+        self.syncs += WRITE_ATOMIC_SYNCS;
         write_atomic(target, &out).map_err(io_err(target))?;
         self.written.insert(target.to_path_buf());
         Ok(())
@@ -540,20 +554,22 @@ fn remove_acked_segments(segments: &mut VecDeque<Segment>, acked: u64) -> Result
 
 /// Step 8c: the active segment: the last loaded one if appends continue
 /// right after it, otherwise a new segment at `next_seq` (an empty last
-/// segment at another base is removed first).
+/// segment at another base is removed first). Returns its file and whether
+/// it was created.
 fn open_active_segment(
     dir: &Path,
     segments: &mut VecDeque<Segment>,
     next_seq: u64,
     stream_id: u128,
     fsync: FsyncPolicy,
-) -> Result<File, SpoolError> {
+) -> Result<(File, bool), SpoolError> {
     let reusable = segments.back().is_some_and(|l| {
         (l.is_empty() && l.base == next_seq) || (!l.is_empty() && l.last + 1 == next_seq)
     });
     if reusable {
         let p = segments.back().map(|l| l.path.clone()).unwrap_or_default();
-        return OpenOptions::new().append(true).open(&p).map_err(io_err(&p));
+        let file = OpenOptions::new().append(true).open(&p);
+        return Ok((file.map_err(io_err(&p))?, false));
     }
     if let Some(l) = segments.back() {
         if l.is_empty() {
@@ -562,9 +578,9 @@ fn open_active_segment(
         }
     }
     let path = segment_path(dir, next_seq);
-    let f = create_segment_file(&path, stream_id, next_seq, fsync).map_err(io_err(&path))?;
+    let file = create_segment_file(&path, stream_id, next_seq, fsync).map_err(io_err(&path))?;
     segments.push_back(Segment::empty(next_seq, path));
-    Ok(f)
+    Ok((file, true))
 }
 
 #[cfg(test)]

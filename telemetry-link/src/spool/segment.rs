@@ -11,11 +11,13 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use super::{
     error::io_err,
     format::{SegmentHeader, SEGMENT_HEADER_LEN},
+    sync::SEGMENT_CREATE_SYNCS,
     FsyncPolicy, Spool, SpoolError,
 };
 use crate::fsutil::sync_dir;
@@ -142,10 +144,13 @@ impl Spool {
 
     fn create_segment(&mut self, base: u64) -> Result<(), SpoolError> {
         let path = segment_path(&self.dir, base);
+        if self.cfg.fsync != FsyncPolicy::Never {
+            self.count_syncs(SEGMENT_CREATE_SYNCS);
+        }
         let f = create_segment_file(&path, self.stream_id, base, self.cfg.fsync)
             .map_err(io_err(&path))?;
-        self.active = f;
-        self.unsynced = false;
+        self.active = Arc::new(f);
+        self.mark_synced();
         self.segments.push_back(Segment::empty(base, path));
         Ok(())
     }

@@ -21,6 +21,14 @@ fn cfg(max_bytes: u64, segment: u64) -> SpoolConfig {
     }
 }
 
+/// A small spool with the given fsync policy, for other modules' tests.
+pub(super) fn test_cfg(fsync: FsyncPolicy) -> SpoolConfig {
+    SpoolConfig {
+        fsync,
+        ..cfg(1 << 20, 64 << 10)
+    }
+}
+
 fn payload(seq: u64) -> Vec<u8> {
     format!("record-{seq:06}").into_bytes()
 }

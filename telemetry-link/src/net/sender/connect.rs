@@ -9,6 +9,7 @@ use tracing::info;
 
 use super::{Inner, SenderConfig, TARGET};
 use crate::{
+    metrics::TrackedConnection,
     net::stream::{write_message, FrameReader, ReadError, WriteError},
     proto::message::{Message, Welcome},
     session::handshake::{Answer, Handshake, HandshakeError, PeerCode},
@@ -74,6 +75,8 @@ impl ConnectError {
 /// An established session after the hello.
 pub(super) struct Established {
     pub(super) conn: quinn::Connection,
+    /// Counts the connection's UDP traffic while it lives.
+    pub(super) tracked: TrackedConnection,
     pub(super) send: quinn::SendStream,
     pub(super) reader: FrameReader,
     pub(super) welcome: Welcome,
@@ -152,6 +155,7 @@ async fn attempt(
         .endpoint
         .connect_with(client_cfg, addr, &name)?
         .await?;
+    let tracked = inner.metrics.udp.track(&conn);
     let (mut send, recv) = conn.open_bi().await?;
     let hello = {
         let spool = inner.spool();
@@ -175,6 +179,7 @@ async fn attempt(
     match answer {
         Answer::Accepted(welcome) => Ok(Attempt::Established(Box::new(Established {
             conn,
+            tracked,
             send,
             reader,
             welcome,

@@ -1,7 +1,12 @@
-//! The session loop: feeds the receiver's frames, stop requests, probe
-//! outcomes and the clock into the [`SenderSession`] machine, writes the
-//! frames it produces, wakes on spool appends, and closes the connection the
-//! way the session ended. Every decision is the machine's.
+//! The session loop: feeds the receiver's frames, stop and flush requests,
+//! probe outcomes and the clock into the [`SenderSession`] machine, writes
+//! the frames it produces, wakes on the spool appends the machine asks for,
+//! and closes the connection the way the session ended. Every decision is
+//! the machine's.
+//!
+//! An idle session costs nothing here: the loop sleeps until a frame, an
+//! append it waits for, a request or the machine's own deadline (a
+//! lingering batch, a failback probe, a stop) — none of them periodic.
 
 use std::{
     sync::Arc,
@@ -17,6 +22,7 @@ use super::{
     Inner, SenderConfig, TARGET,
 };
 use crate::{
+    metrics::TrackedConnection,
     net::{
         close_code,
         stream::{write_message, FrameReader, ReadError},
@@ -30,7 +36,7 @@ use crate::{
         refusals::{describe, LogLine},
         sender::{Carries, End, Event, Input, SenderSession, SessionConfig, SessionError, Step},
     },
-    spool::{Spool, SpoolStats},
+    spool::Spool,
 };
 
 /// How a session ended.
@@ -76,6 +82,7 @@ fn session_config(cfg: &SenderConfig) -> SessionConfig {
         batch_max_records: cfg.batch_max_records,
         window: cfg.window,
         failback_after: cfg.failback_after,
+        linger: cfg.linger,
     }
 }
 
@@ -92,11 +99,12 @@ pub(super) async fn drive(
         reader,
         welcome,
         address,
+        tracked,
     } = session;
     if let Ok(mut c) = inner.current.lock() {
         *c = Some(conn.clone());
     }
-    let (machine, stats) = {
+    let machine = {
         let mut spool = inner.spool();
         let mut machine = SenderSession::new(
             Instant::now(),
@@ -105,12 +113,11 @@ pub(super) async fn drive(
             failed_over,
             &mut *spool,
         );
-        let stats = take_events(inner, &mut machine, &spool);
-        (machine, stats)
+        if take_events(inner, &mut machine) {
+            inner.refresh_gauges(&spool);
+        }
+        machine
     };
-    if let Some(stats) = stats {
-        inner.refresh_gauges(&stats);
-    }
     let mut driver = Driver {
         inner,
         cfg,
@@ -120,22 +127,21 @@ pub(super) async fn drive(
         address,
         machine,
         stopping: inner.stopping.subscribe(),
+        // A flush asked for before this session still applies.
+        flush: inner.flush.subscribe(),
         probe: None,
         preferred: None,
         frame: Vec::new(),
+        _tracked: tracked,
     };
     let end = driver.run().await;
     driver.close(&end).await;
     end
 }
 
-/// Counts and logs the machine's events; returns the spool's stats when
-/// acks changed it.
-fn take_events(
-    inner: &Inner,
-    machine: &mut SenderSession<Spool>,
-    spool: &Spool,
-) -> Option<SpoolStats> {
+/// Counts and logs the machine's events; returns whether acks changed the
+/// spool.
+fn take_events(inner: &Inner, machine: &mut SenderSession<Spool>) -> bool {
     let mut changed = false;
     while let Some(event) = machine.poll_event() {
         match event {
@@ -152,7 +158,7 @@ fn take_events(
             ),
         }
     }
-    changed.then(|| spool.stats())
+    changed
 }
 
 /// Counts and logs (at a bounded rate) records a receiver refused.
@@ -197,11 +203,14 @@ struct Driver<'a> {
     address: String,
     machine: SenderSession<Spool>,
     stopping: watch::Receiver<Option<Instant>>,
+    flush: watch::Receiver<u64>,
     /// A connection attempt to the preferred receiver.
     probe: Option<JoinHandle<Result<Established, ConnectError>>>,
     /// The preferred receiver's session, once a probe succeeded.
     preferred: Option<Established>,
     frame: Vec<u8>,
+    /// Counts the connection's UDP traffic until the session is over.
+    _tracked: TrackedConnection,
 }
 
 impl Driver<'_> {
@@ -211,6 +220,10 @@ impl Driver<'_> {
                 self.machine
                     .handle(Instant::now(), Input::Stop { deadline });
             }
+            // Read on every turn: a wake by `flush.changed()` has marked
+            // the value seen already.
+            let upto = *self.flush.borrow_and_update();
+            self.machine.handle(Instant::now(), Input::Flush { upto });
             if let Err(reason) = self.read_ready() {
                 return SessionEnd::Lost(reason);
             }
@@ -253,16 +266,18 @@ impl Driver<'_> {
         }
     }
 
-    /// Polls the machine with the spool locked; counts what it reports.
+    /// Polls the machine with the spool locked; counts what it reports and
+    /// publishes which appends should wake it, before the lock is released
+    /// (so the committer sees every append either before the poll or with
+    /// the threshold in place).
     fn poll(&mut self) -> Step {
         let mut spool = self.inner.spool();
         let step = self
             .machine
             .poll(Instant::now(), &mut *spool, &mut self.frame);
-        let stats = take_events(self.inner, &mut self.machine, &spool);
-        drop(spool);
-        if let Some(stats) = stats {
-            self.inner.refresh_gauges(&stats);
+        self.inner.wake_on.set(self.machine.wake_on());
+        if take_events(self.inner, &mut self.machine) {
+            self.inner.refresh_gauges(&spool);
         }
         step
     }
@@ -278,8 +293,9 @@ impl Driver<'_> {
         }
     }
 
-    /// Waits for a frame, a spool append (if the machine wants records), a
-    /// stop request, the machine's deadline or the probe's outcome.
+    /// Waits for a frame, a spool append (if the machine wants records; the
+    /// committer only wakes it for those the machine asked for), a stop or
+    /// flush request, the machine's deadline or the probe's outcome.
     async fn wait(&mut self, wants_records: bool) -> Option<SessionEnd> {
         let timeout = self
             .machine
@@ -293,6 +309,7 @@ impl Driver<'_> {
             },
             _ = self.inner.wake.notified(), if wants_records => {}
             _ = self.stopping.changed() => {}
+            _ = self.flush.changed() => {}
             _ = self.conn.closed() => return Some(SessionEnd::Lost(lost_reason(&self.conn, None))),
             _ = sleep_until_opt(timeout) => {}
             res = join_opt(&mut self.probe), if self.probe.is_some() => {

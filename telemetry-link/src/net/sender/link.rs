@@ -83,6 +83,9 @@ pub(super) async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
     let mut errors = ErrorLog::default();
     let mut next: Option<Established> = None;
     let mut last_reload = Instant::now();
+    // Senders started together do not all connect at the same instant.
+    let first = reconnect.first_attempt(Instant::now());
+    sleep_or_stop(first, &mut stopping).await;
     loop {
         if let Some(deadline) = *stopping.borrow() {
             let unacked = inner.spool().stats().records;

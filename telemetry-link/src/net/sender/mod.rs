@@ -18,6 +18,18 @@
 //! replicas ([`SenderConfig::replica`]), each with its own spool: a
 //! receiver keeps each replica's stream apart.
 //!
+//! # Cost per record
+//!
+//! The costs are per batch — fsyncs, datagrams, acks — not per byte, so
+//! the sender batches at both ends. Sends made close together share one
+//! fsync (the spool's group commit): an application that produces steadily
+//! should not await each send before the next but keep several in flight —
+//! hold several [`Sender::send`] futures (polled in the order they were
+//! created, they get their sequence numbers in that order; bound how many),
+//! or hand records over in [`Sender::send_batch`]es. On the link, a batch
+//! leaves when it is full or [`SenderConfig::linger`] after its first
+//! record; [`Sender::flush`] sends at once.
+//!
 //! Limits: with [`crate::spool::FsyncPolicy::Interval`] or `Never`, a power cut (not a
 //! process crash) can lose the last records; if a receiver then reports more
 //! applied than the spool has, the sender moves its sequence past that point
@@ -30,11 +42,15 @@
 //!
 //! The decisions are the session machines' in [`crate::session`]; this
 //! module and its children only run them:
+//! * `append`: sends as submissions to the spool's group commit;
+//! * `batching`: the default linger and [`Sender::flush`];
 //! * `connect`: one connection attempt and the hello exchange;
 //! * `drive`: one session's loop around [`crate::session`]'s sender machine;
 //! * `present`: the present lane;
 //! * `link`: the reconnect loop between sessions.
 
+mod append;
+mod batching;
 mod connect;
 mod drive;
 mod link;
@@ -44,14 +60,17 @@ use std::{
     marker::PhantomData,
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::AtomicU64, Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, AtomicU64},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
 use prometheus::Registry;
 use thiserror::Error;
 use tokio::{
-    sync::{watch, Notify},
+    sync::{oneshot, watch, Notify},
     task::JoinHandle,
 };
 use tracing::{info, warn};
@@ -65,9 +84,14 @@ use crate::{
         replica::{validate_replica, ReplicaError},
     },
     session::{refusals::RefusalLog, WindowLimits},
-    spool::{Appended, RecoveryReport, Spool, SpoolConfig, SpoolError, SpoolStats},
+    spool::{
+        Appended, FsyncPolicy, RecoveryReport, SharedSpool, Spool, SpoolConfig, SpoolError,
+        SpoolStats,
+    },
     tls::{Reload, ReloadableTls, Role, TlsError, TlsFiles},
 };
+use append::WakeThreshold;
+pub use batching::{Flushed, DEFAULT_LINGER};
 use present::PresentState;
 
 /// The target of the sender's log messages, whichever of its modules
@@ -93,6 +117,11 @@ pub struct SenderConfig {
     pub spool: SpoolConfig,
     /// Most records per batch.
     pub batch_max_records: usize,
+    /// How long a batch that is not full waits for more records after its
+    /// first one before it is sent ([`DEFAULT_LINGER`]; `ZERO` sends every
+    /// record as soon as it is spooled). A flush, a stop and the present
+    /// lane do not wait.
+    pub linger: Duration,
     /// In-flight limits per session.
     pub window: WindowLimits,
     /// First reconnect delay.
@@ -130,6 +159,7 @@ impl SenderConfig {
             spool_dir: spool_dir.into(),
             spool: SpoolConfig::default(),
             batch_max_records: 4096,
+            linger: DEFAULT_LINGER,
             window: WindowLimits::default(),
             backoff_initial: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
@@ -216,8 +246,19 @@ pub struct ShutdownReport {
 }
 
 struct Inner {
-    spool: Mutex<Spool>,
+    spool: SharedSpool,
+    fsync: FsyncPolicy,
+    /// Where committers and fsync timers run.
+    runtime: tokio::runtime::Handle,
+    /// Wakes the session after appends that meet `wake_on`, and on stop.
     wake: Notify,
+    wake_on: WakeThreshold,
+    /// A timer for the next [`FsyncPolicy::Interval`] fsync is armed.
+    sync_armed: AtomicBool,
+    /// The last sequence [`Sender::flush`] asked to send at once.
+    flush: watch::Sender<u64>,
+    /// The spool's acknowledged sequence, for [`Sender::flush`].
+    acked: watch::Sender<u64>,
     metrics: SenderMetrics,
     status: watch::Sender<LinkStatus>,
     connections: watch::Sender<u64>,
@@ -240,41 +281,31 @@ struct Inner {
 
 impl Inner {
     fn spool(&self) -> MutexGuard<'_, Spool> {
-        // A panic while holding the lock cannot leave the spool's files
-        // inconsistent (every mutation is a complete file operation), so a
-        // poisoned lock is safe to keep using.
-        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+        self.spool.lock()
     }
 
-    fn refresh_gauges(&self, stats: &SpoolStats) {
+    /// Brings the spool's gauges and counters up to date. Call with the
+    /// spool locked (`spool` is the guard), so that concurrent callers add
+    /// each counter delta once.
+    fn refresh_gauges(&self, spool: &Spool) {
+        let stats = spool.stats();
         let m = &self.metrics;
         m.last_seq.set(stats.last_seq as i64);
         m.acked_seq.set(stats.acked_seq as i64);
         m.spool_records.set(stats.records as i64);
         m.spool_bytes.set(stats.bytes as i64);
         m.spool_capacity_bytes.set(stats.cap_bytes as i64);
-        let dropped = m.records_dropped.get();
-        if stats.dropped_total > dropped {
-            m.records_dropped.inc_by(stats.dropped_total - dropped);
+        for (counter, total) in [
+            (&m.records_dropped, stats.dropped_total),
+            (&m.spool_syncs, stats.syncs),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
-    }
-
-    fn append(&self, data: &[u8], ends: &[usize]) -> Result<Appended, SendError> {
-        let mut slices = Vec::with_capacity(ends.len());
-        let mut start = 0;
-        for &end in ends {
-            slices.push(&data[start..end]);
-            start = end;
-        }
-        let mut spool = self.spool();
-        let res = spool.append(&slices);
-        let stats = spool.stats();
-        drop(spool);
-        self.refresh_gauges(&stats);
-        let appended = res?;
-        self.metrics.records_enqueued.inc_by(ends.len() as u64);
-        self.wake.notify_one();
-        Ok(appended)
+        self.acked.send_if_modified(|a| {
+            let newer = stats.acked_seq > *a;
+            *a = (*a).max(stats.acked_seq);
+            newer
+        });
     }
 }
 
@@ -347,14 +378,21 @@ impl<T: Payload> Sender<T> {
             warn!(?report, "spool recovered from an unclean state");
         }
         let stats = spool.stats();
+        let fsync = spool.config().fsync;
         let bind = match config.bind {
             Some(b) => b,
             None => default_bind(),
         };
         let endpoint = quinn::Endpoint::client(bind).map_err(SenderError::Bind)?;
         let inner = Arc::new(Inner {
-            spool: Mutex::new(spool),
+            spool: SharedSpool::new(spool),
+            fsync,
+            runtime: tokio::runtime::Handle::current(),
             wake: Notify::new(),
+            wake_on: WakeThreshold::default(),
+            sync_armed: AtomicBool::new(false),
+            flush: watch::channel(0).0,
+            acked: watch::channel(stats.acked_seq).0,
             metrics,
             status: watch::channel(LinkStatus::default()).0,
             connections: watch::channel(0).0,
@@ -368,7 +406,7 @@ impl<T: Payload> Sender<T> {
             replica: config.replica.clone(),
             refusal_log: Mutex::new(RefusalLog::new(REFUSAL_LOG_EVERY)),
         });
-        inner.refresh_gauges(&stats);
+        inner.refresh_gauges(&inner.spool());
         info!(
             identity = inner
                 .tls
@@ -394,27 +432,46 @@ impl<T: Payload> Sender<T> {
     }
 
     /// Queues one record; returns its sequence number. Waits for the disk
-    /// (and an fsync under [`crate::spool::FsyncPolicy::EveryBatch`]), never for the network.
+    /// (and an fsync under [`crate::spool::FsyncPolicy::EveryBatch`]), never
+    /// for the network. Sends in flight together share that fsync (see the
+    /// module documentation); the record takes its place in the sequence
+    /// when the future is first polled.
     pub async fn send(&self, record: &T) -> Result<u64, SendError> {
         self.send_batch(std::slice::from_ref(record))
             .await
             .map(|a| a.first_seq)
     }
 
-    /// Queues records in order, atomically with respect to other sends.
+    /// Queues records in order, atomically with respect to other sends,
+    /// and returns once they are spooled as [`Sender::send`] says.
     pub async fn send_batch(&self, records: &[T]) -> Result<Appended, SendError> {
         let (data, ends) = encode_all(records)?;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.append(&data, &ends))
-            .await
-            .map_err(|_| SendError::Closed)?
+        let (tx, rx) = oneshot::channel();
+        self.inner.submit(
+            data,
+            ends,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| SendError::Closed)?.map_err(Into::into)
     }
 
     /// [`Sender::send_batch`] for callers outside async code (or that accept
     /// blocking the current thread on disk I/O).
     pub fn send_batch_blocking(&self, records: &[T]) -> Result<Appended, SendError> {
         let (data, ends) = encode_all(records)?;
-        self.inner.append(&data, &ends)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.submit(
+            data,
+            ends,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| SendError::Closed)?
+            .map_err(Into::into)
     }
 
     /// Sets the application's present state: its current view (typically
@@ -428,6 +485,9 @@ impl<T: Payload> Sender<T> {
     /// [`Sender::connections`] changes. Returns `covers_seq`: the last
     /// sequence number assigned, which every record older than the present
     /// has.
+    ///
+    /// Records whose send has not returned yet may be numbered after
+    /// `covers_seq`: set the present once the sends it reflects returned.
     ///
     /// Receivers speaking protocol version 1 do not get presents.
     pub fn set_present(&self, records: &[T]) -> Result<u64, SendError> {
@@ -524,8 +584,8 @@ impl<T: Payload> Sender<T> {
             warn!(error = %e, "could not checkpoint the spool");
         }
         let stats = spool.stats();
+        self.inner.refresh_gauges(&spool);
         drop(spool);
-        self.inner.refresh_gauges(&stats);
         ShutdownReport {
             drained: stats.records == 0,
             unacked: stats.records,

@@ -32,6 +32,7 @@ struct FakeSpool {
     dropped_total: u64,
     sent_hwm: u64,
     fail_acks: bool,
+    appended_bytes: u64,
 }
 
 impl FakeSpool {
@@ -45,6 +46,7 @@ impl FakeSpool {
             dropped_total: 0,
             sent_hwm: 0,
             fail_acks: false,
+            appended_bytes: 0,
         };
         s.append(records);
         s
@@ -54,6 +56,7 @@ impl FakeSpool {
         for _ in 0..n {
             let mut envelope = Vec::new();
             encode_record(&format!("record {}", self.next_seq), &mut envelope).unwrap();
+            self.appended_bytes += envelope.len() as u64;
             self.records.insert(self.next_seq, envelope);
             self.next_seq += 1;
         }
@@ -185,6 +188,17 @@ impl SessionSpool for FakeSpool {
     fn mark_sent(&mut self, seq: u64) {
         self.sent_hwm = self.sent_hwm.max(seq);
     }
+
+    fn unsent_bytes(&self, cursor: &u64) -> u64 {
+        self.records
+            .range(*cursor..)
+            .map(|(_, r)| r.len() as u64)
+            .sum()
+    }
+
+    fn appended_bytes(&self) -> u64 {
+        self.appended_bytes
+    }
 }
 
 /// A session, its spool, its frame buffer and the clock's origin.
@@ -237,7 +251,12 @@ impl Rig {
 
     /// Polls, expects a batch, checks its frame; returns `(first_seq, count)`.
     fn batch(&mut self) -> (u64, u32) {
-        let step = self.poll();
+        self.batch_at(0)
+    }
+
+    /// [`Rig::batch`] at `secs`.
+    fn batch_at(&mut self, secs: u64) -> (u64, u32) {
+        let step = self.poll_at(secs);
         let Step::Transmit(t) = step else {
             panic!("expected a batch, got {step:?}");
         };
@@ -302,6 +321,7 @@ fn config() -> SessionConfig {
             max_bytes: 1 << 20,
         },
         failback_after: Some(Duration::from_secs(10)),
+        linger: Duration::ZERO,
     }
 }
 
@@ -632,4 +652,129 @@ fn drained_or_due_needs_an_empty_spool_and_an_idle_window_or_the_deadline() {
     assert!(!drained_or_due(t0, later, 0, false));
     assert!(!drained_or_due(t0, later, 1, true));
     assert!(drained_or_due(later, later, 1, false));
+}
+
+/// A configuration whose batches linger `secs` seconds.
+fn lingering(secs: u64) -> SessionConfig {
+    SessionConfig {
+        linger: Duration::from_secs(secs),
+        failback_after: None,
+        ..config()
+    }
+}
+
+#[test]
+fn a_batch_that_is_not_full_lingers_from_its_first_record() {
+    let mut rig = Rig::new(FakeSpool::with(0), 0, lingering(2), false);
+    assert_eq!(rig.poll(), WAIT);
+    assert_eq!(rig.session.poll_timeout(), None, "idle: no timer");
+    assert_eq!(
+        rig.session.wake_on(),
+        WakeOn {
+            last_seq: 1,
+            appended_bytes: u64::MAX
+        },
+        "the first record wakes the caller"
+    );
+    rig.spool.append(1);
+    assert_eq!(rig.poll_at(1), WAIT, "one record: it lingers");
+    assert_eq!(rig.session.poll_timeout(), Some(rig.t(3)));
+    assert_eq!(
+        rig.session.wake_on().last_seq,
+        3,
+        "the next wake is for a full batch"
+    );
+    rig.spool.append(1);
+    assert_eq!(rig.poll_at(2), WAIT);
+    assert_eq!(rig.session.poll_timeout(), Some(rig.t(3)), "from the first");
+    assert_eq!(rig.batch_at(3), (1, 2));
+    assert_eq!(rig.poll_at(3), WAIT);
+    assert_eq!(rig.session.poll_timeout(), None, "all sent: no timer");
+}
+
+#[test]
+fn a_full_batch_leaves_without_lingering() {
+    let mut rig = Rig::new(FakeSpool::with(0), 0, lingering(2), false);
+    assert_eq!(rig.poll(), WAIT);
+    rig.spool.append(2);
+    assert_eq!(rig.poll(), WAIT);
+    let wake = rig.session.wake_on();
+    assert!(!wake.is_met(rig.spool.last_seq(), rig.spool.appended_bytes));
+    rig.spool.append(1);
+    assert!(
+        wake.is_met(rig.spool.last_seq(), rig.spool.appended_bytes),
+        "the third record fills the batch and wakes the caller"
+    );
+    assert_eq!(rig.batch(), (1, 3));
+}
+
+#[test]
+fn a_batch_full_by_bytes_leaves_without_lingering() {
+    let mut cfg = lingering(2);
+    cfg.batch_max_records = 1000;
+    let mut w = welcome(0);
+    w.max_frame = 1024;
+    let mut spool = FakeSpool::with(0);
+    let mut session = SenderSession::new(Instant::now(), &w, &cfg, false, &mut spool);
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let mut polls = 0;
+    while !matches!(session.poll(now, &mut spool, &mut out), Step::Transmit(_)) {
+        let wake = session.wake_on();
+        spool.append(1);
+        if wake.is_met(spool.last_seq(), spool.appended_bytes) {
+            assert!(
+                matches!(session.poll(now, &mut spool, &mut out), Step::Transmit(_)),
+                "woken for a full frame: it leaves"
+            );
+            break;
+        }
+        polls += 1;
+        assert!(polls < 200, "never full");
+    }
+    assert!(
+        spool.last_seq() < 1000,
+        "full by bytes long before by records"
+    );
+}
+
+#[test]
+fn a_flush_sends_what_it_covers_at_once() {
+    let mut rig = Rig::new(FakeSpool::with(0), 0, lingering(2), false);
+    rig.spool.append(2);
+    assert_eq!(rig.poll(), WAIT);
+    rig.handle_at(0, Input::Flush { upto: 2 });
+    assert_eq!(rig.batch(), (1, 2));
+    rig.spool.append(1);
+    assert_eq!(rig.poll(), WAIT, "records after the flush linger");
+}
+
+#[test]
+fn the_backlog_at_the_start_and_a_stop_do_not_linger() {
+    let mut rig = Rig::new(FakeSpool::with(2), 0, lingering(10), false);
+    assert_eq!(rig.batch(), (1, 2), "spooled before the session: at once");
+    rig.spool.append(1);
+    assert_eq!(rig.poll(), WAIT);
+    let deadline = rig.t(5);
+    rig.handle_at(0, Input::Stop { deadline });
+    assert_eq!(rig.batch(), (3, 1), "stopping: at once");
+}
+
+#[test]
+fn a_full_window_sets_no_linger_timer_and_wants_no_appends() {
+    let mut rig = Rig::new(FakeSpool::with(6), 0, lingering(2), false);
+    assert_eq!(rig.batch(), (1, 3));
+    assert_eq!(rig.batch(), (4, 3));
+    rig.spool.append(1);
+    assert_eq!(rig.poll_at(5), FULL);
+    assert_eq!(rig.session.wake_on(), WakeOn::NEVER);
+    assert_eq!(rig.session.poll_timeout(), None);
+    rig.ack(3);
+    assert_eq!(
+        rig.poll_at(6),
+        WAIT,
+        "room again: the record starts lingering"
+    );
+    assert_eq!(rig.session.poll_timeout(), Some(rig.t(8)));
+    assert_eq!(rig.batch_at(8), (7, 1));
 }
