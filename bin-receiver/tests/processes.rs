@@ -257,6 +257,93 @@ fn a_sender_gone_past_the_ttl_loses_its_series_and_sigterm_persists_state() -> R
 }
 
 #[test]
+fn a_sender_says_it_spools_while_the_receiver_is_down_and_what_it_delivered() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    certs_init(&certs, &["quiet"])?;
+    // Nothing listens at the receiver's address yet.
+    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+    let (mut tx, _) = start_sender(
+        &certs,
+        "quiet",
+        quic,
+        &dir.path().join("spool"),
+        &[
+            "--source",
+            "synthetic",
+            "--synthetic-series",
+            "2",
+            "--synthetic-rate",
+            "100",
+            "--synthetic-total",
+            "300",
+        ],
+    )?;
+    wait_for(LIMIT, "the sender's spooling message", || {
+        Ok(tx
+            .output()
+            .lines()
+            .any(|l| l.contains("cannot reach the receiver") && l.contains("kept in the spool"))
+            .then_some(()))
+    })?;
+    // The receiver comes up: the backlog is announced, then reported delivered.
+    let mut rx = start_receiver_at(&certs, &dir.path().join("state"), quic, metrics, &[])?;
+    let delivered = wait_for(LIMIT, "the sender's backlog report", || {
+        Ok(tx
+            .output()
+            .lines()
+            .find(|l| l.contains("backlog delivered"))
+            .map(str::to_owned))
+    })?;
+    let out = tx.output();
+    assert!(
+        out.contains("sending the backlog kept in the spool"),
+        "{out}"
+    );
+    let records: u64 = delivered
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("records="))
+        .context("records= in the backlog report")?
+        .parse()?;
+    assert!((1..=300).contains(&records), "{delivered}");
+    wait_metrics(rx.metrics, "all 300 records applied", |e| {
+        e.value("telemetry_link_applied_seq", &[("sender", "quiet")]) == Some(300.0)
+    })?;
+    // Stopping while the receiver is gone says what it waits for.
+    rx.proc.kill_9()?;
+    assert!(tx.terminate(Duration::from_secs(20))?.success());
+    let (mut tx2, _) = start_sender(
+        &certs,
+        "quiet",
+        quic,
+        &dir.path().join("spool"),
+        &[
+            "--source",
+            "synthetic",
+            "--synthetic-series",
+            "2",
+            "--synthetic-rate",
+            "100",
+        ],
+    )?;
+    wait_for(LIMIT, "records spooled by the second run", || {
+        Ok(tx2.output().contains("kept in the spool").then_some(()))
+    })?;
+    tx2.signal(libc::SIGTERM)?;
+    wait_for(Duration::from_secs(5), "the stop message", || {
+        Ok(tx2
+            .output()
+            .lines()
+            .any(|l| l.contains("stopping: waiting up to") && l.contains("connected=false"))
+            .then_some(()))
+    })
+    .with_context(|| tx2.output())?;
+    assert!(tx2.wait_timeout(Duration::from_secs(30))?.success());
+    Ok(())
+}
+
+#[test]
 fn refused_senders_are_counted_by_reason() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = TestPki::new()?;
@@ -356,6 +443,11 @@ fn refused_senders_are_counted_by_reason() -> Result<()> {
     let out = intruder.output();
     assert!(
         out.contains("not_allowed") && out.contains("intruder"),
+        "{out}"
+    );
+    // A receiver that answered and refused is not "unreachable".
+    assert!(
+        out.contains("the receiver refused this sender") && !out.contains("cannot reach"),
         "{out}"
     );
     let e = scrape(rx.metrics)?;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{
-    connect::{connect, Established},
+    connect::{connect, ConnectError, Established},
     drive::{drive, SessionEnd},
     present::start_pusher,
     reload_tls, Inner, LinkStatus, SenderConfig, TARGET,
@@ -47,17 +47,68 @@ impl ErrorLog {
         !repeat
     }
 
-    fn log(&mut self, address: &str, err: &str) {
-        if self.is_news(err, Instant::now()) {
+    /// Logs a failed attempt; `spooled` is how many records wait in the
+    /// spool (they are kept there and sent once a session is established).
+    fn log(&mut self, address: &str, failure: &ConnectError, spooled: u64) {
+        let err = failure.to_string();
+        if self.is_news(&err, Instant::now()) {
             warn!(
                 target: TARGET,
                 receiver = address,
-                error = err,
-                "cannot reach receiver; retrying with backoff"
+                error = %err,
+                spooled,
+                "{}; records are kept in the spool until it answers; retrying with backoff",
+                failure_summary(failure.label()),
             );
         } else {
-            debug!(target: TARGET, receiver = address, error = err, "connection attempt failed");
+            debug!(target: TARGET, receiver = address, error = %err, spooled, "connection attempt failed");
         }
+    }
+}
+
+/// What a failed connection attempt means to an operator, by the `reason`
+/// label of `telemetry_sender_connect_failures_total`: an unreachable
+/// receiver is told apart from one that answered and refused this sender.
+fn failure_summary(label: &str) -> &'static str {
+    match label {
+        "tls_refused" => {
+            "the receiver refused this sender's certificate (not signed by the CA it trusts, \
+             revoked, expired, or not a client certificate)"
+        }
+        "tls" => "TLS with the receiver failed (its certificate is not trusted here, or its name does not match)",
+        "refused" => "the receiver refused this sender",
+        "protocol" => "the receiver answered with something this sender does not understand",
+        "resolve" => "cannot resolve the receiver's address",
+        _ => "cannot reach the receiver",
+    }
+}
+
+/// Waits until everything spooled when the session started is
+/// acknowledged, then says how much backlog the session delivered.
+async fn report_backlog(inner: &Inner, address: &str) {
+    let started = Instant::now();
+    let (acked, last) = {
+        let spool = inner.spool();
+        (*inner.acked.borrow(), spool.last_seq())
+    };
+    if last <= acked {
+        return;
+    }
+    info!(
+        target: TARGET,
+        receiver = address,
+        records = last - acked,
+        "sending the backlog kept in the spool"
+    );
+    let mut acks = inner.acked.subscribe();
+    if acks.wait_for(|&a| a >= last).await.is_ok() {
+        info!(
+            target: TARGET,
+            receiver = address,
+            records = last - acked,
+            seconds = started.elapsed().as_secs_f64(),
+            "backlog delivered"
+        );
     }
 }
 
@@ -112,9 +163,9 @@ pub(super) async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
                     .connect_failures
                     .with_label_values(&[e.label()])
                     .inc();
-                let msg = e.to_string();
-                errors.log(address, &msg);
-                set_disconnected(&inner, msg);
+                let spooled = inner.spool().stats().records;
+                errors.log(address, &e, spooled);
+                set_disconnected(&inner, e.to_string());
                 let at = reconnect.on_connect_failed(Instant::now());
                 sleep_or_stop(at, &mut stopping).await;
                 continue;
@@ -129,7 +180,12 @@ pub(super) async fn run_link(inner: Arc<Inner>, cfg: SenderConfig) {
                 break;
             }
             SessionEnd::Lost(reason) => {
-                info!(target: TARGET, error = %reason, "link session lost; reconnecting");
+                info!(
+                    target: TARGET,
+                    error = %reason,
+                    spooled = inner.spool().stats().records,
+                    "link session lost; records are kept in the spool; reconnecting"
+                );
                 set_disconnected(&inner, reason.to_string());
                 let at = reconnect.on_session_lost(Instant::now());
                 sleep_or_stop(at, &mut stopping).await;
@@ -165,7 +221,18 @@ async fn run_session(
     let pusher = start_pusher(inner, &session.conn, &session.welcome, cfg.max_frame);
     inner.connections.send_modify(|c| *c += 1);
     info!(target: TARGET, receiver = %session.address, applied = session.welcome.applied_seq, "link session established");
-    let end = drive(inner, cfg, session, failed_over).await;
+    let address = session.address.clone();
+    let drive = drive(inner, cfg, session, failed_over);
+    tokio::pin!(drive);
+    let report = report_backlog(inner, &address);
+    tokio::pin!(report);
+    let mut reported = false;
+    let end = loop {
+        tokio::select! {
+            end = &mut drive => break end,
+            () = &mut report, if !reported => reported = true,
+        }
+    };
     drop(pusher);
     inner.metrics.connected.set(0);
     end

@@ -568,6 +568,18 @@ impl<T: Payload> Sender<T> {
     /// persists the spool's position. Records still unacknowledged stay in
     /// the spool for the next start.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let waiting = self.inner.spool().stats().records;
+        if waiting > 0 {
+            let status = self.inner.status.borrow().clone();
+            info!(
+                target: TARGET,
+                records = waiting,
+                connected = status.connected,
+                last_error = status.last_error.as_deref().unwrap_or(""),
+                "stopping: waiting up to {deadline:?} for the receiver to acknowledge the spooled \
+                 records; what is not acknowledged by then stays in the spool for the next start"
+            );
+        }
         let _ = self.inner.stopping.send(Some(Instant::now() + deadline));
         self.inner.wake.notify_one();
         let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
