@@ -22,6 +22,8 @@
 //!  cargo bench -p telemetry-receiver --bench present_first`
 //! (`PRESENT_FIRST_BACKLOG=N` changes the backlog).
 
+#![allow(clippy::too_many_lines)] // a bench is one measured scenario, read top to bottom
+
 use std::{
     net::SocketAddr,
     path::Path,

@@ -6,6 +6,8 @@
 //! while a real scrape still answers within a second), and an open-file
 //! limit that idle HTTP clients cannot exhaust for the QUIC side.
 
+#![allow(clippy::too_many_lines)] // a process test reads top to bottom as one scenario
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},

@@ -5,6 +5,8 @@
 //! restart; SIGTERM persists state and exits 0; remote write fills a
 //! receiver outage in a real Prometheus.
 
+#![allow(clippy::too_many_lines)] // a process test reads top to bottom as one scenario
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},

@@ -11,6 +11,7 @@
 //!
 //! Every wait polls with a deadline; nothing relies on a fixed sleep.
 
+#![allow(clippy::too_many_lines)] // a process test reads top to bottom as one scenario
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::{

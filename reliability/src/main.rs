@@ -2,6 +2,8 @@
 //! block against the release binaries in two network namespaces, prints the
 //! results table and exits non-zero if any check failed.
 
+#![allow(clippy::too_many_lines)] // each scenario is a script read top to bottom, one step after the other
+
 use std::{
     path::PathBuf,
     process::ExitCode,

@@ -5,6 +5,7 @@
 //! inspects what reaches a `VecSink`. Waits poll with timeouts; a fixed pause
 //! is only used to show that something does *not* happen.
 
+#![allow(clippy::too_many_lines)] // a test reads top to bottom as one scenario against the test API server
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::{

@@ -2,6 +2,8 @@
 //! case is refused with a clear QUIC error code, counted by reason, and the
 //! good sender loses nothing.
 
+#![allow(clippy::too_many_lines)] // a test reads top to bottom as one scenario
+
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use telemetry_certs::Validity;

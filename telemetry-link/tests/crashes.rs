@@ -13,6 +13,8 @@
 //!   processes handed over are exactly those the first one applied after
 //!   its last durable position.
 
+#![allow(clippy::too_many_lines)] // a crash test reads top to bottom as one scenario
+
 use std::{
     collections::BTreeMap, net::SocketAddr, path::Path, process::Command, sync::Arc, time::Duration,
 };

@@ -2,6 +2,7 @@
 //!
 //! * [`pki`]: a CA and certificates in a temporary directory.
 //! * [`binaries`]: command lines of the workspace's binaries, `telemetry-certs init`.
+//! * [`docs`]: documentation pages checked against the binaries' `--help`.
 //! * [`process`]: child processes that are killed on drop, with signals.
 //! * [`http`]: a tiny HTTP/1.1 GET client (plain, TLS, basic auth) and a polling helper.
 //! * [`browser`]: headless Chromium (rendered DOM, screenshots) for the status pages.
@@ -17,6 +18,7 @@
 
 pub mod binaries;
 pub mod browser;
+pub mod docs;
 pub mod http;
 #[cfg(feature = "kube")]
 pub mod kube_api;

@@ -55,13 +55,13 @@ impl ErrorLog {
             warn!(
                 target: TARGET,
                 receiver = address,
-                error = %err,
+                error = err.as_str(),
                 spooled,
                 "{}; records are kept in the spool until it answers; retrying with backoff",
                 failure_summary(failure.label()),
             );
         } else {
-            debug!(target: TARGET, receiver = address, error = %err, spooled, "connection attempt failed");
+            debug!(target: TARGET, receiver = address, error = err.as_str(), spooled, "connection attempt failed");
         }
     }
 }

@@ -11,10 +11,11 @@ use std::{
 use super::*;
 use crate::{
     proto::{
-        message::{Ack, PROTOCOL_VERSION},
+        message::{Ack, MessageType, PROTOCOL_VERSION},
         record::encode_record,
     },
-    session::window::AckError,
+    session::window::{AckError, WindowLimits},
+    spool::SpoolError,
 };
 
 /// An in-memory spool with the real one's numbering, ack, drop and settle

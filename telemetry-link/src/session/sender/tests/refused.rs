@@ -2,9 +2,12 @@
 //! once the ack that covers them arrives, checked against what was sent.
 
 use super::*;
-use crate::proto::{
-    message::Refused,
-    refused::{RefusedCounts, RefusedReason},
+use crate::{
+    proto::{
+        message::{MessageType, Refused},
+        refused::{RefusedCounts, RefusedReason},
+    },
+    session::refusals::ReportError,
 };
 
 fn report(rig: &mut Rig, through_seq: u64, counts: RefusedCounts) {
