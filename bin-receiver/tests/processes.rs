@@ -266,22 +266,17 @@ fn a_sender_says_it_spools_while_the_receiver_is_down_and_what_it_delivered() ->
     // Nothing listens at the receiver's address yet.
     let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    let (mut tx, _) = start_sender(
-        &certs,
-        "quiet",
-        quic,
-        &dir.path().join("spool"),
-        &[
-            "--source",
-            "synthetic",
-            "--synthetic-series",
-            "2",
-            "--synthetic-rate",
-            "100",
-            "--synthetic-total",
-            "300",
-        ],
-    )?;
+    let synthetic = [
+        "--source",
+        "synthetic",
+        "--synthetic-series",
+        "2",
+        "--synthetic-rate",
+        "100",
+    ];
+    let spool = dir.path().join("spool");
+    let first_run = [&synthetic[..], &["--synthetic-total", "300"]].concat();
+    let (mut tx, _) = start_sender(&certs, "quiet", quic, &spool, &first_run)?;
     wait_for(LIMIT, "the sender's spooling message", || {
         Ok(tx
             .output()
@@ -315,20 +310,7 @@ fn a_sender_says_it_spools_while_the_receiver_is_down_and_what_it_delivered() ->
     // Stopping while the receiver is gone says what it waits for.
     rx.proc.kill_9()?;
     assert!(tx.terminate(Duration::from_secs(20))?.success());
-    let (mut tx2, _) = start_sender(
-        &certs,
-        "quiet",
-        quic,
-        &dir.path().join("spool"),
-        &[
-            "--source",
-            "synthetic",
-            "--synthetic-series",
-            "2",
-            "--synthetic-rate",
-            "100",
-        ],
-    )?;
+    let (mut tx2, _) = start_sender(&certs, "quiet", quic, &spool, &synthetic)?;
     wait_for(LIMIT, "records spooled by the second run", || {
         Ok(tx2.output().contains("kept in the spool").then_some(()))
     })?;
