@@ -48,7 +48,7 @@ use telemetry_test_support::http;
 
 use self::{
     cluster::{Cluster, NAMESPACE, TICK},
-    monitor::{gap_around, longest_gap, Monitor},
+    monitor::{gap_within, longest_gap, Monitor},
     streams::{tampered, verify_streams},
 };
 use super::{plain_log, Ctx, Outcome, Stage, QUIC_PORT, RX_METRICS_PORT, SENDER_ID};
@@ -228,13 +228,15 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
 /// The figures and checks of the failovers themselves.
 fn report_takeovers(st: &mut Stage<'_>, takeovers: &[(Takeover, Option<Duration>)]) {
     let secs = |d: Option<Duration>| d.map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+    // The present follows the takeover within milliseconds: two decimals.
+    let fine = |d: Option<Duration>| d.map_or("?".into(), |d| format!("{:.2} s", d.as_secs_f64()));
     for (t, gap) in takeovers {
         st.note(format!(
             "kill {} -> {} leads after {} (lease expiry), present applied {} later; visible on /metrics {:.1} s after the kill; /metrics gap {}",
             t.from,
             t.to,
             secs(t.lease),
-            secs(t.present),
+            fine(t.present),
             t.visible.as_secs_f64(),
             secs(*gap)
         ));
@@ -252,18 +254,22 @@ fn report_takeovers(st: &mut Stage<'_>, takeovers: &[(Takeover, Option<Duration>
     let worst = takeovers.iter().map(|(t, _)| t.visible).max();
     st.row.recovery = worst;
     let missed = takeovers.iter().filter(|(t, _)| t.visible > GOAL).count();
-    let span = |f: fn(&Takeover) -> Option<Duration>| {
+    let span = |f: fn(&Takeover) -> Option<Duration>, digits: usize| {
         let v: Vec<Duration> = takeovers.iter().filter_map(|(t, _)| f(t)).collect();
         match (v.iter().min(), v.iter().max()) {
-            (Some(a), Some(b)) => format!("{:.1}–{:.1} s", a.as_secs_f64(), b.as_secs_f64()),
+            (Some(a), Some(b)) => format!(
+                "{:.digits$}–{:.digits$} s",
+                a.as_secs_f64(),
+                b.as_secs_f64()
+            ),
             _ => "?".into(),
         }
     };
     st.note(format!(
         "takeover after kill -9 of the leader: lease expiry {}, first present {} after that; visible {} (goal <= {} s: {} of {} missed)",
-        span(|t| t.lease),
-        span(|t| t.present),
-        span(|t| Some(t.visible)),
+        span(|t| t.lease, 1),
+        span(|t| t.present, 2),
+        span(|t| Some(t.visible), 1),
         GOAL.as_secs(),
         missed,
         takeovers.len()
@@ -355,7 +361,7 @@ fn failovers(
     let with_gaps = takeovers
         .into_iter()
         .map(|t: Takeover| {
-            let gap = gap_around(&seen.ticker_changes, t.killed);
+            let gap = gap_within(&seen.ticker_changes, t.killed, t.killed + t.visible);
             (t, gap)
         })
         .collect();
