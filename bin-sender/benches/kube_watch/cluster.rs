@@ -85,6 +85,8 @@ fn timestamp() -> String {
 
 /// A pod of `w` with the fields a kubelet-managed pod has (status,
 /// conditions, container statuses, projected token volume, managedFields).
+/// Long: one JSON literal of a whole pod, read best in one piece.
+#[allow(clippy::too_many_lines)]
 fn make_pod(rng: &mut Rng, w: &Workload, name: &str, phase: &str) -> Pod {
     let ts = timestamp();
     let node = rng.below(NODES);
@@ -346,6 +348,8 @@ impl Cluster {
     }
 
     /// Applies one random change; returns the number of API writes made.
+    /// Long: one `match` arm per kind of change, each a few lines.
+    #[allow(clippy::too_many_lines)]
     pub(crate) fn change(
         &mut self,
         server: &KubeApiServer,

@@ -287,18 +287,8 @@ fn print_targets(senders: &[Sender], figures: &[Figures]) {
     );
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs benches
-    // once in test mode: do nothing then (this is a measurement, not a test).
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("kube_watch: run with `cargo bench -p telemetry-sender --bench kube_watch`");
-        return;
-    }
-    let settings = Settings::from_env();
-    let sender_bin = release_binary("telemetry-sender");
-    let receiver_bin = release_binary("telemetry-receiver");
-    let ticks = clock_ticks();
-
+/// What is measured, where and how.
+fn print_header(settings: &Settings) {
     println!(
         "kube_watch: sender RSS and CPU while watching a large cluster{}",
         if settings.replicas == 2 {
@@ -329,6 +319,36 @@ fn main() {
     if !settings.sender_env.is_empty() {
         println!("sender environment: {}", settings.sender_env);
     }
+}
+
+/// How many pod lists were started: one per sender when none relisted.
+fn print_list_starts(server: &KubeApiServer, senders: usize) {
+    // List starts (pages after the first carry `continue`).
+    let lists = server
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.resource == Some(Resource::Pods)
+                && r.verb == Some(Verb::List)
+                && !r.query.contains("continue=")
+        })
+        .count();
+    println!("pod lists started: {lists} ({senders} = no relist during the run)");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs benches
+    // once in test mode: do nothing then (this is a measurement, not a test).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("kube_watch: run with `cargo bench -p telemetry-sender --bench kube_watch`");
+        return;
+    }
+    let settings = Settings::from_env();
+    let sender_bin = release_binary("telemetry-sender");
+    let receiver_bin = release_binary("telemetry-receiver");
+    let ticks = clock_ticks();
+
+    print_header(&settings);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -383,20 +403,7 @@ fn main() {
     if senders.len() == 2 && (!senders[0].leads() || senders[1].leads()) {
         println!("WARNING: the leadership changed during the window; the figures mix roles");
     }
-    // List starts (pages after the first carry `continue`).
-    let lists = server
-        .requests()
-        .iter()
-        .filter(|r| {
-            r.resource == Some(Resource::Pods)
-                && r.verb == Some(Verb::List)
-                && !r.query.contains("continue=")
-        })
-        .count();
-    println!(
-        "pod lists started: {lists} ({} = no relist during the run)",
-        senders.len()
-    );
+    print_list_starts(&server, senders.len());
     print_targets(&senders, &figures);
     println!(
         "kube-state-metrics' published guidance (README, \"Resource recommendation\"): \"As a general rule, \

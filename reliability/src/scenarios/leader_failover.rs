@@ -332,6 +332,20 @@ fn failovers(
     let end = Instant::now();
     scale_events_counted(st, rx, rescales)?;
     let seen = monitor.stop();
+    report_monitor(st, &seen, end);
+    let with_gaps = takeovers
+        .into_iter()
+        .map(|t: Takeover| {
+            let gap = gap_within(&seen.ticker_changes, t.killed, t.killed + t.visible);
+            (t, gap)
+        })
+        .collect();
+    Ok((replicas, with_gaps))
+}
+
+/// The figures and checks of what the receiver's `/metrics` showed, the
+/// workload having stopped at `end`.
+fn report_monitor(st: &mut Stage<'_>, seen: &monitor::Seen, end: Instant) {
     st.note(format!(
         "/metrics polled every {} ms ({} pages, {} failed scrapes; pages are shared for up to 1 s) while the cluster changed every {} ms",
         monitor::EVERY.as_millis(),
@@ -358,14 +372,6 @@ fn failovers(
         seen.regressions.is_empty(),
         format!("regressions at the receiver: {:?}", seen.regressions),
     );
-    let with_gaps = takeovers
-        .into_iter()
-        .map(|t: Takeover| {
-            let gap = gap_within(&seen.ticker_changes, t.killed, t.killed + t.visible);
-            (t, gap)
-        })
-        .collect();
-    Ok((replicas, with_gaps))
 }
 
 /// Kills the leader, adds a marker pod, waits for it at the receiver and
