@@ -25,7 +25,7 @@ use telemetry_reliability::{
 #[command(
     name = "reliability-suite",
     about = "Runs telemetry-sender and telemetry-receiver in two network namespaces over a lossy veth link, through crashes, partitions, full disks, failover, migration and hostile peers; prints a results table; exits 1 if any check failed. Needs root.",
-    after_help = "Scenarios (for --only, by key or number): 1 loss, 2 partition, 3 receiver-kill, 4 sender-kill, 5 small-disk, 6 failover, 7 long-outage, 8 migration, 9 bad-input, 10 leader-failover.\nThe default run takes about 10 minutes on 2 cores; --full makes scenario 7's outage 10 minutes instead of 60 s."
+    after_help = "Scenarios (for --only, by key or number): 1 loss, 2 partition, 3 receiver-kill, 4 sender-kill, 5 small-disk, 6 failover, 7 long-outage, 8 migration, 9 bad-input, 10 leader-failover.\nThe default run takes about 12 minutes on 2 cores; --full makes scenario 7's outage 10 minutes instead of 60 s."
 )]
 struct Args {
     /// Run only these scenarios (repeatable; key like `failover` or number like `6`).
