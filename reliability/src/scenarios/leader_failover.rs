@@ -30,7 +30,9 @@
 //! epoch; clean stops. The visible time is checked against what the
 //! election rules allow (lease duration + two standby retry periods with
 //! jitter + 1 s for the present and the page); the goal of lease duration
-//! + 3 s (18 s) is reported as met or missed.
+//! + 3 s (18 s) for the present applied at the receiver (lease expiry +
+//! first present; the visible time where the logs lack either) is reported
+//! as met or missed.
 
 mod cluster;
 mod monitor;
@@ -102,6 +104,13 @@ struct Takeover {
     /// Kill → the marker pod on `/metrics`.
     visible: Duration,
     killed: Instant,
+}
+
+impl Takeover {
+    /// Kill → the receiver applied the new leader's present.
+    fn applied(&self) -> Option<Duration> {
+        Some(self.lease? + self.present?)
+    }
 }
 
 fn unix_ms() -> i64 {
@@ -253,7 +262,10 @@ fn report_takeovers(st: &mut Stage<'_>, takeovers: &[(Takeover, Option<Duration>
     }
     let worst = takeovers.iter().map(|(t, _)| t.visible).max();
     st.row.recovery = worst;
-    let missed = takeovers.iter().filter(|(t, _)| t.visible > GOAL).count();
+    let missed = takeovers
+        .iter()
+        .filter(|(t, _)| t.applied().unwrap_or(t.visible) > GOAL)
+        .count();
     let span = |f: fn(&Takeover) -> Option<Duration>, digits: usize| {
         let v: Vec<Duration> = takeovers.iter().filter_map(|(t, _)| f(t)).collect();
         match (v.iter().min(), v.iter().max()) {
@@ -266,7 +278,7 @@ fn report_takeovers(st: &mut Stage<'_>, takeovers: &[(Takeover, Option<Duration>
         }
     };
     st.note(format!(
-        "takeover after kill -9 of the leader: lease expiry {}, first present {} after that; visible {} (goal <= {} s: {} of {} missed)",
+        "takeover after kill -9 of the leader: lease expiry {}, first present {} after that; visible {} (goal: present applied <= {} s after the kill; {} of {} missed)",
         span(|t| t.lease, 1),
         span(|t| t.present, 2),
         span(|t| Some(t.visible), 1),
