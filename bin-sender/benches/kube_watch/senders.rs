@@ -206,6 +206,12 @@ impl Window {
             enqueued_per_s: per_s("telemetry_sender_records_enqueued_total", self.enqueued0),
         };
         let name = &s.name;
+        // A standby ships no usage: the note is about what a sender ships.
+        let usage_note = if f.enqueued_per_s > 0.0 {
+            usage_note
+        } else {
+            ""
+        };
         println!(
             "{name}: shipped {:.0} records/s enqueued, {:.0} records/s acknowledged, {:.1} KiB/s of link frames{usage_note}",
             f.enqueued_per_s,
