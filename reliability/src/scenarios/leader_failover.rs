@@ -29,10 +29,10 @@
 //! every sender process, read before each kill); each takeover in a higher
 //! epoch; clean stops. The visible time is checked against what the
 //! election rules allow (lease duration + two standby retry periods with
-//! jitter + 1 s for the present and the page); the goal of lease duration
-//! + 3 s (18 s) for the present applied at the receiver (lease expiry +
-//! first present; the visible time where the logs lack either) is reported
-//! as met or missed.
+//! jitter + 1 s for the present and the page). The goal, the present
+//! applied at the receiver within the lease duration plus 3 s (18 s; lease
+//! expiry + first present, or the visible time where the logs lack either),
+//! is reported as met or missed.
 
 mod cluster;
 mod monitor;
