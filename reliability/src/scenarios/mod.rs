@@ -19,6 +19,7 @@
 pub mod bad_input;
 pub mod failover;
 pub mod kills;
+pub mod leader_failover;
 pub mod long_outage;
 pub mod loss;
 pub mod migration;

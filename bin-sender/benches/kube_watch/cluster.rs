@@ -1,79 +1,22 @@
-//! Sender RSS and CPU while watching a large cluster (not a timed test).
-//!
-//! `cargo bench -p telemetry-sender --bench kube_watch`
-//!
-//! Starts the test Kubernetes API server in this process with 10,000 pods
-//! (50 namespaces × 20 Deployments × 10 pods, each with realistic metadata,
-//! two containers with requests, status, managedFields) and 1,000
-//! autoscaling/v2 HPAs (one per Deployment), plus metrics.k8s.io usage for
-//! every pod; starts the release `telemetry-receiver` and the release
-//! `telemetry-sender` (`--source kube --kubeconfig …`, otherwise production
-//! defaults: metrics every 15 s, fsync per batch, log level info) as real
-//! processes; waits until the sender is ready (first full lists shipped) and
-//! its spool is drained; then applies changes through the API server at a
-//! fixed rate for a measured window — pod status churn, label changes, phase
-//! flips, HPA status updates with some rescales (+ SuccessfulRescale events),
-//! pod deletes + replacements — sampling the sender's `/proc/PID/stat`
-//! (utime + stime) and `/proc/PID/status` (VmRSS, VmHWM) every second.
-//!
-//! The test API server paginates lists (`limit`/`continue`) as a real one
-//! does, so the sender's initial list arrives in pages of 500 pods, as in
-//! production; metrics.k8s.io is listed whole, as metrics-server serves it.
-//!
-//! Prints the machine, the initial-list time, steady-state CPU in % of one
-//! core (the window only, the initial list excluded), peak RSS (VmHWM), RSS
-//! at the end, records/s shipped, each against the targets (≤ 64 MiB RSS,
-//! ≤ 5 % of one core), next to kube-state-metrics' published guidance.
-//!
-//! Environment: `KUBE_WATCH_SECS` (window, default 60), `KUBE_WATCH_RATE`
-//! (API writes per second, default 100), `KUBE_WATCH_PODS` (default 10000),
-//! `KUBE_WATCH_HPAS` (default 1000), `KUBE_WATCH_METRICS_INTERVAL` (the
-//! sender's `--metrics-interval`, default 15s), `KUBE_WATCH_POD_METRICS`
-//! (`0`: serve no pod metrics, to see the metrics poll's share),
-//! `KUBE_WATCH_SENDER_ENV`
-//! (extra `NAME=VALUE` pairs, space-separated, for the sender process: e.g.
-//! `MALLOC_ARENA_MAX=2`, or heaptrack's `LD_PRELOAD=…/libheaptrack_preload.so
-//! DUMP_HEAPTRACK_OUTPUT=/tmp/ht.raw` to see what the memory is).
-//!
-//! Both binaries must be release builds next to this bench's profile
-//! directory (`target/release/`); `cargo bench` builds the sender, the
-//! receiver needs `cargo build --release -p telemetry-receiver`.
+//! The cluster the bench serves: 10,000 pods as a real API server returns
+//! them (realistic metadata, two containers with requests, status,
+//! managedFields) under 1,000 HPAs, their metrics.k8s.io usage, and the
+//! random changes applied during the measured window (deterministic: a
+//! fixed-seed xorshift, so runs apply the same change mix).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
-
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod};
 use serde_json::{json, Value};
-use telemetry_test_support::{
-    http::{get, wait_for},
-    kube_api::{
-        objects::{now_time, pod_metrics, rescale_event},
-        KubeApiServer, Resource, Verb,
-    },
-    pki::TestPki,
-    process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
-    prom::Exposition,
+use telemetry_test_support::kube_api::{
+    objects::{now_time, pod_metrics, rescale_event},
+    KubeApiServer,
 };
 
-const TARGET_RSS_MIB: f64 = 64.0;
-const TARGET_CPU_PERCENT: f64 = 5.0;
-const NAMESPACES: usize = 50;
+/// Namespaces the workloads spread over.
+pub(crate) const NAMESPACES: usize = 50;
 const PODS_PER_DEPLOYMENT: usize = 10;
 const NODES: usize = 100;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 // ---------------------------------------------------------------------------
 // A deterministic PRNG (xorshift64*), so runs apply the same change mix.
@@ -142,6 +85,8 @@ fn timestamp() -> String {
 
 /// A pod of `w` with the fields a kubelet-managed pod has (status,
 /// conditions, container statuses, projected token volume, managedFields).
+/// Long: one JSON literal of a whole pod, read best in one piece.
+#[allow(clippy::too_many_lines)]
 fn make_pod(rng: &mut Rng, w: &Workload, name: &str, phase: &str) -> Pod {
     let ts = timestamp();
     let node = rng.below(NODES);
@@ -335,18 +280,18 @@ fn make_hpa(
 }
 
 /// The cluster as the bench drives it.
-struct Cluster {
+pub(crate) struct Cluster {
     workloads: Vec<Workload>,
     /// (workload index, pod) for every live pod.
-    pods: Vec<(usize, Pod)>,
-    hpas: Vec<(HorizontalPodAutoscaler, i32)>,
+    pub(crate) pods: Vec<(usize, Pod)>,
+    pub(crate) hpas: Vec<(HorizontalPodAutoscaler, i32)>,
     rng: Rng,
     next_pod: u64,
     next_event: u64,
 }
 
 impl Cluster {
-    fn new(pods: usize, hpas: usize) -> Self {
+    pub(crate) fn new(pods: usize, hpas: usize) -> Self {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let deployments = pods.div_ceil(PODS_PER_DEPLOYMENT).max(hpas).max(1);
         let sizes = [
@@ -403,7 +348,9 @@ impl Cluster {
     }
 
     /// Applies one random change; returns the number of API writes made.
-    fn change(
+    /// Long: one `match` arm per kind of change, each a few lines.
+    #[allow(clippy::too_many_lines)]
+    pub(crate) fn change(
         &mut self,
         server: &KubeApiServer,
         with_metrics: bool,
@@ -517,7 +464,7 @@ impl Cluster {
     }
 }
 
-fn set_metrics(server: &KubeApiServer, pod: &Pod, seed: usize) {
+pub(crate) fn set_metrics(server: &KubeApiServer, pod: &Pod, seed: usize) {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let cpu = format!("{}m", 20 + seed % 400);
@@ -527,366 +474,4 @@ fn set_metrics(server: &KubeApiServer, pod: &Pod, seed: usize) {
         name,
         &[("app", &cpu, &mem), ("log-shipper", "3m", "21Mi")],
     ));
-}
-
-// ---------------------------------------------------------------------------
-// /proc sampling
-// ---------------------------------------------------------------------------
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): state is
-    // field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (n(11) + n(12)) / ticks
-}
-
-/// VmRSS and VmHWM of `pid`, in MiB.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The sender's own counters.
-fn sender_metric(addr: SocketAddr, name: &str) -> f64 {
-    get(addr, "/metrics", &[])
-        .ok()
-        .and_then(|r| Exposition::parse(&r.body).ok())
-        .map_or(f64::NAN, |e| e.sum(name, &[]))
-}
-
-fn release_binary(name: &str) -> PathBuf {
-    match workspace_binary(name) {
-        Ok(p) => {
-            let profile = p
-                .parent()
-                .and_then(Path::file_name)
-                .and_then(|s| s.to_str())
-                .unwrap_or("");
-            if profile != "release" {
-                eprintln!(
-                    "warning: {} is not a release build; figures will not be representative",
-                    p.display()
-                );
-            }
-            p
-        }
-        Err(e) => {
-            eprintln!(
-                "error: {e:#}\n\nThis bench runs the release binaries as processes. Build them with:\n\n    cargo build --release -p telemetry-sender -p telemetry-receiver\n\nthen run `cargo bench -p telemetry-sender --bench kube_watch` again."
-            );
-            std::process::exit(2);
-        }
-    }
-}
-
-fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs benches
-    // once in test mode: do nothing then (this is a measurement, not a test).
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("kube_watch: run with `cargo bench -p telemetry-sender --bench kube_watch`");
-        return;
-    }
-    let secs: u64 = env_or("KUBE_WATCH_SECS", 60);
-    let rate: usize = env_or("KUBE_WATCH_RATE", 100);
-    let n_pods: usize = env_or("KUBE_WATCH_PODS", 10_000);
-    let n_hpas: usize = env_or("KUBE_WATCH_HPAS", 1_000);
-    let metrics_interval: String = env_or("KUBE_WATCH_METRICS_INTERVAL", "15s".to_string());
-    let with_metrics = env_or("KUBE_WATCH_POD_METRICS", 1u8) != 0;
-    let sender_bin = release_binary("telemetry-sender");
-    let receiver_bin = release_binary("telemetry-receiver");
-    let ticks = clock_ticks();
-
-    println!("kube_watch: sender RSS and CPU while watching a large cluster");
-    println!(
-        "machine: {}, load average at start {}",
-        telemetry_test_support::machine(),
-        loadavg()
-    );
-    println!(
-        "setup: {n_pods} pods in {NAMESPACES} namespaces, {n_hpas} HPAs, {}, \
-         {rate} API writes/s for {secs} s, sender --metrics-interval {metrics_interval}",
-        if with_metrics {
-            "pod metrics for every pod"
-        } else {
-            "NO pod metrics"
-        }
-    );
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let server = rt.block_on(KubeApiServer::start()).unwrap();
-    let built = Instant::now();
-    let mut cluster = Cluster::new(n_pods, n_hpas);
-    for (i, (_, pod)) in cluster.pods.iter().enumerate() {
-        server.upsert_pod(pod);
-        if with_metrics {
-            set_metrics(&server, pod, i);
-        }
-    }
-    for (hpa, _) in &cluster.hpas {
-        server.upsert_hpa(hpa);
-    }
-    let list_bytes = serde_json::to_vec(&cluster.pods.iter().map(|(_, p)| p).collect::<Vec<_>>())
-        .map_or(0, |v| v.len());
-    println!(
-        "objects made in {:.1} s; pod list JSON {:.1} MiB ({:.1} KiB per pod)",
-        built.elapsed().as_secs_f64(),
-        list_bytes as f64 / 1048576.0,
-        list_bytes as f64 / 1024.0 / n_pods.max(1) as f64
-    );
-
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
-    let pki = TestPki::new().unwrap();
-    let rtls = pki.receiver().unwrap();
-    let stls = pki.sender("bench-cluster").unwrap();
-
-    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port().unwrap()).into();
-    let rmetrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port().unwrap()).into();
-    let mut cmd = Command::new(&receiver_bin);
-    cmd.arg("--listen")
-        .arg(quic.to_string())
-        .arg("--metrics-listen")
-        .arg(rmetrics.to_string())
-        .arg("--ca")
-        .arg(&rtls.ca)
-        .arg("--cert")
-        .arg(&rtls.cert)
-        .arg("--key")
-        .arg(&rtls.key)
-        .arg("--state-dir")
-        .arg(dir.path().join("receiver-state"));
-    let receiver = ChildProcess::spawn("telemetry-receiver", cmd).unwrap();
-    wait_for(Duration::from_secs(30), "receiver /metrics", || {
-        Ok(get(rmetrics, "/metrics", &[])
-            .ok()
-            .filter(|r| r.status == 200)
-            .map(|_| ()))
-    })
-    .unwrap();
-
-    let smetrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port().unwrap()).into();
-    let mut cmd = Command::new(&sender_bin);
-    cmd.args(["--source", "kube", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .arg("--receiver")
-        .arg(quic.to_string())
-        .args([
-            "--server-name",
-            "localhost",
-            "--metrics-interval",
-            &metrics_interval,
-        ])
-        .arg("--ca")
-        .arg(&stls.ca)
-        .arg("--cert")
-        .arg(&stls.cert)
-        .arg("--key")
-        .arg(&stls.key)
-        .arg("--spool-dir")
-        .arg(dir.path().join("spool"))
-        .arg("--metrics-listen")
-        .arg(smetrics.to_string())
-        .env("RUST_LOG", "info");
-    let extra_env = std::env::var("KUBE_WATCH_SENDER_ENV").unwrap_or_default();
-    for pair in extra_env.split_whitespace() {
-        if let Some((k, v)) = pair.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
-    if !extra_env.is_empty() {
-        println!("sender environment: {extra_env}");
-    }
-    let started = Instant::now();
-    let mut sender = ChildProcess::spawn("telemetry-sender", cmd).unwrap();
-    let pid = sender.pid().unwrap();
-
-    // Initial list: spawn → /readyz 200 (pods and HPAs listed and shipped).
-    let mut peak_during_list = 0.0f64;
-    let ready = loop {
-        if get(smetrics, "/readyz", &[]).is_ok_and(|r| r.status == 200) {
-            break started.elapsed();
-        }
-        peak_during_list = peak_during_list.max(memory_mib(pid).0);
-        assert!(sender.is_running(), "sender exited:\n{}", sender.output());
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "not ready in 5 min:\n{}",
-            sender.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // Delivered: the spool is empty again.
-    let drained = loop {
-        if sender_metric(smetrics, "telemetry_sender_spool_records") == 0.0
-            && sender_metric(smetrics, "telemetry_sender_records_enqueued_total")
-                >= (n_pods + n_hpas) as f64
-        {
-            break started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "not drained in 5 min:\n{}",
-            sender.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (rss_after_list, hwm_after_list) = memory_mib(pid);
-    let cpu_after_list = cpu_seconds(pid, ticks);
-    println!(
-        "initial list: ready after {:.2} s, delivered (spool empty) after {:.2} s; CPU so far {:.2} s; \
-         RSS {:.1} MiB, VmHWM {:.1} MiB (sampled RSS max while listing {:.1} MiB)",
-        ready.as_secs_f64(),
-        drained.as_secs_f64(),
-        cpu_after_list,
-        rss_after_list,
-        hwm_after_list,
-        peak_during_list
-    );
-
-    // Measured window.
-    let mut stats = BTreeMap::new();
-    let enqueued0 = sender_metric(smetrics, "telemetry_sender_records_enqueued_total");
-    let acked0 = sender_metric(smetrics, "telemetry_sender_records_acked_total");
-    let bytes0 = sender_metric(smetrics, "telemetry_sender_bytes_sent_total");
-    let cpu0 = cpu_seconds(pid, ticks);
-    let t0 = Instant::now();
-    let tick = Duration::from_millis(100);
-    let mut writes = 0usize;
-    let mut next_sample = t0 + Duration::from_secs(1);
-    let mut rss_samples: Vec<f64> = Vec::new();
-    let mut cpu_per_second: Vec<f64> = Vec::new();
-    let mut last_cpu = cpu0;
-    let end = t0 + Duration::from_secs(secs);
-    let mut next_tick = t0;
-    while Instant::now() < end {
-        // Writes due by now at `rate` per second.
-        let due = (t0.elapsed().as_secs_f64() * rate as f64) as usize;
-        while writes < due {
-            writes += cluster.change(&server, with_metrics, &mut stats);
-        }
-        if Instant::now() >= next_sample {
-            let (rss, _) = memory_mib(pid);
-            rss_samples.push(rss);
-            let c = cpu_seconds(pid, ticks);
-            cpu_per_second.push(c - last_cpu);
-            last_cpu = c;
-            next_sample += Duration::from_secs(1);
-        }
-        next_tick += tick;
-        if let Some(pause) = next_tick.checked_duration_since(Instant::now()) {
-            std::thread::sleep(pause);
-        }
-    }
-    let window = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(pid, ticks);
-    let (rss_end, hwm_end) = memory_mib(pid);
-    let enqueued1 = sender_metric(smetrics, "telemetry_sender_records_enqueued_total");
-    let acked1 = sender_metric(smetrics, "telemetry_sender_records_acked_total");
-    let bytes1 = sender_metric(smetrics, "telemetry_sender_bytes_sent_total");
-    let cpu_pct = (cpu1 - cpu0) / window * 100.0;
-    let max_second = cpu_per_second.iter().copied().fold(0.0, f64::max) * 100.0;
-    let rss_max = rss_samples.iter().copied().fold(rss_end, f64::max);
-    let rss_min = rss_samples.iter().copied().fold(rss_end, f64::min);
-    // List starts (pages after the first carry `continue`).
-    let lists_after = server
-        .requests()
-        .iter()
-        .filter(|r| {
-            r.resource == Some(Resource::Pods)
-                && r.verb == Some(Verb::List)
-                && !r.query.contains("continue=")
-        })
-        .count();
-
-    println!(
-        "window: {window:.1} s, {writes} API writes ({:.1}/s):",
-        writes as f64 / window
-    );
-    for (kind, n) in &stats {
-        println!("  {kind:<22} {n}");
-    }
-    println!(
-        "shipped: {:.0} records/s enqueued, {:.0} records/s acknowledged, {:.1} KiB/s of link frames{}",
-        (enqueued1 - enqueued0) / window,
-        (acked1 - acked0) / window,
-        (bytes1 - bytes0) / window / 1024.0,
-        if with_metrics {
-            format!(" (of which pod usage: {n_pods} records every {metrics_interval})")
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "sender CPU: {cpu_pct:.2} % of one core over the window (busiest second {max_second:.0} %); \
-         initial list {cpu_after_list:.2} s of CPU"
-    );
-    println!(
-        "sender RSS: peak (VmHWM) {hwm_end:.1} MiB (VmHWM after the initial list {hwm_after_list:.1} MiB), \
-         during the window {rss_min:.1}–{rss_max:.1} MiB, at the end {rss_end:.1} MiB"
-    );
-    println!(
-        "sender RSS every 10 s (MiB): {}",
-        rss_samples
-            .iter()
-            .step_by(10)
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!("pod lists started: {lists_after} (1 = no relist during the run)");
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!(
-        "targets: RSS ≤ {TARGET_RSS_MIB} MiB: {} (peak {hwm_end:.1} MiB, steady {rss_end:.1} MiB); \
-         CPU ≤ {TARGET_CPU_PERCENT} % of one core: {} ({cpu_pct:.2} %)",
-        verdict(hwm_end <= TARGET_RSS_MIB),
-        verdict(cpu_pct <= TARGET_CPU_PERCENT)
-    );
-    println!(
-        "kube-state-metrics' published guidance (README, \"Resource recommendation\"): \"As a general rule, \
-         you should allocate: 250MiB memory, 0.1 cores\" (older READMEs: 200MiB + 0.1 cores at 100 nodes, \
-         plus 2MiB and 0.001 cores per node beyond)."
-    );
-    println!("load average at end {}", loadavg());
-
-    let status = sender.terminate(Duration::from_secs(30)).unwrap();
-    println!("sender SIGTERM exit: {status}");
-    drop(receiver);
-    rt.block_on(server.stop());
 }
