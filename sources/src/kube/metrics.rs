@@ -13,7 +13,10 @@ use kube::api::{Api, ListParams};
 use telemetry_schema::PodUsage;
 use tokio::sync::{mpsc, watch};
 
-use super::convert::{pod_usage, PodMetrics};
+use super::{
+    convert::{pod_usage, PodMetrics},
+    leader::Leadership,
+};
 
 /// Why a metrics poll failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +58,18 @@ pub(crate) struct MetricsPoller {
     pub(crate) label_selector: Option<String>,
     pub(crate) interval: Duration,
     pub(crate) retry_interval: Duration,
+    /// With leader election: this replica's leadership. A standby polls
+    /// every [`STANDBY_SLOWDOWN`] intervals and at once when it starts
+    /// leading.
+    pub(crate) leadership: Option<watch::Receiver<Leadership>>,
 }
+
+/// A standby lists pod metrics this many times less often than a leader:
+/// it ships none of them, and what it holds only seeds the present of a
+/// takeover, which polls again at once (the receiver keeps a newer
+/// measurement over an older one, so a stale one cannot move a series
+/// back).
+pub(crate) const STANDBY_SLOWDOWN: u32 = 4;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -105,7 +119,7 @@ impl MetricsPoller {
 
     /// Polls until `tx` is closed, starting once `ready` is true.
     pub(crate) async fn run(
-        self,
+        mut self,
         mut ready: watch::Receiver<bool>,
         tx: mpsc::Sender<Vec<PodUsage>>,
     ) {
@@ -161,11 +175,41 @@ impl MetricsPoller {
                     pause
                 }
             };
+            let standing_by = self.is_standing_by();
+            let pause = if standing_by && pause == self.interval {
+                self.interval * STANDBY_SLOWDOWN
+            } else {
+                pause
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = tx.closed() => return,
+                () = leads(self.leadership.as_mut(), standing_by) => {}
             }
         }
+    }
+
+    fn is_standing_by(&self) -> bool {
+        self.leadership
+            .as_ref()
+            .is_some_and(|l| matches!(*l.borrow(), Leadership::Standby { .. }))
+    }
+}
+
+/// Resolves when a replica that was `standing_by` starts leading; never
+/// otherwise (no election, already leading, or the election has ended).
+async fn leads(leadership: Option<&mut watch::Receiver<Leadership>>, standing_by: bool) {
+    match leadership {
+        Some(rx) if standing_by => {
+            if rx
+                .wait_for(|l| matches!(l, Leadership::Leader { .. }))
+                .await
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 

@@ -29,7 +29,8 @@
 //!   at `max_batch` records.
 //!
 //! Leader election ([`KubeSource::with_leadership`]): only the leader ships.
-//! A standby keeps its watches, store and metrics poll running (it is
+//! A standby keeps its watches, store and metrics poll running (the poll
+//! at a quarter of the leader's rate, and at once on a takeover; it is
 //! ready once pods and HPAs are listed) and ships nothing — no state, no
 //! usage, no scale events, no present — while its link stays connected to
 //! deliver any backlog of an earlier term. The rescale events it sees are
@@ -239,6 +240,7 @@ impl KubeSource {
             label_selector: self.config.label_selector.clone(),
             interval: self.config.metrics_interval,
             retry_interval: self.config.metrics_retry_interval,
+            leadership: self.leadership.clone(),
         };
         let poller = AbortOnDrop(tokio::spawn(poller.run(runner.ready.subscribe(), usage_tx)));
         let mut inputs = Inputs::new(sink.connections(), usage_rx, self.leadership, shutdown);

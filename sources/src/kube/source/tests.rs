@@ -157,7 +157,7 @@ mod roles {
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
     use telemetry_test_support::kube_api::{
         objects::{now_time, rescale_event, HpaBuilder, PodBuilder},
-        KubeApiServer,
+        KubeApiServer, Resource, Verb,
     };
     use tokio::task::JoinHandle;
 
@@ -367,6 +367,48 @@ mod roles {
             ClusterRecord::LeaderEpoch { epoch: 6 }
         );
 
+        src.stop.send_replace(true);
+        tokio::time::timeout(WAIT, src.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_polls_pod_metrics_less_often_and_at_once_on_takeover() {
+        crate::kube::install_crypto_provider();
+        let server = KubeApiServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        server.upsert_pod(&pod("web-1", "Running"));
+        let src = start(&server, dir.path()).await;
+        let mut ready = src.ready.clone();
+        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+            .await
+            .unwrap()
+            .unwrap();
+        let polls = || server.request_count(Resource::PodMetrics, Verb::List);
+        // Standing by: every 800 ms (4 × 200 ms), not every 200 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = polls();
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let standby_polls = polls() - before;
+        assert!(
+            (1..=3).contains(&standby_polls),
+            "a standby polled {standby_polls} times in 2 s"
+        );
+        // Leading: a poll at once, then every 200 ms.
+        let before = polls();
+        src.lead(2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(polls() > before, "no poll at the takeover");
+        let before = polls();
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let leader_polls = polls() - before;
+        assert!(
+            leader_polls >= 6,
+            "a leader polled {leader_polls} times in 2 s"
+        );
         src.stop.send_replace(true);
         tokio::time::timeout(WAIT, src.task)
             .await
