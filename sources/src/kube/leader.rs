@@ -11,8 +11,9 @@
 //! # Rules
 //!
 //! client-go's, with its defaults (lease duration 15 s, renew deadline 10 s,
-//! retry period 2 s): every retry period (standbys add up to 20 % jitter)
-//! a replica reads the Lease and
+//! retry period 2 s): every retry period (standbys add up to 20 % jitter,
+//! and read again at the moment the holder's Lease would expire by their
+//! own clock) a replica reads the Lease and
 //! - creates it if absent;
 //! - takes it if it has no holder, names this replica, or has expired:
 //!   its resourceVersion has not changed for `leaseDurationSeconds` *as
@@ -435,7 +436,13 @@ impl LeaderElector {
                 now()
             } else {
                 retried_at_once = false;
-                (started + self.period(&election)).max(now())
+                let periodic = (started + self.period(&election)).max(now());
+                // A standby reads again the moment the holder's Lease
+                // expires, if that comes before its next periodic read.
+                election
+                    .expiry()
+                    .filter(|&expiry| expiry > now())
+                    .map_or(periodic, |expiry| periodic.min(expiry))
             };
         };
         self.step_down_and_release(&mut election).await;

@@ -220,6 +220,20 @@ impl Election {
         }
     }
 
+    /// When the Lease another replica holds expires, by this replica's own
+    /// observation (the last change it saw plus the holder's duration): a
+    /// standby reads the Lease again then rather than up to a retry period
+    /// later. `None` while leading, or when no other holder is known.
+    pub(crate) fn expiry(&self) -> Option<Instant> {
+        if self.term.is_some() {
+            return None;
+        }
+        let seen = self.observed.as_ref()?;
+        let holder = seen.view.holder.as_deref()?;
+        (holder != self.identity)
+            .then(|| seen.changed_at + seen.view.duration.unwrap_or(self.lease_duration))
+    }
+
     /// Ends the term (graceful stop).
     pub(crate) fn stop(&mut self) {
         self.term = None;

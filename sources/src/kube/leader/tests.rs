@@ -156,6 +156,29 @@ fn a_standby_waits_a_full_lease_duration_of_its_own_observation() {
 }
 
 #[test]
+fn a_standby_knows_when_the_holders_lease_expires_by_its_own_clock() {
+    let t0 = Instant::now();
+    let mut b = Election::new(&config("b"));
+    assert_eq!(b.expiry(), None, "nothing read yet");
+    b.observe(t0, Some(view(10, Some("a"), 4)));
+    assert_eq!(b.expiry(), Some(t0 + LEASE));
+    // The same version seen again does not move it; a renewal does.
+    b.observe(t0 + RETRY, Some(view(10, Some("a"), 4)));
+    assert_eq!(b.expiry(), Some(t0 + LEASE));
+    b.observe(t0 + RETRY * 2, Some(view(11, Some("a"), 4)));
+    assert_eq!(b.expiry(), Some(t0 + RETRY * 2 + LEASE));
+    // Read at that instant, the Lease is taken.
+    assert_eq!(
+        b.observe(t0 + RETRY * 2 + LEASE, Some(view(11, Some("a"), 4))),
+        Action::Acquire { epoch: 5 }
+    );
+    // A free Lease has no holder to wait for.
+    let mut c = Election::new(&config("c"));
+    c.observe(t0, Some(view(12, None, 5)));
+    assert_eq!(c.expiry(), None);
+}
+
+#[test]
 fn a_fresh_replica_does_not_trust_an_old_looking_lease() {
     // A replica starting late sees a Lease whose holder may have died long
     // ago; with no trustworthy clock it still waits a whole duration.
