@@ -136,6 +136,7 @@ async fn start_link(
 ) -> Result<(Receiver, Option<Arc<RemoteWrite>>)> {
     let mut cfg = ReceiverConfig::new(settings.listen, files.tls.clone(), &files.state_dir);
     cfg.allowed_senders = settings.allow_senders.clone();
+    cfg.limits = settings.link_limits;
     let mut handler = StoreHandler::new(store.clone());
     let remote_write = if settings.remote_write.is_empty() {
         None
@@ -166,9 +167,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut signals = Signals::install().context("installing signal handlers")?;
     let started = Instant::now();
     let registry = prometheus::Registry::new();
-    let store: SharedStore = Arc::new(Mutex::new(ClusterStore::new(StoreConfig::with_sender_ttl(
-        settings.sender_ttl,
-    ))));
+    let store: SharedStore = Arc::new(Mutex::new(ClusterStore::new(StoreConfig {
+        sender_ttl: settings.sender_ttl,
+        limits: settings.budgets,
+    })));
     let files = Files::resolve(&settings)?;
     let (receiver, remote_write) = start_link(&settings, &files, &store, &registry).await?;
     let exporter = Arc::new(ReceiverExporter {
