@@ -123,7 +123,7 @@ pub struct BudgetFlags {
     pub budget_series_bytes: Option<ByteSize>,
     /// Object units a sender may keep: pods, their containers, HPAs, their
     /// metric targets; new or growing objects beyond it are refused
-    /// [default: 20000].
+    /// [default: 10000].
     #[arg(long)]
     pub budget_objects: Option<usize>,
     /// Series definitions one connection may intern (told to the sender,

@@ -14,10 +14,12 @@
 //!   the budget, or grow one beyond it, is refused (`budget`) and changes
 //!   nothing; updates that do not grow an object always apply (an object
 //!   admitted keeps updating), and deletes and snapshot ends free room.
-//! - **Bounded units.** Every string an object keeps is at most
-//!   [`MAX_NAME_BYTES`] (the longest Kubernetes name); a record with a
-//!   longer one is refused as `invalid`, so a unit's memory is bounded
-//!   whatever the sender sends.
+//! - **Bounded units.** Every string an object keeps is at most as long
+//!   as Kubernetes allows it: [`MAX_LABEL_BYTES`] for namespaces,
+//!   container names and kinds (DNS labels), [`MAX_ID_BYTES`] for uids and
+//!   addresses, [`MAX_NAME_BYTES`] for the rest (DNS subdomains); a record
+//!   with a longer one is refused as `invalid`, so a unit's memory is
+//!   bounded whatever the sender sends.
 //! - **Samples.** At most `max_sample_series` generic series and
 //!   `max_sample_bytes` of their names and labels (each series charged
 //!   [`sample_cost`]); a sample of a new series beyond either is refused
@@ -29,14 +31,18 @@
 use telemetry_link::SeriesKey;
 use telemetry_schema::{HpaInfo, PodInfo, PodUsage, ScaleEvent};
 
-/// The longest string an object may keep: Kubernetes' longest name (a DNS
-/// subdomain, 253 bytes). Namespaces, names, uids, nodes, addresses,
-/// owners, containers, metric targets and scale-event keys are all
-/// shorter in a real cluster.
+/// The longest object name, node, owner name, metric name or scale-event
+/// key kept: Kubernetes' longest name (a DNS subdomain, 253 bytes).
 pub const MAX_NAME_BYTES: usize = 253;
+/// The longest namespace, container name, owner kind or target type
+/// kept: a DNS label (63 bytes).
+pub const MAX_LABEL_BYTES: usize = 63;
+/// The longest uid or pod address kept (a uid is 36 bytes, an IPv6
+/// address at most 45).
+pub const MAX_ID_BYTES: usize = 64;
 
 /// Default [`Limits::max_objects`].
-pub const DEFAULT_MAX_OBJECTS: usize = 20_000;
+pub const DEFAULT_MAX_OBJECTS: usize = 10_000;
 /// Default [`Limits::max_sample_series`].
 pub const DEFAULT_MAX_SAMPLE_SERIES: usize = 50_000;
 /// Default [`Limits::max_sample_bytes`].
@@ -80,8 +86,9 @@ pub struct Limits {
     /// with a dozen labels, so with normal series the count binds first.
     pub max_sample_bytes: usize,
     /// Object units kept per view (see the module docs); records that
-    /// would go beyond are refused (`budget`). Default 20,000: e.g. 5,000
-    /// pods of three containers and 1,000 HPAs with one target each.
+    /// would go beyond are refused (`budget`). Default 10,000: e.g. 2,000
+    /// pods of three containers and 1,000 HPAs with one target each — a
+    /// `/metrics` page of about 10 MB for the sender.
     pub max_objects: usize,
     /// Labels a generic series may have (the link's `max_labels_per_series`).
     pub max_labels_per_series: usize,
@@ -137,47 +144,46 @@ pub(crate) fn sample_cost(key: &SeriesKey, labels_len: usize) -> usize {
     key.encoded().len() + labels_len
 }
 
-fn short(values: &[&str]) -> bool {
-    values.iter().all(|v| v.len() <= MAX_NAME_BYTES)
+fn within(max: usize, values: &[&str]) -> bool {
+    values.iter().all(|v| v.len() <= max)
 }
 
 /// Whether every string the pod's state keeps is short enough.
 pub(crate) fn pod_valid(pod: &PodInfo) -> bool {
-    short(&[
-        &pod.namespace,
-        &pod.name,
-        &pod.uid,
-        &pod.node,
-        &pod.pod_ip,
-        &pod.created_by_kind,
-        &pod.created_by_name,
-    ]) && pod
-        .containers
-        .iter()
-        .all(|c| c.name.len() <= MAX_NAME_BYTES)
+    within(MAX_LABEL_BYTES, &[&pod.namespace, &pod.created_by_kind])
+        && within(MAX_ID_BYTES, &[&pod.uid, &pod.pod_ip])
+        && within(
+            MAX_NAME_BYTES,
+            &[&pod.name, &pod.node, &pod.created_by_name],
+        )
+        && pod
+            .containers
+            .iter()
+            .all(|c| c.name.len() <= MAX_LABEL_BYTES)
 }
 
 /// Whether every string a usage keeps is short enough.
 pub(crate) fn usage_valid(usage: &PodUsage) -> bool {
-    short(&[&usage.namespace, &usage.pod])
+    usage.namespace.len() <= MAX_LABEL_BYTES
+        && usage.pod.len() <= MAX_NAME_BYTES
         && usage
             .containers
             .iter()
-            .all(|c| c.name.len() <= MAX_NAME_BYTES)
+            .all(|c| c.name.len() <= MAX_LABEL_BYTES)
 }
 
 /// Whether every string the HPA's state keeps is short enough.
 pub(crate) fn hpa_valid(hpa: &HpaInfo) -> bool {
-    short(&[&hpa.namespace, &hpa.name])
-        && hpa
-            .targets
-            .iter()
-            .all(|t| short(&[&t.metric_name, &t.target_type]))
+    hpa.namespace.len() <= MAX_LABEL_BYTES
+        && hpa.name.len() <= MAX_NAME_BYTES
+        && hpa.targets.iter().all(|t| {
+            t.metric_name.len() <= MAX_NAME_BYTES && t.target_type.len() <= MAX_LABEL_BYTES
+        })
 }
 
 /// Whether every string a scale event leaves behind is short enough.
 pub(crate) fn scale_valid(event: &ScaleEvent) -> bool {
-    short(&[&event.namespace, &event.hpa, &event.key])
+    event.namespace.len() <= MAX_LABEL_BYTES && within(MAX_NAME_BYTES, &[&event.hpa, &event.key])
 }
 
 #[cfg(test)]

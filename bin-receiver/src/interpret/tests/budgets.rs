@@ -7,7 +7,10 @@
 use telemetry_link::{RefusedCounts, RefusedReason};
 
 use super::*;
-use crate::{interpret::budget::MAX_NAME_BYTES, store::PresentOutcome};
+use crate::{
+    interpret::budget::{MAX_LABEL_BYTES, MAX_NAME_BYTES},
+    store::PresentOutcome,
+};
 
 fn with_objects(max_objects: usize) -> Both {
     Both::new(Limits {
@@ -225,7 +228,7 @@ fn records_keeping_strings_longer_than_a_kubernetes_name_are_invalid() {
     let mut long_node = pod("a", PodPhase::Running, &long);
     long_node.node = long.clone();
     let mut long_container = pod("b", PodPhase::Running, "n1");
-    long_container.containers[0].name = long.clone();
+    long_container.containers[0].name = "c".repeat(MAX_LABEL_BYTES + 1);
     let ClusterRecord::HpaUpsert(mut long_target) = hpa("api", 1) else {
         unreachable!("hpa() makes an upsert")
     };
