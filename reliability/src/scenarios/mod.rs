@@ -23,6 +23,7 @@ pub mod long_outage;
 pub mod loss;
 pub mod migration;
 pub mod partition;
+pub mod shared;
 pub mod small_disk;
 
 use std::{

@@ -1,0 +1,506 @@
+//! A shared receiver under every attack at once, with default flags,
+//! beside a legitimate sender.
+//!
+//! Attackers (senders and raw clients in the sender's namespace, HTTP
+//! clients in the receiver's): a cardinality bomb (a synthetic sender whose
+//! every record is a new series), an object bomb (a raw client sending
+//! hundreds of thousands of `PodUpsert`s), four scrapers that never read
+//! and 300 half-open HTTP connections, a flood of handshakes without a
+//! certificate, and a sender whose certificate is revoked (CRL updated,
+//! SIGHUP) halfway.
+//!
+//! The goal it checks: receiver peak RSS ≤ 256 MB; every legitimate record
+//! applied exactly once (audit); every legitimate scrape answered within
+//! 1 s; every legitimate connect accepted; the revoked sender's session
+//! closed and its reconnects refused. The bombs' streams must add up (sent
+//! = applied + refused, refused told to the sender), with what was applied
+//! within their budgets.
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use telemetry_link::{
+    proto::message::{Batch, Message},
+    TlsFiles,
+};
+use telemetry_schema::{ClusterRecord, ContainerRequests, PodInfo, PodPhase};
+use telemetry_test_support::raw;
+
+use super::{Ctx, Outcome, Stage, RX_METRICS_PORT, SENDER_ID, TX_METRICS_PORT};
+use crate::{
+    audit::AuditFile,
+    netns::{Netns, Side, RX_IP},
+    procs::Proc,
+};
+
+/// Scenario name.
+pub const NAME: &str = "shared service (all attacks at once)";
+
+const BOMB_SERIES: &str = "bomb-series";
+const BOMB_OBJECTS: &str = "bomb-objects";
+const REVOKED: &str = "revoked";
+const PROBE: &str = "probe";
+/// Records of the cardinality bomb (each a new series) and its rate.
+const BOMB_RECORDS: u64 = 300_000;
+const BOMB_RATE: u64 = 20_000;
+/// `PodUpsert`s of the object bomb, and per batch.
+const BOMB_PODS: u64 = 300_000;
+const PODS_PER_BATCH: u64 = 500;
+/// The receiver's default budgets (`--budget-series`, `--budget-objects`).
+const DEFAULT_BUDGET_SERIES: f64 = 50_000.0;
+const DEFAULT_BUDGET_OBJECTS: u64 = 10_000;
+const HALF_OPEN: usize = 300;
+const NON_READING: usize = 4;
+const GOAL_RSS_KB: u64 = 256 * 1000;
+const GOAL_SCRAPE: Duration = Duration::from_secs(1);
+
+/// A UDP endpoint whose socket lives in `ns`.
+fn endpoint_in(ns: &Netns, rt: &tokio::runtime::Runtime) -> Result<quinn::Endpoint> {
+    let sock = ns.run(|| UdpSocket::bind("0.0.0.0:0"))??;
+    let _g = rt.enter();
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        sock,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+fn bomb_pod(i: u64) -> ClusterRecord {
+    ClusterRecord::PodUpsert(PodInfo {
+        namespace: "bomb".into(),
+        name: format!("pod-{i:07}"),
+        uid: format!("00000000-0000-0000-0000-{i:012}"),
+        node: "node-1".into(),
+        pod_ip: "10.9.0.1".into(),
+        phase: PodPhase::Running,
+        created_by_kind: "ReplicaSet".into(),
+        created_by_name: "bomb".into(),
+        containers: vec![ContainerRequests {
+            name: "c".into(),
+            cpu_cores: Some(0.1),
+            memory_bytes: Some(1e8),
+            cpu_limit_cores: None,
+            memory_limit_bytes: None,
+        }],
+    })
+}
+
+/// What the object bomb saw: records sent, refused as the acks told it,
+/// how long it took.
+struct ObjectBomb {
+    sent: u64,
+    refused: u64,
+    took: Duration,
+}
+
+/// Sends [`BOMB_PODS`] `PodUpsert`s as `files`, a batch at a time, each
+/// acknowledged before the next.
+fn object_bomb(ns: &Netns, ca: &std::path::Path, files: &TlsFiles) -> Result<ObjectBomb> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ep = endpoint_in(ns, &rt)?;
+    let target = SocketAddr::from((RX_IP, super::QUIC_PORT));
+    let started = Instant::now();
+    rt.block_on(async {
+        let (_conn, mut s, mut r, applied) =
+            raw::hello(&ep, ca, files, target, &RX_IP.to_string(), 11).await?;
+        if applied != 0 {
+            bail!("the object bomb starts at {applied}");
+        }
+        let mut refused = 0;
+        let mut seq = 1;
+        while seq <= BOMB_PODS {
+            let n = PODS_PER_BATCH.min(BOMB_PODS - seq + 1);
+            let records: Vec<ClusterRecord> = (seq..seq + n).map(bomb_pod).collect();
+            let body = raw::app_body(&records);
+            s.write_all(&raw::frame(&Message::Batch(Batch {
+                first_seq: seq,
+                count: n as u32,
+                body: &body,
+            })))
+            .await?;
+            seq += n;
+            loop {
+                match Message::decode(&raw::read_frame(&mut r).await?)? {
+                    Message::Refused(f) => refused += f.counts.total(),
+                    Message::Ack(a) if a.applied_seq >= seq - 1 => break,
+                    _ => {}
+                }
+            }
+        }
+        s.write_all(&raw::frame(&Message::Bye)).await?;
+        Ok(ObjectBomb {
+            sent: seq - 1,
+            refused,
+            took: started.elapsed(),
+        })
+    })
+}
+
+/// What the handshake flood and the legitimate connects beside it did.
+struct FloodOutcome {
+    flood: raw::Flood,
+    connects: usize,
+    accepted: usize,
+    slowest: Duration,
+}
+
+/// Floods certificate-less handshakes for `duration` while a legitimate
+/// identity connects every half second.
+fn handshake_flood(
+    ns: &Netns,
+    ca: &std::path::Path,
+    probe: &TlsFiles,
+    duration: Duration,
+) -> Result<FloodOutcome> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let target = SocketAddr::from((RX_IP, super::QUIC_PORT));
+    let flood_ep = endpoint_in(ns, &rt)?;
+    let probe_ep = endpoint_in(ns, &rt)?;
+    let anonymous = raw::client_config(ca, None)?;
+    let legit = raw::client_config(ca, Some(probe))?;
+    let name = RX_IP.to_string();
+    rt.block_on(async {
+        let flood =
+            tokio::spawn(
+                async move { raw::flood(&flood_ep, &anonymous, target, 64, duration).await },
+            );
+        let (mut connects, mut accepted, mut slowest) = (0, 0, Duration::ZERO);
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let t = Instant::now();
+            let res = raw::attempt(
+                &probe_ep,
+                legit.clone(),
+                target,
+                &name,
+                Duration::from_millis(300),
+            )
+            .await;
+            connects += 1;
+            if let Ok(conn) = res {
+                accepted += 1;
+                slowest = slowest.max(t.elapsed().saturating_sub(Duration::from_millis(300)));
+                conn.close(0u32.into(), b"probe");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(FloodOutcome {
+            flood: flood.await?,
+            connects,
+            accepted,
+            slowest,
+        })
+    })
+}
+
+/// HTTP clients that hurt by not finishing: `NON_READING` scrapers that
+/// ask for `/metrics` and never read, and `HALF_OPEN` connections that
+/// send half a request head. Returns the sockets (held open) and how many
+/// connects the endpoint refused outright.
+fn http_pests(ns: &Netns, metrics: SocketAddr) -> Result<(Vec<TcpStream>, usize)> {
+    ns.run(|| {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for i in 0..NON_READING + HALF_OPEN {
+            let head: &[u8] = if i < NON_READING {
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            } else {
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            };
+            match TcpStream::connect_timeout(&metrics, Duration::from_secs(1)) {
+                Ok(mut s) => {
+                    // A connection closed at once fails here or later.
+                    let _ = s.write_all(head);
+                    held.push(s);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        (held, refused)
+    })
+}
+
+/// Legitimate scrapes during an attack.
+#[derive(Debug, Clone, Copy)]
+struct Scrapes {
+    n: usize,
+    slowest: Duration,
+    failed: usize,
+}
+
+/// Scrapes the receiver every half second for `duration`, sampling its
+/// peak RSS.
+fn watch(rx: &mut Proc, duration: Duration) -> Scrapes {
+    let every = Duration::from_millis(500);
+    let (mut n, mut slowest, mut failed) = (0, Duration::ZERO, 0);
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        let t = Instant::now();
+        match rx.scrape() {
+            Ok(_) => slowest = slowest.max(t.elapsed()),
+            Err(_) => failed += 1,
+        }
+        n += 1;
+        rx.mem();
+        std::thread::sleep(every.saturating_sub(t.elapsed()));
+    }
+    Scrapes { n, slowest, failed }
+}
+
+/// A synthetic sender of `id` with its own spool and metrics port.
+fn start_sender(
+    st: &mut Stage<'_>,
+    id: &str,
+    port: u16,
+    (series, rate, total): (u32, u64, u64),
+) -> Result<(Proc, TlsFiles)> {
+    let listen = SocketAddr::from((RX_IP, super::QUIC_PORT));
+    let mut spec = st.sender_spec(&[listen], rate, total);
+    let tls = st.ctx.pki.sender(id)?;
+    spec.tls = tls.clone();
+    spec.spool_dir = st.dir.join(format!("spool-{id}"));
+    spec.metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    spec.series = series;
+    Ok((st.start_sender(id, &spec)?, tls))
+}
+
+/// Revokes `files`, has the receiver re-read its CRL and returns how long
+/// the sender `tx` took to see its session closed.
+fn revoke(ctx: &Ctx, rx: &Proc, tx: &Proc, files: &TlsFiles) -> Result<Duration> {
+    ctx.pki.revoke(files)?;
+    let t = Instant::now();
+    rx.signal(libc::SIGHUP)?;
+    tx.wait_metrics(
+        Duration::from_secs(10),
+        "revoked sender disconnected",
+        |e| (e.value("telemetry_sender_connected", &[])? == 0.0).then_some(()),
+    )?;
+    Ok(t.elapsed())
+}
+
+/// Runs the scenario.
+pub fn run(ctx: &Ctx) -> Result<Outcome> {
+    let mut st = Stage::new(ctx, NAME)?;
+    let mut spec = st.receiver_spec(RX_IP, RX_METRICS_PORT, "state", "audit-rx.log");
+    spec.allow = [SENDER_ID, BOMB_SERIES, BOMB_OBJECTS, REVOKED, PROBE]
+        .map(String::from)
+        .to_vec();
+    let mut args = spec.args();
+    args.extend(["--crl".into(), ctx.pki.crl_path().display().to_string()]);
+    let mut rx = Proc::spawn(
+        &st.topo.rx,
+        "rx",
+        &ctx.bins.receiver,
+        &args,
+        spec.metrics,
+        &st.dir,
+    )?;
+    rx.wait_ready(Duration::from_secs(15))?;
+    let (rate, secs) = (1000u64, 50u64);
+    let total = rate * secs;
+    let tx_spec = st.sender_spec(&[spec.listen], rate, total);
+    let mut tx = st.start_sender("tx", &tx_spec)?;
+    let (mut bomb, _) = start_sender(
+        &mut st,
+        BOMB_SERIES,
+        TX_METRICS_PORT + 1,
+        (BOMB_RECORDS as u32, BOMB_RATE, BOMB_RECORDS),
+    )?;
+    let (mut revoked, revoked_tls) =
+        start_sender(&mut st, REVOKED, TX_METRICS_PORT + 2, (10, 100, 100 * secs))?;
+    revoked.wait_metrics(Duration::from_secs(15), "revoked sender connected", |e| {
+        (e.value("telemetry_sender_connected", &[])? == 1.0).then_some(())
+    })?;
+    let (objects_tls, probe_tls) = (ctx.pki.sender(BOMB_OBJECTS)?, ctx.pki.sender(PROBE)?);
+    let ca = ctx.pki.ca_path();
+    let tx_ns = &st.topo.tx;
+    let (pests, pests_refused) = http_pests(&st.topo.rx, spec.metrics)?;
+    let attack = std::thread::scope(|s| -> Result<_> {
+        let objects = s.spawn(|| object_bomb(tx_ns, &ca, &objects_tls));
+        let flood = s.spawn(|| handshake_flood(tx_ns, &ca, &probe_tls, Duration::from_secs(20)));
+        let first = watch(&mut rx, Duration::from_secs(15));
+        let closed = revoke(ctx, &rx, &revoked, &revoked_tls);
+        let second = watch(&mut rx, Duration::from_secs(10));
+        let objects = objects
+            .join()
+            .map_err(|_| anyhow::anyhow!("object bomb panicked"))?;
+        let flood = flood
+            .join()
+            .map_err(|_| anyhow::anyhow!("flood panicked"))?;
+        Ok((first, second, closed, objects?, flood?))
+    })?;
+    let (first, second, closed, objects, flood) = attack;
+    drop(pests);
+    st.account(&mut rx, Side::Receiver);
+    report_attack(
+        &mut st,
+        &rx,
+        [first, second],
+        pests_refused,
+        &closed,
+        &objects,
+        &flood,
+    )?;
+    finish(
+        st,
+        &mut rx,
+        &mut tx,
+        &mut bomb,
+        &mut revoked,
+        &spec.audit_log,
+        total,
+        &objects,
+    )
+}
+
+/// Notes and checks of what happened during the attack.
+fn report_attack(
+    st: &mut Stage<'_>,
+    rx: &Proc,
+    scrapes: [Scrapes; 2],
+    pests_refused: usize,
+    closed: &Result<Duration>,
+    objects: &ObjectBomb,
+    flood: &FloodOutcome,
+) -> Result<()> {
+    for (when, s) in ["before", "after"].iter().zip(scrapes) {
+        st.note(format!(
+            "{} legitimate scrapes {when} the revocation: slowest {:.0} ms, {} failed",
+            s.n,
+            s.slowest.as_secs_f64() * 1e3,
+            s.failed
+        ));
+        st.check(
+            s.failed == 0 && s.slowest <= GOAL_SCRAPE,
+            format!("legitimate scrapes {when} the revocation: {s:?} (goal: all within 1 s)"),
+        );
+    }
+    st.note(format!(
+        "{NON_READING} non-reading scrapers and {HALF_OPEN} half-open HTTP connections held; {pests_refused} refused at connect"
+    ));
+    match closed {
+        Ok(d) => st.note(format!(
+            "revoked sender: session closed {:.0} ms after the CRL was updated and SIGHUP sent",
+            d.as_secs_f64() * 1e3
+        )),
+        Err(e) => st.check(false, format!("revoked sender: {e:#}")),
+    }
+    let e = rx.scrape()?;
+    let refused_revoked = e.sum(
+        "telemetry_link_handshake_failures_total",
+        &[("reason", "revoked")],
+    );
+    st.note(format!(
+        "revoked sender: {refused_revoked} reconnects refused as revoked"
+    ));
+    st.note(format!(
+        "object bomb: {} PodUpserts in {:.1} s, {} refused (told in acks)",
+        objects.sent,
+        objects.took.as_secs_f64(),
+        objects.refused
+    ));
+    let f = &flood.flood;
+    st.note(format!(
+        "handshake flood without a certificate: {} started ({:.0}/s), {} completed on the client side; legitimate connects {}/{} accepted, slowest {:.0} ms beyond the 300 ms wait",
+        f.started,
+        f.rate(),
+        f.completed,
+        flood.accepted,
+        flood.connects,
+        flood.slowest.as_secs_f64() * 1e3
+    ));
+    st.check(
+        flood.connects > 0 && flood.accepted == flood.connects,
+        format!(
+            "legitimate connects during the flood: {}/{} accepted",
+            flood.accepted, flood.connects
+        ),
+    );
+    Ok(())
+}
+
+/// Waits for the bombs and the legitimate sender to be settled, checks
+/// budgets, audits every stream and the goal's RSS.
+#[allow(clippy::too_many_arguments)] // the scenario's processes, named
+fn finish(
+    mut st: Stage<'_>,
+    rx: &mut Proc,
+    tx: &mut Proc,
+    bomb: &mut Proc,
+    revoked: &mut Proc,
+    audit_log: &std::path::Path,
+    total: u64,
+    objects: &ObjectBomb,
+) -> Result<Outcome> {
+    let settled = bomb.wait_metrics(Duration::from_secs(120), "cardinality bomb settled", |e| {
+        (e.value("telemetry_sender_acked_seq", &[])? as u64 == BOMB_RECORDS).then_some(())
+    });
+    st.check(
+        settled.is_ok(),
+        "the cardinality bomb was not settled within 120 s",
+    );
+    let bomb_refused = bomb
+        .scrape()?
+        .sum("telemetry_sender_records_refused_total", &[]) as u64;
+    st.note(format!(
+        "cardinality bomb: {BOMB_RECORDS} records of distinct series, {bomb_refused} refused"
+    ));
+    let still = revoked.scrape()?.value("telemetry_sender_connected", &[]);
+    st.check(
+        still == Some(0.0),
+        format!("revoked sender connected: {still:?}"),
+    );
+    let e = rx.scrape().context("scraping the receiver")?;
+    let used = |cluster: &str, budget: &str| {
+        e.value(
+            "telemetry_receiver_sender_budget_used",
+            &[("cluster", cluster), ("budget", budget)],
+        )
+    };
+    let (series, units) = (
+        used(BOMB_SERIES, "sample_series"),
+        used(BOMB_OBJECTS, "objects"),
+    );
+    st.note(format!(
+        "budgets held: {BOMB_SERIES} {series:?} sample series, {BOMB_OBJECTS} {units:?} object units"
+    ));
+    st.check(
+        series == Some(DEFAULT_BUDGET_SERIES),
+        format!("{BOMB_SERIES} holds {series:?} series, want the budget"),
+    );
+    st.check(
+        units == Some(DEFAULT_BUDGET_OBJECTS as f64),
+        format!("{BOMB_OBJECTS} holds {units:?} object units, want the budget"),
+    );
+    for p in [&mut *bomb, &mut *revoked] {
+        st.account(p, Side::Sender);
+        if let Err(e) = p.terminate(Duration::from_secs(20)) {
+            st.failures.push(format!("{} stop: {e:#}", p.name()));
+        }
+    }
+    let report = st.finish_single(tx, rx, audit_log, total, Duration::from_secs(120))?;
+    let files = vec![AuditFile::load(audit_log, "rx", false)?];
+    st.audit_check(&files, BOMB_SERIES, BOMB_RECORDS, (0, bomb_refused));
+    st.audit_check(&files, BOMB_OBJECTS, objects.sent, (0, objects.refused));
+    st.note(format!(
+        "receiver peak RSS {} MB (goal ≤ {} MB)",
+        st.peak_rx_kb / 1000,
+        GOAL_RSS_KB / 1000
+    ));
+    st.check(
+        st.peak_rx_kb <= GOAL_RSS_KB,
+        format!("receiver peak RSS {} kB above the goal", st.peak_rx_kb),
+    );
+    Ok(st.outcome(Some(&report)))
+}
