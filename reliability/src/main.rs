@@ -25,7 +25,7 @@ use telemetry_reliability::{
 #[command(
     name = "reliability-suite",
     about = "Runs telemetry-sender and telemetry-receiver in two network namespaces over a lossy veth link, through crashes, partitions, full disks, failover, migration and hostile peers; prints a results table; exits 1 if any check failed. Needs root.",
-    after_help = "Scenarios (for --only, by key or number): 1 loss, 2 partition, 3 receiver-kill, 4 sender-kill, 5 small-disk, 6 failover, 7 long-outage, 8 migration, 9 bad-input, 10 shared-service.\nThe default run takes about 10 minutes on 2 cores; --full makes scenario 7's outage 10 minutes instead of 60 s."
+    after_help = "Scenarios (for --only, by key or number): 1 loss, 2 partition, 3 receiver-kill, 4 sender-kill, 5 small-disk, 6 failover, 7 long-outage, 8 migration, 9 bad-input, 10-14 shared service (bombs, http-pests, handshake-flood, revoked-sender, shared-service).\nThe default run takes about 10 minutes on 2 cores; --full makes scenario 7's outage 10 minutes instead of 60 s."
 )]
 struct Args {
     /// Run only these scenarios (repeatable; key like `failover` or number like `6`).
@@ -56,7 +56,7 @@ struct Args {
 
 type ScenarioFn = fn(&Ctx) -> Result<Outcome>;
 
-const SCENARIOS: [(&str, &str, &str, ScenarioFn); 10] = [
+const SCENARIOS: [(&str, &str, &str, ScenarioFn); 9] = [
     ("1", "loss", loss::NAME, loss::run),
     ("2", "partition", partition::NAME, partition::run),
     ("3", "receiver-kill", kills::RECEIVER, kills::receiver),
@@ -66,12 +66,6 @@ const SCENARIOS: [(&str, &str, &str, ScenarioFn); 10] = [
     ("7", "long-outage", long_outage::NAME, long_outage::run),
     ("8", "migration", migration::NAME, migration::run),
     ("9", "bad-input", bad_input::NAME, bad_input::run),
-    (
-        "10",
-        "shared-service",
-        scenarios::shared::NAME,
-        scenarios::shared::run,
-    ),
 ];
 
 fn main() -> ExitCode {
@@ -88,7 +82,11 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     telemetry_link::tls::install_default_provider();
     for o in &args.only {
-        if !SCENARIOS.iter().any(|(n, k, _, _)| o == n || o == k) {
+        if !SCENARIOS
+            .iter()
+            .chain(&scenarios::shared::ROWS)
+            .any(|(n, k, _, _)| o == n || o == k)
+        {
             anyhow::bail!("--only {o}: unknown scenario (see --help)");
         }
     }
@@ -119,7 +117,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let started = Instant::now();
     let mut outcomes: Vec<(Outcome, Duration)> = Vec::new();
-    for (num, key, name, f) in SCENARIOS {
+    for (num, key, name, f) in SCENARIOS.into_iter().chain(scenarios::shared::ROWS) {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == num || o == key) {
             continue;
         }
