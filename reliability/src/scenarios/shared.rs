@@ -232,30 +232,40 @@ fn http_pests(ns: &Netns, metrics: SocketAddr) -> Result<(Vec<TcpStream>, usize)
 }
 
 /// Legitimate scrapes during an attack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Scrapes {
     n: usize,
     slowest: Duration,
     failed: usize,
+    /// The first failure.
+    error: Option<String>,
 }
 
 /// Scrapes the receiver every half second for `duration`, sampling its
 /// peak RSS.
 fn watch(rx: &mut Proc, duration: Duration) -> Scrapes {
     let every = Duration::from_millis(500);
-    let (mut n, mut slowest, mut failed) = (0, Duration::ZERO, 0);
+    let (mut n, mut slowest, mut failed, mut error) = (0, Duration::ZERO, 0, None);
     let end = Instant::now() + duration;
     while Instant::now() < end {
         let t = Instant::now();
         match rx.scrape() {
             Ok(_) => slowest = slowest.max(t.elapsed()),
-            Err(_) => failed += 1,
+            Err(e) => {
+                failed += 1;
+                error.get_or_insert_with(|| format!("{e:#}"));
+            }
         }
         n += 1;
         rx.mem();
         std::thread::sleep(every.saturating_sub(t.elapsed()));
     }
-    Scrapes { n, slowest, failed }
+    Scrapes {
+        n,
+        slowest,
+        failed,
+        error,
+    }
 }
 
 /// A synthetic sender of `id` with its own spool and metrics port.
@@ -491,13 +501,17 @@ fn attack(ctx: &Ctx, name: &str, a: Attacks) -> Result<Outcome> {
 fn report_attack(st: &mut Stage<'_>, rx: &Proc, seen: &Seen) -> Result<()> {
     for (when, s) in ["in the first 15 s", "in the last 10 s"]
         .iter()
-        .zip(seen.scrapes)
+        .zip(seen.scrapes.clone())
     {
         st.note(format!(
-            "{} legitimate scrapes {when}: slowest {:.0} ms, {} failed",
+            "{} legitimate scrapes {when}: slowest {:.0} ms, {} failed{}",
             s.n,
             s.slowest.as_secs_f64() * 1e3,
-            s.failed
+            s.failed,
+            s.error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         ));
         st.check(
             s.failed == 0 && s.slowest <= GOAL_SCRAPE,
