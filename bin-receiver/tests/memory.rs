@@ -48,7 +48,8 @@ struct Counting;
 static BYTES: AtomicIsize = AtomicIsize::new(0);
 static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
 
-#[allow(unsafe_code)] // a counting allocator; each block carries its SAFETY argument
+// A counting allocator; each block carries its SAFETY argument.
+#[allow(unsafe_code)]
 // SAFETY: every call forwards to the system allocator with the same
 // arguments; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
