@@ -300,7 +300,7 @@ pub fn verify(files: &[AuditFile], sender: &str, last: u64) -> AuditReport {
         }
     }
     if r.duplicates == 0 {
-        r.refused = per_file.iter().flatten().map(|d| d.refused).sum();
+        r.refused = refused_once(&per_file, &HashMap::new());
         r.applied -= r.refused.min(r.applied);
         return r;
     }
@@ -360,16 +360,22 @@ pub fn verify(files: &[AuditFile], sender: &str, last: u64) -> AuditReport {
         }
     }
     r.crash_window_batches = batches.len();
-    // A delivery handed again after a crash is counted the last time only.
-    r.refused = per_file
+    r.refused = refused_once(&per_file, &batches);
+    r.applied -= r.refused.min(r.applied);
+    r
+}
+
+/// Records refused in `per_file`'s deliveries, but for those in `again`
+/// (file, delivery): handed again after a crash, they count the last time
+/// only.
+fn refused_once(per_file: &[Vec<&Delivery>], again: &HashMap<(usize, usize), ()>) -> u64 {
+    per_file
         .iter()
         .enumerate()
         .flat_map(|(fi, ds)| ds.iter().enumerate().map(move |(di, d)| (fi, di, d)))
-        .filter(|(fi, di, _)| !batches.contains_key(&(*fi, *di)))
+        .filter(|(fi, di, _)| !again.contains_key(&(*fi, *di)))
         .map(|(_, _, d)| d.refused)
-        .sum();
-    r.applied -= r.refused.min(r.applied);
-    r
+        .sum()
 }
 
 /// Sabotage for self-checks: the same files with one delivery of `sender`
