@@ -9,11 +9,14 @@ use std::{
     time::Duration,
 };
 
-use crate::remote_write::{client::parse_header, redact::redact};
+use crate::{
+    interpret::Limits,
+    remote_write::{client::parse_header, redact::redact},
+};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use telemetry_link::TlsFiles;
+use telemetry_link::{net::ReceiverLimits, TlsFiles};
 use telemetry_runtime::{
     config::{ByteSize, HumanDuration},
     flags::{parse_layered, EndpointFlags, FlagsError, LayeredArgs, TlsFlags},
@@ -93,10 +96,108 @@ pub struct Args {
     /// state directory); when full, its oldest samples are dropped [default: 1GiB].
     #[arg(long)]
     pub remote_write_queue_bytes: Option<ByteSize>,
+    /// Budgets per sender and limits per connection.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub budgets: BudgetFlags,
     /// Run the demo: this receiver plus an in-process sender on a simulated
     /// cluster, over real QUIC and mutual TLS with certificates made at start.
     #[arg(long)]
     pub demo: bool,
+}
+
+/// What each sender may keep (its certificate identity: every replica of
+/// it shares one budget) and what each connection may cost. Records
+/// beyond a budget are refused (reason `budget`), counted on both ends and
+/// never retried; see docs/shared-service.md for what each costs.
+#[derive(Debug, clap::Args, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct BudgetFlags {
+    /// Generic sample series a sender may keep; samples of new series
+    /// beyond it are refused [default: 50000].
+    #[arg(long)]
+    pub budget_series: Option<usize>,
+    /// Bytes of names and labels a sender's sample series may take; samples
+    /// of new series beyond it are refused [default: 16MiB].
+    #[arg(long)]
+    pub budget_series_bytes: Option<ByteSize>,
+    /// Object units a sender may keep: pods, their containers, HPAs, their
+    /// metric targets; new or growing objects beyond it are refused
+    /// [default: 10000].
+    #[arg(long)]
+    pub budget_objects: Option<usize>,
+    /// Series definitions one connection may intern (told to the sender,
+    /// which sends further series inline) [default: 65536].
+    #[arg(long)]
+    pub max_series_per_connection: Option<u32>,
+    /// Bytes of series definitions one connection may intern; samples of
+    /// series beyond it are refused (series_limit) [default: 8MiB].
+    #[arg(long)]
+    pub max_definition_bytes: Option<ByteSize>,
+    /// Labels one series may have, at most 64; samples of series with more
+    /// are refused (label_limit) [default: 64].
+    #[arg(long)]
+    pub max_labels_per_series: Option<usize>,
+    /// Bytes of label names and values one series may have; samples of
+    /// series with more are refused (label_limit) [default: 16KiB].
+    #[arg(long)]
+    pub max_label_bytes: Option<ByteSize>,
+    /// Largest present state (a sender's current view, sent ahead of its
+    /// backlog) accepted; a larger one is refused whole [default: 8MiB].
+    #[arg(long)]
+    pub max_present_bytes: Option<ByteSize>,
+}
+
+impl BudgetFlags {
+    /// The store's budgets and the link's limits, defaults filled in.
+    fn resolve(&self) -> Result<(Limits, ReceiverLimits)> {
+        let mut link = ReceiverLimits::default();
+        let mut store = Limits::default();
+        let bytes = |b: Option<ByteSize>, default: usize, flag: &str| -> Result<usize> {
+            match b {
+                None => Ok(default),
+                Some(ByteSize(n)) => {
+                    usize::try_from(n).with_context(|| format!("--{flag} {n} is too large"))
+                }
+            }
+        };
+        store.max_sample_series = self.budget_series.unwrap_or(store.max_sample_series);
+        store.max_sample_bytes = bytes(
+            self.budget_series_bytes,
+            store.max_sample_bytes,
+            "budget-series-bytes",
+        )?;
+        store.max_objects = self.budget_objects.unwrap_or(store.max_objects);
+        link.max_series = self.max_series_per_connection.unwrap_or(link.max_series);
+        link.max_definition_bytes = bytes(
+            self.max_definition_bytes,
+            link.max_definition_bytes,
+            "max-definition-bytes",
+        )?;
+        link.max_labels_per_series = self
+            .max_labels_per_series
+            .unwrap_or(link.max_labels_per_series);
+        if link.max_labels_per_series > telemetry_link::sample::MAX_LABELS {
+            bail!(
+                "--max-labels-per-series {} is above the link's maximum, {}",
+                link.max_labels_per_series,
+                telemetry_link::sample::MAX_LABELS
+            );
+        }
+        link.max_label_bytes = bytes(
+            self.max_label_bytes,
+            link.max_label_bytes,
+            "max-label-bytes",
+        )?;
+        link.max_present_bytes = bytes(
+            self.max_present_bytes,
+            link.max_present_bytes,
+            "max-present-bytes",
+        )?;
+        store.max_labels_per_series = link.max_labels_per_series;
+        store.max_label_bytes = link.max_label_bytes;
+        Ok((store, link))
+    }
 }
 
 impl LayeredArgs for Args {
@@ -141,6 +242,10 @@ pub struct Settings {
     pub remote_write_headers: Vec<String>,
     /// Byte cap of each remote-write queue.
     pub remote_write_queue_bytes: u64,
+    /// Budgets per sender (the store's limits).
+    pub budgets: Limits,
+    /// Limits of the link (per connection; the defaults for the rest).
+    pub link_limits: ReceiverLimits,
     /// Demo mode.
     pub demo: bool,
 }
@@ -164,6 +269,8 @@ impl std::fmt::Debug for Settings {
             .field("remote_write", &urls)
             .field("remote_write_headers", &headers)
             .field("remote_write_queue_bytes", &self.remote_write_queue_bytes)
+            .field("budgets", &self.budgets)
+            .field("link_limits", &self.link_limits)
             .field("demo", &self.demo)
             .finish()
     }
@@ -221,6 +328,7 @@ impl Settings {
         for (i, header) in args.remote_write_header.iter().enumerate() {
             parse_header(i + 1, header)?;
         }
+        let (budgets, link_limits) = args.budgets.resolve()?;
         Ok(Settings {
             listen: args
                 .listen
@@ -234,6 +342,8 @@ impl Settings {
             remote_write: args.remote_write,
             remote_write_headers: args.remote_write_header,
             remote_write_queue_bytes: args.remote_write_queue_bytes.map_or(1 << 30, |b| b.0),
+            budgets,
+            link_limits,
             demo,
         })
     }
@@ -318,6 +428,63 @@ mod tests {
             "bad/id"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn budgets_and_link_limits_come_from_flags_or_the_file() {
+        let s = parse(&["--ca", "a", "--cert", "b", "--key", "c"]).unwrap();
+        assert_eq!(s.budgets, Limits::default());
+        assert_eq!(s.link_limits.max_series, 1 << 16);
+        assert_eq!(s.link_limits.max_definition_bytes, 8 << 20);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("receiver.toml");
+        std::fs::write(
+            &f,
+            "budget-series = 10\nbudget-objects = 20\nmax-label-bytes = \"1KiB\"\n",
+        )
+        .unwrap();
+        let s = parse(&[
+            "--ca",
+            "a",
+            "--cert",
+            "b",
+            "--key",
+            "c",
+            "--config",
+            f.to_str().unwrap(),
+            "--budget-objects",
+            "30",
+            "--budget-series-bytes",
+            "1MiB",
+            "--max-series-per-connection",
+            "100",
+            "--max-definition-bytes",
+            "64KiB",
+            "--max-labels-per-series",
+            "8",
+            "--max-present-bytes",
+            "2MiB",
+        ])
+        .unwrap();
+        let (b, l) = (s.budgets, s.link_limits);
+        assert_eq!((b.max_sample_series, b.max_objects), (10, 30));
+        assert_eq!(b.max_sample_bytes, 1 << 20);
+        assert_eq!((l.max_series, l.max_definition_bytes), (100, 64 << 10));
+        assert_eq!((l.max_labels_per_series, l.max_label_bytes), (8, 1024));
+        assert_eq!((b.max_labels_per_series, b.max_label_bytes), (8, 1024));
+        assert_eq!(l.max_present_bytes, 2 << 20);
+        let err = parse(&[
+            "--ca",
+            "a",
+            "--cert",
+            "b",
+            "--key",
+            "c",
+            "--max-labels-per-series",
+            "65",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("65"), "{err}");
     }
 
     #[test]

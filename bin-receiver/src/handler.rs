@@ -18,12 +18,18 @@
 //! comes again; the queues' idempotent producer marks then skip what the
 //! held samples covered.
 //!
-//! Replicas of a leader-elected sender: object state of an older
-//! leadership epoch than the cluster's is not applied; the handler refuses
-//! those records as `fenced` ([`Applied`]), so both ends count them (and
-//! the sender deletes them from its spool: refused, not lost). A present
-//! of an older epoch is not applied either; it is logged (the link's
-//! present lane has no refusal to report).
+//! Refusals: records the store does not apply — over the sender's budget
+//! (`budget`), invalid (`invalid`, `label_limit`), object state of an
+//! older leadership epoch than the cluster's (`fenced`) — are refused
+//! through [`Applied`], so both ends count them by reason and the sender
+//! deletes them from its spool (refused, not lost); the link logs them at a
+//! bounded rate. A present's refused records are answered the same way and
+//! counted on the receiver only (a present is not sequenced); a present of
+//! an older epoch is refused whole, as `fenced`.
+//!
+//! The audit line of a delivery with refusals carries a fifth field, the
+//! number of its records refused: `<unix-ms> <sender> <first-seq> <count>
+//! <refused>`.
 
 use std::{
     collections::HashMap,
@@ -168,8 +174,9 @@ impl Handler<ClusterRecord> for StoreHandler {
             delivery.records,
             Instant::now(),
         );
-        if delivered.fenced > 0 {
-            tracing::debug!(%sender, replica = %delivery.replica, first, fenced = delivered.fenced, "object state of an older leadership epoch refused");
+        let refused = delivered.refused;
+        if !refused.is_empty() {
+            tracing::debug!(%sender, replica = %delivery.replica, first, refused = refused.total(), "records refused");
         }
         if let Some(rw) = &self.remote_write {
             let converted = Arc::new(delivered.converted);
@@ -184,15 +191,25 @@ impl Handler<ClusterRecord> for StoreHandler {
             .await?;
         }
         if let Some(audit) = &self.audit {
-            let line = format!("{ms} {sender} {first} {count}\n");
+            let line = match refused.total() {
+                0 => format!("{ms} {sender} {first} {count}\n"),
+                n => format!("{ms} {sender} {first} {count} {n}\n"),
+            };
             let mut f = audit.lock().unwrap_or_else(|p| p.into_inner());
             // One write per line: a crash leaves whole lines (or a torn last one).
             f.write_all(line.as_bytes())?;
         }
-        Ok(Applied::all().with_refused(RefusedReason::Fenced, delivered.fenced))
+        let mut applied = Applied::all();
+        for (reason, n) in refused.iter() {
+            applied.refuse(reason, n);
+        }
+        Ok(applied)
     }
 
-    async fn present(&self, present: PresentDelivery<ClusterRecord>) -> Result<(), HandlerError> {
+    async fn present(
+        &self,
+        present: PresentDelivery<ClusterRecord>,
+    ) -> Result<Applied, HandlerError> {
         let records = present.records.len();
         let outcome = lock(&self.store).present_at(
             &present.sender,
@@ -202,24 +219,40 @@ impl Handler<ClusterRecord> for StoreHandler {
             Instant::now(),
         );
         let (sender, replica) = (&present.sender, &present.replica);
+        let mut applied = Applied::all();
         match outcome {
-            PresentOutcome::Fenced { epoch } => tracing::info!(
-                %sender,
-                %replica,
-                epoch,
-                records,
-                "present of an older leadership epoch refused (fenced)"
-            ),
-            outcome => tracing::info!(
+            PresentOutcome::Fenced { epoch } => {
+                tracing::info!(
+                    %sender,
+                    %replica,
+                    epoch,
+                    records,
+                    "present of an older leadership epoch refused (fenced)"
+                );
+                applied.refuse(RefusedReason::Fenced, records as u64);
+            }
+            PresentOutcome::Stale => tracing::info!(
                 %sender,
                 %replica,
                 covers_seq = present.covers_seq,
                 records,
-                applied = outcome == PresentOutcome::Applied,
-                "present state received ahead of the backlog"
+                "present older than what is applied; ignored"
             ),
+            PresentOutcome::Applied(refused) => {
+                tracing::info!(
+                    %sender,
+                    %replica,
+                    covers_seq = present.covers_seq,
+                    records,
+                    refused = refused.total(),
+                    "present state received ahead of the backlog"
+                );
+                for (reason, n) in refused.iter() {
+                    applied.refuse(reason, n);
+                }
+            }
         }
-        Ok(())
+        Ok(applied)
     }
 
     fn sender_connected(&self, sender: &str, _replica: &str) {

@@ -136,14 +136,16 @@ async fn start_link(
 ) -> Result<(Receiver, Option<Arc<RemoteWrite>>)> {
     let mut cfg = ReceiverConfig::new(settings.listen, files.tls.clone(), &files.state_dir);
     cfg.allowed_senders = settings.allow_senders.clone();
+    cfg.limits = settings.link_limits;
+    // Private from the start, before anything creates a file in it.
+    create_private_dir(&files.state_dir)?;
     let mut handler = StoreHandler::new(store.clone());
     let remote_write = if settings.remote_write.is_empty() {
         None
     } else {
-        let mut rw = RemoteWriteConfig::new(
-            settings.remote_write.clone(),
-            files.state_dir.join("remote-write"),
-        );
+        let queues = files.state_dir.join("remote-write");
+        create_private_dir(&queues)?;
+        let mut rw = RemoteWriteConfig::new(settings.remote_write.clone(), queues);
         rw.max_queue_bytes = settings.remote_write_queue_bytes;
         rw.headers = settings.remote_write_headers.clone();
         let rw = RemoteWrite::start(rw, registry).context("starting remote write")?;
@@ -161,14 +163,26 @@ async fn start_link(
     Ok((receiver, remote_write))
 }
 
+/// Creates `dir` and its missing parents, each 0700 (an existing one is
+/// left as it is).
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(settings: Settings) -> Result<()> {
     let mut signals = Signals::install().context("installing signal handlers")?;
     let started = Instant::now();
     let registry = prometheus::Registry::new();
-    let store: SharedStore = Arc::new(Mutex::new(ClusterStore::new(StoreConfig::with_sender_ttl(
-        settings.sender_ttl,
-    ))));
+    let store: SharedStore = Arc::new(Mutex::new(ClusterStore::new(StoreConfig {
+        sender_ttl: settings.sender_ttl,
+        limits: settings.budgets,
+    })));
     let files = Files::resolve(&settings)?;
     let (receiver, remote_write) = start_link(&settings, &files, &store, &registry).await?;
     let exporter = Arc::new(ReceiverExporter {

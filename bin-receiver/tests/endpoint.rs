@@ -221,7 +221,9 @@ fn slow_clients_are_bounded() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     certs_init(&certs, &["load-a", "load-b"])?;
-    let (rx, quic, http) = receiver(&certs, &dir.path().join("state"), &[], None)?;
+    // Series budgets above the 60,000 each sender keeps.
+    let budget = ["--budget-series", "100000"];
+    let (rx, quic, http) = receiver(&certs, &dir.path().join("state"), &budget, None)?;
     wait_healthy(http, &Client::default())?;
     // A page larger than a socket's send buffer (4 MiB here): two clusters
     // of 60,000 synthetic series.
@@ -302,9 +304,29 @@ fn slow_clients_are_bounded() -> Result<()> {
     })?;
     drop(stuck);
 
-    // The cap: 64 open connections; the next one is closed at once.
-    let held: Vec<TcpStream> = (0..64).map(|_| open(http, b"")).collect::<Result<_>>()?;
+    // The cap, 64 open connections: half-open ones make room for a scrape
+    // (the oldest is closed)...
+    let held: Vec<TcpStream> = (0..64)
+        .map(|_| open(http, b"GET / HTTP/1.1\r\n"))
+        .collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(get(http, "/healthz", &[])?.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+    // ... connections that sent a request (kept alive) do not: the next
+    // one is closed at once.
+    let held: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = open(http, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let _ = s.read(&mut [0u8; 256])?;
+            Ok(s)
+        })
+        .collect::<Result<_>>()?;
     let refused = until_closed(open(http, b"")?, Duration::from_secs(5))?;
     assert!(refused < Duration::from_secs(1), "{refused:?}");
     drop(held);
@@ -377,9 +399,16 @@ fn idle_http_clients_cannot_take_the_file_descriptors_of_the_link() -> Result<()
     stop.store(true, Ordering::SeqCst);
     let _ = attacker.join();
     connected.context("the receiver accepted no sender while HTTP clients held connections")?;
-    wait_for(LIMIT, "refused HTTP connections counted", || {
+    // Connections beyond the cap were closed: refused, or closed to make
+    // room for a newer one.
+    wait_for(LIMIT, "connections beyond the cap counted", || {
         let refused = endpoint_counter(http, "telemetry_endpoint_connections_refused_total", &[])?;
-        Ok((refused > 0.0).then_some(()))
+        let made_room = endpoint_counter(
+            http,
+            "telemetry_endpoint_connections_closed_total",
+            &[("reason", "header_timeout")],
+        )?;
+        Ok((refused + made_room > 0.0).then_some(()))
     })?;
     Ok(())
 }

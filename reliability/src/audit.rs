@@ -2,16 +2,22 @@
 //! exactly once?
 //!
 //! What it owns: parsing `--audit-log` files (`<unix-ms> <sender> <first-seq>
-//! <count>` per delivery handed to the handler) and checking one sender's
-//! deliveries across several files — one file per receiver process
-//! (incarnation), possibly of several receivers — against the sender's last
-//! sequence and its count of records dropped by the spool cap.
+//! <count> [<refused>]` per delivery handed to the handler: `count` records,
+//! `refused` of them refused) and checking one sender's deliveries across
+//! several files — one file per receiver process (incarnation), possibly of
+//! several receivers — against the sender's last sequence, its count of
+//! records dropped by the spool cap and its count of records refused.
 //!
-//! What it guarantees ([`verify`]):
-//! * `applied` counts distinct sequences, `duplicates` counts every extra
-//!   application of a sequence (across or within processes), `missing` every
-//!   sequence in `1..=last` never applied; a sequence above `last` is an
-//!   error.
+//! What it guarantees ([`verify`], [`AuditReport::problems`]):
+//! * Every stream's records add up: sent (`last`) = `applied` + `refused` +
+//!   `missing` (lost), with `refused` and `missing` equal to what the sender
+//!   counted (refused by the receiver, dropped by its spool cap).
+//! * `applied` counts distinct sequences handed and not refused,
+//!   `refused` the records refused (once per sequence: a delivery handed
+//!   again after a crash counts only the last time), `duplicates` every
+//!   extra application of a sequence (across or within processes),
+//!   `missing` every sequence in `1..=last` never handed; a sequence above
+//!   `last` is an error.
 //! * Duplicates are **classified, not hidden**: a duplicate lies in the
 //!   documented crash window when every application but the last one in
 //!   time came from a process that was SIGKILLed, and in that process the
@@ -38,8 +44,10 @@ pub struct Delivery {
     pub sender: String,
     /// First sequence.
     pub first: u64,
-    /// Number of records.
+    /// Number of records handed (applied or refused).
     pub count: u64,
+    /// How many of them were refused.
+    pub refused: u64,
 }
 
 impl Delivery {
@@ -75,16 +83,30 @@ pub fn parse(text: &str) -> (Vec<Delivery>, usize, bool) {
             continue;
         }
         let f: Vec<&str> = line.split(' ').collect();
-        let parsed = (f.len() == 4)
-            .then(|| Some((f[0].parse().ok()?, f[2].parse().ok()?, f[3].parse().ok()?)))
+        let refused = match f.get(4) {
+            None => Some(0),
+            Some(n) => n.parse().ok(),
+        };
+        let parsed = (f.len() == 4 || f.len() == 5)
+            .then(|| {
+                Some((
+                    f[0].parse().ok()?,
+                    f[2].parse().ok()?,
+                    f[3].parse().ok()?,
+                    refused?,
+                ))
+            })
             .flatten();
         match parsed {
-            Some((ms, first, count)) if first > 0 && count > 0 => out.push(Delivery {
-                ms,
-                sender: f[1].to_owned(),
-                first,
-                count,
-            }),
+            Some((ms, first, count, refused)) if first > 0 && count > 0 && refused <= count => {
+                out.push(Delivery {
+                    ms,
+                    sender: f[1].to_owned(),
+                    first,
+                    count,
+                    refused,
+                });
+            }
             _ => {
                 bad += 1;
                 // The last line has no newline after it: a torn write.
@@ -121,8 +143,10 @@ impl AuditFile {
 pub struct AuditReport {
     /// Deliveries of this sender.
     pub deliveries: usize,
-    /// Distinct sequences applied.
+    /// Distinct sequences handed to the handler and applied (not refused).
     pub applied: u64,
+    /// Records refused by the receiver (each sequence counted once).
+    pub refused: u64,
     /// Extra applications (sum over sequences of applications − 1).
     pub duplicates: u64,
     /// Duplicates inside the documented crash window.
@@ -131,7 +155,7 @@ pub struct AuditReport {
     pub crash_window_batches: usize,
     /// Duplicates nothing explains.
     pub unexplained: u64,
-    /// Sequences in `1..=last` never applied.
+    /// Sequences in `1..=last` never handed to the handler.
     pub missing: u64,
     /// Up to 8 missing ranges, for the report.
     pub missing_ranges: Vec<(u64, u64)>,
@@ -141,12 +165,27 @@ pub struct AuditReport {
     pub backwards: usize,
     /// Unparseable lines that are not a killed process's torn tail.
     pub bad_lines: usize,
+    /// The sender's last sequence (records sent).
+    pub last: u64,
 }
 
 impl AuditReport {
-    /// What is wrong, given how many records the sender dropped by policy.
-    pub fn problems(&self, expected_missing: u64) -> Vec<String> {
+    /// What is wrong, given how many records the sender dropped by policy
+    /// and how many it was told were refused.
+    pub fn problems(&self, expected_missing: u64, expected_refused: u64) -> Vec<String> {
         let mut p = Vec::new();
+        if self.applied + self.refused + self.missing != self.last {
+            p.push(format!(
+                "sent {} != applied {} + refused {} + lost {}",
+                self.last, self.applied, self.refused, self.missing
+            ));
+        }
+        if self.refused != expected_refused {
+            p.push(format!(
+                "{} records refused by the receiver, the sender was told {expected_refused}",
+                self.refused
+            ));
+        }
         if self.missing != expected_missing {
             p.push(format!(
                 "{} records never applied (expected {expected_missing}): {:?}",
@@ -197,7 +236,10 @@ impl AuditReport {
 
 /// Checks `sender`'s deliveries in `files` against `1..=last`.
 pub fn verify(files: &[AuditFile], sender: &str, last: u64) -> AuditReport {
-    let mut r = AuditReport::default();
+    let mut r = AuditReport {
+        last,
+        ..AuditReport::default()
+    };
     // Per-file ranges of this sender.
     let per_file: Vec<Vec<&Delivery>> = files
         .iter()
@@ -258,6 +300,8 @@ pub fn verify(files: &[AuditFile], sender: &str, last: u64) -> AuditReport {
         }
     }
     if r.duplicates == 0 {
+        r.refused = refused_once(&per_file, &HashMap::new());
+        r.applied -= r.refused.min(r.applied);
         return r;
     }
     // Classify duplicates. Applications of each duplicated sequence: (ms, file).
@@ -316,7 +360,22 @@ pub fn verify(files: &[AuditFile], sender: &str, last: u64) -> AuditReport {
         }
     }
     r.crash_window_batches = batches.len();
+    r.refused = refused_once(&per_file, &batches);
+    r.applied -= r.refused.min(r.applied);
     r
+}
+
+/// Records refused in `per_file`'s deliveries, but for those in `again`
+/// (file, delivery): handed again after a crash, they count the last time
+/// only.
+fn refused_once(per_file: &[Vec<&Delivery>], again: &HashMap<(usize, usize), ()>) -> u64 {
+    per_file
+        .iter()
+        .enumerate()
+        .flat_map(|(fi, ds)| ds.iter().enumerate().map(move |(di, d)| (fi, di, d)))
+        .filter(|(fi, di, _)| !again.contains_key(&(*fi, *di)))
+        .map(|(_, _, d)| d.refused)
+        .sum()
 }
 
 /// Sabotage for self-checks: the same files with one delivery of `sender`
@@ -384,7 +443,8 @@ mod tests {
                 ms: 2,
                 sender: "s1".into(),
                 first: 11,
-                count: 5
+                count: 5,
+                refused: 0,
             }
         );
         assert_eq!((bad, torn), (1, true));
@@ -403,7 +463,7 @@ mod tests {
             (r.applied, r.duplicates, r.missing, r.deliveries),
             (50, 0, 0, 3)
         );
-        assert!(r.problems(0).is_empty());
+        assert!(r.problems(0, 0).is_empty());
         assert_eq!(r.duplicates_cell(), "0");
     }
 
@@ -425,7 +485,7 @@ mod tests {
             ),
             (50, 10, 10, 0, 1)
         );
-        assert!(r.problems(0).is_empty());
+        assert!(r.problems(0, 0).is_empty());
         assert_eq!(r.duplicates_cell(), "10 (crash window, 1 batch)");
     }
 
@@ -438,7 +498,7 @@ mod tests {
         ];
         let r = verify(&files, "s", 50);
         assert_eq!((r.duplicates, r.unexplained), (6, 6));
-        assert!(!r.problems(0).is_empty());
+        assert!(!r.problems(0, 0).is_empty());
         // Killed, but the duplicates are not a suffix of what it applied.
         let files = vec![
             file("rx#1", true, "1 s 1 10\n2 s 11 10\n"),
@@ -457,14 +517,41 @@ mod tests {
         let files = vec![file("rx#1", false, "1 s 1 10\n2 s 31 20\n")];
         let r = verify(&files, "s", 50);
         assert_eq!((r.missing, r.missing_ranges.clone()), (20, vec![(11, 30)]));
-        assert!(!r.problems(0).is_empty());
+        assert!(!r.problems(0, 0).is_empty());
         assert!(
-            r.problems(20).is_empty(),
+            r.problems(20, 0).is_empty(),
             "20 dropped by the spool cap and announced"
         );
         let r = verify(&files, "s", 45);
         assert_eq!(r.beyond_last, 5);
-        assert!(!r.problems(20).is_empty());
+        assert!(!r.problems(20, 0).is_empty());
+    }
+
+    #[test]
+    fn refused_records_add_up_with_what_the_sender_was_told() {
+        let (d, bad, _) = parse("1 s 1 10 4\n2 s 11 5\n3 s 16 2 3\n4 s 16 2 x\n");
+        assert_eq!(
+            (d.len(), bad),
+            (2, 2),
+            "refused above count, or not a number"
+        );
+        assert_eq!((d[0].refused, d[1].refused), (4, 0));
+        let files = vec![file("rx#1", false, "1 s 1 10 4\n2 s 11 20\n3 s 31 10 1\n")];
+        let r = verify(&files, "s", 50);
+        assert_eq!((r.applied, r.refused, r.missing), (35, 5, 10));
+        assert!(r.problems(10, 5).is_empty(), "{:?}", r.problems(10, 5));
+        // The receiver refused what the sender does not know of, or the
+        // other way round.
+        assert!(!r.problems(10, 4).is_empty());
+        assert!(!r.problems(10, 6).is_empty());
+        // Handed again after a crash: its refusals count once.
+        let files = vec![
+            file("rx#1", true, "1 s 1 10 2\n2 s 11 10 3\n"),
+            file("rx#2", false, "3 s 11 40 3\n"),
+        ];
+        let r = verify(&files, "s", 50);
+        assert_eq!((r.applied, r.refused, r.crash_window), (45, 5, 10));
+        assert!(r.problems(0, 5).is_empty(), "{:?}", r.problems(0, 5));
     }
 
     #[test]
@@ -473,12 +560,12 @@ mod tests {
             file("rx#1", true, "1 s 1 10\n2 s 1"),
             file("rx#2", false, "3 s 11 40\n"),
         ];
-        assert!(verify(&f, "s", 50).problems(0).is_empty());
+        assert!(verify(&f, "s", 50).problems(0, 0).is_empty());
         let f = vec![
             file("rx#1", false, "1 s 1 10\n2 s 1"),
             file("rx#2", false, "3 s 11 40\n"),
         ];
-        assert!(!verify(&f, "s", 50).problems(0).is_empty());
+        assert!(!verify(&f, "s", 50).problems(0, 0).is_empty());
     }
 
     #[test]
@@ -488,19 +575,19 @@ mod tests {
             false,
             "1 s 1 10\n2 s 11 10\n3 s 21 10\n4 s 31 20\n",
         )];
-        assert!(verify(&files, "s", 50).problems(0).is_empty());
+        assert!(verify(&files, "s", 50).problems(0, 0).is_empty());
         assert!(!verify(&without_a_delivery(&files, "s"), "s", 50)
-            .problems(0)
+            .problems(0, 0)
             .is_empty());
         assert!(!verify(&with_a_replay(&files, "s"), "s", 50)
-            .problems(0)
+            .problems(0, 0)
             .is_empty());
         let one = vec![file("rx#1", false, "1 s 1 3\n")];
         assert!(!verify(&with_a_replay(&one, "s"), "s", 3)
-            .problems(0)
+            .problems(0, 0)
             .is_empty());
         assert!(!verify(&without_a_delivery(&one, "s"), "s", 3)
-            .problems(0)
+            .problems(0, 0)
             .is_empty());
     }
 }

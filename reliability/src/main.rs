@@ -27,7 +27,7 @@ use telemetry_reliability::{
 #[command(
     name = "reliability-suite",
     about = "Runs telemetry-sender and telemetry-receiver in two network namespaces over a lossy veth link, through crashes, partitions, full disks, failover, migration and hostile peers; prints a results table; exits 1 if any check failed. Needs root.",
-    after_help = "Scenarios (for --only, by key or number): 1 loss, 2 partition, 3 receiver-kill, 4 sender-kill, 5 small-disk, 6 failover, 7 long-outage, 8 migration, 9 bad-input, 10 leader-failover.\nThe default run takes about 12 minutes on 2 cores; --full makes scenario 7's outage 10 minutes instead of 60 s."
+    after_help = "Scenarios (for --only, by key or number): 1 loss, 2 partition, 3 receiver-kill, 4 sender-kill, 5 small-disk, 6 failover, 7 long-outage, 8 migration, 9 bad-input, 10 leader-failover, 11-15 shared service (bombs, http-pests, handshake-flood, revoked-sender, shared-service).\nThe default run takes about 16 minutes on 2 cores; --full makes scenario 7's outage 10 minutes instead of 60 s."
 )]
 struct Args {
     /// Run only these scenarios (repeatable; key like `failover` or number like `6`).
@@ -90,7 +90,11 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     telemetry_link::tls::install_default_provider();
     for o in &args.only {
-        if !SCENARIOS.iter().any(|(n, k, _, _)| o == n || o == k) {
+        if !SCENARIOS
+            .iter()
+            .chain(&scenarios::shared::ROWS)
+            .any(|(n, k, _, _)| o == n || o == k)
+        {
             anyhow::bail!("--only {o}: unknown scenario (see --help)");
         }
     }
@@ -121,7 +125,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let started = Instant::now();
     let mut outcomes: Vec<(Outcome, Duration)> = Vec::new();
-    for (num, key, name, f) in SCENARIOS {
+    for (num, key, name, f) in SCENARIOS.into_iter().chain(scenarios::shared::ROWS) {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == num || o == key) {
             continue;
         }

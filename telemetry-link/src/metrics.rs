@@ -88,6 +88,9 @@ pub struct ReceiverMetrics {
     pub tls_reloads: IntCounterVec,
     /// Present states received, by sender and result.
     pub presents: IntCounterVec,
+    /// Records of presents the handler refused, per sender and reason (also
+    /// counted in `records_rejected`).
+    pub present_records_rejected: IntCounterVec,
     /// End of validity of each sender's certificate, as of its last handshake.
     pub sender_certificate_expiry: IntGaugeVec,
     /// fsync and fdatasync calls of the receiver's state (journal appends,
@@ -155,6 +158,8 @@ impl ReceiverMetrics {
         for reason in RefusedReason::ALL {
             self.records_rejected
                 .with_label_values(&[sender, reason.as_str()]);
+            self.present_records_rejected
+                .with_label_values(&[sender, reason.as_str()]);
         }
     }
 
@@ -209,7 +214,7 @@ impl ReceiverMetrics {
             records_rejected: counter_vec(
                 reg,
                 "telemetry_link_records_rejected_total",
-                "Records refused, by reason: settled (acknowledged, never delivered again) without being applied. undecodable: not the application's payload type; series_limit, label_limit: the link's interning budget or label limits; budget, invalid, fenced, other: refused by the application.",
+                "Records refused, by reason: settled (acknowledged, never delivered again) without being applied. undecodable: not the application's payload type; series_limit, label_limit: the link's interning budget or label limits; budget, invalid, fenced, other: refused by the application. Includes records of presents (telemetry_link_present_records_rejected_total), which are not sequenced and not reported to the sender.",
                 &["sender", "reason"],
             )?,
             applied_seq: gauge_vec(
@@ -240,8 +245,14 @@ impl ReceiverMetrics {
             presents: counter_vec(
                 reg,
                 "telemetry_link_presents_total",
-                "Present states received per sender, by result: applied, refused (malformed or too large), abandoned (the sender replaced or the connection dropped it), handler_error.",
+                "Present states received per sender, by result: applied, partly_refused (the application refused some of its records), handler_refused (the application refused every record), refused (malformed or too large), abandoned (the sender replaced or the connection dropped it), handler_error.",
                 &["sender", "result"],
+            )?,
+            present_records_rejected: counter_vec(
+                reg,
+                "telemetry_link_present_records_rejected_total",
+                "Records of present states the application refused, by reason (budget, invalid, fenced, ...); a part of telemetry_link_records_rejected_total. Presents are not sequenced: the sender is not told.",
+                &["sender", "reason"],
             )?,
             stream_resets: counter_vec(
                 reg,

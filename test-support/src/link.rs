@@ -51,8 +51,11 @@ pub struct SenderLog<T> {
 pub struct PresentLog<T> {
     /// Its `covers_seq`.
     pub covers_seq: u64,
-    /// Its records.
+    /// Its records the collector applied.
     pub records: Vec<T>,
+    /// Its records the collector refused (by the [`Collector::refuse_when`]
+    /// policy, as for batches).
+    pub refused: u64,
     /// Batch records delivered before it arrived.
     pub after_records: usize,
 }
@@ -198,16 +201,28 @@ impl<T: Payload + Clone> Handler<T> for Collector<T> {
         Ok(applied)
     }
 
-    async fn present(&self, p: PresentDelivery<T>) -> Result<(), HandlerError> {
+    async fn present(&self, p: PresentDelivery<T>) -> Result<Applied, HandlerError> {
+        let refuse = self.refuse.lock().map_err(|_| "poisoned")?;
         let mut logs = self.logs.lock().map_err(|_| "poisoned")?;
         let log = logs.entry(stream_name(&p.sender, &p.replica)).or_default();
         let after_records = log.records.len();
+        let mut applied = Applied::all();
+        let mut records = Vec::with_capacity(p.records.len());
+        for r in p.records {
+            match refuse.as_ref().and_then(|policy| policy(&r)) {
+                Some(reason) => {
+                    applied.refuse(reason, 1);
+                }
+                None => records.push(r),
+            }
+        }
         log.presents.push(PresentLog {
             covers_seq: p.covers_seq,
-            records: p.records,
+            records,
+            refused: applied.refused().total(),
             after_records,
         });
-        Ok(())
+        Ok(applied)
     }
 
     fn sender_connected(&self, sender: &str, replica: &str) {

@@ -119,6 +119,18 @@ pub(crate) const SENDER_LAST_SEEN: FamilyDesc = gauge(
     "telemetry_receiver_sender_last_seen_timestamp_seconds",
     "Unix time of the sender's last connect, disconnect or record.",
 );
+/// `telemetry_receiver_sender_budget_used{cluster,budget}`.
+pub(crate) const SENDER_BUDGET_USED: FamilyDesc = gauge(
+    "telemetry_receiver_sender_budget_used",
+    "What the cluster's sender holds of each budget: sample_series, sample_bytes (names and labels of its sample series), objects (units: pods, containers, HPAs, metric targets; of the view /metrics shows).",
+);
+/// `telemetry_receiver_sender_budget_limit{cluster,budget}`.
+pub(crate) const SENDER_BUDGET_LIMIT: FamilyDesc = gauge(
+    "telemetry_receiver_sender_budget_limit",
+    "Each budget of the cluster's sender (--budget-* flags); records beyond it are refused with reason budget.",
+);
+/// The `budget` label of the budget families.
+pub(crate) const BUDGET_LABELS: [&str; 1] = ["budget"];
 /// Help of every generic sample family.
 pub(crate) const SAMPLE_HELP: &str =
     "Series sent by the cluster's telemetry sender (last value received).";
@@ -132,7 +144,7 @@ pub(crate) const HPA_GAUGES: [FamilyDesc; 4] = [
 ];
 
 /// The receiver's own families, in `/metrics` order.
-pub(crate) const FAMILIES: [FamilyDesc; 15] = [
+pub(crate) const FAMILIES: [FamilyDesc; 17] = [
     POD_INFO,
     POD_STATUS_PHASE,
     POD_CONTAINER_RESOURCE_REQUESTS,
@@ -148,6 +160,8 @@ pub(crate) const FAMILIES: [FamilyDesc; 15] = [
     HPA_SCALE_EVENTS,
     SENDER_UP,
     SENDER_LAST_SEEN,
+    SENDER_BUDGET_USED,
+    SENDER_BUDGET_LIMIT,
 ];
 
 /// Prefixes of names the receiver keeps for itself.

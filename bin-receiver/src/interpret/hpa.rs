@@ -95,6 +95,11 @@ impl HpaState {
         ]
     }
 
+    /// Metric targets its record listed (its budget units beside the HPA).
+    pub(crate) fn target_count(&self) -> usize {
+        self.info.targets.len()
+    }
+
     /// Metric targets.
     pub(crate) fn targets(&self) -> &[TargetSeries] {
         &self.targets

@@ -8,7 +8,7 @@
 //! (one per replica) its last [`ClusterRecord::ObservedAt`], its leadership
 //! epoch and where its present stands (`streams`), with the cluster's
 //! highest epoch. Family names and label orders are in `families`; the
-//! limits in [`Limits`].
+//! limits and budgets in [`budget`].
 //!
 //! # Two views of one cluster
 //!
@@ -36,7 +36,24 @@
 //! always, except between a present and the end of the backlog it covers.
 //! A cluster's scale-event keys and sample series are shared by the views:
 //! an event counts once in both; a sample series refused (invalid,
-//! reserved, over the cap) is neither shown nor forwarded.
+//! reserved, over the budget) is neither shown nor forwarded.
+//!
+//! # Refusals
+//!
+//! Every record is applied or refused, and a refused one changes nothing:
+//! object state of an older leadership epoch is `fenced` (below); a record
+//! keeping a string longer than a Kubernetes name, or a sample of a bad
+//! or reserved name, is `invalid`; a sample beyond the label limits is
+//! `label_limit`; a record that would take the cluster beyond its budget
+//! (sample series, object units: [`budget`]) is `budget`. Objects already
+//! admitted keep updating and deletes always apply, so a sender over its
+//! budget keeps what it has. A snapshot applies in its order: its
+//! objects already admitted are updated, new ones are admitted while they
+//! fit — counting the objects the snapshot has not listed yet, which may
+//! still come — and the rest are refused; its end removes the objects it
+//! did not list, which frees their room for the next upserts. The counts
+//! go back to the link ([`ClusterModel::apply_delivery`]), which settles
+//! and reports them.
 //!
 //! # Rules common to both views
 //! Upserts replace an object's state, deletes remove all of an object's
@@ -61,6 +78,7 @@
 //! refuses them with `fenced`); measurements of an older epoch are history.
 //! See `streams`.
 
+pub mod budget;
 pub(crate) mod facts;
 pub(crate) mod families;
 pub(crate) mod hpa;
@@ -74,6 +92,7 @@ pub(crate) mod view;
 
 use std::sync::Arc;
 
+use telemetry_link::{RefusedCounts, RefusedReason};
 use telemetry_schema::ClusterRecord;
 
 use self::{
@@ -84,48 +103,8 @@ use self::{
     streams::{Epochs, StreamState, Streams},
     view::View,
 };
+pub use budget::Limits;
 pub(crate) use samples::SampleTable;
-
-/// The limits of the interpretation, per cluster: one set for `/metrics`
-/// and remote write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Snapshots that may be open at once; beyond it the oldest is
-    /// forgotten (its end is then ignored, so objects it would have
-    /// removed stay until the next snapshot). Default 16: a sender keeps
-    /// one relist per kind open (pods, HPAs) plus one in its present, and
-    /// an open snapshot costs a few bytes; 16 leaves room for relists that
-    /// overlap after watch restarts.
-    pub max_open_snapshots: usize,
-    /// Scale-event keys remembered to count each event once. Default 4,096
-    /// per cluster: a sender replica reports each occurrence once (its
-    /// seen set survives restarts); the receiver has to recognise a batch
-    /// the link hands over again after a receiver crash, a relist by a
-    /// sender that lost its state, and, with leader-elected replicas, an
-    /// occurrence both the old and the new leader shipped. A new leader
-    /// ships what it saw standing by, which is at most the Events the API
-    /// server keeps (one event TTL, an hour by default), so counting is
-    /// exact while a cluster has fewer rescales than this per event TTL
-    /// (plus the time an old leader's backlog takes to arrive). 4,096 keys
-    /// (≈ 0.5 MB) cover hours of rescales of a busy cluster, and the bound
-    /// holds however many HPAs there are. The keys live in memory: a
-    /// receiver restart forgets them.
-    pub scale_event_keys: usize,
-    /// Generic sample series kept; new series beyond it are refused (not
-    /// shown, not forwarded). Default 100,000, which a `/metrics` page
-    /// renders well within its budget (see the `exposition` bench).
-    pub max_sample_series: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_open_snapshots: 16,
-            scale_event_keys: 4096,
-            max_sample_series: 100_000,
-        }
-    }
-}
 
 /// How a record reaches the views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +121,9 @@ enum Lane {
 /// What became of a present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresentOutcome {
-    /// Applied to the current view.
-    Applied,
+    /// Applied to the current view, but for the records refused (by
+    /// reason).
+    Applied(RefusedCounts),
     /// Older than records of its stream already applied: ignored.
     Stale,
     /// From an older leadership epoch than the cluster's: refused.
@@ -199,6 +179,30 @@ impl ClusterModel {
         &self.samples
     }
 
+    /// `(budget, used, limit)` of each budget, in a fixed order: sample
+    /// series, their bytes, the object units of the current view (of the
+    /// timeline when there is no current view).
+    pub(crate) fn budgets(&self, limits: &Limits) -> [(&'static str, usize, usize); 3] {
+        let units = self
+            .current
+            .as_ref()
+            .or(self.timeline.as_ref())
+            .map_or(0, View::units);
+        [
+            (
+                "sample_series",
+                self.samples.len(),
+                limits.max_sample_series,
+            ),
+            (
+                "sample_bytes",
+                self.samples.bytes(),
+                limits.max_sample_bytes,
+            ),
+            ("objects", units, limits.max_objects),
+        ]
+    }
+
     /// Forgets the current view's objects and the samples (the sender is
     /// gone); the timeline is kept, so remote write still knows which
     /// series it wrote when the sender comes back.
@@ -211,8 +215,8 @@ impl ClusterModel {
 
     /// Applies a delivery: `records` are sequence numbers `first_seq..` of
     /// `cluster`'s stream `stream_id`; those its last present covers are
-    /// history. Timeline facts go to `facts`. Returns how many records were
-    /// refused as fenced (object state of an older leadership epoch).
+    /// history. Timeline facts go to `facts`. Returns the records refused,
+    /// by reason (see the module docs).
     pub(crate) fn apply_delivery<F: Facts>(
         &mut self,
         cluster: &str,
@@ -221,9 +225,9 @@ impl ClusterModel {
         now_ms: i64,
         limits: &Limits,
         facts: &mut F,
-    ) -> u64 {
+    ) -> RefusedCounts {
         if records.is_empty() {
-            return 0;
+            return RefusedCounts::NONE;
         }
         let last_seq = first_seq.saturating_add(records.len() as u64 - 1);
         let mut stream = self.streams.get(stream_id);
@@ -233,12 +237,13 @@ impl ClusterModel {
             let history = first_seq.saturating_add(i as u64) <= covers;
             (record, if history { Lane::History } else { Lane::News })
         });
-        let fenced = self.apply(cluster, &mut stream, lanes, now_ms, limits, facts);
+        let refused = self.apply(cluster, &mut stream, lanes, now_ms, limits, facts);
         self.streams.put(stream_id, stream);
-        fenced
+        refused
     }
 
-    /// Applies records that are news (no sequence numbers, no present).
+    /// Applies records that are news (no sequence numbers, no present);
+    /// returns the records refused, by reason.
     pub(crate) fn apply_news<F: Facts>(
         &mut self,
         cluster: &str,
@@ -246,17 +251,19 @@ impl ClusterModel {
         now_ms: i64,
         limits: &Limits,
         facts: &mut F,
-    ) {
+    ) -> RefusedCounts {
         let lanes = records.into_iter().map(|record| (record, Lane::News));
         let mut news = self.news;
-        self.apply(cluster, &mut news, lanes, now_ms, limits, facts);
+        let refused = self.apply(cluster, &mut news, lanes, now_ms, limits, facts);
         self.news = news;
+        refused
     }
 
     /// Applies a sender's present state (its current view, ahead of its
     /// backlog) to the current view, unless records of its stream newer
     /// than it were applied already (stale) or it is stamped with an epoch
-    /// older than the cluster's (fenced).
+    /// older than the cluster's (fenced); records of an applied present
+    /// can be refused one by one like a delivery's.
     pub(crate) fn apply_present(
         &mut self,
         cluster: &str,
@@ -288,12 +295,12 @@ impl ClusterModel {
         self.streams.put(stream_id, stream);
         let lanes = records.into_iter().map(|record| (record, Lane::Present));
         let mut own = StreamState::default();
-        self.apply(cluster, &mut own, lanes, 0, limits, &mut NoFacts);
-        PresentOutcome::Applied
+        let refused = self.apply(cluster, &mut own, lanes, 0, limits, &mut NoFacts);
+        PresentOutcome::Applied(refused)
     }
 
-    /// Applies `records` that follow `stream`'s position; returns how many
-    /// were refused as fenced.
+    /// Applies `records` that follow `stream`'s position; returns the
+    /// records refused, by reason.
     fn apply<F: Facts>(
         &mut self,
         cluster: &str,
@@ -302,24 +309,24 @@ impl ClusterModel {
         now_ms: i64,
         limits: &Limits,
         facts: &mut F,
-    ) -> u64 {
+    ) -> RefusedCounts {
         let mut out = Out { cluster, facts };
-        let mut fenced = 0;
+        let mut refused = RefusedCounts::NONE;
         for (index, (record, lane)) in records.enumerate() {
             out.facts.record(index);
-            if !self.apply_one(stream, record, lane, now_ms, limits, &mut out) {
-                fenced += 1;
+            if let Err(reason) = self.apply_one(stream, record, lane, now_ms, limits, &mut out) {
+                refused.add(reason, 1);
             }
         }
         let at_ms = stream.observed_ms.unwrap_or(now_ms);
         if let Some(timeline) = &mut self.timeline {
             timeline.finish(&mut out, at_ms);
         }
-        fenced
+        refused
     }
 
-    /// Applies one record of `stream` to the views its lane reaches;
-    /// false if it is object state of an older epoch (fenced, not applied).
+    /// Applies one record of `stream` to the views its lane reaches, or
+    /// refuses it (changing nothing) for a reason.
     fn apply_one<F: Facts>(
         &mut self,
         stream: &mut StreamState,
@@ -328,13 +335,14 @@ impl ClusterModel {
         now_ms: i64,
         limits: &Limits,
         out: &mut Out<'_, F>,
-    ) -> bool {
+    ) -> Result<(), RefusedReason> {
         let fenced = self.epochs.fences(stream.epoch);
         match record {
             ClusterRecord::ObservedAt { unix_ms } => {
                 if lane != Lane::Present {
                     stream.observed_ms = Some(unix_ms);
                 }
+                Ok(())
             }
             // A present's epoch was judged before it was applied.
             ClusterRecord::LeaderEpoch { epoch } => {
@@ -342,24 +350,26 @@ impl ClusterModel {
                     stream.epoch = Some(epoch);
                     self.epochs.see(out.cluster, epoch);
                 }
+                Ok(())
             }
             ClusterRecord::PodUsage(_)
             | ClusterRecord::ScaleEvent(_)
             | ClusterRecord::Sample(_) => {
                 let lane = if fenced { Lane::History } else { lane };
-                self.apply_measurement(record, lane, limits, out);
+                self.apply_measurement(record, lane, limits, out)
             }
-            _ if fenced => return false,
+            _ if fenced => Err(RefusedReason::Fenced),
             _ => {
                 let at_ms = stream.observed_ms.unwrap_or(now_ms);
-                self.apply_object(record, lane, at_ms, limits, out);
+                self.apply_object(record, lane, at_ms, limits, out)
             }
         }
-        true
     }
 
     /// Snapshots, upserts and deletes observed at `at_ms`: the current view
     /// unless `lane` is history, the timeline unless it is the present.
+    /// An upsert keeping a string too long is invalid; one that does not
+    /// fit the budget of a view it reaches is refused in all of them.
     fn apply_object<F: Facts>(
         &mut self,
         record: ClusterRecord,
@@ -367,13 +377,16 @@ impl ClusterModel {
         at_ms: i64,
         limits: &Limits,
         out: &mut Out<'_, F>,
-    ) {
+    ) -> Result<(), RefusedReason> {
         let mut quiet = Out {
             cluster: out.cluster,
             facts: &mut NoFacts,
         };
         let current = self.current.as_mut().filter(|_| lane != Lane::History);
         let timeline = self.timeline.as_mut().filter(|_| lane != Lane::Present);
+        let fits = |admits: &dyn Fn(&View) -> bool| {
+            current.as_deref().is_none_or(admits) && timeline.as_deref().is_none_or(admits)
+        };
         // Raw values are for remote write's label sets: only the timeline's.
         let keep_raw = timeline.is_some();
         match record {
@@ -390,7 +403,17 @@ impl ClusterModel {
                     view.snapshot_end(id, out, at_ms);
                 }
             }
-            ClusterRecord::PodUpsert(mut pod) if current.is_some() || timeline.is_some() => {
+            ClusterRecord::PodUpsert(mut pod) => {
+                if !budget::pod_valid(&pod) {
+                    return Err(RefusedReason::Invalid);
+                }
+                let key = (pod.namespace.as_str(), pod.name.as_str());
+                if !fits(&|v| v.admits_pod(key, pod.containers.len(), limits)) {
+                    return Err(RefusedReason::Budget);
+                }
+                if current.is_none() && timeline.is_none() {
+                    return Ok(());
+                }
                 let namespace = std::mem::take(&mut pod.namespace);
                 let name = std::mem::take(&mut pod.name);
                 let key = (namespace.as_str(), name.as_str());
@@ -410,7 +433,17 @@ impl ClusterModel {
                     view.delete_pod(&pod.namespace, &pod.name, out, at_ms);
                 }
             }
-            ClusterRecord::HpaUpsert(hpa) if current.is_some() || timeline.is_some() => {
+            ClusterRecord::HpaUpsert(hpa) => {
+                if !budget::hpa_valid(&hpa) {
+                    return Err(RefusedReason::Invalid);
+                }
+                let key = (hpa.namespace.as_str(), hpa.name.as_str());
+                if !fits(&|v| v.admits_hpa(key, hpa.targets.len(), limits)) {
+                    return Err(RefusedReason::Budget);
+                }
+                if current.is_none() && timeline.is_none() {
+                    return Ok(());
+                }
                 let state = Arc::new(HpaState::new(hpa));
                 if let Some(view) = current {
                     view.upsert_hpa(state.clone(), &mut quiet, at_ms);
@@ -429,19 +462,22 @@ impl ClusterModel {
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Usage, scale events and samples: the current view from every lane
     /// (history only moves it forward; a pod's usage never moves back to an
     /// older measurement, whichever stream — replica — sent it), the
-    /// timeline unless `lane` is the present.
+    /// timeline unless `lane` is the present. Refused like objects (usage
+    /// of an unknown pod and scale events of an unknown HPA take room) or
+    /// by the sample table's rules.
     fn apply_measurement<F: Facts>(
         &mut self,
         record: ClusterRecord,
         lane: Lane,
         limits: &Limits,
         out: &mut Out<'_, F>,
-    ) {
+    ) -> Result<(), RefusedReason> {
         let history = lane == Lane::History;
         let mut quiet = Out {
             cluster: out.cluster,
@@ -451,11 +487,23 @@ impl ClusterModel {
         let timeline = self.timeline.as_mut().filter(|_| lane != Lane::Present);
         match record {
             ClusterRecord::PodUsage(usage) => {
+                if !budget::usage_valid(&usage) {
+                    return Err(RefusedReason::Invalid);
+                }
                 let (namespace, pod) = (usage.namespace.as_str(), usage.pod.as_str());
                 let current = current.filter(|v| {
                     v.usage_ms(namespace, pod)
                         .is_none_or(|t| usage.timestamp_ms >= t)
                 });
+                let fits = current
+                    .as_deref()
+                    .is_none_or(|v| v.admits_usage(&usage, history, limits))
+                    && timeline
+                        .as_deref()
+                        .is_none_or(|v| v.admits_usage(&usage, false, limits));
+                if !fits {
+                    return Err(RefusedReason::Budget);
+                }
                 if let Some(view) = current {
                     view.pod_usage(&usage, history, &mut quiet);
                 }
@@ -464,9 +512,22 @@ impl ClusterModel {
                 }
             }
             ClusterRecord::ScaleEvent(event) => {
+                if !budget::scale_valid(&event) {
+                    return Err(RefusedReason::Invalid);
+                }
+                let key = (event.namespace.as_str(), event.hpa.as_str());
+                let fits = current
+                    .as_deref()
+                    .is_none_or(|v| v.admits_scale(key, limits))
+                    && timeline
+                        .as_deref()
+                        .is_none_or(|v| v.admits_scale(key, limits));
+                if !fits && !self.scale_keys.is_known(&event) {
+                    return Err(RefusedReason::Budget);
+                }
                 let keys = limits.scale_event_keys;
                 let Some(direction) = self.scale_keys.first_sighting(&event, keys) else {
-                    return;
+                    return Ok(());
                 };
                 if let Some(view) = current {
                     view.count_scale(&event, direction, &mut quiet);
@@ -476,9 +537,10 @@ impl ClusterModel {
                 }
             }
             ClusterRecord::Sample(sample) => {
-                let max = limits.max_sample_series;
-                let held = self.samples.apply(out.cluster, &sample, history, max);
-                if held && timeline.is_some() && F::WANTED {
+                self.samples
+                    .apply(out.cluster, &sample, history, limits)
+                    .map_err(|refusal| refusal.reason())?;
+                if timeline.is_some() && F::WANTED {
                     let series = Series {
                         name: sample.series.name(),
                         cluster: out.cluster,
@@ -489,5 +551,6 @@ impl ClusterModel {
             }
             _ => {}
         }
+        Ok(())
     }
 }

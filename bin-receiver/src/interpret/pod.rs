@@ -125,6 +125,8 @@ pub(crate) struct PodState {
     uid_len: usize,
     requests: Vec<ResourceSeries>,
     limits: Vec<ResourceSeries>,
+    /// Containers its record listed (its budget units beside the pod).
+    containers: usize,
     /// Kept only for remote write's label sets.
     raw: Option<Box<RawPod>>,
 }
@@ -163,6 +165,7 @@ impl PodState {
             uid_len,
             requests,
             limits,
+            containers: info.containers.len(),
             raw: keep_raw.then(|| {
                 Box::new(RawPod {
                     info,
@@ -171,6 +174,11 @@ impl PodState {
                 })
             }),
         }
+    }
+
+    /// Containers its record listed.
+    pub(crate) fn container_count(&self) -> usize {
+        self.containers
     }
 
     /// Its phase.

@@ -14,20 +14,29 @@
 //!   identity of the sender overrides it).
 //! - Series whose metric or label names are not valid Prometheus names, and
 //!   names that belong to the receiver
-//!   ([`super::families::is_reserved`]), are refused with one warning per
-//!   metric name, so a page always parses and never holds one family twice.
-//! - At most `max_series` series per cluster; new series beyond it are
-//!   refused with a warning (existing ones keep updating). A refused series
-//!   is neither shown nor forwarded.
+//!   ([`super::families::is_reserved`]), are refused (`invalid`), so a page
+//!   always parses and never holds one family twice; series beyond the
+//!   label limits are refused (`label_limit`).
+//! - The cluster's budget ([`super::budget`]): at most `max_sample_series`
+//!   series and `max_sample_bytes` of their names and labels; samples of
+//!   new series beyond either are refused (`budget`), existing series keep
+//!   updating. A refused series is neither shown nor forwarded; every
+//!   refused sample is counted by the caller (the link logs refusals at a
+//!   bounded rate), and the first refusal of each metric name is logged
+//!   here at debug level.
 
 use std::collections::{BTreeMap, HashSet};
 
-use telemetry_link::{Sample, SeriesKey};
+use telemetry_link::{RefusedReason, Sample, SeriesKey};
 use telemetry_runtime::exposition::{is_valid_label_name, is_valid_metric_name, push_label};
 
-use super::families::is_reserved;
+use super::{
+    budget::{sample_cost, Limits, MAX_NAME_BYTES},
+    families::is_reserved,
+};
 
-/// Names refused (and warned about) remembered per cluster, to warn once.
+/// Names refused (and logged) remembered per cluster, to log each once
+/// (names longer than [`MAX_NAME_BYTES`] are not remembered or logged).
 const REMEMBERED_REFUSALS: usize = 1024;
 
 /// One series' rendered labels and latest value.
@@ -53,9 +62,30 @@ pub(crate) enum SampleRefusal {
     /// The name belongs to one of the receiver's own families.
     #[error("metric name reserved by the receiver")]
     Reserved,
+    /// More labels or label bytes than the limits allow.
+    #[error("too many labels or label bytes")]
+    LabelLimit,
     /// The cluster already has the maximum number of sample series.
     #[error("too many sample series for this cluster (limit {0})")]
     TooManySeries(usize),
+    /// The cluster's sample series already take the maximum bytes.
+    #[error("sample series bytes over this cluster's budget (limit {0})")]
+    TooManyBytes(usize),
+}
+
+impl SampleRefusal {
+    /// The reason a refused sample is counted under.
+    pub(crate) fn reason(&self) -> RefusedReason {
+        match self {
+            SampleRefusal::InvalidMetricName
+            | SampleRefusal::InvalidLabelName(_)
+            | SampleRefusal::Reserved => RefusedReason::Invalid,
+            SampleRefusal::LabelLimit => RefusedReason::LabelLimit,
+            SampleRefusal::TooManySeries(_) | SampleRefusal::TooManyBytes(_) => {
+                RefusedReason::Budget
+            }
+        }
+    }
 }
 
 /// The generic samples of one cluster.
@@ -64,6 +94,8 @@ pub(crate) struct SampleTable {
     /// Metric name → canonical series encoding → series.
     families: BTreeMap<String, BTreeMap<Box<[u8]>, SampleSeries>>,
     series: usize,
+    /// What the held series are charged ([`sample_cost`]).
+    bytes: usize,
     refused_names: HashSet<String>,
 }
 
@@ -72,6 +104,7 @@ impl SampleTable {
     pub(crate) fn clear(&mut self) {
         self.families.clear();
         self.series = 0;
+        self.bytes = 0;
     }
 
     /// Number of series held.
@@ -89,15 +122,20 @@ impl SampleTable {
         self.families.get(name)
     }
 
+    /// Bytes charged to the held series.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Records `sample`; a `history` sample only replaces an older one.
-    /// Returns whether its series is held (false: refused).
+    /// `Err`: its series is refused (see the module docs).
     pub(crate) fn apply(
         &mut self,
         cluster: &str,
         sample: &Sample,
         history: bool,
-        max_series: usize,
-    ) -> bool {
+        limits: &Limits,
+    ) -> Result<(), SampleRefusal> {
         let key = &sample.series;
         if let Some(series) = self
             .families
@@ -108,18 +146,13 @@ impl SampleTable {
                 series.value = sample.value;
                 series.timestamp_ms = sample.timestamp_ms;
             }
-            return true;
+            return Ok(());
         }
-        let checked = check(key).and_then(|labels| {
-            if self.series >= max_series {
-                Err(SampleRefusal::TooManySeries(max_series))
-            } else {
-                Ok(labels)
-            }
-        });
+        let checked = self.admit(key, limits);
         match checked {
             Ok(labels) => {
                 self.series += 1;
+                self.bytes += sample_cost(key, labels.len());
                 self.families
                     .entry(key.name().to_owned())
                     .or_default()
@@ -131,17 +164,34 @@ impl SampleTable {
                             timestamp_ms: sample.timestamp_ms,
                         },
                     );
-                true
+                Ok(())
             }
             Err(refusal) => {
                 if self.refused_names.len() < REMEMBERED_REFUSALS
+                    && key.name().len() <= MAX_NAME_BYTES
                     && self.refused_names.insert(key.name().to_owned())
                 {
-                    tracing::warn!(cluster, metric = key.name(), %refusal, "sample series refused");
+                    tracing::debug!(cluster, metric = key.name(), %refusal, "sample series refused");
                 }
-                false
+                Err(refusal)
             }
         }
+    }
+
+    /// Checks a new series against the names, the label limits and the
+    /// budget; its rendered labels when it is admitted.
+    fn admit(&self, key: &SeriesKey, limits: &Limits) -> Result<String, SampleRefusal> {
+        if !limits.labels_fit(key) {
+            return Err(SampleRefusal::LabelLimit);
+        }
+        let labels = check(key)?;
+        if self.series >= limits.max_sample_series {
+            return Err(SampleRefusal::TooManySeries(limits.max_sample_series));
+        }
+        if self.bytes + sample_cost(key, labels.len()) > limits.max_sample_bytes {
+            return Err(SampleRefusal::TooManyBytes(limits.max_sample_bytes));
+        }
+        Ok(labels)
     }
 }
 

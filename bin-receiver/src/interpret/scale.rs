@@ -54,6 +54,11 @@ impl ScaleKeys {
         Some(direction)
     }
 
+    /// Whether `event`'s key is remembered (a repeat, counted already).
+    pub(crate) fn is_known(&self, event: &ScaleEvent) -> bool {
+        self.seen.contains(&event.key)
+    }
+
     /// Keys remembered.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

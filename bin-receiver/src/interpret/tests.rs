@@ -3,8 +3,9 @@
 //! latest sample of every series the timeline wrote and did not mark
 //! stale), through the store the receiver runs (`keep_timeline`), and the
 //! limits hold for both. Leadership epochs and several streams per
-//! cluster: `epochs`.
+//! cluster: `epochs`; budgets and refusals: `budgets`.
 
+mod budgets;
 mod epochs;
 
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
@@ -34,6 +35,8 @@ struct Both {
     written: BTreeMap<Labels, f64>,
     /// Sequence of the last record delivered.
     seq: u64,
+    /// What the last delivery refused.
+    refused: telemetry_link::RefusedCounts,
     now: Instant,
 }
 
@@ -48,6 +51,7 @@ impl Both {
             store,
             written: BTreeMap::new(),
             seq: 0,
+            refused: telemetry_link::RefusedCounts::NONE,
             now: Instant::now(),
         }
     }
@@ -80,7 +84,8 @@ impl Both {
                 self.written.insert(sample.labels, sample.value);
             }
         }
-        delivered.fenced
+        self.refused = delivered.refused;
+        delivered.refused.get(telemetry_link::RefusedReason::Fenced)
     }
 
     /// The series on `/metrics` that remote write also carries: all but
@@ -97,6 +102,8 @@ impl Both {
                 let name = labels[0].1.as_str();
                 name != families::SENDER_UP.name
                     && name != families::SENDER_LAST_SEEN.name
+                    && name != families::SENDER_BUDGET_USED.name
+                    && name != families::SENDER_BUDGET_LIMIT.name
                     && !(name == families::HPA_SCALE_EVENTS.name && *value == 0.0)
             })
             .collect()
@@ -394,6 +401,7 @@ fn the_limits_hold_for_both_consumers() {
         max_open_snapshots: 1,
         scale_event_keys: 1,
         max_sample_series: 1,
+        ..Limits::default()
     });
     both.deliver(vec![
         ClusterRecord::PodUpsert(pod("a", PodPhase::Running, "n1")),

@@ -30,12 +30,16 @@
 //!   at their own times as they arrive; [`View::finish`] writes the count of
 //!   every namespace touched since the last call, or marks it stale when
 //!   the namespace lost its last pod.
+//! - The view counts the budget units its objects take ([`View::units`],
+//!   see [`super::budget`]) through every change; the `admits_*` checks
+//!   tell the caller, before a change, whether it stays within a budget.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use telemetry_schema::{ObjectKind, PodUsage, ScaleEvent};
 
 use super::{
+    budget::{hpa_units, pod_units, Limits},
     facts::{Facts, Out},
     families::{NAMESPACE_LABELS, NAMESPACE_PODS_RUNNING},
     hpa::{self, Direction, HpaState, ScaleCounts},
@@ -54,6 +58,14 @@ struct PodSlot {
     usage: UsageState,
 }
 
+impl PodSlot {
+    /// Budget units it takes.
+    fn units(&self) -> usize {
+        let containers = self.pod.as_ref().map_or(0, |p| p.container_count());
+        pod_units(containers, self.usage.containers().len())
+    }
+}
+
 /// An HPA as the view knows it: possibly only scale events so far.
 #[derive(Debug, Default)]
 struct HpaSlot {
@@ -61,6 +73,13 @@ struct HpaSlot {
     upserted_at: u64,
     hpa: Option<Arc<HpaState>>,
     counts: ScaleCounts,
+}
+
+impl HpaSlot {
+    /// Budget units it takes.
+    fn units(&self) -> usize {
+        hpa_units(self.hpa.as_ref().map_or(0, |h| h.target_count()))
+    }
 }
 
 /// Upserted pods of one namespace.
@@ -129,6 +148,8 @@ pub(crate) struct View {
     snapshots: Vec<OpenSnapshot>,
     /// Logical clock: advanced by every upsert.
     upserts: u64,
+    /// Budget units of every slot.
+    units: usize,
     /// Whether this view logs anomalies (one view per cluster does, so a
     /// record is not reported twice).
     logs: bool,
@@ -175,6 +196,67 @@ impl View {
     /// Number of namespaces with upserted pods.
     pub(crate) fn namespace_count(&self) -> usize {
         self.namespaces.live.len()
+    }
+
+    /// Budget units its objects take.
+    pub(crate) fn units(&self) -> usize {
+        self.units
+    }
+
+    fn pod_slot(&self, namespace: &str, name: &str) -> Option<&PodSlot> {
+        self.pods.get(namespace)?.get(name)
+    }
+
+    /// Whether an upsert of pod `namespace/name` with `containers`
+    /// containers stays within `limits`.
+    pub(crate) fn admits_pod(
+        &self,
+        (namespace, name): (&str, &str),
+        containers: usize,
+        limits: &Limits,
+    ) -> bool {
+        let slot = self.pod_slot(namespace, name);
+        let before = slot.map_or(0, PodSlot::units);
+        let usage = slot.map_or(0, |s| s.usage.containers().len());
+        limits.admits(self.units, before, pod_units(containers, usage))
+    }
+
+    /// Whether `usage` stays within `limits` (`history`: it creates no
+    /// slot for an unknown pod).
+    pub(crate) fn admits_usage(&self, usage: &PodUsage, history: bool, limits: &Limits) -> bool {
+        let after = |containers| pod_units(containers, usage.containers.len());
+        match self.pod_slot(&usage.namespace, &usage.pod) {
+            Some(slot) => {
+                let containers = slot.pod.as_ref().map_or(0, |p| p.container_count());
+                limits.admits(self.units, slot.units(), after(containers))
+            }
+            None => history || limits.admits(self.units, 0, after(0)),
+        }
+    }
+
+    /// Whether an upsert of an HPA `namespace/name` with `targets` metric
+    /// targets stays within `limits`.
+    pub(crate) fn admits_hpa(
+        &self,
+        (namespace, name): (&str, &str),
+        targets: usize,
+        limits: &Limits,
+    ) -> bool {
+        let before = self
+            .hpas
+            .get(namespace)
+            .and_then(|m| m.get(name))
+            .map_or(0, HpaSlot::units);
+        limits.admits(self.units, before, hpa_units(targets))
+    }
+
+    /// Whether counting a scale event of HPA `namespace/name` stays within
+    /// `limits` (an unknown HPA gets a slot).
+    pub(crate) fn admits_scale(&self, (namespace, name): (&str, &str), limits: &Limits) -> bool {
+        self.hpas
+            .get(namespace)
+            .is_some_and(|m| m.contains_key(name))
+            || limits.admits(self.units, 0, hpa_units(0))
     }
 
     /// Opens snapshot `id` of `kinds` (restarting one with the same id;
@@ -232,6 +314,7 @@ impl View {
             let gone = take_stale(&mut self.hpas, |slot| slot.upserted_at <= began_at);
             removed += gone.len();
             for (namespace, name, slot) in gone {
+                self.units -= slot.units().min(self.units);
                 removed_hpa(&namespace, &name, slot, out, at_ms);
             }
         }
@@ -259,10 +342,13 @@ impl View {
         at_ms: i64,
     ) {
         let at = self.tick();
-        let before = with_slot(&mut self.pods, namespace, name, |slot| {
+        let (before, units) = with_slot(&mut self.pods, namespace, name, |slot, new| {
+            let units = if new { 0 } else { slot.units() };
             slot.upserted_at = at;
-            slot.pod.replace(state.clone())
+            let before = slot.pod.replace(state.clone());
+            (before, (units, slot.units()))
         });
+        self.recount(units);
         self.namespaces.change(
             namespace,
             before.as_ref().map(|p| p.running()),
@@ -299,6 +385,7 @@ impl View {
         out: &mut Out<'_, F>,
         at_ms: i64,
     ) {
+        self.recount((slot.units(), 0));
         let before = slot.pod.as_ref().map(|p| p.running());
         self.namespaces.change(namespace, before, None, F::WANTED);
         if F::WANTED {
@@ -325,15 +412,21 @@ impl View {
         out: &mut Out<'_, F>,
     ) {
         let (namespace, pod) = (usage.namespace.as_str(), usage.pod.as_str());
-        if let Some(slot) = self.pods.get_mut(namespace).and_then(|m| m.get_mut(pod)) {
+        let units = if let Some(slot) = self.pods.get_mut(namespace).and_then(|m| m.get_mut(pod)) {
+            let before = slot.units();
             if !(history && usage.timestamp_ms <= slot.usage.timestamp_ms()) {
                 set_usage(slot, usage, out);
             }
+            (before, slot.units())
         } else if !history {
-            with_slot(&mut self.pods, namespace, pod, |slot| {
+            with_slot(&mut self.pods, namespace, pod, |slot, _| {
                 set_usage(slot, usage, out);
-            });
-        }
+                (0, slot.units())
+            })
+        } else {
+            (0, 0)
+        };
+        self.recount(units);
     }
 
     /// Upserts an HPA observed at `at_ms`.
@@ -344,10 +437,18 @@ impl View {
         at_ms: i64,
     ) {
         let at = self.tick();
-        let before = with_slot(&mut self.hpas, state.namespace(), state.name(), |slot| {
-            slot.upserted_at = at;
-            slot.hpa.replace(state.clone())
-        });
+        let (before, units) = with_slot(
+            &mut self.hpas,
+            state.namespace(),
+            state.name(),
+            |slot, new| {
+                let units = if new { 0 } else { slot.units() };
+                slot.upserted_at = at;
+                let before = slot.hpa.replace(state.clone());
+                (before, (units, slot.units()))
+            },
+        );
+        self.recount(units);
         if F::WANTED {
             if let Some(before) = &before {
                 before.stale_changes(Some(&state), out, at_ms);
@@ -365,6 +466,7 @@ impl View {
         at_ms: i64,
     ) {
         if let Some(slot) = remove(&mut self.hpas, namespace, name) {
+            self.recount((slot.units(), 0));
             removed_hpa(namespace, name, slot, out, at_ms);
         }
     }
@@ -376,9 +478,12 @@ impl View {
         direction: Direction,
         out: &mut Out<'_, F>,
     ) {
-        let count = with_slot(&mut self.hpas, &event.namespace, &event.hpa, |slot| {
-            slot.counts.count(direction)
-        });
+        let (count, units) =
+            with_slot(&mut self.hpas, &event.namespace, &event.hpa, |slot, new| {
+                let before = if new { 0 } else { slot.units() };
+                (slot.counts.count(direction), (before, slot.units()))
+            });
+        self.recount(units);
         if F::WANTED {
             hpa::write_count(
                 out,
@@ -388,6 +493,11 @@ impl View {
                 Some(count),
             );
         }
+    }
+
+    /// Moves the unit count from a slot's `before` to its `after` units.
+    fn recount(&mut self, (before, after): (usize, usize)) {
+        self.units = (self.units + after).saturating_sub(before);
     }
 
     /// Writes the running-pod count of every namespace touched since the
@@ -432,22 +542,22 @@ fn removed_hpa<F: Facts>(
 
 /// Applies `f` to the slot of `namespace/name`, created empty when
 /// missing (a known object costs one lookup; the names are copied only for
-/// a new one).
+/// a new one); `f` is told whether the slot is new.
 fn with_slot<T: Default, R>(
     map: &mut ByNamespace<T>,
     namespace: &str,
     name: &str,
-    f: impl FnOnce(&mut T) -> R,
+    f: impl FnOnce(&mut T, bool) -> R,
 ) -> R {
     if let Some(slot) = map.get_mut(namespace).and_then(|m| m.get_mut(name)) {
-        return f(slot);
+        return f(slot, false);
     }
     let slot = map
         .entry(namespace.to_owned())
         .or_default()
         .entry(name.to_owned())
         .or_default();
-    f(slot)
+    f(slot, true)
 }
 
 /// Replaces a pod's usage with `usage`: its vanished containers' series

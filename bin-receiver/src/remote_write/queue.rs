@@ -41,6 +41,14 @@ pub enum QueueError {
     /// Samples could not be encoded.
     #[error("encoding queued samples: {0}")]
     Encode(#[from] postcard::Error),
+    /// The queue's directory could not be created.
+    #[error("creating the queue directory {}: {source}", dir.display())]
+    Create {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The queue could not be moved from the directory earlier releases
     /// named after the whole URL (that name is not shown: it may hold a
     /// secret).
@@ -74,7 +82,16 @@ pub struct EndpointQueue {
 impl EndpointQueue {
     /// Opens (or creates) the queue in `dir`.
     pub fn open(dir: &Path, cfg: SpoolConfig) -> Result<Self, QueueError> {
-        let (queue, recovery) = ByteQueue::open(dir.join("queue"), cfg)?;
+        let files = dir.join("queue");
+        // Private (0700, like the state directory) before the queue's files
+        // are made in it.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&files)
+            .map_err(|source| QueueError::Create {
+                dir: files.clone(),
+                source,
+            })?;
+        let (queue, recovery) = ByteQueue::open(files, cfg)?;
         if !recovery.is_clean() {
             tracing::warn!(dir = %dir.display(), ?recovery, "remote_write queue recovered from a crash");
         }

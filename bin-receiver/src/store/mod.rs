@@ -16,8 +16,11 @@
 //!   backlog it covers never moves `/metrics` back. A cluster's sender may
 //!   run as several replicas, each its own stream: presents, history and
 //!   observation times are per stream, and object state of an older
-//!   leadership epoch is refused and counted ([`Delivered::fenced`],
+//!   leadership epoch is refused and counted ([`Delivered::refused`],
 //!   [`PresentOutcome::Fenced`]).
+//! - Each cluster keeps within its budgets (sample series, object units:
+//!   [`crate::interpret::budget`]); what does not fit is refused and
+//!   counted by reason ([`Delivered::refused`], [`PresentOutcome::Applied`]).
 //! - `telemetry_link_sender_up{cluster}` is 1 while the sender is connected or
 //!   has been disconnected for at most `sender_ttl`; [`ClusterStore::expire`]
 //!   removes every series of a cluster disconnected for longer and turns it
@@ -41,6 +44,7 @@ use std::{
 };
 
 use prometheus::proto::MetricFamily;
+use telemetry_link::RefusedCounts;
 use telemetry_runtime::exposition::{self, push_label, Format};
 use telemetry_schema::ClusterRecord;
 
@@ -56,9 +60,9 @@ pub struct Delivered {
     /// The delivery's remote-write samples (none unless the store keeps the
     /// timeline).
     pub converted: Converted,
-    /// Records refused as fenced: object state of an older leadership
-    /// epoch than the cluster's, not applied.
-    pub fenced: u64,
+    /// Records refused, by reason (not applied: over a budget, invalid,
+    /// object state of an older leadership epoch than the cluster's).
+    pub refused: RefusedCounts,
 }
 
 /// Limits and timings of a [`ClusterStore`].
@@ -277,36 +281,42 @@ impl ClusterStore {
         state
     }
 
-    /// Applies `records` from `cluster`'s sender, in order, now.
-    pub fn apply(&mut self, cluster: &str, records: impl IntoIterator<Item = ClusterRecord>) {
-        self.apply_at(cluster, records, Instant::now());
+    /// Applies `records` from `cluster`'s sender, in order, now; returns
+    /// the records refused, by reason.
+    pub fn apply(
+        &mut self,
+        cluster: &str,
+        records: impl IntoIterator<Item = ClusterRecord>,
+    ) -> RefusedCounts {
+        self.apply_at(cluster, records, Instant::now())
     }
 
     /// Applies `records` from `cluster`'s sender, in order, at `now`, as
     /// news (none of them is history). A cluster first seen here counts as
     /// connected; records for an expired cluster start its TTL again (a
-    /// connect should have come first).
+    /// connect should have come first). Returns the records refused, by
+    /// reason.
     pub fn apply_at(
         &mut self,
         cluster: &str,
         records: impl IntoIterator<Item = ClusterRecord>,
         now: Instant,
-    ) {
+    ) -> RefusedCounts {
         let now_ms = self.clock.unix_ms(now);
         let limits = self.config.limits;
         let state = self.sending(cluster, now);
         state
             .model
-            .apply_news(cluster, records, now_ms, &limits, &mut NoFacts);
+            .apply_news(cluster, records, now_ms, &limits, &mut NoFacts)
     }
 
     /// Applies a delivery: `records` are sequence numbers `first_seq..` of
     /// `cluster`'s stream `stream_id`. Those the stream's last present
     /// covers are history (see [`crate::interpret`]). Returns the
     /// delivery's remote-write samples when the store keeps the timeline
-    /// ([`ClusterStore::keep_timeline`]; none otherwise) and how many of
-    /// its records were refused as fenced; object state without an
-    /// observation time is stamped `now`.
+    /// ([`ClusterStore::keep_timeline`]; none otherwise) and the records
+    /// refused, by reason; object state without an observation time is
+    /// stamped `now`.
     pub fn deliver_at(
         &mut self,
         cluster: &str,
@@ -325,7 +335,7 @@ impl ClusterStore {
         let model = &mut self.sending(cluster, now).model;
         let position = (stream_id, first_seq);
         let converted = &mut delivered.converted;
-        delivered.fenced = if timeline {
+        delivered.refused = if timeline {
             model.apply_delivery(cluster, position, records, now_ms, &limits, converted)
         } else {
             model.apply_delivery(cluster, position, records, now_ms, &limits, &mut NoFacts)
@@ -350,7 +360,8 @@ impl ClusterStore {
     /// Applies a sender's present state (its current view, ahead of its
     /// backlog), unless records of its stream newer than it were applied
     /// already, or it comes from an older leadership epoch than the
-    /// cluster's.
+    /// cluster's; records of an applied present may be refused one by one
+    /// (over a budget, invalid).
     pub fn present_at(
         &mut self,
         cluster: &str,
@@ -364,7 +375,7 @@ impl ClusterStore {
         let outcome = state
             .model
             .apply_present(cluster, (stream_id, covers_seq), records, &limits);
-        if outcome == PresentOutcome::Applied {
+        if matches!(outcome, PresentOutcome::Applied(_)) {
             self.sending(cluster, now);
         }
         outcome
@@ -379,7 +390,10 @@ impl ClusterStore {
         records: Vec<ClusterRecord>,
         now: Instant,
     ) -> bool {
-        self.present_at(cluster, stream_id, covers_seq, records, now) == PresentOutcome::Applied
+        matches!(
+            self.present_at(cluster, stream_id, covers_seq, records, now),
+            PresentOutcome::Applied(_)
+        )
     }
 
     /// `cluster`'s sender connected at `now`.

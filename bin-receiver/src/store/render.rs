@@ -24,10 +24,11 @@ use telemetry_schema::PodPhase;
 use super::{ClusterState, ClusterStore, LinkState};
 use crate::interpret::{
     families::{
-        HPA_GAUGES, HPA_SCALE_EVENTS, HPA_SPEC_TARGET_METRIC, NAMESPACE_LABELS,
+        BUDGET_LABELS, HPA_GAUGES, HPA_SCALE_EVENTS, HPA_SPEC_TARGET_METRIC, NAMESPACE_LABELS,
         NAMESPACE_PODS_RUNNING, POD_CONTAINER_CPU_USAGE, POD_CONTAINER_MEMORY_WORKING_SET,
         POD_CONTAINER_RESOURCE_LIMITS, POD_CONTAINER_RESOURCE_REQUESTS, POD_INFO, POD_PHASE_LABELS,
-        POD_STATUS_PHASE, SAMPLE_HELP, SCALE_LABELS, SENDER_LAST_SEEN, SENDER_UP,
+        POD_STATUS_PHASE, SAMPLE_HELP, SCALE_LABELS, SENDER_BUDGET_LIMIT, SENDER_BUDGET_USED,
+        SENDER_LAST_SEEN, SENDER_UP,
     },
     hpa::{HpaState, ScaleCounts},
     pod::{PodState, ResourceSeries, UsageState},
@@ -210,6 +211,17 @@ impl ClusterStore {
             open(out, &SENDER_LAST_SEEN, cluster);
             push_value_line_end(out, cluster.last_seen_unix);
         }
+
+        for (family, limit) in [(&SENDER_BUDGET_USED, false), (&SENDER_BUDGET_LIMIT, true)] {
+            family.write_header(out, format);
+            for cluster in self.clusters.values() {
+                for (budget, used, max) in cluster.model.budgets(&self.config.limits) {
+                    open(out, family, cluster);
+                    push_plain_label(out, BUDGET_LABELS[0], budget);
+                    push_value_line_end(out, if limit { max } else { used } as f64);
+                }
+            }
+        }
     }
 
     fn render_samples(&self, format: Format, out: &mut String) {
@@ -250,8 +262,8 @@ impl ClusterStore {
             count += view.namespace_count();
         }
         for cluster in self.clusters.values() {
-            // sender up and last seen
-            count += 2 + cluster.model.samples().len();
+            // sender up and last seen, three budgets used and their limits
+            count += 2 + 6 + cluster.model.samples().len();
         }
         for (_, hpa, _) in self.hpas() {
             count += HPA_GAUGES.len() + hpa.targets().len() + 2;

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use telemetry_link::{Sample, SeriesKey};
+use telemetry_link::{RefusedReason, Sample, SeriesKey};
 use telemetry_schema::{
     ContainerRequests, ContainerUsage, HpaInfo, HpaTarget, ObjectKind, ObjectRef, PodInfo,
     PodPhase, PodUsage, ScaleEvent,
@@ -274,8 +274,11 @@ fn a_pod_delete_removes_every_series_of_the_pod_at_once() {
     );
     assert_eq!(
         store.series_count(),
-        2,
-        "only the sender's up and last-seen remain"
+        8,
+        "only the sender's up, last-seen and budgets remain"
+    );
+    assert!(
+        empty.contains(r#"telemetry_receiver_sender_budget_used{cluster="c",budget="objects"} 0"#)
     );
 }
 
@@ -585,7 +588,7 @@ fn invalid_reserved_and_excess_sample_series_are_refused() {
         },
         ..StoreConfig::default()
     });
-    store.apply(
+    let refused = store.apply(
         "c",
         [
             sample("bad-name", &[], 1.0),
@@ -601,6 +604,9 @@ fn invalid_reserved_and_excess_sample_series_are_refused() {
             sample("first", &[], 4.0),
         ],
     );
+    assert_eq!(refused.get(RefusedReason::Invalid), 7);
+    assert_eq!(refused.get(RefusedReason::Budget), 1, "third");
+    assert_eq!(refused.total(), 8);
     let page = page(&store);
     assert_eq!(lines(&page, "first"), vec![r#"first{cluster="c"} 4"#]);
     assert_eq!(lines(&page, "second"), vec![r#"second{cluster="c"} 2"#]);
@@ -642,9 +648,11 @@ fn a_sender_stays_up_within_the_ttl_and_expires_beyond_it() {
     assert_eq!(store.sender_up("c"), Some(false));
     assert_eq!(
         sample_lines(&expired),
-        2,
-        "only up and last-seen remain: {expired}"
+        8,
+        "only up, last-seen and budgets remain: {expired}"
     );
+    assert!(expired
+        .contains(r#"telemetry_receiver_sender_budget_used{cluster="c",budget="objects"} 0"#));
     assert_eq!(
         store.expire(t0 + Duration::from_secs(500)),
         0,

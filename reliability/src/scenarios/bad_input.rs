@@ -535,7 +535,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     );
     // The replayer's records were applied exactly once.
     let files = vec![AuditFile::load(&spec.audit_log, "rx", false).context("audit log")?];
-    st.audit_check(&files, "replayer", 3, 0);
+    st.audit_check(&files, "replayer", 3, (0, 0));
     Ok(st.outcome(Some(&report)))
 }
 

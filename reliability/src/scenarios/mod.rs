@@ -24,6 +24,7 @@ pub mod long_outage;
 pub mod loss;
 pub mod migration;
 pub mod partition;
+pub mod shared;
 pub mod small_disk;
 
 use std::{
@@ -299,6 +300,7 @@ impl<'a> Stage<'a> {
         let dropped = e
             .value("telemetry_sender_records_dropped_total", &[])
             .unwrap_or(0.0) as u64;
+        let refused = e.sum("telemetry_sender_records_refused_total", &[]) as u64;
         if let Err(err) = done {
             self.failures.push(format!(
                 "sender did not finish: last_seq {last} (want {total}), acked_seq {acked}, spool records {spooled}: {err:#}"
@@ -360,7 +362,7 @@ impl<'a> Stage<'a> {
             .iter()
             .map(|a| AuditFile::load(&a.path, &a.label, a.killed))
             .collect::<Result<_>>()?;
-        let report = self.audit_check(&files, SENDER_ID, total, dropped);
+        let report = self.audit_check(&files, SENDER_ID, total, (dropped, refused));
         self.row.applied = Some(report.applied);
         self.row.lost = Some(report.missing);
         self.row.duplicates = report.duplicates_cell();
@@ -368,27 +370,34 @@ impl<'a> Stage<'a> {
     }
 
     /// Runs the audit check for `sender` (and the sabotage self-check),
-    /// recording failures.
+    /// recording failures: `dropped` records the sender dropped by its
+    /// spool cap, `refused` records it was told the receiver refused.
     pub fn audit_check(
         &mut self,
         files: &[AuditFile],
         sender: &str,
         total: u64,
-        dropped: u64,
+        (dropped, refused): (u64, u64),
     ) -> AuditReport {
         let tampered = audit::without_a_delivery(files, sender);
         let replayed = audit::with_a_replay(files, sender);
         let blind = audit::verify(&tampered, sender, total)
-            .problems(dropped)
+            .problems(dropped, refused)
             .is_empty()
             || audit::verify(&replayed, sender, total)
-                .problems(dropped)
+                .problems(dropped, refused)
                 .is_empty();
         self.check(!blind, format!("self-check: the audit check of {sender} did not notice a removed or replayed delivery"));
         let used = if self.ctx.sabotage { &tampered } else { files };
         let report = audit::verify(used, sender, total);
-        for p in report.problems(dropped) {
+        for p in report.problems(dropped, refused) {
             self.failures.push(format!("audit ({sender}): {p}"));
+        }
+        if report.refused > 0 {
+            self.note(format!(
+                "audit ({sender}): sent {total} = applied {} + refused {} + lost {}",
+                report.applied, report.refused, report.missing
+            ));
         }
         if report.duplicates > 0 {
             self.note(format!(

@@ -2,11 +2,15 @@
 //! HTTP/1.1 with timeouts, and a graceful stop.
 //!
 //! What it guarantees:
-//! - At most `max_connections` connections are open; one more is closed
-//!   as soon as it is accepted and counted
-//!   (`telemetry_endpoint_connections_refused_total`). The cap is lowered
-//!   to a quarter of the process's open-file limit, so HTTP clients can
-//!   never take the file descriptors the QUIC side and the spool need.
+//! - At most `max_connections` connections are open. At the cap, a new
+//!   connection takes the place of the oldest one that has not yet sent
+//!   a complete request head (closed and counted as `header_timeout`), so
+//!   half-open connections cannot keep a scraper out; when every open
+//!   connection has sent a request, the new one is closed as soon as it is
+//!   accepted and counted (`telemetry_endpoint_connections_refused_total`).
+//!   The cap is lowered to a quarter of the process's open-file limit, so
+//!   HTTP clients can never take the file descriptors the QUIC side and
+//!   the spool need.
 //! - A connection that has not completed its TLS handshake and request
 //!   head within `header_read_timeout` is closed (slowloris); the same
 //!   timer runs while a kept-alive connection waits for its next request,
@@ -19,13 +23,20 @@
 //! - On stop, accepting ends, open connections finish their current
 //!   response within [`DRAIN_TIME`] and are then dropped.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    sync::{watch, Notify, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tracing::{debug, warn};
@@ -71,6 +82,50 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// How long a new connection waits for the place of a connection it
+/// closed.
+const MAKE_ROOM_WAIT: Duration = Duration::from_millis(100);
+
+/// A connection that may be closed to make room until it sends a
+/// complete request head.
+#[derive(Debug, Default)]
+struct Evictable {
+    requested: AtomicBool,
+    evict: Notify,
+}
+
+/// Open connections that had not sent a request when they were accepted,
+/// oldest first.
+#[derive(Debug, Default)]
+struct Waiting(Mutex<VecDeque<Weak<Evictable>>>);
+
+impl Waiting {
+    fn push(&self, c: &Arc<Evictable>) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        q.retain(|w| {
+            w.upgrade()
+                .is_some_and(|c| !c.requested.load(Ordering::Relaxed))
+        });
+        q.push_back(Arc::downgrade(c));
+    }
+
+    /// Closes the oldest connection that has not sent a request yet and
+    /// waits for its permit.
+    async fn make_room(&self, permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        let victim = {
+            let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            std::iter::from_fn(|| q.pop_front())
+                .filter_map(|w| w.upgrade())
+                .find(|c| !c.requested.load(Ordering::Relaxed))
+        }?;
+        victim.evict.notify_one();
+        tokio::time::timeout(MAKE_ROOM_WAIT, permits.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
 /// Accepts and serves until `stop` turns true.
 pub(crate) async fn run(
     listener: TcpListener,
@@ -78,6 +133,7 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(shared.max_connections));
+    let waiting = Waiting::default();
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -93,7 +149,11 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => waiting.make_room(&permits).await,
+        };
+        let Some(permit) = permit else {
             shared.metrics.refused();
             debug!(
                 cap = shared.max_connections,
@@ -102,7 +162,22 @@ pub(crate) async fn run(
             drop(stream);
             continue;
         };
-        connections.spawn(connection(stream, shared.clone(), permit, stop.clone()));
+        let evictable = Arc::new(Evictable::default());
+        waiting.push(&evictable);
+        let serve = connection(
+            stream,
+            shared.clone(),
+            permit,
+            stop.clone(),
+            evictable.clone(),
+        );
+        let metrics = shared.metrics.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                () = evictable.evict.notified() => metrics.closed(CloseReason::HeaderTimeout),
+            }
+        });
     }
     drop(listener);
     let drained = async { while connections.join_next().await.is_some() {} };
@@ -125,6 +200,7 @@ async fn connection(
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
+    evictable: Arc<Evictable>,
 ) {
     shared.metrics.opened();
     let _open = Open(shared.metrics.clone());
@@ -151,7 +227,10 @@ async fn connection(
     let io = TimedWrites::new(io, limits.write_timeout, shared.metrics.clone());
     let service = {
         let shared = shared.clone();
-        hyper::service::service_fn(move |request| super::routes::handle(request, shared.clone()))
+        hyper::service::service_fn(move |request| {
+            evictable.requested.store(true, Ordering::Relaxed);
+            super::routes::handle(request, shared.clone())
+        })
     };
     let mut builder = http1::Builder::new();
     builder

@@ -345,11 +345,52 @@ async fn slow_heads_idle_connections_and_the_cap() -> anyhow::Result<()> {
         ) >= 2.0
     );
 
-    // Three open connections fill the cap; the fourth is closed at once.
-    let held: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(addr))
-        .collect::<Result<_, _>>()?;
+    // Three connections that have not sent a request fill the cap; a
+    // scrape takes the place of the oldest, and is answered.
+    let before = counter(
+        &registry,
+        "telemetry_endpoint_connections_closed_total",
+        &[("reason", "header_timeout")],
+    );
+    let half_open: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr)?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\n")?;
+            Ok(s)
+        })
+        .collect::<std::io::Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let scrape = blocking(move || http_get(addr, "/healthz", &[])).await?;
+    assert_eq!(scrape.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "telemetry_endpoint_connections_closed_total",
+            &[("reason", "header_timeout")]
+        ),
+        before + 1.0,
+        "the oldest half-open connection made room"
+    );
+    drop(half_open);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Three connections that have sent a request (kept alive) fill the
+    // cap; the fourth is closed at once.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr)?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf)?;
+            Ok(s)
+        })
+        .collect::<std::io::Result<_>>()?;
     let refused = blocking(move || time_until_closed(addr, b"", Duration::from_secs(5))).await?;
     assert!(refused < Duration::from_millis(300), "{refused:?}");
     assert_eq!(

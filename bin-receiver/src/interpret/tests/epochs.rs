@@ -156,7 +156,10 @@ fn a_present_of_an_older_epoch_is_refused() {
         vec![ClusterRecord::PodUpsert(pod("a", PodPhase::Running, "n1"))],
     ));
     let outcome = both.store.present_at(CLUSTER, A, 2, current, both.now);
-    assert_eq!(outcome, PresentOutcome::Applied);
+    assert_eq!(
+        outcome,
+        PresentOutcome::Applied(telemetry_link::RefusedCounts::NONE)
+    );
     assert_eq!(phase(&both, "a").as_deref(), Some("Running"));
 }
 
@@ -223,7 +226,10 @@ fn a_new_leaders_older_usage_does_not_move_the_shown_usage_back() {
     takeover.push(usage("a", 1_500, 0.3));
     let present = takeover.clone();
     let outcome = both.store.present_at(CLUSTER, B, 0, present, both.now);
-    assert_eq!(outcome, PresentOutcome::Applied);
+    assert_eq!(
+        outcome,
+        PresentOutcome::Applied(telemetry_link::RefusedCounts::NONE)
+    );
     let cpu = |both: &Both| value_of(both, families::POD_CONTAINER_CPU_USAGE.name);
     assert_eq!(cpu(&both), vec![0.5], "the present's older usage");
     both.deliver_on(B, 1, takeover);

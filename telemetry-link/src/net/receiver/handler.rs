@@ -12,6 +12,14 @@
 //! * `Err(_)`: the handler could not process the delivery (a full disk, an
 //!   unreachable downstream). Nothing is acknowledged, the connection
 //!   closes, and the sender delivers the same records again later.
+//!
+//! A present ([`Handler::present`]) is answered the same way, without the
+//! settling: its refused records are counted by reason
+//! (`telemetry_link_records_rejected_total` and
+//! `telemetry_link_present_records_rejected_total`) and logged, and the
+//! present's result (`telemetry_link_presents_total{result}`) says whether
+//! all, some or none of it was applied. Presents are not sequenced, so the
+//! sender is not told.
 
 use std::{future::Future, sync::Arc};
 
@@ -101,15 +109,20 @@ pub trait Handler<T>: Send + Sync + 'static {
         delivery: Delivery<T>,
     ) -> impl Future<Output = Result<Applied, HandlerError>> + Send;
 
-    /// A sender's present state arrived (default: ignored). It may arrive
-    /// while [`Handler::handle`] runs for the same stream's backlog. An
-    /// error is logged and counted; the session goes on.
+    /// A sender's present state arrived (default: ignored, counted as
+    /// applied). It may arrive while [`Handler::handle`] runs for the same
+    /// stream's backlog. The answer counts like a delivery's: records
+    /// refused by reason ([`Applied::refuse`]: over a budget, from a fenced
+    /// epoch, ...), the rest applied; refusals beyond the present's record
+    /// count are ignored. An error is logged and counted; the session goes
+    /// on either way, and nothing is reported to the sender (a present is
+    /// not sequenced).
     fn present(
         &self,
         present: PresentDelivery<T>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    ) -> impl Future<Output = Result<Applied, HandlerError>> + Send {
         let _ = present;
-        async { Ok(()) }
+        async { Ok(Applied::all()) }
     }
 
     /// A session with replica `replica` (empty: the default one) of

@@ -78,19 +78,18 @@ use super::{close_code, persist::Persister, TransportTuning};
 use crate::{
     metrics::ReceiverMetrics,
     proto::{
-        batch::{
-            InternLimits, DEFAULT_MAX_DEFINITION_BYTES, DEFAULT_MAX_LABEL_BYTES, DEFAULT_MAX_SERIES,
-        },
+        batch::{InternLimits, DEFAULT_MAX_LABEL_BYTES},
         frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT},
         message::{ErrorCode, PROTOCOL_VERSION},
         record::Payload,
+        refused::RefusedCounts,
     },
     receiver_state::{
         journal::{self, JournalOptions},
         StateError, StateStore,
     },
     sample::MAX_LABELS,
-    session::refusals::RefusalLog,
+    session::refusals::{describe, LogLine, RefusalLog},
     tls::{ReloadableTls, Role, TlsError, TlsFiles},
 };
 use admission::Admission;
@@ -102,22 +101,42 @@ use slots::Slots;
 /// first one of each reason.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// [`ReceiverLimits::max_series`] by default.
+pub const DEFAULT_RECEIVER_MAX_SERIES: u32 = 1 << 16;
+/// [`ReceiverLimits::max_definition_bytes`] by default.
+pub const DEFAULT_RECEIVER_MAX_DEFINITION_BYTES: usize = 8 << 20;
+/// [`ReceiverLimits::max_present_bytes`] by default.
+pub const DEFAULT_RECEIVER_MAX_PRESENT_BYTES: usize = 8 << 20;
+
 /// Resource limits of a receiver.
+///
+/// Memory per connection, at worst: its interning tables (about
+/// `2 × max_definition_bytes + 200 B × max_series`, ~29 MiB with the
+/// defaults), one present being assembled and decoded (up to about
+/// `4 × max_present_bytes`, ~32 MiB) and one batch being decoded (a few
+/// times `max_frame`): ~65 MiB with the defaults, reached only by a
+/// sender that spends every limit at once; a typical sender uses a few
+/// hundred KiB. The application's own state is budgeted by the
+/// application (the receiver binary's budgets per sender).
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiverLimits {
     /// Largest frame accepted (and announced to senders).
     pub max_frame: usize,
     /// Series a connection may define (announced to senders, which send
     /// further series inline); samples of series defined beyond it are
-    /// refused (`series_limit`).
+    /// refused (`series_limit`). Default [`DEFAULT_RECEIVER_MAX_SERIES`]
+    /// (64 Ki): interning is a wire saving, not a store, and a sender whose
+    /// series outnumber it still delivers them all, inline.
     pub max_series: u32,
     /// Bytes of series definitions a connection may intern (each charged
     /// its canonical bytes plus 64 per label); samples of series beyond it
     /// are refused (`series_limit`). With `max_series` this bounds the
     /// interning memory of a connection: about
     /// `2 × max_definition_bytes + 200 B × max_series` (see
-    /// [`InternLimits`]; ~460 MiB with the defaults when a connection spends
-    /// all of it; ~250 k typical series fit).
+    /// [`InternLimits`]). Default [`DEFAULT_RECEIVER_MAX_DEFINITION_BYTES`]
+    /// (8 MiB): about 29 MiB for a connection that spends all of both,
+    /// room for the 64 Ki series of up to ~128 charged bytes (a short name
+    /// and a label or two) or ~16 k typical series (~500 bytes charged).
     pub max_definition_bytes: usize,
     /// Labels one series may have (at most 64); samples of a series with
     /// more are refused (`label_limit`).
@@ -158,7 +177,11 @@ pub struct ReceiverLimits {
     /// more are already waiting (group commit).
     pub max_frames_per_commit: usize,
     /// Largest present state accepted (bytes of records); a larger one is
-    /// refused and counted, the session goes on.
+    /// refused and counted, the session goes on. A present is held whole
+    /// while it is assembled and decoded (decoded records take 2–4 times
+    /// their encoded bytes), one at a time per connection. Default
+    /// [`DEFAULT_RECEIVER_MAX_PRESENT_BYTES`] (8 MiB): a sender's whole
+    /// current view within the receiver's default budgets is a few MiB.
     pub max_present_bytes: usize,
     /// Newest protocol version spoken (at most [`PROTOCOL_VERSION`]): pins
     /// a receiver to an older version during a staged upgrade; senders fall
@@ -182,8 +205,8 @@ impl Default for ReceiverLimits {
     fn default() -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
-            max_series: DEFAULT_MAX_SERIES,
-            max_definition_bytes: DEFAULT_MAX_DEFINITION_BYTES,
+            max_series: DEFAULT_RECEIVER_MAX_SERIES,
+            max_definition_bytes: DEFAULT_RECEIVER_MAX_DEFINITION_BYTES,
             max_labels_per_series: MAX_LABELS,
             max_label_bytes: DEFAULT_MAX_LABEL_BYTES,
             max_connections: 1024,
@@ -192,7 +215,7 @@ impl Default for ReceiverLimits {
             handshake_timeout: Duration::from_secs(3),
             hello_timeout: Duration::from_secs(5),
             max_frames_per_commit: 64,
-            max_present_bytes: 64 << 20,
+            max_present_bytes: DEFAULT_RECEIVER_MAX_PRESENT_BYTES,
             max_protocol_version: PROTOCOL_VERSION,
         }
     }
@@ -280,6 +303,43 @@ struct Shared<H> {
     /// The gate, the open connections, the handshake-failure log.
     admission: Arc<Admission>,
     shutdown: watch::Receiver<bool>,
+}
+
+impl<H> Shared<H> {
+    /// Logs refusals of `sender`'s replica `replica` through the sender's
+    /// rate-limited log (the first of each reason, then a summary per
+    /// [`REFUSAL_LOG_EVERY`]); `None`: what is left, as a session ends.
+    fn log_refusals(&self, sender: &Arc<str>, replica: &str, counts: Option<&RefusedCounts>) {
+        let now = std::time::Instant::now();
+        let lines = {
+            let mut logs = self.refusal_logs.lock().unwrap_or_else(|p| p.into_inner());
+            let log = logs
+                .entry(sender.clone())
+                .or_insert_with(|| RefusalLog::new(REFUSAL_LOG_EVERY));
+            match counts {
+                Some(counts) => log.note(counts, now),
+                None => log.flush(now).into_iter().collect(),
+            }
+        };
+        for line in lines {
+            match line {
+                LogLine::First(reason, n) => warn!(
+                    sender = %sender,
+                    replica = %replica,
+                    reason = %reason,
+                    records = n,
+                    "refusing records (settled, not applied); further refusals are summarised"
+                ),
+                LogLine::Summary { counts, over } => warn!(
+                    sender = %sender,
+                    replica = %replica,
+                    refused = %describe(&counts),
+                    over = ?over,
+                    "records refused"
+                ),
+            }
+        }
+    }
 }
 
 /// A cheap, cloneable readiness check of a [`Receiver`]: the QUIC listener

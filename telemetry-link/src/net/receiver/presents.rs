@@ -5,6 +5,13 @@
 //! refused (its stream stopped) and counted in
 //! `telemetry_link_presents_total{result}`; the session goes on. Presents
 //! are not sequenced or acknowledged.
+//!
+//! The handler's answer is counted like a delivery's, on this end only:
+//! the records it refused by reason in
+//! `telemetry_link_records_rejected_total` and
+//! `telemetry_link_present_records_rejected_total`, logged through the
+//! sender's rate-limited refusal log, and the present's result: `applied`
+//! (nothing refused), `partly_refused` or `handler_refused` (every record).
 
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -16,6 +23,7 @@ use crate::{
         message::Message,
         present::{self, AssembledPresent, PresentAssembler, PresentError},
         record::{decode_record, Payload, RecordError},
+        refused::RefusedCounts,
     },
     receiver_state::StreamKey,
 };
@@ -77,15 +85,37 @@ pub(super) async fn receive<T: Payload, H: Handler<T>>(
             records,
         };
         match shared.handler.present(delivery).await {
-            Ok(()) => {
-                debug!(sender = %sender, id = done.id, covers_seq = done.covers_seq, records = done.count, "present applied");
-                count("applied");
+            Ok(applied) => {
+                let refused = applied.refused().capped(done.count);
+                debug!(sender = %sender, id = done.id, covers_seq = done.covers_seq, records = done.count, refused = refused.total(), "present applied");
+                count(present_result(done.count, &refused));
+                if !refused.is_empty() {
+                    let m = &shared.metrics;
+                    for (reason, n) in refused.iter() {
+                        let labels = [sender.as_ref(), reason.as_str()];
+                        m.records_rejected.with_label_values(&labels).inc_by(n);
+                        m.present_records_rejected
+                            .with_label_values(&labels)
+                            .inc_by(n);
+                    }
+                    shared.log_refusals(sender, &stream.replica, Some(&refused));
+                }
             }
             Err(e) => {
                 warn!(sender = %sender, error = %e, "handler failed on a present");
                 count("handler_error");
             }
         }
+    }
+}
+
+/// The `presents_total` result of a present of `records` records of which
+/// the handler refused `refused`.
+fn present_result(records: u64, refused: &RefusedCounts) -> &'static str {
+    match refused.total() {
+        0 => "applied",
+        n if n >= records => "handler_refused",
+        _ => "partly_refused",
     }
 }
 
@@ -125,5 +155,21 @@ async fn assemble(
                 return Err("refused");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::refused::RefusedReason;
+
+    #[test]
+    fn a_present_is_applied_partly_refused_or_refused_by_the_handler() {
+        let none = RefusedCounts::NONE;
+        let some = RefusedCounts::of(RefusedReason::Budget, 2);
+        assert_eq!(present_result(5, &none), "applied");
+        assert_eq!(present_result(0, &none), "applied");
+        assert_eq!(present_result(5, &some), "partly_refused");
+        assert_eq!(present_result(2, &some), "handler_refused");
     }
 }

@@ -32,9 +32,8 @@ use crate::{
         refused::RefusedCounts,
     },
     receiver_state::StreamKey,
-    session::{
-        receiver::{Accepted, Action, Config, Count, Deliver, End, Event, ReceiverSession, Wants},
-        refusals::{describe, LogLine, RefusalLog},
+    session::receiver::{
+        Accepted, Action, Config, Count, Deliver, End, Event, ReceiverSession, Wants,
     },
 };
 
@@ -419,40 +418,8 @@ impl<H> Io<'_, H> {
     /// Logs refusals through the sender's rate-limited log (`None`: what is
     /// left, as the session ends).
     fn log_refusals(&self, counts: Option<&RefusedCounts>) {
-        let now = Instant::now();
-        let lines = {
-            let mut logs = self
-                .shared
-                .refusal_logs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let log = logs
-                .entry(self.sender.clone())
-                .or_insert_with(|| RefusalLog::new(super::REFUSAL_LOG_EVERY));
-            match counts {
-                Some(counts) => log.note(counts, now),
-                None => log.flush(now).into_iter().collect(),
-            }
-        };
-        let (sender, replica) = (&self.sender, &self.stream.replica);
-        for line in lines {
-            match line {
-                LogLine::First(reason, n) => warn!(
-                    sender = %sender,
-                    replica = %replica,
-                    reason = %reason,
-                    records = n,
-                    "refusing records (settled, not applied); further refusals are summarised"
-                ),
-                LogLine::Summary { counts, over } => warn!(
-                    sender = %sender,
-                    replica = %replica,
-                    refused = %describe(&counts),
-                    over = ?over,
-                    "records refused"
-                ),
-            }
-        }
+        self.shared
+            .log_refusals(&self.sender, &self.stream.replica, counts);
     }
 
     async fn accept_stream(&mut self, deadline: Option<Instant>) -> Event<'static> {
