@@ -427,7 +427,6 @@ fn kill_leader(
             &[
                 "present state received ahead of the backlog",
                 &format!("replica={to}"),
-                "applied=true",
             ],
         )
         .into_iter()
