@@ -5,6 +5,7 @@
 //! nothing stalls; and what an idle connection costs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+#![allow(clippy::too_many_lines)] // a process test reads top to bottom as one scenario
 
 use std::{
     net::SocketAddr,

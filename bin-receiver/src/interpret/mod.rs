@@ -370,6 +370,9 @@ impl ClusterModel {
     /// unless `lane` is history, the timeline unless it is the present.
     /// An upsert keeping a string too long is invalid; one that does not
     /// fit the budget of a view it reaches is refused in all of them.
+    // One short arm per object record kind, each the same three steps
+    // (validate, admit, apply to both views): splitting it would scatter them.
+    #[allow(clippy::too_many_lines)]
     fn apply_object<F: Facts>(
         &mut self,
         record: ClusterRecord,

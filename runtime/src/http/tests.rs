@@ -312,6 +312,7 @@ fn time_until_closed(addr: SocketAddr, prefix: &[u8], limit: Duration) -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 async fn slow_heads_idle_connections_and_the_cap() -> anyhow::Result<()> {
     let limits = Limits {
         header_read_timeout: Duration::from_millis(500),

@@ -121,6 +121,7 @@ mod tests {
             sender: "s".into(),
             first,
             count,
+            refused: 0,
         }
     }
 
