@@ -238,8 +238,8 @@ fn delivery_path(now: Instant) {
     let mut rows: Vec<[Duration; 6]> = Vec::new();
     let mut samples = 0;
     for _ in 0..5 {
-        let mut store = ClusterStore::new(StoreConfig::default());
-        let mut both = ClusterStore::new(StoreConfig::default());
+        let mut store = ClusterStore::new(large_cluster_config());
+        let mut both = ClusterStore::new(large_cluster_config());
         both.keep_timeline();
         let mut tracker = SeriesTracker::new();
         let mut row = [Duration::ZERO; 6];
@@ -277,11 +277,19 @@ fn delivery_path(now: Instant) {
     println!("remote-write samples per pass: {samples}");
 }
 
+/// A receiver sized for clusters this large (`--budget-objects 100000`):
+/// the default object budget (10,000 units) would refuse most of the pods.
+fn large_cluster_config() -> StoreConfig {
+    let mut config = StoreConfig::default();
+    config.limits.max_objects = 100_000;
+    config
+}
+
 fn main() {
     println!("machine: {}", telemetry_test_support::machine());
     print_memory("at start");
 
-    let mut store = ClusterStore::new(StoreConfig::default());
+    let mut store = ClusterStore::new(large_cluster_config());
     let now = Instant::now();
     let mut apply_time = Duration::ZERO;
     let mut record_count = 0;
