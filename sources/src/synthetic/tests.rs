@@ -49,7 +49,7 @@ fn spawn(
 
 #[tokio::test(start_paused = true)]
 async fn paced_rate_is_exact_over_simulated_seconds_with_fractional_ticks() {
-    // 250/s is 2.5 records per 10 ms tick: the remainder must be carried.
+    // 250/s is 12.5 records per 50 ms tick: the remainder must be carried.
     let source = SyntheticSource {
         series: 3,
         rate: 250,
@@ -61,7 +61,7 @@ async fn paced_rate_is_exact_over_simulated_seconds_with_fractional_ticks() {
     assert_eq!(sink.records().len(), 250, "after 1 s");
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(sink.records().len(), 1000, "after 4 s");
-    // Half a second in between: floor(250 * 50 / 100) = 125 more.
+    // Half a second in between: floor(250 * 10 / 20) = 125 more.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.records().len(), 1125, "after 4.5 s");
     stop.send(()).ok();
@@ -214,6 +214,7 @@ async fn paced_source_honours_shutdown() {
 struct SlowSink {
     delay: Option<Duration>,
     records: std::sync::Mutex<Vec<ClusterRecord>>,
+    batches: std::sync::atomic::AtomicUsize,
     pending: std::sync::atomic::AtomicUsize,
     most_pending: std::sync::atomic::AtomicUsize,
     connections: tokio::sync::watch::Sender<u64>,
@@ -224,6 +225,7 @@ impl SlowSink {
         Arc::new(Self {
             delay,
             records: std::sync::Mutex::new(Vec::new()),
+            batches: 0.into(),
             pending: 0.into(),
             most_pending: 0.into(),
             connections: tokio::sync::watch::channel(0).0,
@@ -239,6 +241,7 @@ impl RecordSink for SlowSink {
     async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.records.lock().unwrap().extend(records);
+        self.batches.fetch_add(1, SeqCst);
         let now = self.pending.fetch_add(1, SeqCst) + 1;
         self.most_pending.fetch_max(now, SeqCst);
         match self.delay {
@@ -274,9 +277,9 @@ fn run_on(
 
 #[tokio::test(start_paused = true)]
 async fn sends_slower_than_a_tick_do_not_slow_the_source() {
-    // Each send takes 35 ms (3.5 ticks): awaited one by one, 1 s would
+    // Each send takes 175 ms (3.5 ticks): awaited one by one, 1 s would
     // carry less than a third of the records.
-    let sink = SlowSink::new(Some(Duration::from_millis(35)));
+    let sink = SlowSink::new(Some(Duration::from_millis(175)));
     let source = SyntheticSource {
         series: 3,
         rate: 1000,
@@ -306,6 +309,31 @@ async fn sends_slower_than_a_tick_do_not_slow_the_source() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_steady_stream_makes_at_most_20_sends_per_second_at_any_rate() {
+    // Each send is one durable append (one fsync unless shared): the tick
+    // bounds them, whatever the rate.
+    for rate in [1, 7, 100, 1_000, 10_000] {
+        let sink = SlowSink::new(Some(Duration::from_millis(1)));
+        let source = SyntheticSource {
+            series: 10,
+            rate,
+            first_value: 1,
+            last_value: None,
+        };
+        let (stop, task) = run_on(source, sink.clone());
+        tokio::time::sleep(Duration::from_millis(10_005)).await;
+        stop.send(()).ok();
+        task.await.unwrap().unwrap();
+        let batches = sink.batches.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(sink.handed() as u64, 10 * rate, "exact at {rate}/s");
+        assert!(batches <= 200, "{batches} sends in 10 s at {rate}/s");
+        if rate >= 20 {
+            assert_eq!(batches, 200, "one send per tick at {rate}/s");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_sink_that_cannot_keep_up_holds_the_source_back() {
     let sink = SlowSink::new(None);
     let source = SyntheticSource {
@@ -318,8 +346,8 @@ async fn a_sink_that_cannot_keep_up_holds_the_source_back() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         sink.handed(),
-        MAX_IN_FLIGHT,
-        "one record per tick until {MAX_IN_FLIGHT} sends are pending"
+        5 * MAX_IN_FLIGHT,
+        "5 records per tick until {MAX_IN_FLIGHT} sends are pending"
     );
     task.abort();
 }
