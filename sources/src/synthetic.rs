@@ -16,19 +16,19 @@
 //!   `v mod N`, so a restarted source continues the rotation where the
 //!   previous run stopped.
 //! - **Exact long-run rate.** With `rate = R > 0`, records are sent as one
-//!   batch per [`TICK`] (50 ms). After `k` ticks exactly `floor(R·k/20)`
+//!   batch per [`TICK`] (100 ms). After `k` ticks exactly `floor(R·k/10)`
 //!   records have been handed to the sink: the fractional remainders are
 //!   carried, so any whole simulated second carries exactly `R` records, even
-//!   when `R` is not a multiple of 20. Missed ticks are caught up in bursts.
+//!   when `R` is not a multiple of 10. Missed ticks are caught up in bursts.
 //!   With `R = 0` batches of [`UNPACED_BATCH`] records are sent back to back,
 //!   yielding to the runtime between them.
-//! - **At most 20 batches per second when paced.** Every batch is one send
+//! - **At most 10 batches per second when paced.** Every batch is one send
 //!   to the sink, and the sender's sink returns from a send only once its
 //!   records are durable: one spool append and, unless it shares one with
 //!   other sends in flight, one fsync. A steady stream at a fine tick cannot
 //!   share fsyncs (each ends before the next tick), so the tick sets the
-//!   sender's sync rate: 50 ms keeps it ≤ 20 per second at any rate, and
-//!   gives a steady 100 records/s batches of 5. The cost is at most 50 ms
+//!   sender's sync rate: 100 ms keeps it ≤ 10 per second at any rate, and
+//!   gives a steady 100 records/s batches of 10. The cost is at most 100 ms
 //!   between a record falling due and its send, well below the sender's
 //!   default linger (a batch leaves up to 1 s after its first record). Each
 //!   record carries the wall-clock time at which its batch was made.
@@ -66,16 +66,16 @@ use crate::sink::{InFlight, RecordSink, SinkError};
 pub const SYNTHETIC_METRIC: &str = "telemetry_synthetic_value";
 /// The label that tells the series apart.
 pub const SYNTHETIC_SERIES_LABEL: &str = "series";
-/// Pacing interval when a rate is set: at most 20 sends (and sender
+/// Pacing interval when a rate is set: at most 10 sends (and sender
 /// fsyncs) per second, see the module documentation.
-pub const TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(100);
 /// Ticks per second (`1 s / TICK`).
-const TICKS_PER_SECOND: u128 = 20;
+const TICKS_PER_SECOND: u128 = 10;
 /// Records per batch when the rate is unlimited (`rate = 0`).
 pub const UNPACED_BATCH: u64 = 1024;
 /// Largest batch handed to the sink at once when catching up at high rates.
 pub const MAX_PACED_BATCH: u64 = 16 * 1024;
-/// Most sends pending at once (400 ms of records when paced).
+/// Most sends pending at once (800 ms of records when paced).
 pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Generates consecutive counter values over `series` series at `rate`

@@ -13,7 +13,7 @@
 //! 3. p50/p99 latency from `send` to the handler at a fixed 10,000 records/s,
 //!    with batches sent at once (linger 0) and with the default linger;
 //! 4. a steady trickle of 100 records/s paced as the synthetic source
-//!    paces it (one send per 50 ms tick, sends pipelined): batches,
+//!    paces it (one send per 100 ms tick, sends pipelined): batches,
 //!    datagrams and spool fsyncs per second, with linger 0 and the default
 //!    linger, and at a 10 ms tick for comparison (each send's fsync ends
 //!    before the next tick, so a finer tick means more fsyncs);
@@ -324,7 +324,7 @@ struct Trickle {
 }
 
 /// The synthetic source's pacing tick (`telemetry_sources::synthetic::TICK`).
-const SYNTHETIC_TICK: Duration = Duration::from_millis(50);
+const SYNTHETIC_TICK: Duration = Duration::from_millis(100);
 
 /// `rate` records/s for `seconds`, one send per `tick`, up to 8 sends in
 /// flight (as the synthetic source does at `SYNTHETIC_TICK`).
@@ -546,8 +546,8 @@ fn main() -> anyhow::Result<()> {
             println!("latency send→handler @10k rec/s, {what}: p50 {p50:.2} ms   p99 {p99:.2} ms   max {max:.2} ms");
         }
         let trickles = [
-            ("50 ms tick, linger 0", SYNTHETIC_TICK, Duration::ZERO),
-            ("50 ms tick, default linger", SYNTHETIC_TICK, DEFAULT_LINGER),
+            ("100 ms tick, linger 0", SYNTHETIC_TICK, Duration::ZERO),
+            ("100 ms tick, default linger", SYNTHETIC_TICK, DEFAULT_LINGER),
             ("10 ms tick, default linger", Duration::from_millis(10), DEFAULT_LINGER),
         ];
         for (what, tick, linger) in trickles {
