@@ -39,6 +39,7 @@
 //! directory (`target/release/`); `cargo bench` builds the sender, the
 //! receiver needs `cargo build --release -p telemetry-receiver`.
 
+#![allow(clippy::too_many_lines)] // a bench is one measured scenario, read top to bottom
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::{
