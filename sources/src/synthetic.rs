@@ -30,8 +30,12 @@
 //!   sender's sync rate: 100 ms keeps it ≤ 10 per second at any rate, and
 //!   gives a steady 100 records/s batches of 10. The cost is at most 100 ms
 //!   between a record falling due and its send, well below the sender's
-//!   default linger (a batch leaves up to 1 s after its first record). Each
-//!   record carries the wall-clock time at which its batch was made.
+//!   default linger (a batch leaves up to 1 s after its first record).
+//! - **Each record's own time.** A paced record carries the wall-clock time
+//!   at which it fell due at the exact rate (the source's start + its
+//!   index / `R`), not its batch's, so the records of one batch keep
+//!   distinct timestamps (down to the millisecond); unpaced records carry
+//!   the time their batch was made.
 //! - **Pipelined sends.** The source does not await a batch's send before
 //!   producing the next: up to [`MAX_IN_FLIGHT`] sends are pending at once
 //!   ([`InFlight`]), so a send slower than a tick does not slow the source,
@@ -194,13 +198,20 @@ impl ValueGenerator {
         sink.set_present(&self.present())
     }
 
-    /// The next `count` records (fewer when `last_value` is reached).
+    /// The next `count` records (fewer when `last_value` is reached), all
+    /// stamped now.
     fn next_batch(&mut self, count: u64) -> Vec<ClusterRecord> {
+        let now = unix_millis();
+        self.next_batch_stamped(count, |_| now)
+    }
+
+    /// The next `count` records, the `i`-th of them stamped `stamp(i)`.
+    fn next_batch_stamped(&mut self, count: u64, stamp: impl Fn(u64) -> i64) -> Vec<ClusterRecord> {
         let count = self.allowed(count);
-        let timestamp_ms = unix_millis();
         let series = self.keys.len() as u64;
         let mut batch = Vec::with_capacity(count as usize);
-        for _ in 0..count {
+        for i in 0..count {
+            let timestamp_ms = stamp(i);
             let value = self.next_value;
             let index = (value % series) as usize;
             self.latest[index] = Some((timestamp_ms, value as f64));
@@ -268,6 +279,9 @@ async fn run_paced<F: Future<Output = ()>>(
     let mut ticks: u128 = 0;
     let mut sent: u128 = 0;
     ticker.tick().await;
+    let start_ms = unix_millis();
+    // Record `n` (0-based) falls due at start + (n + 1) / rate.
+    let due_ms = |n: u128| start_ms + ((n + 1) * 1000 / rate as u128) as i64;
     let mut connections = sink.connections();
     connections.borrow_and_update();
     let mut in_flight = InFlight::new(MAX_IN_FLIGHT);
@@ -290,7 +304,8 @@ async fn run_paced<F: Future<Output = ()>>(
         let due = rate as u128 * ticks / TICKS_PER_SECOND;
         while sent < due && !generator.is_finished() {
             let want = (due - sent).min(MAX_PACED_BATCH as u128) as u64;
-            let batch = generator.next_batch(want);
+            let first = sent;
+            let batch = generator.next_batch_stamped(want, |i| due_ms(first + i as u128));
             sent += batch.len() as u128;
             in_flight.push(sink.send_batch(batch)).await?;
         }

@@ -334,6 +334,30 @@ async fn a_steady_stream_makes_at_most_10_sends_per_second_at_any_rate() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn paced_records_carry_the_time_they_fell_due_not_their_batch_time() {
+    // 200/s: 20 records per tick, 5 ms apart.
+    let source = SyntheticSource {
+        series: 2,
+        rate: 200,
+        first_value: 1,
+        last_value: Some(40),
+    };
+    let (sink, _stop, task) = spawn(source);
+    task.await.unwrap().unwrap();
+    let stamps: Vec<i64> = sink
+        .records()
+        .iter()
+        .map(|r| match r {
+            ClusterRecord::Sample(s) => s.timestamp_ms,
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect();
+    assert_eq!(stamps.len(), 40);
+    let steps: Vec<i64> = stamps.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(steps.iter().all(|&d| d == 5), "5 ms apart: {steps:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_sink_that_cannot_keep_up_holds_the_source_back() {
     let sink = SlowSink::new(None);
     let source = SyntheticSource {
