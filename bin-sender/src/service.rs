@@ -191,6 +191,14 @@ async fn run_source(
                 .await
                 .context("synthetic source")?;
             info!(last_value = last, "synthetic source finished producing");
+            if settings.synthetic_total.is_some_and(|total| last >= total) {
+                // The total is reached: nothing will fill the last batch,
+                // so it leaves now rather than after the linger.
+                tokio::select! {
+                    _ = sender.flush() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            }
             // Keep delivering until asked to stop.
             let _ = stop.wait_for(|s| *s).await;
         }

@@ -16,12 +16,26 @@
 //!   `v mod N`, so a restarted source continues the rotation where the
 //!   previous run stopped.
 //! - **Exact long-run rate.** With `rate = R > 0`, records are sent as one
-//!   batch per [`TICK`] (10 ms). After `k` ticks exactly `floor(R·k/100)`
+//!   batch per [`TICK`] (100 ms). After `k` ticks exactly `floor(R·k/10)`
 //!   records have been handed to the sink: the fractional remainders are
 //!   carried, so any whole simulated second carries exactly `R` records, even
-//!   when `R` is not a multiple of 100. Missed ticks are caught up in bursts.
+//!   when `R` is not a multiple of 10. Missed ticks are caught up in bursts.
 //!   With `R = 0` batches of [`UNPACED_BATCH`] records are sent back to back,
 //!   yielding to the runtime between them.
+//! - **At most 10 batches per second when paced.** Every batch is one send
+//!   to the sink, and the sender's sink returns from a send only once its
+//!   records are durable: one spool append and, unless it shares one with
+//!   other sends in flight, one fsync. A steady stream at a fine tick cannot
+//!   share fsyncs (each ends before the next tick), so the tick sets the
+//!   sender's sync rate: 100 ms keeps it ≤ 10 per second at any rate, and
+//!   gives a steady 100 records/s batches of 10. The cost is at most 100 ms
+//!   between a record falling due and its send, well below the sender's
+//!   default linger (a batch leaves up to 1 s after its first record).
+//! - **Each record's own time.** A paced record carries the wall-clock time
+//!   at which it fell due at the exact rate (the source's start + its
+//!   index / `R`), not its batch's, so the records of one batch keep
+//!   distinct timestamps (down to the millisecond); unpaced records carry
+//!   the time their batch was made.
 //! - **Pipelined sends.** The source does not await a batch's send before
 //!   producing the next: up to [`MAX_IN_FLIGHT`] sends are pending at once
 //!   ([`InFlight`]), so a send slower than a tick does not slow the source,
@@ -56,15 +70,16 @@ use crate::sink::{InFlight, RecordSink, SinkError};
 pub const SYNTHETIC_METRIC: &str = "telemetry_synthetic_value";
 /// The label that tells the series apart.
 pub const SYNTHETIC_SERIES_LABEL: &str = "series";
-/// Pacing interval when a rate is set.
-pub const TICK: Duration = Duration::from_millis(10);
+/// Pacing interval when a rate is set: at most 10 sends (and sender
+/// fsyncs) per second, see the module documentation.
+pub const TICK: Duration = Duration::from_millis(100);
 /// Ticks per second (`1 s / TICK`).
-const TICKS_PER_SECOND: u128 = 100;
+const TICKS_PER_SECOND: u128 = 10;
 /// Records per batch when the rate is unlimited (`rate = 0`).
 pub const UNPACED_BATCH: u64 = 1024;
 /// Largest batch handed to the sink at once when catching up at high rates.
 pub const MAX_PACED_BATCH: u64 = 16 * 1024;
-/// Most sends pending at once (80 ms of records when paced).
+/// Most sends pending at once (800 ms of records when paced).
 pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Generates consecutive counter values over `series` series at `rate`
@@ -183,13 +198,20 @@ impl ValueGenerator {
         sink.set_present(&self.present())
     }
 
-    /// The next `count` records (fewer when `last_value` is reached).
+    /// The next `count` records (fewer when `last_value` is reached), all
+    /// stamped now.
     fn next_batch(&mut self, count: u64) -> Vec<ClusterRecord> {
+        let now = unix_millis();
+        self.next_batch_stamped(count, |_| now)
+    }
+
+    /// The next `count` records, the `i`-th of them stamped `stamp(i)`.
+    fn next_batch_stamped(&mut self, count: u64, stamp: impl Fn(u64) -> i64) -> Vec<ClusterRecord> {
         let count = self.allowed(count);
-        let timestamp_ms = unix_millis();
         let series = self.keys.len() as u64;
         let mut batch = Vec::with_capacity(count as usize);
-        for _ in 0..count {
+        for i in 0..count {
+            let timestamp_ms = stamp(i);
             let value = self.next_value;
             let index = (value % series) as usize;
             self.latest[index] = Some((timestamp_ms, value as f64));
@@ -257,6 +279,9 @@ async fn run_paced<F: Future<Output = ()>>(
     let mut ticks: u128 = 0;
     let mut sent: u128 = 0;
     ticker.tick().await;
+    let start_ms = unix_millis();
+    // Record `n` (0-based) falls due at start + (n + 1) / rate.
+    let due_ms = |n: u128| start_ms + ((n + 1) * 1000 / rate as u128) as i64;
     let mut connections = sink.connections();
     connections.borrow_and_update();
     let mut in_flight = InFlight::new(MAX_IN_FLIGHT);
@@ -279,7 +304,8 @@ async fn run_paced<F: Future<Output = ()>>(
         let due = rate as u128 * ticks / TICKS_PER_SECOND;
         while sent < due && !generator.is_finished() {
             let want = (due - sent).min(MAX_PACED_BATCH as u128) as u64;
-            let batch = generator.next_batch(want);
+            let first = sent;
+            let batch = generator.next_batch_stamped(want, |i| due_ms(first + i as u128));
             sent += batch.len() as u128;
             in_flight.push(sink.send_batch(batch)).await?;
         }

@@ -12,9 +12,11 @@
 //!    to the same samples as Prometheus remote_write 1.0 (protobuf + snappy);
 //! 3. p50/p99 latency from `send` to the handler at a fixed 10,000 records/s,
 //!    with batches sent at once (linger 0) and with the default linger;
-//! 4. a steady trickle of 100 records/s (one record per 10 ms, sends
-//!    pipelined): batches, datagrams and spool fsyncs per second, with
-//!    linger 0 and the default linger;
+//! 4. a steady trickle of 100 records/s paced as the synthetic source
+//!    paces it (one send per 100 ms tick, sends pipelined): batches,
+//!    datagrams and spool fsyncs per second, with linger 0 and the default
+//!    linger, and at a 10 ms tick for comparison (each send's fsync ends
+//!    before the next tick, so a finer tick means more fsyncs);
 //! 5. spool append MB/s with fsync per batch and without fsync.
 //!
 //! The throughput and byte figures use linger 0 (`start_sender`'s test
@@ -321,12 +323,16 @@ struct Trickle {
     syncs: f64,
 }
 
-/// `rate` records/s for `seconds`, one send per 10 ms, up to 8 sends in
-/// flight (as the synthetic source does).
+/// The synthetic source's pacing tick (`telemetry_sources::synthetic::TICK`).
+const SYNTHETIC_TICK: Duration = Duration::from_millis(100);
+
+/// `rate` records/s for `seconds`, one send per `tick`, up to 8 sends in
+/// flight (as the synthetic source does at `SYNTHETIC_TICK`).
 async fn trickle(
     pki: &TestPki,
     rate: u64,
     seconds: u64,
+    tick: Duration,
     linger: Duration,
 ) -> anyhow::Result<Trickle> {
     let (state, spool) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -338,14 +344,15 @@ async fn trickle(
     .await?;
     let mut status = s.status();
     status.wait_for(|st| st.connected).await?;
-    let per_tick = (rate / 100).max(1);
-    let ticks = seconds * 100;
+    let ticks_per_second = (1000 / tick.as_millis().max(1)) as u64;
+    let per_tick = (rate / ticks_per_second).max(1);
+    let ticks = seconds * ticks_per_second;
     let (syncs0, dgrams0) = (
         metric(&reg, "telemetry_sender_spool_syncs_total", &[]),
         metric(&reg, "telemetry_sender_udp_datagrams_sent_total", &[]),
     );
     let start = Instant::now();
-    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut interval = tokio::time::interval(tick);
     let mut in_flight = std::collections::VecDeque::new();
     let mut next = 0u64;
     for _ in 0..ticks {
@@ -538,8 +545,13 @@ fn main() -> anyhow::Result<()> {
             let (p50, p99, max) = latency(&pki, 10_000, 10, linger).await?;
             println!("latency send→handler @10k rec/s, {what}: p50 {p50:.2} ms   p99 {p99:.2} ms   max {max:.2} ms");
         }
-        for (what, linger) in [("linger 0", Duration::ZERO), ("default linger", DEFAULT_LINGER)] {
-            let t = trickle(&pki, 100, 10, linger).await?;
+        let trickles = [
+            ("100 ms tick, linger 0", SYNTHETIC_TICK, Duration::ZERO),
+            ("100 ms tick, default linger", SYNTHETIC_TICK, DEFAULT_LINGER),
+            ("10 ms tick, default linger", Duration::from_millis(10), DEFAULT_LINGER),
+        ];
+        for (what, tick, linger) in trickles {
+            let t = trickle(&pki, 100, 10, tick, linger).await?;
             println!(
                 "100 rec/s trickle, {what}: {:.1} batches/s, {:.1} datagrams/s, {:.1} spool fsyncs/s",
                 t.batches, t.datagrams, t.syncs

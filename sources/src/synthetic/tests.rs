@@ -49,29 +49,29 @@ fn spawn(
 
 #[tokio::test(start_paused = true)]
 async fn paced_rate_is_exact_over_simulated_seconds_with_fractional_ticks() {
-    // 250/s is 2.5 records per 10 ms tick: the remainder must be carried.
+    // 125/s is 12.5 records per 100 ms tick: the remainder must be carried.
     let source = SyntheticSource {
         series: 3,
-        rate: 250,
+        rate: 125,
         first_value: 1,
         last_value: None,
     };
     let (sink, stop, task) = spawn(source);
     tokio::time::sleep(Duration::from_millis(1005)).await;
-    assert_eq!(sink.records().len(), 250, "after 1 s");
+    assert_eq!(sink.records().len(), 125, "after 1 s");
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    assert_eq!(sink.records().len(), 1000, "after 4 s");
-    // Half a second in between: floor(250 * 50 / 100) = 125 more.
+    assert_eq!(sink.records().len(), 500, "after 4 s");
+    // Half a second in between: floor(125 * 45 / 10) = 562 in all.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.records().len(), 1125, "after 4.5 s");
+    assert_eq!(sink.records().len(), 562, "after 4.5 s");
     stop.send(()).ok();
     let last = task.await.unwrap().unwrap();
-    assert_eq!(last, 1125);
+    assert_eq!(last, 562);
     let values: Vec<u64> = values_and_series(&sink.records())
         .into_iter()
         .map(|(v, _)| v)
         .collect();
-    assert_eq!(values, (1..=1125).collect::<Vec<_>>());
+    assert_eq!(values, (1..=562).collect::<Vec<_>>());
 }
 
 #[tokio::test(start_paused = true)]
@@ -214,6 +214,7 @@ async fn paced_source_honours_shutdown() {
 struct SlowSink {
     delay: Option<Duration>,
     records: std::sync::Mutex<Vec<ClusterRecord>>,
+    batches: std::sync::atomic::AtomicUsize,
     pending: std::sync::atomic::AtomicUsize,
     most_pending: std::sync::atomic::AtomicUsize,
     connections: tokio::sync::watch::Sender<u64>,
@@ -224,6 +225,7 @@ impl SlowSink {
         Arc::new(Self {
             delay,
             records: std::sync::Mutex::new(Vec::new()),
+            batches: 0.into(),
             pending: 0.into(),
             most_pending: 0.into(),
             connections: tokio::sync::watch::channel(0).0,
@@ -239,6 +241,7 @@ impl RecordSink for SlowSink {
     async fn send_batch(&self, records: Vec<ClusterRecord>) -> Result<(), SinkError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.records.lock().unwrap().extend(records);
+        self.batches.fetch_add(1, SeqCst);
         let now = self.pending.fetch_add(1, SeqCst) + 1;
         self.most_pending.fetch_max(now, SeqCst);
         match self.delay {
@@ -274,9 +277,9 @@ fn run_on(
 
 #[tokio::test(start_paused = true)]
 async fn sends_slower_than_a_tick_do_not_slow_the_source() {
-    // Each send takes 35 ms (3.5 ticks): awaited one by one, 1 s would
+    // Each send takes 350 ms (3.5 ticks): awaited one by one, 1 s would
     // carry less than a third of the records.
-    let sink = SlowSink::new(Some(Duration::from_millis(35)));
+    let sink = SlowSink::new(Some(Duration::from_millis(350)));
     let source = SyntheticSource {
         series: 3,
         rate: 1000,
@@ -306,6 +309,55 @@ async fn sends_slower_than_a_tick_do_not_slow_the_source() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_steady_stream_makes_at_most_10_sends_per_second_at_any_rate() {
+    // Each send is one durable append (one fsync unless shared): the tick
+    // bounds them, whatever the rate.
+    for rate in [1, 7, 100, 1_000, 10_000] {
+        let sink = SlowSink::new(Some(Duration::from_millis(1)));
+        let source = SyntheticSource {
+            series: 10,
+            rate,
+            first_value: 1,
+            last_value: None,
+        };
+        let (stop, task) = run_on(source, sink.clone());
+        tokio::time::sleep(Duration::from_millis(10_005)).await;
+        stop.send(()).ok();
+        task.await.unwrap().unwrap();
+        let batches = sink.batches.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(sink.handed() as u64, 10 * rate, "exact at {rate}/s");
+        assert!(batches <= 100, "{batches} sends in 10 s at {rate}/s");
+        if rate >= 10 {
+            assert_eq!(batches, 100, "one send per tick at {rate}/s");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn paced_records_carry_the_time_they_fell_due_not_their_batch_time() {
+    // 200/s: 20 records per tick, 5 ms apart.
+    let source = SyntheticSource {
+        series: 2,
+        rate: 200,
+        first_value: 1,
+        last_value: Some(40),
+    };
+    let (sink, _stop, task) = spawn(source);
+    task.await.unwrap().unwrap();
+    let stamps: Vec<i64> = sink
+        .records()
+        .iter()
+        .map(|r| match r {
+            ClusterRecord::Sample(s) => s.timestamp_ms,
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect();
+    assert_eq!(stamps.len(), 40);
+    let steps: Vec<i64> = stamps.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(steps.iter().all(|&d| d == 5), "5 ms apart: {steps:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_sink_that_cannot_keep_up_holds_the_source_back() {
     let sink = SlowSink::new(None);
     let source = SyntheticSource {
@@ -318,8 +370,8 @@ async fn a_sink_that_cannot_keep_up_holds_the_source_back() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         sink.handed(),
-        MAX_IN_FLIGHT,
-        "one record per tick until {MAX_IN_FLIGHT} sends are pending"
+        10 * MAX_IN_FLIGHT,
+        "10 records per tick until {MAX_IN_FLIGHT} sends are pending"
     );
     task.abort();
 }
