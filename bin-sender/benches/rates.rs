@@ -57,7 +57,7 @@ use telemetry_link::TlsFiles;
 use telemetry_test_support::{
     binaries::{receiver_command, sender_command},
     pki::TestPki,
-    process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
+    process::{clock_ticks, free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
     prom::{scrape, Exposition},
 };
 
@@ -201,16 +201,6 @@ fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Result<f64> {
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
     let stime: f64 = fields.get(12).context("no stime")?.parse()?;
     Ok((utime + stime) / ticks_per_second)
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn unix_ms() -> f64 {

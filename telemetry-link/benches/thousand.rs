@@ -43,7 +43,11 @@ use telemetry_link::{
     net::{Applied, Delivery, Handler, HandlerError, Receiver, ReceiverConfig, Sender},
     FsyncPolicy, SenderConfig, TlsFiles,
 };
-use telemetry_test_support::{link::metric, pki::TestPki, process::ChildProcess};
+use telemetry_test_support::{
+    link::metric,
+    pki::TestPki,
+    process::{clock_ticks, ChildProcess},
+};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -129,16 +133,6 @@ fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok((ticks, rss))
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn last_stats(output: &str) -> Option<Vec<f64>> {

@@ -160,3 +160,15 @@ pub fn free_udp_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Clock ticks per second, the unit of the CPU times in `/proc/PID/stat`
+/// (`getconf CLK_TCK`; 100, Linux's usual value, if that fails).
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}

@@ -5,24 +5,14 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
 };
 
+pub(crate) use telemetry_test_support::process::clock_ticks;
 use telemetry_test_support::{http::get, process::workspace_binary, prom::Exposition};
 
 // ---------------------------------------------------------------------------
 // /proc sampling
 // ---------------------------------------------------------------------------
-
-pub(crate) fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 /// utime + stime of `pid`, in seconds.
 pub(crate) fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
