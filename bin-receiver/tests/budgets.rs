@@ -14,70 +14,13 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use telemetry_test_support::{
-    binaries::{certs_init, receiver_command, receiver_tls, sender_command, sender_tls},
-    http::{get, wait_for},
-    process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
-    prom::{scrape, Exposition},
+    binaries::{certs_init, sender_tls},
+    prom::scrape,
     raw,
+    running::{start_certs_receiver, start_certs_sender, wait_metrics},
 };
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-struct Receiver {
-    proc: ChildProcess,
-    quic: SocketAddr,
-    metrics: SocketAddr,
-}
-
-fn start_receiver(certs: &Path, state: &Path, extra: &[&str]) -> Result<Receiver> {
-    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_telemetry-receiver"));
-    let mut cmd = receiver_command(bin, quic, metrics, &receiver_tls(certs), state);
-    cmd.args(extra);
-    let proc = ChildProcess::spawn("receiver", cmd)?;
-    wait_for(LIMIT, "receiver /readyz", || {
-        Ok((get(metrics, "/readyz", &[])?.status == 200).then_some(()))
-    })
-    .with_context(|| format!("receiver did not become ready:\n{}", proc.output()))?;
-    Ok(Receiver {
-        proc,
-        quic,
-        metrics,
-    })
-}
-
-fn start_sender(
-    certs: &Path,
-    id: &str,
-    quic: SocketAddr,
-    spool: &Path,
-    extra: &[&str],
-) -> Result<(ChildProcess, SocketAddr)> {
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    let mut cmd = sender_command(
-        workspace_binary("telemetry-sender")?,
-        quic,
-        &sender_tls(certs, id),
-        spool,
-        metrics,
-    );
-    cmd.args(extra);
-    Ok((ChildProcess::spawn(&format!("sender-{id}"), cmd)?, metrics))
-}
-
-fn wait_metrics(
-    addr: SocketAddr,
-    what: &str,
-    cond: impl Fn(&Exposition) -> bool,
-) -> Result<Exposition> {
-    wait_for(LIMIT, what, || {
-        let e = scrape(addr)?;
-        Ok(cond(&e).then_some(e))
-    })
-}
 
 /// Sets the process's umask (inherited by the children it starts).
 #[allow(unsafe_code)] // one libc call; its SAFETY argument beside it
@@ -115,12 +58,12 @@ fn state_and_queue_files_are_private_from_a_fresh_start() -> Result<()> {
     certs_init(&certs, &["perm"])?;
     // Neither the state directory nor its parent exists yet.
     let state = dir.path().join("new").join("state");
-    let mut rx = start_receiver(
+    let mut rx = start_certs_receiver(
         &certs,
         &state,
         &["--remote-write", "http://127.0.0.1:9/api/v1/write"],
     )?;
-    let (mut tx, _) = start_sender(
+    let (mut tx, _) = start_certs_sender(
         &certs,
         "perm",
         rx.quic,
@@ -174,7 +117,7 @@ fn a_sender_over_its_budget_is_refused_on_both_ends_and_the_rest_is_applied() ->
     let certs = dir.path().join("certs");
     certs_init(&certs, &["big"])?;
     let audit = dir.path().join("audit.log");
-    let mut rx = start_receiver(
+    let mut rx = start_certs_receiver(
         &certs,
         &dir.path().join("state"),
         &[
@@ -184,7 +127,7 @@ fn a_sender_over_its_budget_is_refused_on_both_ends_and_the_rest_is_applied() ->
             audit.to_str().unwrap(),
         ],
     )?;
-    let (mut tx, tx_metrics) = start_sender(
+    let (mut tx, tx_metrics) = start_certs_sender(
         &certs,
         "big",
         rx.quic,
@@ -293,7 +236,7 @@ fn an_idle_connection_costs_tens_of_kilobytes() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     certs_init(&certs, &["idle"])?;
-    let mut rx = start_receiver(&certs, &dir.path().join("state"), &[])?;
+    let mut rx = start_certs_receiver(&certs, &dir.path().join("state"), &[])?;
     let rt = tokio::runtime::Runtime::new()?;
     let tls = sender_tls(&certs, "idle");
     let ca = certs.join("ca.pem");

@@ -17,82 +17,21 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use telemetry_certs::Validity;
 use telemetry_test_support::{
-    binaries::{certs_init, receiver_command, receiver_tls, sender_command, sender_tls},
+    binaries::certs_init,
     http::{get, wait_for},
     pki::TestPki,
-    process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
+    process::{free_tcp_port, free_udp_port, ChildProcess},
     prom::{promtool_check, scrape, Exposition},
     prometheus_server::{value_of, PrometheusServer},
     raw,
+    running::{
+        start_certs_receiver, start_certs_receiver_at, start_certs_sender, wait_metrics,
+        PROCESS_LIMIT as LIMIT,
+    },
 };
-
-const LIMIT: Duration = Duration::from_secs(60);
 
 fn receiver_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_telemetry-receiver"))
-}
-
-struct Receiver {
-    proc: ChildProcess,
-    quic: SocketAddr,
-    metrics: SocketAddr,
-}
-
-fn start_receiver(certs: &Path, state: &Path, extra: &[&str]) -> Result<Receiver> {
-    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    start_receiver_at(certs, state, quic, metrics, extra)
-}
-
-fn start_receiver_at(
-    certs: &Path,
-    state: &Path,
-    quic: SocketAddr,
-    metrics: SocketAddr,
-    extra: &[&str],
-) -> Result<Receiver> {
-    let mut cmd = receiver_command(receiver_bin(), quic, metrics, &receiver_tls(certs), state);
-    cmd.args(extra);
-    let proc = ChildProcess::spawn("receiver", cmd)?;
-    wait_for(LIMIT, "receiver /readyz", || {
-        Ok((get(metrics, "/readyz", &[])?.status == 200).then_some(()))
-    })
-    .with_context(|| "receiver did not become ready".to_string())?;
-    Ok(Receiver {
-        proc,
-        quic,
-        metrics,
-    })
-}
-
-fn start_sender(
-    certs: &Path,
-    id: &str,
-    quic: SocketAddr,
-    spool: &Path,
-    extra: &[&str],
-) -> Result<(ChildProcess, SocketAddr)> {
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-    let mut cmd = sender_command(
-        workspace_binary("telemetry-sender")?,
-        quic,
-        &sender_tls(certs, id),
-        spool,
-        metrics,
-    );
-    cmd.args(extra);
-    Ok((ChildProcess::spawn(&format!("sender-{id}"), cmd)?, metrics))
-}
-
-fn wait_metrics(
-    addr: SocketAddr,
-    what: &str,
-    cond: impl Fn(&Exposition) -> bool,
-) -> Result<Exposition> {
-    wait_for(LIMIT, what, || {
-        let e = scrape(addr)?;
-        Ok(cond(&e).then_some(e))
-    })
 }
 
 #[test]
@@ -100,8 +39,8 @@ fn simulated_cluster_series_appear_and_pass_promtool() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     certs_init(&certs, &["lab"])?;
-    let rx = start_receiver(&certs, &dir.path().join("state"), &[])?;
-    let (mut tx, tx_metrics) = start_sender(
+    let rx = start_certs_receiver(&certs, &dir.path().join("state"), &[])?;
+    let (mut tx, tx_metrics) = start_certs_sender(
         &certs,
         "lab",
         rx.quic,
@@ -195,8 +134,8 @@ fn a_sender_gone_past_the_ttl_loses_its_series_and_sigterm_persists_state() -> R
     let certs = dir.path().join("certs");
     certs_init(&certs, &["short"])?;
     let state = dir.path().join("state");
-    let mut rx = start_receiver(&certs, &state, &["--sender-ttl", "2s"])?;
-    let (mut tx, _) = start_sender(
+    let mut rx = start_certs_receiver(&certs, &state, &["--sender-ttl", "2s"])?;
+    let (mut tx, _) = start_certs_sender(
         &certs,
         "short",
         rx.quic,
@@ -249,7 +188,7 @@ fn a_sender_gone_past_the_ttl_loses_its_series_and_sigterm_persists_state() -> R
     );
     // A restarted receiver resumes at 600: a new sender stream would start at 1,
     // the same one continues — checked through the metric it exposes at start.
-    let rx2 = start_receiver(&certs, &state, &[])?;
+    let rx2 = start_certs_receiver(&certs, &state, &[])?;
     let e = scrape(rx2.metrics)?;
     assert_eq!(
         e.value("telemetry_link_applied_seq", &[("sender", "short")]),
@@ -276,7 +215,7 @@ fn a_sender_says_it_spools_while_the_receiver_is_down_and_what_it_delivered() ->
     ];
     let spool = dir.path().join("spool");
     let first_run = [&synthetic[..], &["--synthetic-total", "300"]].concat();
-    let (mut tx, _) = start_sender(&certs, "quiet", quic, &spool, &first_run)?;
+    let (mut tx, _) = start_certs_sender(&certs, "quiet", quic, &spool, &first_run)?;
     wait_for(LIMIT, "the sender's spooling message", || {
         Ok(tx
             .output()
@@ -285,7 +224,7 @@ fn a_sender_says_it_spools_while_the_receiver_is_down_and_what_it_delivered() ->
             .then_some(()))
     })?;
     // The receiver comes up: the backlog is announced, then reported delivered.
-    let mut rx = start_receiver_at(&certs, &dir.path().join("state"), quic, metrics, &[])?;
+    let mut rx = start_certs_receiver_at(&certs, &dir.path().join("state"), quic, metrics, &[])?;
     let delivered = wait_for(LIMIT, "the sender's backlog report", || {
         Ok(tx
             .output()
@@ -310,7 +249,7 @@ fn a_sender_says_it_spools_while_the_receiver_is_down_and_what_it_delivered() ->
     // Stopping while the receiver is gone says what it waits for.
     rx.proc.kill_9()?;
     assert!(tx.terminate(Duration::from_secs(20))?.success());
-    let (mut tx2, _) = start_sender(&certs, "quiet", quic, &spool, &synthetic)?;
+    let (mut tx2, _) = start_certs_sender(&certs, "quiet", quic, &spool, &synthetic)?;
     wait_for(LIMIT, "records spooled by the second run", || {
         Ok(tx2.output().contains("kept in the spool").then_some(()))
     })?;
@@ -345,7 +284,7 @@ fn refused_senders_are_counted_by_reason() -> Result<()> {
         std::fs::copy(&files.cert, certs.join(format!("sender-{id}.pem")))?;
         std::fs::copy(&files.key, certs.join(format!("sender-{id}.key")))?;
     }
-    let rx = start_receiver(
+    let rx = start_certs_receiver(
         &certs,
         &dir.path().join("state"),
         &["--allow-sender", "good"],
@@ -380,7 +319,7 @@ fn refused_senders_are_counted_by_reason() -> Result<()> {
     // The sender binary with that certificate refuses to start, naming file and reason.
     std::fs::copy(&foreign.cert, certs.join("sender-foreign.pem"))?;
     std::fs::copy(&foreign.key, certs.join("sender-foreign.key"))?;
-    let (mut bad, _) = start_sender(
+    let (mut bad, _) = start_certs_sender(
         &certs,
         "foreign",
         rx.quic,
@@ -397,7 +336,7 @@ fn refused_senders_are_counted_by_reason() -> Result<()> {
 
     // A valid certificate whose identity is not allowed: refused after the
     // handshake, with a message the sender logs, counted on both sides.
-    let (mut intruder, intruder_metrics) = start_sender(
+    let (mut intruder, intruder_metrics) = start_certs_sender(
         &certs,
         "intruder",
         rx.quic,
@@ -544,8 +483,8 @@ fn certificates_rotate_without_a_restart_and_broken_files_keep_the_old_ones() ->
     let s = pki.sender("rot")?;
     std::fs::copy(&s.cert, certs.join("sender-rot.pem"))?;
     std::fs::copy(&s.key, certs.join("sender-rot.key"))?;
-    let rx = start_receiver(&certs, &dir.path().join("state"), &[])?;
-    let (tx, tx_metrics) = start_sender(
+    let rx = start_certs_receiver(&certs, &dir.path().join("state"), &[])?;
+    let (tx, tx_metrics) = start_certs_sender(
         &certs,
         "rot",
         rx.quic,
@@ -670,8 +609,8 @@ fn remote_write_fills_a_receiver_outage_in_prometheus() -> Result<()> {
     let certs = dir.path().join("certs");
     certs_init(&certs, &["rw"])?;
     let state = dir.path().join("state");
-    let mut rx = start_receiver(&certs, &state, &["--remote-write", &url])?;
-    let (_tx, tx_metrics) = start_sender(
+    let mut rx = start_certs_receiver(&certs, &state, &["--remote-write", &url])?;
+    let (_tx, tx_metrics) = start_certs_sender(
         &certs,
         "rw",
         rx.quic,
@@ -696,7 +635,7 @@ fn remote_write_fills_a_receiver_outage_in_prometheus() -> Result<()> {
     rx.proc.kill_9()?;
     std::thread::sleep(OUTAGE);
     let outage_end = unix_now_s();
-    let rx = start_receiver_at(
+    let rx = start_certs_receiver_at(
         &certs,
         &state,
         rx.quic,
@@ -798,8 +737,8 @@ fn acked_samples_survive_a_receiver_crash_before_the_endpoint_took_them() -> Res
     let certs = dir.path().join("certs");
     certs_init(&certs, &["crash"])?;
     let state = dir.path().join("state");
-    let mut rx = start_receiver(&certs, &state, &["--remote-write", &url])?;
-    let (_tx, _) = start_sender(
+    let mut rx = start_certs_receiver(&certs, &state, &["--remote-write", &url])?;
+    let (_tx, _) = start_certs_sender(
         &certs,
         "crash",
         rx.quic,
@@ -824,7 +763,7 @@ fn acked_samples_survive_a_receiver_crash_before_the_endpoint_took_them() -> Res
     let Some(prom) = PrometheusServer::remote_write_receiver(Some(prom_addr))? else {
         return Ok(());
     };
-    let rx = start_receiver_at(
+    let rx = start_certs_receiver_at(
         &certs,
         &state,
         rx.quic,

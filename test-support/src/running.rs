@@ -18,7 +18,7 @@ use telemetry_link::TlsFiles;
 use tempfile::TempDir;
 
 use crate::{
-    binaries::{receiver_command, sender_command},
+    binaries::{receiver_command, receiver_tls, sender_command, sender_tls},
     http::{get, wait_for},
     process::{free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
     prom::{scrape, Exposition},
@@ -116,6 +116,89 @@ impl RunningSender {
     pub fn lines(&self, needles: &[&str]) -> Vec<String> {
         lines(&self.proc, needles)
     }
+}
+
+/// How long [`wait_metrics`] and a [`CertsReceiver`]'s start may take.
+pub const PROCESS_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `telemetry-receiver` started with the files of a `telemetry-certs
+/// init` directory ([`crate::binaries::certs_init`]) and a state directory
+/// the test chooses.
+#[derive(Debug)]
+pub struct CertsReceiver {
+    /// The process.
+    pub proc: ChildProcess,
+    /// Its QUIC address.
+    pub quic: SocketAddr,
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
+}
+
+/// Starts the receiver binary on free loopback ports with the receiver
+/// files in `certs`, its state in `state` and `extra` flags; waits for
+/// `/readyz`.
+pub fn start_certs_receiver(certs: &Path, state: &Path, extra: &[&str]) -> Result<CertsReceiver> {
+    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+    start_certs_receiver_at(certs, state, quic, metrics, extra)
+}
+
+/// [`start_certs_receiver`] at given addresses.
+pub fn start_certs_receiver_at(
+    certs: &Path,
+    state: &Path,
+    quic: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> Result<CertsReceiver> {
+    let bin = workspace_binary("telemetry-receiver")?;
+    let mut cmd = receiver_command(bin, quic, metrics, &receiver_tls(certs), state);
+    cmd.args(extra);
+    let proc = ChildProcess::spawn("receiver", cmd)?;
+    wait_for(PROCESS_LIMIT, "receiver /readyz", || {
+        Ok((get(metrics, "/readyz", &[])?.status == 200).then_some(()))
+    })
+    .with_context(|| format!("receiver did not become ready:\n{}", proc.output()))?;
+    Ok(CertsReceiver {
+        proc,
+        quic,
+        metrics,
+    })
+}
+
+/// Starts the sender binary as `id` (its files in `certs`) shipping to
+/// `quic`, its spool in `spool`, with `extra` flags; returns it and its
+/// `/metrics` address (not waited for).
+pub fn start_certs_sender(
+    certs: &Path,
+    id: &str,
+    quic: SocketAddr,
+    spool: &Path,
+    extra: &[&str],
+) -> Result<(ChildProcess, SocketAddr)> {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+    let mut cmd = sender_command(
+        workspace_binary("telemetry-sender")?,
+        quic,
+        &sender_tls(certs, id),
+        spool,
+        metrics,
+    );
+    cmd.args(extra);
+    Ok((ChildProcess::spawn(&format!("sender-{id}"), cmd)?, metrics))
+}
+
+/// Polls the `/metrics` page at `addr` until `cond` holds (at most
+/// [`PROCESS_LIMIT`]); returns that page.
+pub fn wait_metrics(
+    addr: SocketAddr,
+    what: &str,
+    cond: impl Fn(&Exposition) -> bool,
+) -> Result<Exposition> {
+    wait_for(PROCESS_LIMIT, what, || {
+        let e = scrape(addr)?;
+        Ok(cond(&e).then_some(e))
+    })
 }
 
 fn wait_endpoint(proc: &ChildProcess, metrics: SocketAddr) -> Result<()> {
