@@ -78,6 +78,10 @@ impl Exporter for ReceiverExporter {
     fn ready(&self) -> Result<(), String> {
         self.ready.check()
     }
+
+    fn revision(&self) -> Option<u64> {
+        Some(lock(&self.store).revision())
+    }
 }
 
 /// The receiver's files: given by flags, or made at start for `--demo`.

@@ -191,6 +191,8 @@ pub struct ClusterStore {
     timeline: bool,
     /// `,phase="…"` of every pod phase, for rendering.
     phase_labels: [String; 5],
+    /// Counts the calls that may have changed what is rendered.
+    revision: u64,
 }
 
 impl ClusterStore {
@@ -202,7 +204,18 @@ impl ClusterStore {
             clock: WallClock::now(),
             timeline: false,
             phase_labels: render::phase_labels(),
+            revision: 0,
         }
+    }
+
+    /// A number that changes whenever the store may have changed: every
+    /// apply, delivery, present, connect, disconnect and expiry adds one.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn changed(&mut self) {
+        self.revision = self.revision.wrapping_add(1);
     }
 
     /// The configuration.
@@ -302,6 +315,7 @@ impl ClusterStore {
         records: impl IntoIterator<Item = ClusterRecord>,
         now: Instant,
     ) -> RefusedCounts {
+        self.changed();
         let now_ms = self.clock.unix_ms(now);
         let limits = self.config.limits;
         let state = self.sending(cluster, now);
@@ -329,6 +343,7 @@ impl ClusterStore {
         if records.is_empty() {
             return delivered;
         }
+        self.changed();
         let now_ms = self.clock.unix_ms(now);
         let limits = self.config.limits;
         let timeline = self.timeline;
@@ -370,6 +385,7 @@ impl ClusterStore {
         records: Vec<ClusterRecord>,
         now: Instant,
     ) -> PresentOutcome {
+        self.changed();
         let limits = self.config.limits;
         let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
         let outcome = state
@@ -398,6 +414,7 @@ impl ClusterStore {
 
     /// `cluster`'s sender connected at `now`.
     pub fn sender_connected(&mut self, cluster: &str, now: Instant) {
+        self.changed();
         let last_seen = self.clock.unix_seconds(now);
         let state = self.cluster_mut(cluster, LinkState::Connected { connections: 0 });
         state.link = match state.link {
@@ -415,6 +432,7 @@ impl ClusterStore {
     /// One of `cluster`'s connections closed at `now`. When none is left the
     /// TTL starts.
     pub fn sender_disconnected(&mut self, cluster: &str, now: Instant) {
+        self.changed();
         let last_seen = self.clock.unix_seconds(now);
         let Some(state) = self.clusters.get_mut(cluster) else {
             tracing::debug!(cluster, "disconnect of a cluster never seen; ignored");
@@ -445,6 +463,9 @@ impl ClusterStore {
                     expired += 1;
                 }
             }
+        }
+        if expired > 0 {
+            self.changed();
         }
         expired
     }

@@ -998,3 +998,33 @@ fn a_present_older_than_what_is_applied_is_ignored_and_another_stream_is_news() 
         vec![r#"x{cluster="prod",series="0"} 5"#]
     );
 }
+
+#[test]
+fn every_change_of_what_is_rendered_moves_the_revision_and_rendering_does_not() {
+    let mut store = ClusterStore::new(StoreConfig::with_sender_ttl(Duration::from_millis(1)));
+    let t0 = Instant::now();
+    let mut seen = vec![store.revision()];
+    let mut moved = |store: &ClusterStore, what: &str| {
+        let now = store.revision();
+        assert!(!seen.contains(&now), "{what} did not move the revision");
+        seen.push(now);
+    };
+    store.sender_connected("c1", t0);
+    moved(&store, "connect");
+    store.apply_at("c1", [sample("m", &[], 1.0)], t0);
+    moved(&store, "apply");
+    store.deliver_at("c1", 7, 0, vec![sample("m", &[], 2.0)], t0);
+    moved(&store, "delivery");
+    store.present_at("c1", 7, 5, vec![sample("m", &[], 3.0)], t0);
+    moved(&store, "present");
+    store.sender_disconnected("c1", t0);
+    moved(&store, "disconnect");
+    let before = store.revision();
+    page(&store);
+    assert_eq!(store.revision(), before, "rendering changes nothing");
+    assert_eq!(store.expire(t0 + Duration::from_millis(50)), 1);
+    moved(&store, "expiry");
+    let before = store.revision();
+    assert_eq!(store.expire(t0 + Duration::from_millis(100)), 0);
+    assert_eq!(store.revision(), before, "an expiry that removes nothing");
+}

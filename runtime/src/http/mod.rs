@@ -20,12 +20,13 @@
 //! the link: a connection cap (tied to the open-file limit), a header read
 //! timeout that is also the idle keep-alive timeout, a write timeout for
 //! clients that stop reading, small request heads, and pages rendered once
-//! and shared by every request within [`Limits::snapshot_max_age`], with
-//! the exporter's locks held only while rendering into a buffer, never while
-//! writing to a socket. Layout: [`webconfig`] parses the file, `active`
-//! follows it, `tls` and `auth` implement it, `snapshot` shares pages,
-//! `io` times out writes, `server` accepts and serves connections,
-//! `routes` answers requests, `metrics` counts what the endpoint refused.
+//! and shared by every request within [`Limits::snapshot_max_age`] while the
+//! exporter's state is unchanged, with the exporter's locks held only while
+//! rendering into a buffer, never while writing to a socket. Layout:
+//! [`webconfig`] parses the file, `active` follows it, `tls` and `auth`
+//! implement it, `snapshot` shares pages, `io` times out writes, `server`
+//! accepts and serves connections, `routes` answers requests, `metrics`
+//! counts what the endpoint refused.
 
 mod active;
 mod auth;
@@ -77,6 +78,15 @@ pub trait Exporter: Send + Sync + 'static {
 
     /// `Ok` when ready to serve its purpose, `Err(reason)` otherwise.
     fn ready(&self) -> Result<(), String>;
+
+    /// A number that changes whenever the state behind the pages changes,
+    /// or `None` (the default) if the exporter cannot tell. With a
+    /// revision, a shared page is rendered again as soon as the state
+    /// changed (see [`Limits::snapshot_max_age`]); without one, a page is
+    /// shared for its whole age.
+    fn revision(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl std::fmt::Debug for dyn Exporter {
@@ -96,7 +106,10 @@ pub struct Limits {
     /// Connections open at once (further ones are closed at once); lowered
     /// to a quarter of the open-file limit.
     pub max_connections: usize,
-    /// How long a rendered page is served to later requests.
+    /// How long a rendered page is served to later requests at most; for
+    /// an [`Exporter`] with a [`revision`](Exporter::revision), only while
+    /// the revision stays the same (or within ten times the page's render
+    /// time, which bounds rendering to about a tenth of a core).
     pub snapshot_max_age: Duration,
     /// How often the web config's files are checked for changes.
     pub web_config_poll: Duration,
