@@ -12,16 +12,19 @@
 //! stream, older ones are coalesced away — appends it to the journal in one
 //! write, makes it durable with one fdatasync, tells the waiting sessions,
 //! compacts the journal if it is due, and takes whatever was submitted
-//! meanwhile at once. So the tick is the sync itself: no timer and no
-//! artificial delay; an idle receiver does nothing, a busy one syncs back
-//! to back, each sync covering every position submitted during the
-//! previous one. The thread drains what was submitted before it exits,
-//! even when the receiver is dropped.
+//! meanwhile. Cycles begin at least [`MIN_CYCLE`] apart: an idle receiver
+//! does nothing (no timer), a lone delivery is written at once, and a busy
+//! one — a flood, or a thousand senders each delivering now and then —
+//! syncs at most 100 times a second, each sync covering every position
+//! submitted since the one before. A session waits at most that long more
+//! for its acknowledgement. The thread drains what was submitted before it
+//! exits, even when the receiver is dropped.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Condvar, Mutex},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
@@ -30,6 +33,11 @@ use crate::{
     receiver_state::{journal::Journal, StateError, StreamKey},
     session::dedup::StreamCursor,
 };
+
+/// The shortest time from the start of one write cycle to the start of the
+/// next: at most 100 journal syncs per second, however many sessions
+/// deliver.
+pub(crate) const MIN_CYCLE: Duration = Duration::from_millis(10);
 
 /// Durable position of one stream as seen by waiting sessions.
 #[derive(Debug, Clone)]
@@ -120,6 +128,7 @@ fn run(shared: &Shared, mut journal: Journal) {
     // Two maps swapped each cycle, so neither reallocates once grown.
     let mut taken: HashMap<StreamKey, StreamCursor> = HashMap::new();
     let mut entries: Vec<(StreamKey, StreamCursor)> = Vec::new();
+    let mut last_cycle: Option<Instant> = None;
     loop {
         {
             let mut q = lock(&shared.queue);
@@ -129,8 +138,18 @@ fn run(shared: &Shared, mut journal: Journal) {
             if q.pending.is_empty() && q.closed {
                 return;
             }
+            let too_soon = last_cycle
+                .map(|at| MIN_CYCLE.saturating_sub(at.elapsed()))
+                .filter(|wait| !wait.is_zero() && !q.closed);
+            if let Some(wait) = too_soon {
+                // Let more positions gather for this cycle's one sync.
+                drop(q);
+                std::thread::sleep(wait);
+                q = lock(&shared.queue);
+            }
             std::mem::swap(&mut q.pending, &mut taken);
         }
+        last_cycle = Some(Instant::now());
         entries.extend(taken.drain());
         let outcome = match journal.commit(&entries) {
             Ok(()) => None,
@@ -219,6 +238,36 @@ mod tests {
         let (reopened, _, _) = open(d.path());
         assert_eq!(reopened.load(&s).unwrap(), Some(StreamCursor::new(1, 101)));
         assert_eq!(reopened.load(&r).unwrap(), Some(StreamCursor::new(2, 7)));
+    }
+
+    /// Deliveries spread out in time (a thousand senders, each now and
+    /// then) share syncs too: cycles begin at least `MIN_CYCLE` apart.
+    #[tokio::test]
+    async fn spread_out_submissions_sync_at_most_once_per_min_cycle() {
+        let d = tempfile::tempdir().unwrap();
+        let (_store, journal, syncs) = open(d.path());
+        let at_open = syncs.get();
+        let p = Persister::start(journal).unwrap();
+        let keys: Vec<StreamKey> = (0..300)
+            .map(|i| StreamKey::new(&format!("s{i}"), ""))
+            .collect();
+        let mut watches: Vec<_> = keys.iter().map(|k| p.watch(k, 0)).collect();
+        let started = Instant::now();
+        for k in &keys {
+            p.submit(k, StreamCursor::new(3, 1));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for w in &mut watches {
+            w.wait_for(|d| matches!(d, Durable::Upto(1))).await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let cycles = syncs.get() - at_open;
+        // One sync per cycle, plus the first cycle and one for the tail.
+        let most = elapsed.as_millis() / MIN_CYCLE.as_millis() + 2;
+        assert!(
+            (1..=most as u64).contains(&cycles),
+            "{cycles} syncs over {elapsed:?} for 300 submissions (at most {most})"
+        );
     }
 
     /// Positions of many streams submitted while a sync runs are made
