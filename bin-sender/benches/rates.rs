@@ -11,8 +11,9 @@
 //!
 //! Per load and build it prints:
 //! - **CPU % of a core** per side: utime + stime from `/proc/PID/stat`;
-//!   *CPU-s/120 s* is both sides together scaled to 120 s (the issue's
-//!   comparison with a Prometheus agent);
+//!   *CPU-s/120 s* is both sides together scaled to 120 s (the window of
+//!   the Prometheus-agent comparison, `cargo bench -p
+//!   telemetry-reliability --bench agent`);
 //! - **syncs/s** per side: `telemetry_sender_spool_syncs_total`,
 //!   `telemetry_link_state_syncs_total`;
 //! - **link B/record**: `telemetry_sender_bytes_sent_total` (frames) per
@@ -30,6 +31,13 @@
 //!   record's sequence number) to the receiver's audit-log line for its
 //!   delivery (written once applied). It includes the source's tick, the
 //!   sender's linger (default 1 s) and the link; millisecond resolution.
+//!
+//! The loads: 1 and 100 records/s over 100 series; 1,000 records/s over
+//! 1,000 series at the synthetic source's default 100 ms tick, and again
+//! with `--synthetic-tick 1s` (each second's 1,000 records handed over at
+//! once, as a 1 s scrape would; builds without that flag skip it); 10,000
+//! records/s over 1,000 series; the flood. `--loads` picks some by their
+//! label in the table, comma-separated (e.g. `--loads "flood ×1000"`).
 //!
 //! A figure a build does not export prints as `—`. `--old-bin-dir DIR` runs
 //! every load with a second pair of binaries right after the first, so one
@@ -57,7 +65,9 @@ use telemetry_link::TlsFiles;
 use telemetry_test_support::{
     binaries::{receiver_command, sender_command},
     pki::TestPki,
-    process::{clock_ticks, free_tcp_port, free_udp_port, workspace_binary, ChildProcess},
+    process::{
+        clock_ticks, cpu_seconds, free_tcp_port, free_udp_port, workspace_binary, ChildProcess,
+    },
     prom::{scrape, Exposition},
 };
 
@@ -124,28 +134,56 @@ fn nft_wire() -> Option<Wire> {
 struct Load {
     rate: u64,
     series: u64,
+    /// `--synthetic-tick`, when not the default (builds without the flag
+    /// skip the load).
+    tick: Option<&'static str>,
 }
 
-const LOADS: [Load; 5] = [
+impl Load {
+    /// The load's name in the table and in `--loads`.
+    fn label(&self) -> String {
+        let rate = if self.rate == 0 {
+            "flood".to_owned()
+        } else {
+            format!("{}/s", self.rate)
+        };
+        match self.tick {
+            Some(tick) => format!("{rate} ×{}, tick {tick}", self.series),
+            None => format!("{rate} ×{}", self.series),
+        }
+    }
+}
+
+const LOADS: [Load; 6] = [
     Load {
         rate: 1,
         series: 100,
+        tick: None,
     },
     Load {
         rate: 100,
         series: 100,
+        tick: None,
     },
     Load {
         rate: 1_000,
         series: 1_000,
+        tick: None,
+    },
+    Load {
+        rate: 1_000,
+        series: 1_000,
+        tick: Some("1s"),
     },
     Load {
         rate: 10_000,
         series: 1_000,
+        tick: None,
     },
     Load {
         rate: 0,
         series: 1_000,
+        tick: None,
     },
 ];
 
@@ -153,6 +191,8 @@ struct Args {
     builds: Vec<(&'static str, PathBuf)>,
     seconds: u64,
     flood_total: u64,
+    /// Labels of the loads to run (all when empty).
+    loads: Vec<String>,
 }
 
 fn args() -> Result<Args> {
@@ -160,6 +200,7 @@ fn args() -> Result<Args> {
     let mut old = None;
     let mut seconds = 20;
     let mut flood_total = 2_000_000;
+    let mut loads = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -168,6 +209,7 @@ fn args() -> Result<Args> {
             "--old-bin-dir" => old = Some(PathBuf::from(value()?)),
             "--seconds" => seconds = value()?.parse()?,
             "--flood-total" => flood_total = value()?.parse()?,
+            "--loads" => loads = value()?.split(',').map(str::to_owned).collect(),
             _ => {} // cargo bench's own `--bench`
         }
     }
@@ -186,21 +228,17 @@ fn args() -> Result<Args> {
         builds,
         seconds,
         flood_total,
+        loads,
     })
 }
 
-/// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .context("unexpected /proc/PID/stat")?
-        .1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `after` starts at field 3.
-    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
-    Ok((utime + stime) / ticks_per_second)
+/// Whether `binary --help` lists `flag`.
+fn knows_flag(binary: &Path, flag: &str) -> Result<bool> {
+    let help = std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {} --help", binary.display()))?;
+    Ok(String::from_utf8_lossy(&help.stdout).contains(flag))
 }
 
 fn unix_ms() -> f64 {
@@ -317,6 +355,9 @@ fn start(
         .arg(load.rate.to_string());
     if load.rate == 0 {
         sender.arg("--synthetic-total").arg(flood_total.to_string());
+    }
+    if let Some(tick) = load.tick {
+        sender.args(["--synthetic-tick", tick]);
     }
     let sender = ChildProcess::spawn("sender", sender)?;
     Ok(Running {
@@ -539,11 +580,7 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 }
 
 fn print_row(load: Load, build: &str, r: &Row) {
-    let what = if load.rate == 0 {
-        format!("flood ×{}", load.series)
-    } else {
-        format!("{}/s ×{}", load.rate, load.series)
-    };
+    let what = load.label();
     let cpu_120 = (r.cpu_tx + r.cpu_rx) / 100.0 * 120.0;
     let lat = r.latency.map_or_else(
         || "—".to_owned(),
@@ -581,8 +618,20 @@ fn main() -> Result<()> {
     println!();
     println!("| load (records/s × series) | build | records/s applied | CPU % sender | CPU % receiver | CPU-s per 120 s, both | syncs/s sender | syncs/s receiver | link B/record | datagrams/s → / ← | IP B/record, both ways | due→apply ms p50 / p99 |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for load in LOADS {
+    let chosen = LOADS
+        .into_iter()
+        .filter(|load| args.loads.is_empty() || args.loads.contains(&load.label()));
+    for load in chosen {
         for (name, dir) in &args.builds {
+            if load.tick.is_some()
+                && !knows_flag(&dir.join("telemetry-sender"), "--synthetic-tick")?
+            {
+                println!(
+                    "| {} | {name} | (no `--synthetic-tick` in this build) |||||||||||",
+                    load.label()
+                );
+                continue;
+            }
             let mut run = start(dir, (&rx_tls, &tx_tls), load, args.flood_total)?;
             let r = if load.rate == 0 {
                 flood(&run, args.flood_total)?

@@ -111,6 +111,9 @@ pub struct Args {
     /// Synthetic source: stop once this many records exist in total (across restarts).
     #[arg(long)]
     pub synthetic_total: Option<u64>,
+    /// Synthetic source: hand the link one batch per tick (1s: each second's records at once, as a scrape) [default: 100ms].
+    #[arg(long)]
+    pub synthetic_tick: Option<HumanDuration>,
     /// Simulated source: random seed [default: 1].
     #[arg(long)]
     pub simulated_seed: Option<u64>,
@@ -288,6 +291,8 @@ pub struct Settings {
     pub synthetic_rate: u64,
     /// Synthetic total.
     pub synthetic_total: Option<u64>,
+    /// Synthetic pacing tick.
+    pub synthetic_tick: Duration,
     /// Simulated seed.
     pub simulated_seed: u64,
     /// Local UDP address.
@@ -402,6 +407,9 @@ impl Settings {
             synthetic_series: args.synthetic_series.unwrap_or(100).max(1),
             synthetic_rate: args.synthetic_rate.unwrap_or(1000),
             synthetic_total: args.synthetic_total,
+            synthetic_tick: args
+                .synthetic_tick
+                .map_or(telemetry_sources::synthetic::TICK, |d| d.0),
             simulated_seed: args.simulated_seed.unwrap_or(1),
             bind: args.bind,
             failback_after: secs(args.failback_after, 30),

@@ -183,6 +183,7 @@ async fn run_source(
             let source = SyntheticSource {
                 series: settings.synthetic_series,
                 rate: settings.synthetic_rate,
+                tick: settings.synthetic_tick,
                 first_value: sender.stats().last_seq + 1,
                 last_value: settings.synthetic_total,
             };

@@ -16,13 +16,17 @@
 //!   `v mod N`, so a restarted source continues the rotation where the
 //!   previous run stopped.
 //! - **Exact long-run rate.** With `rate = R > 0`, records are sent as one
-//!   batch per [`TICK`] (100 ms). After `k` ticks exactly `floor(R·k/10)`
-//!   records have been handed to the sink: the fractional remainders are
-//!   carried, so any whole simulated second carries exactly `R` records, even
-//!   when `R` is not a multiple of 10. Missed ticks are caught up in bursts.
+//!   batch per tick (default [`TICK`], 100 ms; `--synthetic-tick`). After
+//!   `k` ticks of `T` ms exactly `floor(R·k·T/1000)` records have been handed
+//!   to the sink: the fractional remainders are carried, so any whole
+//!   simulated second carries exactly `R` records, even when `R` is not a
+//!   multiple of the ticks per second. Missed ticks are caught up in bursts.
+//!   A 1 s tick hands over each second's records at once, as a scrape every
+//!   second would.
 //!   With `R = 0` batches of [`UNPACED_BATCH`] records are sent back to back,
 //!   yielding to the runtime between them.
-//! - **At most 10 batches per second when paced.** Every batch is one send
+//! - **At most 10 batches per second when paced** (at the default tick; one
+//!   per tick in general). Every batch is one send
 //!   to the sink, and the sender's sink returns from a send only once its
 //!   records are durable: one spool append and, unless it shares one with
 //!   other sends in flight, one fsync. A steady stream at a fine tick cannot
@@ -70,11 +74,9 @@ use crate::sink::{InFlight, RecordSink, SinkError};
 pub const SYNTHETIC_METRIC: &str = "telemetry_synthetic_value";
 /// The label that tells the series apart.
 pub const SYNTHETIC_SERIES_LABEL: &str = "series";
-/// Pacing interval when a rate is set: at most 10 sends (and sender
-/// fsyncs) per second, see the module documentation.
+/// The default pacing interval when a rate is set: at most 10 sends (and
+/// sender fsyncs) per second, see the module documentation.
 pub const TICK: Duration = Duration::from_millis(100);
-/// Ticks per second (`1 s / TICK`).
-const TICKS_PER_SECOND: u128 = 10;
 /// Records per batch when the rate is unlimited (`rate = 0`).
 pub const UNPACED_BATCH: u64 = 1024;
 /// Largest batch handed to the sink at once when catching up at high rates.
@@ -90,6 +92,9 @@ pub struct SyntheticSource {
     pub series: u32,
     /// Records per second; 0 means as fast as the sink accepts them.
     pub rate: u64,
+    /// Pacing interval when `rate > 0` (one send per tick); below one
+    /// millisecond counts as one millisecond.
+    pub tick: Duration,
     /// The first value emitted.
     pub first_value: u64,
     /// The last value to emit, inclusive; `None` runs until shutdown.
@@ -138,7 +143,8 @@ impl SyntheticSource {
         if self.rate == 0 {
             run_unpaced(&mut generator, sink, &mut shutdown).await?;
         } else {
-            run_paced(&mut generator, self.rate, sink, &mut shutdown).await?;
+            let tick = self.tick.max(Duration::from_millis(1));
+            run_paced(&mut generator, self.rate, tick, sink, &mut shutdown).await?;
         }
         let last = generator.next_value.saturating_sub(1);
         tracing::info!(
@@ -270,10 +276,12 @@ async fn run_unpaced<F: Future<Output = ()>>(
 async fn run_paced<F: Future<Output = ()>>(
     generator: &mut ValueGenerator,
     rate: u64,
+    tick: Duration,
     sink: &impl RecordSink,
     shutdown: &mut std::pin::Pin<&mut F>,
 ) -> Result<(), SinkError> {
-    let mut ticker = interval(TICK);
+    let mut ticker = interval(tick);
+    let tick_us = tick.as_micros();
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     // `interval` fires at once: that is tick 0, when 0 records are due.
     let mut ticks: u128 = 0;
@@ -301,7 +309,7 @@ async fn run_paced<F: Future<Output = ()>>(
             _ = ticker.tick() => {}
         }
         ticks += 1;
-        let due = rate as u128 * ticks / TICKS_PER_SECOND;
+        let due = rate as u128 * ticks * tick_us / 1_000_000;
         while sent < due && !generator.is_finished() {
             let want = (due - sent).min(MAX_PACED_BATCH as u128) as u64;
             let first = sent;

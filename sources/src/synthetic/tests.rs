@@ -51,6 +51,7 @@ fn spawn(
 async fn paced_rate_is_exact_over_simulated_seconds_with_fractional_ticks() {
     // 125/s is 12.5 records per 100 ms tick: the remainder must be carried.
     let source = SyntheticSource {
+        tick: TICK,
         series: 3,
         rate: 125,
         first_value: 1,
@@ -75,8 +76,37 @@ async fn paced_rate_is_exact_over_simulated_seconds_with_fractional_ticks() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_one_second_tick_hands_over_each_seconds_records_at_once() {
+    let source = SyntheticSource {
+        tick: Duration::from_secs(1),
+        series: 1000,
+        rate: 1000,
+        first_value: 1,
+        last_value: None,
+    };
+    let (sink, stop, task) = spawn(source);
+    tokio::time::sleep(Duration::from_millis(995)).await;
+    assert_eq!(sink.records().len(), 0, "nothing before the first tick");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(sink.records().len(), 1000, "one second's records at once");
+    tokio::time::sleep(Duration::from_millis(980)).await;
+    assert_eq!(sink.records().len(), 1000, "nothing between ticks");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sink.records().len(), 2000);
+    stop.send(()).ok();
+    assert_eq!(task.await.unwrap().unwrap(), 2000);
+    // Every series got one sample per second.
+    let series: std::collections::BTreeSet<String> = values_and_series(&sink.records()[..1000])
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(series.len(), 1000);
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_rates_below_one_per_tick_are_exact_too() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 1,
         rate: 7,
         first_value: 10,
@@ -92,6 +122,7 @@ async fn slow_rates_below_one_per_tick_are_exact_too() {
 #[tokio::test(start_paused = true)]
 async fn values_rotate_round_robin_by_value_so_restarts_continue_the_rotation() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 4,
         rate: 0,
         first_value: 6,
@@ -107,6 +138,7 @@ async fn values_rotate_round_robin_by_value_so_restarts_continue_the_rotation() 
 #[tokio::test(start_paused = true)]
 async fn series_keys_are_built_once_and_shared() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 2,
         rate: 0,
         first_value: 0,
@@ -127,6 +159,7 @@ async fn series_keys_are_built_once_and_shared() {
 #[tokio::test(start_paused = true)]
 async fn unpaced_source_stops_after_last_value_in_full_batches() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 5,
         rate: 0,
         first_value: 1,
@@ -144,6 +177,7 @@ async fn unpaced_source_stops_after_last_value_in_full_batches() {
 #[tokio::test(start_paused = true)]
 async fn paced_source_stops_at_last_value_without_shutdown() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 2,
         rate: 1000,
         first_value: 1,
@@ -159,6 +193,7 @@ async fn paced_source_stops_at_last_value_without_shutdown() {
 #[tokio::test(start_paused = true)]
 async fn total_already_reached_emits_nothing() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 2,
         rate: 100,
         first_value: 51,
@@ -172,6 +207,7 @@ async fn total_already_reached_emits_nothing() {
 #[tokio::test(start_paused = true)]
 async fn unpaced_source_honours_shutdown_between_batches() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 3,
         rate: 0,
         first_value: 1,
@@ -196,6 +232,7 @@ async fn unpaced_source_honours_shutdown_between_batches() {
 #[tokio::test(start_paused = true)]
 async fn paced_source_honours_shutdown() {
     let source = SyntheticSource {
+        tick: TICK,
         series: 1,
         rate: 100,
         first_value: 1,
@@ -281,6 +318,7 @@ async fn sends_slower_than_a_tick_do_not_slow_the_source() {
     // carry less than a third of the records.
     let sink = SlowSink::new(Some(Duration::from_millis(350)));
     let source = SyntheticSource {
+        tick: TICK,
         series: 3,
         rate: 1000,
         first_value: 1,
@@ -315,6 +353,7 @@ async fn a_steady_stream_makes_at_most_10_sends_per_second_at_any_rate() {
     for rate in [1, 7, 100, 1_000, 10_000] {
         let sink = SlowSink::new(Some(Duration::from_millis(1)));
         let source = SyntheticSource {
+            tick: TICK,
             series: 10,
             rate,
             first_value: 1,
@@ -337,6 +376,7 @@ async fn a_steady_stream_makes_at_most_10_sends_per_second_at_any_rate() {
 async fn paced_records_carry_the_time_they_fell_due_not_their_batch_time() {
     // 200/s: 20 records per tick, 5 ms apart.
     let source = SyntheticSource {
+        tick: TICK,
         series: 2,
         rate: 200,
         first_value: 1,
@@ -361,6 +401,7 @@ async fn paced_records_carry_the_time_they_fell_due_not_their_batch_time() {
 async fn a_sink_that_cannot_keep_up_holds_the_source_back() {
     let sink = SlowSink::new(None);
     let source = SyntheticSource {
+        tick: TICK,
         series: 1,
         rate: 100,
         first_value: 1,
@@ -389,6 +430,7 @@ async fn sink_failure_is_reported() {
     }
     let sink = RefusingSink(tokio::sync::watch::channel(0).0);
     let source = SyntheticSource {
+        tick: TICK,
         series: 1,
         rate: 0,
         first_value: 1,
