@@ -161,6 +161,33 @@ pub fn free_udp_port() -> Result<u16> {
         .port())
 }
 
+/// CPU seconds (user + system, all threads) of a live process, from
+/// `/proc/PID/stat` in units of `ticks` per second ([`clock_ticks`]).
+pub fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // After the command name (which may hold spaces and parentheses) comes
+    // field 3 (state); utime and stime are fields 14 and 15.
+    let after = stat
+        .rsplit_once(')')
+        .context("unexpected /proc/PID/stat")?
+        .1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    if matches!(f.first(), Some(&"Z" | &"X")) {
+        bail!("process {pid} exited");
+    }
+    let utime: f64 = f.get(11).context("no utime")?.parse()?;
+    let stime: f64 = f.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Clock ticks per second, the unit of the CPU times in `/proc/PID/stat`
 /// (`getconf CLK_TCK`; 100, Linux's usual value, if that fails).
 pub fn clock_ticks() -> f64 {

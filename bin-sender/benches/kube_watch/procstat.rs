@@ -7,22 +7,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub(crate) use telemetry_test_support::process::clock_ticks;
-use telemetry_test_support::{http::get, process::workspace_binary, prom::Exposition};
+pub(crate) use telemetry_test_support::process::{clock_ticks, loadavg};
+use telemetry_test_support::{
+    http::get,
+    process::{self, workspace_binary},
+    prom::Exposition,
+};
 
 // ---------------------------------------------------------------------------
 // /proc sampling
 // ---------------------------------------------------------------------------
 
-/// utime + stime of `pid`, in seconds.
+/// utime + stime of `pid`, in seconds (0 once it is gone).
 pub(crate) fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): state is
-    // field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (n(11) + n(12)) / ticks
+    process::cpu_seconds(pid, ticks).unwrap_or(0.0)
 }
 
 /// VmRSS and VmHWM of `pid`, in MiB.
@@ -37,15 +35,6 @@ pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
             .unwrap_or(0.0)
     };
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
-pub(crate) fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The sender's own counters.
