@@ -66,7 +66,8 @@ use telemetry_test_support::{
     binaries::{receiver_command, sender_command},
     pki::TestPki,
     process::{
-        clock_ticks, cpu_seconds, free_tcp_port, free_udp_port, workspace_binary, ChildProcess,
+        clock_ticks, cpu_seconds, free_tcp_port, free_udp_port, help_offers, workspace_bin_dir,
+        ChildProcess,
     },
     prom::{scrape, Exposition},
 };
@@ -215,10 +216,7 @@ fn args() -> Result<Args> {
     }
     let bin_dir = match bin_dir {
         Some(d) => d,
-        None => workspace_binary("telemetry-sender")?
-            .parent()
-            .context("binary without a directory")?
-            .to_path_buf(),
+        None => workspace_bin_dir()?,
     };
     let mut builds = vec![("new", bin_dir)];
     if let Some(old) = old {
@@ -230,15 +228,6 @@ fn args() -> Result<Args> {
         flood_total,
         loads,
     })
-}
-
-/// Whether `binary --help` lists `flag`.
-fn knows_flag(binary: &Path, flag: &str) -> Result<bool> {
-    let help = std::process::Command::new(binary)
-        .arg("--help")
-        .output()
-        .with_context(|| format!("running {} --help", binary.display()))?;
-    Ok(String::from_utf8_lossy(&help.stdout).contains(flag))
 }
 
 fn unix_ms() -> f64 {
@@ -624,7 +613,7 @@ fn main() -> Result<()> {
     for load in chosen {
         for (name, dir) in &args.builds {
             if load.tick.is_some()
-                && !knows_flag(&dir.join("telemetry-sender"), "--synthetic-tick")?
+                && !help_offers(&dir.join("telemetry-sender"), "--synthetic-tick")?
             {
                 println!(
                     "| {} | {name} | (no `--synthetic-tick` in this build) |||||||||||",

@@ -82,7 +82,7 @@ use telemetry_reliability::{
 use telemetry_test_support::{
     http,
     pki::TestPki,
-    process::{clock_ticks, cpu_seconds, loadavg, workspace_binary},
+    process::{clock_ticks, cpu_seconds, help_offers, loadavg, workspace_bin_dir},
     prom::Exposition,
     prometheus_server::value_of,
 };
@@ -141,10 +141,7 @@ fn args() -> Result<Mode> {
     ensure!(seconds > 0, "--seconds must be at least 1");
     let bin_dir = match bin_dir {
         Some(d) => d,
-        None => workspace_binary("telemetry-sender")?
-            .parent()
-            .context("binary without a directory")?
-            .to_path_buf(),
+        None => workspace_bin_dir()?,
     };
     Ok(Mode::Bench(Args { seconds, bin_dir }))
 }
@@ -257,15 +254,6 @@ fn pinned_bins(dir: &Path, work: &Path) -> Result<Bins> {
         std::fs::copy(from, pinned.join(name)).with_context(|| format!("copying {name}"))?;
     }
     Bins::locate(&pinned)
-}
-
-/// Whether `program --help` mentions `flag`.
-fn help_offers(program: &Path, flag: &str) -> Result<bool> {
-    let out = std::process::Command::new(program)
-        .arg("--help")
-        .output()
-        .with_context(|| format!("running {} --help", program.display()))?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 /// The run's directory (spools, state, Prometheus data, logs), removed on drop.

@@ -29,6 +29,24 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The directory holding the workspace's binaries of the profile the
+/// calling test or bench was built with (where the sender is).
+pub fn workspace_bin_dir() -> Result<PathBuf> {
+    Ok(workspace_binary("telemetry-sender")?
+        .parent()
+        .context("binary without a directory")?
+        .to_path_buf())
+}
+
+/// Whether `program --help` mentions `flag` (older builds lack newer flags).
+pub fn help_offers(program: &Path, flag: &str) -> Result<bool> {
+    let out = std::process::Command::new(program)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {} --help", program.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(flag))
+}
+
 /// A running child process, killed with SIGKILL when dropped.
 #[derive(Debug)]
 pub struct ChildProcess {
