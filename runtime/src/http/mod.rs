@@ -109,7 +109,8 @@ pub struct Limits {
     /// How long a rendered page is served to later requests at most; for
     /// an [`Exporter`] with a [`revision`](Exporter::revision), only while
     /// the revision stays the same (or within ten times the page's render
-    /// time, which bounds rendering to about a tenth of a core).
+    /// time, which bounds rendering to about a tenth of a core per page
+    /// kind).
     pub snapshot_max_age: Duration,
     /// How often the web config's files are checked for changes.
     pub web_config_poll: Duration,
