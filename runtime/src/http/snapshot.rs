@@ -13,8 +13,9 @@
 //!   now. A changed state is therefore on the next page at once, except
 //!   that a page is kept for [`RENDER_SPACING`] times its own render time
 //!   (so rendering each page kind takes at most about a tenth of a core
-//!   however often clients ask): a 1,000-series page is current within a millisecond or
-//!   two, a 100,000-series page (≈ 16 ms to render) within ≈ 160 ms.
+//!   however often clients ask): a 1,000-series page is current within a
+//!   millisecond or two, a 100,000-series page (≈ 16 ms to render) within
+//!   ≈ 160 ms.
 //! - Rendering runs on the blocking pool and holds the exporter's locks
 //!   only while it writes into its buffer; writing to sockets happens after,
 //!   from the shared buffer, so a slow client never holds the ingestion
